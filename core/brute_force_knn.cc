@@ -1,0 +1,171 @@
+#include "core/brute_force_knn.h"
+
+#include <algorithm>
+#include <atomic>
+#include <numeric>
+
+#include "absl/synchronization/mutex.h"
+#include "tbb/enumerable_thread_specific.h"
+#include "tbb/parallel_for.h"
+
+namespace rcknn::core {
+namespace {
+
+constexpr int64_t kPointBlock = 1024;  // the id grid of BruteForceScan
+constexpr int64_t kQueryBlock = 64;    // queries sharing one pass over the points
+// Below this many query blocks, the id range is also split so both cores have work.
+constexpr int64_t kMinBlocksForQuerySplitOnly = 4;
+constexpr int64_t kChunkBlocks = 16;  // grid blocks per id-range chunk
+
+// The first error any task reports; later ones are dropped.
+class FirstError {
+ public:
+  void Set(absl::Status status) {
+    absl::MutexLock lock(&mutex_);
+    if (status_.ok()) status_ = std::move(status);
+    failed_.store(true, std::memory_order_relaxed);
+  }
+  bool failed() const { return failed_.load(std::memory_order_relaxed); }
+  absl::Status status() const {
+    absl::MutexLock lock(&mutex_);
+    return status_;
+  }
+
+ private:
+  mutable absl::Mutex mutex_;
+  absl::Status status_;
+  std::atomic<bool> failed_{false};
+};
+
+}  // namespace
+
+void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOptions& options,
+                    int64_t begin, int64_t end, std::vector<TopK>& tops, TraversalStats& stats) {
+  const int64_t nr = rows.size();
+  const int64_t n = space.size();
+  end = std::min(end, n);
+  if (nr == 0 || begin >= end) return;
+  int64_t max_id = end;
+  if (options.predecessor_mode) {
+    max_id = 0;
+    for (int64_t id : rows.ids) max_id = std::max(max_id, id);
+    end = std::min(end, max_id);
+  }
+  thread_local std::vector<double> buffer;
+  buffer.resize(nr * kPointBlock);
+  for (int64_t block = begin / kPointBlock * kPointBlock; block < end; block += kPointBlock) {
+    const int64_t count = std::min(kPointBlock, n - block);
+    space.RowsToRange(rows, 0, nr, block, count, buffer.data());
+    stats.distance_evaluations += nr * count;
+    const int64_t lo = std::max(begin, block);
+    const int64_t block_hi = std::min(end, block + count);
+    for (int64_t i = 0; i < nr; ++i) {
+      const int64_t query_id = rows.ids[i];
+      const int64_t hi =
+          options.predecessor_mode ? std::min(block_hi, query_id) : block_hi;
+      const double* d = buffer.data() + i * count - block;
+      TopK& top = tops[i];
+      double threshold = top.threshold();
+      for (int64_t j = lo; j < hi; ++j) {
+        if (d[j] <= threshold && Qualifies(j, query_id, options) && top.Offer(d[j], j)) {
+          threshold = top.threshold();
+        }
+      }
+    }
+  }
+}
+
+absl::Status BruteForceKnn(const MetricSpace& space, const QueryBatch& queries,
+                           const KnnOptions& options, tbb::task_arena* arena,
+                           const Cancellation* cancellation, int64_t* out_ids,
+                           double* out_distances, TraversalStats* stats) {
+  const int64_t n = space.size();
+  const int dimension = space.dimension();
+  if (absl::Status status = ValidateQuery(queries, options, n, dimension); !status.ok()) {
+    return status;
+  }
+  if (!queries.by_id()) {
+    if (absl::StatusOr<PointRows> probe = space.Prepare(nullptr, 0); !probe.ok()) {
+      return probe.status();
+    }
+  }
+  const int64_t nq = NumQueries(queries, dimension);
+  // Predecessor queries with nearby ids share most of their id range: block them together.
+  std::vector<int64_t> order(nq);
+  std::iota(order.begin(), order.end(), 0);
+  if (options.predecessor_mode) {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return queries.ids[a] < queries.ids[b]; });
+  }
+  const int64_t num_blocks = (nq + kQueryBlock - 1) / kQueryBlock;
+  const int64_t chunk = num_blocks >= kMinBlocksForQuerySplitOnly
+                            ? ((n + kPointBlock - 1) / kPointBlock) * kPointBlock
+                            : kChunkBlocks * kPointBlock;
+  const int64_t num_chunks = std::max<int64_t>(1, (n + chunk - 1) / chunk);
+
+  std::vector<std::vector<TopK>> tops(num_blocks * num_chunks);
+  tbb::enumerable_thread_specific<TraversalStats> local_stats;
+  FirstError error;
+  auto run = [&] {
+    tbb::parallel_for(int64_t{0}, num_blocks * num_chunks, [&](int64_t task) {
+      if (error.failed()) return;
+      if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
+        error.Set(std::move(status));
+        return;
+      }
+      const int64_t block = task / num_chunks;
+      const int64_t part = task % num_chunks;
+      const int64_t first = block * kQueryBlock;
+      const int64_t num = std::min(kQueryBlock, nq - first);
+      PointRows rows;
+      if (queries.by_id()) {
+        std::vector<int64_t> ids(num);
+        for (int64_t i = 0; i < num; ++i) ids[i] = queries.ids[order[first + i]];
+        rows = space.Gather(ids);
+      } else {
+        std::vector<double> points(num * dimension);
+        for (int64_t i = 0; i < num; ++i) {
+          std::copy_n(queries.points.data() + order[first + i] * dimension, dimension,
+                      points.data() + i * dimension);
+        }
+        absl::StatusOr<PointRows> prepared = space.Prepare(points.data(), num);
+        if (!prepared.ok()) {
+          error.Set(prepared.status());
+          return;
+        }
+        rows = *std::move(prepared);
+      }
+      std::vector<TopK>& block_tops = tops[task];
+      block_tops.assign(num, TopK(options.k));
+      BruteForceScan(space, rows, options, part * chunk, (part + 1) * chunk, block_tops,
+                     local_stats.local());
+    });
+  };
+  if (arena != nullptr) {
+    arena->execute(run);
+  } else {
+    run();
+  }
+  if (error.failed()) return error.status();
+
+  for (int64_t block = 0; block < num_blocks; ++block) {
+    std::vector<TopK>& merged = tops[block * num_chunks];
+    for (int64_t part = 1; part < num_chunks; ++part) {
+      for (size_t i = 0; i < merged.size(); ++i) merged[i].Merge(tops[block * num_chunks + part][i]);
+    }
+    for (size_t i = 0; i < merged.size(); ++i) {
+      const int64_t q = order[block * kQueryBlock + i];
+      merged[i].Write(out_ids + q * options.k, out_distances + q * options.k);
+    }
+  }
+  if (stats != nullptr) {
+    TraversalStats total;
+    for (const TraversalStats& s : local_stats) total.Merge(s);
+    total.queries = nq;
+    total.brute_force_queries = nq;
+    stats->Merge(total);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace rcknn::core

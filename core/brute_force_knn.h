@@ -1,0 +1,38 @@
+// Exact k-NN by evaluating every qualifying candidate, in blocks of matrix products.
+// The test oracle, and the path the tree search falls back to where bounds stop pruning.
+#ifndef RCKNN_CORE_BRUTE_FORCE_KNN_H_
+#define RCKNN_CORE_BRUTE_FORCE_KNN_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "core/cancellation.h"
+#include "core/knn_query.h"
+#include "core/metric_space.h"
+#include "core/traversal_stats.h"
+#include "tbb/task_arena.h"
+
+namespace rcknn::core {
+
+// Answers `queries` against every point of `space`, writing num_queries x k rows to `out_ids`
+// and `out_distances` (caller-owned). Runs on `arena` if given. Results do not depend on the
+// number of threads. Returns the ValidateQuery error for bad input, the error of
+// space.Prepare for out-of-sample points it cannot handle, or CANCELLED / DEADLINE_EXCEEDED
+// when `cancellation` fires (outputs are then unspecified). `stats` (optional) is added to.
+absl::Status BruteForceKnn(const MetricSpace& space, const QueryBatch& queries,
+                           const KnnOptions& options, tbb::task_arena* arena,
+                           const Cancellation* cancellation, int64_t* out_ids,
+                           double* out_distances, TraversalStats* stats = nullptr);
+
+// The scan itself, on the calling thread: offers every qualifying stored point with id in
+// [begin, end) to tops[i], the k best of rows[i]. Points are evaluated in whole blocks of a
+// fixed grid of ids, so a pair's distance depends only on `rows` and that grid, never on how
+// callers split the id range between threads. tops.size() == rows.size().
+void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOptions& options,
+                    int64_t begin, int64_t end, std::vector<TopK>& tops, TraversalStats& stats);
+
+}  // namespace rcknn::core
+
+#endif  // RCKNN_CORE_BRUTE_FORCE_KNN_H_

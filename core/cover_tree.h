@@ -1,0 +1,88 @@
+// A compressed cover tree over a MetricSpace: one node per stored point, explicit levels, and per
+// node a true bound on the distance to every descendant.
+//
+// Invariants (checked by CheckInvariants on every tree built in tests), with base b > 1:
+//  - every stored id appears in exactly one node; node 0 is the root;
+//  - levels decrease strictly from a parent to each child;
+//  - covering: d(child, parent) <= b^(level(child) + 1);
+//  - separation: two children of one parent that share a level l are more than b^l apart, and
+//    each is more than b^l from the parent;
+//  - max_dist(node) >= d(node, x) for every descendant x (the value is the largest distance
+//    measured while building, not a level radius);
+//  - subtree_min_id(node) is the smallest id in the node's subtree.
+// Children whose parent is at distance exactly 0 (duplicates) sit at kDuplicateLevel.
+//
+// Nodes are stored breadth-first, so the children of a node are one contiguous range and their
+// point ids one contiguous span. Immutable after Build(); const methods are thread-safe.
+#ifndef RCKNN_CORE_COVER_TREE_H_
+#define RCKNN_CORE_COVER_TREE_H_
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/cancellation.h"
+#include "core/metric_space.h"
+#include "core/residual_correlation.h"
+#include "tbb/task_arena.h"
+
+namespace rcknn::core {
+
+struct CoverTreeOptions {
+  // Ratio between the radii of successive levels. Smaller bases give narrower, deeper trees.
+  double base = 1.5;
+};
+
+class CoverTree {
+ public:
+  static constexpr int32_t kDuplicateLevel = std::numeric_limits<int32_t>::min();
+
+  // Builds over every point of `space` (which must outlive nothing: the tree keeps only ids).
+  // Runs on `arena` if given; the tree does not depend on the number of threads.
+  // INVALID_ARGUMENT for base <= 1 or non-finite; CANCELLED / DEADLINE_EXCEEDED from
+  // `cancellation`. `progress` receives the fraction of points placed.
+  static absl::StatusOr<CoverTree> Build(const MetricSpace& space, const CoverTreeOptions& options,
+                                         tbb::task_arena* arena = nullptr,
+                                         const Cancellation* cancellation = nullptr,
+                                         const ProgressCallback& progress = nullptr);
+
+  int64_t size() const { return static_cast<int64_t>(point_.size()); }
+  double base() const { return base_; }
+  int64_t point(int64_t node) const { return point_[node]; }
+  int32_t level(int64_t node) const { return level_[node]; }
+  double max_dist(int64_t node) const { return max_dist_[node]; }
+  double parent_dist(int64_t node) const { return parent_dist_[node]; }
+  int64_t subtree_min_id(int64_t node) const { return subtree_min_id_[node]; }
+  int64_t first_child(int64_t node) const { return first_child_[node]; }
+  int64_t end_child(int64_t node) const { return first_child_[node + 1]; }
+  // Point ids of nodes [first, end), contiguous.
+  absl::Span<const int64_t> points(int64_t first, int64_t end) const {
+    return absl::MakeConstSpan(point_.data() + first, end - first);
+  }
+  int64_t memory_bytes() const;
+  // Depth of the deepest node (root = 0) and the largest number of children of one node.
+  int64_t depth() const;
+  int64_t max_children() const;
+
+  // Verifies every invariant in the class comment by recomputing distances in `space`, with
+  // `slack` allowed for rounding. O(n * depth) distance evaluations plus O(children^2) per node
+  // for separation: meant for tests. INTERNAL error describing the first violation.
+  absl::Status CheckInvariants(const MetricSpace& space, double slack = 1e-6) const;
+
+ private:
+  double base_ = 2.0;
+  std::vector<int64_t> point_;           // node -> stored id
+  std::vector<int32_t> level_;
+  std::vector<double> max_dist_;
+  std::vector<double> parent_dist_;
+  std::vector<int64_t> parent_;          // node -> parent node (-1 for the root)
+  std::vector<int64_t> first_child_;     // size n + 1: children of i are [first_child_[i], first_child_[i + 1])
+  std::vector<int64_t> subtree_min_id_;
+};
+
+}  // namespace rcknn::core
+
+#endif  // RCKNN_CORE_COVER_TREE_H_

@@ -1,0 +1,49 @@
+#include "core/knn_query.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace rcknn::core {
+
+absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, int64_t n,
+                           int dimension) {
+  if (options.k < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("k must be >= 1, got ", options.k));
+  }
+  if (!batch.ids.empty() && !batch.points.empty()) {
+    return absl::InvalidArgumentError("query_ids and query_points are both set; give one");
+  }
+  if (batch.by_id()) {
+    for (size_t i = 0; i < batch.ids.size(); ++i) {
+      if (batch.ids[i] < 0 || batch.ids[i] >= n) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "query_ids[", i, "] = ", batch.ids[i], " is out of range [0, ", n, ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+  if (options.predecessor_mode) {
+    return absl::InvalidArgumentError(
+        "predecessor_mode needs query_ids: out-of-sample query_points have no id order");
+  }
+  if (options.include_self) {
+    return absl::InvalidArgumentError(
+        "include_self needs query_ids: out-of-sample query_points are not stored points");
+  }
+  if (batch.points.size() % dimension != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("query_points holds ", batch.points.size(),
+                                                   " values, not a multiple of the dimension ",
+                                                   dimension));
+  }
+  for (size_t i = 0; i < batch.points.size(); ++i) {
+    if (!std::isfinite(batch.points[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("query_points: value at row ",
+                                                     i / dimension, ", column ", i % dimension,
+                                                     " is not finite"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace rcknn::core

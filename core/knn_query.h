@@ -1,0 +1,107 @@
+// The query contract shared by every search path (DESIGN.md section 3).
+//
+// A query returns its k nearest stored points by (distance, id) ascending: ties go to the smaller
+// id. Results are written to caller-owned row-major num_queries x k arrays; rows with fewer than
+// k qualifying points are padded with id -1 and distance +infinity.
+#ifndef RCKNN_CORE_KNN_QUERY_H_
+#define RCKNN_CORE_KNN_QUERY_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace rcknn::core {
+
+// The slack used when pruning by a lower bound: a subtree is skipped only if its bound exceeds
+// the current k-th distance by more than this, so rounding (DESIGN.md section 3: about 1e-6 at
+// worst) never discards a true neighbour.
+inline constexpr double kPruneSlack = 1e-6;
+
+struct KnnOptions {
+  int64_t k = 10;
+  // Queries by id only: return the point itself (at distance 0) as a candidate.
+  bool include_self = false;
+  // Queries by id only: only ids j < i qualify; query 0 gets nothing.
+  bool predecessor_mode = false;
+};
+
+// Either stored ids or out-of-sample points (row-major, `dimension` values each), not both.
+struct QueryBatch {
+  absl::Span<const int64_t> ids;
+  absl::Span<const double> points;  // num_points * dimension values
+
+  bool by_id() const { return points.empty(); }
+};
+
+inline int64_t NumQueries(const QueryBatch& batch, int dimension) {
+  return batch.by_id() ? static_cast<int64_t>(batch.ids.size())
+                       : static_cast<int64_t>(batch.points.size()) / dimension;
+}
+
+// INVALID_ARGUMENT naming the field: k < 1, ids out of [0, n), both or neither of ids and points,
+// a point count that is not a multiple of `dimension`, non-finite coordinates,
+// predecessor_mode or include_self with out-of-sample points.
+absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, int64_t n,
+                           int dimension);
+
+// The k best (distance, id) pairs offered so far. Not thread-safe.
+class TopK {
+ public:
+  explicit TopK(int64_t k = 0) { Reset(k); }
+  void Reset(int64_t k) {
+    k_ = k;
+    heap_.clear();
+    heap_.reserve(k);
+  }
+  // The distance a new candidate must not exceed to possibly enter: +inf until k are held.
+  double threshold() const {
+    return static_cast<int64_t>(heap_.size()) < k_ ? std::numeric_limits<double>::infinity()
+                                                    : heap_.front().first;
+  }
+  // Returns true if (distance, id) entered the k best.
+  bool Offer(double distance, int64_t id) {
+    if (static_cast<int64_t>(heap_.size()) < k_) {
+      heap_.emplace_back(distance, id);
+      std::push_heap(heap_.begin(), heap_.end());
+      return true;
+    }
+    if (!(std::make_pair(distance, id) < heap_.front())) return false;
+    std::pop_heap(heap_.begin(), heap_.end());
+    heap_.back() = {distance, id};
+    std::push_heap(heap_.begin(), heap_.end());
+    return true;
+  }
+  void Merge(const TopK& other) {
+    for (const auto& [distance, id] : other.heap_) Offer(distance, id);
+  }
+  // Writes k entries ascending by (distance, id), padded with -1 / +inf.
+  void Write(int64_t* ids, double* distances) const {
+    std::vector<std::pair<double, int64_t>> sorted = heap_;
+    std::sort(sorted.begin(), sorted.end());
+    for (int64_t j = 0; j < k_; ++j) {
+      const bool have = j < static_cast<int64_t>(sorted.size());
+      ids[j] = have ? sorted[j].second : -1;
+      distances[j] = have ? sorted[j].first : std::numeric_limits<double>::infinity();
+    }
+  }
+
+ private:
+  int64_t k_ = 0;
+  std::vector<std::pair<double, int64_t>> heap_;  // max-heap on (distance, id)
+};
+
+// Whether stored point `id` may be returned for a query with id `query_id` (-1: out-of-sample).
+inline bool Qualifies(int64_t id, int64_t query_id, const KnnOptions& options) {
+  if (query_id < 0) return true;
+  if (options.predecessor_mode) return id < query_id;
+  return options.include_self || id != query_id;
+}
+
+}  // namespace rcknn::core
+
+#endif  // RCKNN_CORE_KNN_QUERY_H_

@@ -1,0 +1,211 @@
+#include "core/knn_search.h"
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "core/brute_force_knn.h"
+#include "tbb/enumerable_thread_specific.h"
+#include "tbb/parallel_for.h"
+
+namespace rcknn::core {
+namespace {
+
+constexpr int64_t kChunk = 32;          // queries prepared, and scanned, together
+constexpr int64_t kMinWalkBudget = 256;  // evaluations any walk may spend before falling back
+
+struct WalkScratch {
+  std::vector<std::pair<double, int64_t>> heap;  // min-heap on (lower bound, node)
+  std::vector<int64_t> nodes;                    // children to evaluate
+  std::vector<int64_t> ids;                      // their point ids
+  std::vector<double> distances;
+};
+
+// One query's best-first walk. Returns false, leaving `top` incomplete, if the walk would
+// exceed `budget` evaluations.
+bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows, int64_t row,
+          const KnnOptions& options, int64_t budget, TopK& top, WalkScratch& scratch,
+          TraversalStats& stats, int64_t& evaluations) {
+  const int64_t query_id = rows.ids[row];
+  const bool pred = options.predecessor_mode;
+  auto& heap = scratch.heap;
+  heap.clear();
+  const auto heap_order = std::greater<std::pair<double, int64_t>>();
+
+  double root_distance;
+  space.RowToIds(rows, row, tree.points(0, 1), &root_distance);
+  evaluations = 1;
+  if (Qualifies(tree.point(0), query_id, options)) top.Offer(root_distance, tree.point(0));
+  if (tree.end_child(0) > tree.first_child(0)) {
+    heap.emplace_back(std::max(0.0, root_distance - tree.max_dist(0)), 0);
+    ++stats.heap_pushes;
+  }
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), heap_order);
+    const auto [bound, node] = heap.back();
+    heap.pop_back();
+    if (bound > top.threshold() + kPruneSlack) {
+      stats.pruned_by_bound += static_cast<int64_t>(heap.size()) + 1;
+      break;
+    }
+    ++stats.nodes_visited;
+    scratch.nodes.clear();
+    scratch.ids.clear();
+    for (int64_t c = tree.first_child(node); c < tree.end_child(node); ++c) {
+      if (pred && tree.subtree_min_id(c) >= query_id) {
+        ++stats.pruned_by_predecessor;
+        continue;
+      }
+      scratch.nodes.push_back(c);
+      scratch.ids.push_back(tree.point(c));
+    }
+    const int64_t count = static_cast<int64_t>(scratch.nodes.size());
+    if (evaluations + count > budget) return false;
+    scratch.distances.resize(count);
+    space.RowToIds(rows, row, scratch.ids, scratch.distances.data());
+    evaluations += count;
+    for (int64_t j = 0; j < count; ++j) {
+      const double d = scratch.distances[j];
+      const int64_t id = scratch.ids[j];
+      if (d <= top.threshold() && Qualifies(id, query_id, options)) top.Offer(d, id);
+    }
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t c = scratch.nodes[j];
+      if (tree.end_child(c) == tree.first_child(c)) continue;
+      const double child_bound = std::max(bound, scratch.distances[j] - tree.max_dist(c));
+      if (child_bound > top.threshold() + kPruneSlack) {
+        ++stats.pruned_by_bound;
+        continue;
+      }
+      heap.emplace_back(child_bound, c);
+      std::push_heap(heap.begin(), heap.end(), heap_order);
+      ++stats.heap_pushes;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
+                           const QueryBatch& queries, const KnnOptions& options,
+                           const TreeSearchOptions& search_options, tbb::task_arena* arena,
+                           const Cancellation* cancellation, int64_t* out_ids,
+                           double* out_distances, TraversalStats* stats,
+                           absl::Span<int64_t> per_query_evaluations) {
+  const int64_t n = space.size();
+  const int dimension = space.dimension();
+  if (absl::Status status = ValidateQuery(queries, options, n, dimension); !status.ok()) {
+    return status;
+  }
+  if (tree.size() != n) {
+    return absl::FailedPreconditionError("the tree was not built over this point set");
+  }
+  if (!queries.by_id()) {
+    if (absl::StatusOr<PointRows> probe = space.Prepare(nullptr, 0); !probe.ok()) {
+      return probe.status();
+    }
+  }
+  const int64_t nq = NumQueries(queries, dimension);
+  if (!per_query_evaluations.empty() && static_cast<int64_t>(per_query_evaluations.size()) != nq) {
+    return absl::InvalidArgumentError("per_query_evaluations must hold one entry per query");
+  }
+  const int64_t budget =
+      std::max(kMinWalkBudget, static_cast<int64_t>(search_options.scan_fraction * n));
+  const bool always_scan = search_options.scan_fraction <= 0.0;
+  const int64_t num_chunks = (nq + kChunk - 1) / kChunk;
+
+  tbb::enumerable_thread_specific<TraversalStats> local_stats;
+  tbb::enumerable_thread_specific<WalkScratch> local_scratch;
+  std::atomic<bool> failed{false};
+  absl::Mutex mutex;
+  absl::Status first_error;
+  auto fail = [&](absl::Status status) {
+    absl::MutexLock lock(&mutex);
+    if (first_error.ok()) first_error = std::move(status);
+    failed.store(true);
+  };
+
+  auto run = [&] {
+    tbb::parallel_for(int64_t{0}, num_chunks, [&](int64_t chunk) {
+      if (failed.load(std::memory_order_relaxed)) return;
+      if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
+        fail(std::move(status));
+        return;
+      }
+      const int64_t first = chunk * kChunk;
+      const int64_t num = std::min(kChunk, nq - first);
+      PointRows rows;
+      if (queries.by_id()) {
+        rows = space.Gather(queries.ids.subspan(first, num));
+      } else {
+        absl::StatusOr<PointRows> prepared =
+            space.Prepare(queries.points.data() + first * dimension, num);
+        if (!prepared.ok()) {
+          fail(prepared.status());
+          return;
+        }
+        rows = *std::move(prepared);
+      }
+      TraversalStats& st = local_stats.local();
+      WalkScratch& scratch = local_scratch.local();
+      std::vector<int64_t> scan_rows;
+      std::vector<int64_t> walk_evaluations(num, 0);
+      TopK top(options.k);
+      for (int64_t i = 0; i < num; ++i) {
+        top.Reset(options.k);
+        int64_t evaluations = 0;
+        if (!always_scan &&
+            Walk(tree, space, rows, i, options, budget, top, scratch, st, evaluations)) {
+          top.Write(out_ids + (first + i) * options.k, out_distances + (first + i) * options.k);
+        } else {
+          scan_rows.push_back(i);
+        }
+        walk_evaluations[i] = evaluations;
+        st.distance_evaluations += evaluations;
+      }
+      if (!scan_rows.empty()) {
+        if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
+          fail(std::move(status));
+          return;
+        }
+        const PointRows scan = SelectRows(rows, scan_rows);
+        std::vector<TopK> tops(scan_rows.size(), TopK(options.k));
+        const int64_t before = st.distance_evaluations;
+        BruteForceScan(space, scan, options, 0, n, tops, st);
+        const int64_t each = (st.distance_evaluations - before) / scan.size();
+        st.brute_force_queries += scan.size();
+        for (size_t s = 0; s < scan_rows.size(); ++s) {
+          const int64_t q = first + scan_rows[s];
+          tops[s].Write(out_ids + q * options.k, out_distances + q * options.k);
+          walk_evaluations[scan_rows[s]] += each;
+        }
+      }
+      if (!per_query_evaluations.empty()) {
+        std::copy(walk_evaluations.begin(), walk_evaluations.end(),
+                  per_query_evaluations.begin() + first);
+      }
+    });
+  };
+  if (arena != nullptr) {
+    arena->execute(run);
+  } else {
+    run();
+  }
+  if (failed.load()) {
+    absl::MutexLock lock(&mutex);
+    return first_error;
+  }
+  if (stats != nullptr) {
+    TraversalStats total;
+    for (const TraversalStats& s : local_stats) total.Merge(s);
+    total.queries = nq;
+    stats->Merge(total);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace rcknn::core

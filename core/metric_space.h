@@ -1,0 +1,70 @@
+// The interface every search structure uses to ask for distances: a stored point set with a
+// fixed distance function, evaluated in blocks so that implementations can use matrix products.
+#ifndef RCKNN_CORE_METRIC_SPACE_H_
+#define RCKNN_CORE_METRIC_SPACE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace rcknn::core {
+
+using RowMatrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Points prepared for distance evaluation against a MetricSpace: either stored points gathered
+// by id, or out-of-sample points. Produced only by a MetricSpace; its fields are that space's
+// business.
+struct PointRows {
+  RowMatrix features;          // residual: rows of V; Euclidean: coordinates
+  Eigen::VectorXd inv_sqrt_p;  // residual: 1 / sqrt(p); empty otherwise
+  RowMatrix coords;            // residual: coordinates divided by the lengthscales
+  std::vector<int64_t> ids;    // stored id of each row, or -1 for an out-of-sample point
+
+  int64_t size() const { return static_cast<int64_t>(ids.size()); }
+};
+
+// rows[row_list[0]], rows[row_list[1]], ... as a new PointRows.
+PointRows SelectRows(const PointRows& rows, absl::Span<const int64_t> row_list);
+
+// A point set with ids 0..size()-1 and a (pseudo)metric d on it, d(i, i) = 0.
+//
+// All distances are float64 and deterministic: the same pair evaluated through the same method
+// with the same block shape gives the same bits, whatever thread runs it. Different methods may
+// differ in the last bits (matrix product versus dot product). A row and a stored point with the
+// same id are at distance exactly 0.
+//
+// Thread safety: const methods may be called concurrently.
+class MetricSpace {
+ public:
+  virtual ~MetricSpace() = default;
+
+  virtual int64_t size() const = 0;
+  virtual int dimension() const = 0;
+  // Multiply-adds one distance costs, roughly (m for the residual metric, d for Euclidean).
+  virtual int64_t cost_per_distance() const = 0;
+  virtual int64_t memory_bytes() const = 0;
+
+  // Rows for stored points. Every id must be in [0, size()).
+  virtual PointRows Gather(absl::Span<const int64_t> ids) const = 0;
+  // Rows for `num` out-of-sample points given row-major with dimension() coordinates each.
+  // Coordinates must be finite (checked by the caller).
+  virtual absl::StatusOr<PointRows> Prepare(const double* points, int64_t num) const = 0;
+
+  // out[i * count + j] = d(rows[first + i], stored point begin + j).
+  virtual void RowsToRange(const PointRows& rows, int64_t first, int64_t num, int64_t begin,
+                           int64_t count, double* out) const = 0;
+  // out[i * nb + j] = d(a[a0 + i], b[b0 + j]).
+  virtual void RowsToRows(const PointRows& a, int64_t a0, int64_t na, const PointRows& b,
+                          int64_t b0, int64_t nb, double* out) const = 0;
+  // out[j] = d(rows[row], stored point ids[j]).
+  virtual void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
+                        double* out) const = 0;
+};
+
+}  // namespace rcknn::core
+
+#endif  // RCKNN_CORE_METRIC_SPACE_H_

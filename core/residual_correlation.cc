@@ -1,0 +1,362 @@
+#include "core/residual_correlation.h"
+
+#include <atomic>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/random.h"
+#include "core/status_macros.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
+
+namespace rcknn::core {
+namespace {
+
+constexpr int64_t kFactorBlock = 256;
+
+// Runs `body` on `arena` when one is given, else on the calling thread's default arena.
+template <typename F>
+void RunIn(tbb::task_arena* arena, F&& body) {
+  if (arena != nullptr) {
+    arena->execute(std::forward<F>(body));
+  } else {
+    body();
+  }
+}
+
+absl::Status CheckFinite(const RowMatrix& m, const char* field) {
+  for (int64_t i = 0; i < m.rows(); ++i) {
+    for (int64_t t = 0; t < m.cols(); ++t) {
+      if (!std::isfinite(m(i, t))) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": value at row ", i, ", column ", t, " is not finite"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Squared distances of one scaled point `a` to rows [begin, begin + count) of a d x n
+// dimension-major matrix: vectorises over the points.
+void SquaredDistancesToRange(const double* a, const RowMatrix& by_dim, int64_t begin,
+                             int64_t count, double* r2) {
+  std::fill(r2, r2 + count, 0.0);
+  for (int64_t t = 0; t < by_dim.rows(); ++t) {
+    const double at = a[t];
+    const double* column = by_dim.row(t).data() + begin;
+    for (int64_t j = 0; j < count; ++j) {
+      const double diff = at - column[j];
+      r2[j] += diff * diff;
+    }
+  }
+}
+
+double SquaredDistance(const double* a, const double* b, int d) {
+  double r2 = 0.0;
+  for (int t = 0; t < d; ++t) {
+    const double diff = a[t] - b[t];
+    r2 += diff * diff;
+  }
+  return r2;
+}
+
+struct RowScratch {
+  std::vector<double> r2;
+  std::vector<double> isp;
+  double* R2(int64_t n) {
+    if (static_cast<int64_t>(r2.size()) < n) r2.resize(n);
+    return r2.data();
+  }
+  double* Isp(int64_t n) {
+    if (static_cast<int64_t>(isp.size()) < n) isp.resize(n);
+    return isp.data();
+  }
+};
+
+RowScratch& Scratch() {
+  thread_local RowScratch scratch;
+  return scratch;
+}
+
+}  // namespace
+
+ResidualSpace::ResidualSpace(Kernel kernel, RowMatrix points)
+    : kernel_(std::move(kernel)), points_(std::move(points)) {}
+
+absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
+    RowMatrix points, const ResidualOptions& options, tbb::task_arena* arena,
+    const ProgressCallback& progress) {
+  const int64_t n = points.rows();
+  const int d = static_cast<int>(points.cols());
+  if (n < 1) return absl::InvalidArgumentError("points: the point set is empty");
+  ASSIGN_OR_RETURN(Kernel kernel, Kernel::Create(options.kernel, d));
+  RETURN_IF_ERROR(CheckFinite(points, "points"));
+  if (!std::isfinite(options.jitter) || options.jitter < 0.0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("jitter must be finite and >= 0, got ", options.jitter));
+  }
+  std::unique_ptr<ResidualSpace> space(new ResidualSpace(std::move(kernel), std::move(points)));
+  const Kernel& k = space->kernel_;
+
+  // Inducing points, scaled.
+  RowMatrix inducing;
+  if (options.inducing_points.has_value()) {
+    inducing = *options.inducing_points;
+    if (inducing.rows() < 1 || inducing.cols() != d) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "inducing_points: expected rows of ", d, " coordinates, got a ", inducing.rows(), " x ",
+          inducing.cols(), " matrix"));
+    }
+    RETURN_IF_ERROR(CheckFinite(inducing, "inducing_points"));
+  } else {
+    if (options.inducing_count < 1 || options.inducing_count > n) {
+      return absl::InvalidArgumentError(absl::StrCat("inducing_count must be in [1, n = ", n,
+                                                     "], got ", options.inducing_count));
+    }
+    space->inducing_ids_ = SampleDistinct(n, options.inducing_count, options.inducing_seed);
+    inducing.resize(options.inducing_count, d);
+    for (int64_t u = 0; u < options.inducing_count; ++u) {
+      inducing.row(u) = space->points_.row(space->inducing_ids_[u]);
+    }
+  }
+  const int64_t m = inducing.rows();
+  space->inducing_scaled_.resize(m, d);
+  for (int64_t u = 0; u < m; ++u) k.Scale(inducing.row(u).data(), space->inducing_scaled_.row(u).data());
+  space->scaled_.resize(n, d);
+  for (int64_t i = 0; i < n; ++i) k.Scale(space->points_.row(i).data(), space->scaled_.row(i).data());
+
+  // L = chol(K(U, U) + jitter * variance * I).
+  Eigen::MatrixXd kuu(m, m);
+  for (int64_t a = 0; a < m; ++a) {
+    for (int64_t b = 0; b <= a; ++b) {
+      const double value = k.ValueFromSquaredDistance(SquaredDistance(
+          space->inducing_scaled_.row(a).data(), space->inducing_scaled_.row(b).data(), d));
+      kuu(a, b) = value;
+      kuu(b, a) = value;
+    }
+    kuu(a, a) += options.jitter * k.variance();
+  }
+  space->cholesky_.emplace(kuu);
+  const auto& llt = *space->cholesky_;
+  bool positive_definite = llt.info() == Eigen::Success;
+  for (int64_t a = 0; positive_definite && a < m; ++a) {
+    const double pivot = llt.matrixLLT()(a, a);
+    positive_definite = std::isfinite(pivot) && pivot > 0.0;
+  }
+  if (!positive_definite) {
+    return absl::FailedPreconditionError(
+        "K(U, U) + jitter * variance * I is not positive definite: increase jitter or use "
+        "distinct inducing points");
+  }
+
+  // V and p, in blocks of points, in parallel.
+  space->v_.resize(n, m);
+  space->p_.resize(n);
+  const int64_t blocks = (n + kFactorBlock - 1) / kFactorBlock;
+  std::atomic<int64_t> done{0};
+  ResidualSpace* s = space.get();
+  RunIn(arena, [&] {
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, 1), [&](const auto& range) {
+      Eigen::MatrixXd kux;
+      for (int64_t block = range.begin(); block != range.end(); ++block) {
+        const int64_t begin = block * kFactorBlock;
+        const int64_t count = std::min(kFactorBlock, n - begin);
+        kux.resize(m, count);
+        for (int64_t j = 0; j < count; ++j) {
+          for (int64_t u = 0; u < m; ++u) {
+            kux(u, j) = SquaredDistance(s->inducing_scaled_.row(u).data(),
+                                        s->scaled_.row(begin + j).data(), d);
+          }
+          k.ValuesFromSquaredDistances(kux.col(j).data(), m);
+        }
+        llt.matrixL().solveInPlace(kux);
+        s->v_.middleRows(begin, count) = kux.transpose();
+        for (int64_t j = 0; j < count; ++j) {
+          s->p_[begin + j] =
+              std::max(k.variance() - s->v_.row(begin + j).squaredNorm(), kMinResidualVariance);
+        }
+        const int64_t finished = done.fetch_add(1) + 1;
+        if (progress) progress(static_cast<double>(finished) / blocks);
+      }
+    });
+  });
+  space->FinishSetup();
+  return space;
+}
+
+absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::FromFactors(RowMatrix points,
+                                                                          const KernelSpec& kernel,
+                                                                          RowMatrix v,
+                                                                          Eigen::VectorXd p) {
+  const int64_t n = points.rows();
+  const int d = static_cast<int>(points.cols());
+  if (n < 1) return absl::InvalidArgumentError("points: the point set is empty");
+  ASSIGN_OR_RETURN(Kernel k, Kernel::Create(kernel, d));
+  RETURN_IF_ERROR(CheckFinite(points, "points"));
+  if (v.rows() != n || v.cols() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("factors: expected ", n,
+                                                   " rows of at least one value, got a ",
+                                                   v.rows(), " x ", v.cols(), " matrix"));
+  }
+  RETURN_IF_ERROR(CheckFinite(v, "factors"));
+  if (p.size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("residual_variances: expected ", n, " values, got ", p.size()));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(p[i]) || p[i] <= 0.0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "residual_variances[", i, "] must be finite and > 0, got ", p[i]));
+    }
+  }
+  std::unique_ptr<ResidualSpace> space(new ResidualSpace(std::move(k), std::move(points)));
+  space->scaled_.resize(n, d);
+  for (int64_t i = 0; i < n; ++i) {
+    space->kernel_.Scale(space->points_.row(i).data(), space->scaled_.row(i).data());
+  }
+  space->v_ = std::move(v);
+  space->p_ = std::move(p);
+  space->FinishSetup();
+  return space;
+}
+
+void ResidualSpace::FinishSetup() {
+  scaled_by_dim_ = scaled_.transpose();
+  inv_sqrt_p_ = p_.cwiseSqrt().cwiseInverse();
+}
+
+int64_t ResidualSpace::memory_bytes() const {
+  const int64_t doubles = points_.size() + scaled_.size() + scaled_by_dim_.size() + v_.size() +
+                          p_.size() + inv_sqrt_p_.size() + inducing_scaled_.size() +
+                          (cholesky_ ? cholesky_->matrixLLT().size() : 0);
+  return doubles * static_cast<int64_t>(sizeof(double)) +
+         static_cast<int64_t>(inducing_ids_.size() * sizeof(int64_t));
+}
+
+PointRows ResidualSpace::Gather(absl::Span<const int64_t> ids) const {
+  PointRows rows;
+  const int64_t num = static_cast<int64_t>(ids.size());
+  rows.features.resize(num, v_.cols());
+  rows.inv_sqrt_p.resize(num);
+  rows.coords.resize(num, scaled_.cols());
+  rows.ids.assign(ids.begin(), ids.end());
+  for (int64_t i = 0; i < num; ++i) {
+    rows.features.row(i) = v_.row(ids[i]);
+    rows.inv_sqrt_p[i] = inv_sqrt_p_[ids[i]];
+    rows.coords.row(i) = scaled_.row(ids[i]);
+  }
+  return rows;
+}
+
+absl::StatusOr<PointRows> ResidualSpace::Prepare(const double* points, int64_t num) const {
+  if (!cholesky_.has_value()) {
+    return absl::FailedPreconditionError(
+        "query_points: out-of-sample queries need the kernel's inducing points, and this index "
+        "was built from supplied factors; query by id instead");
+  }
+  const int d = kernel_.dimension();
+  const int64_t m = inducing_scaled_.rows();
+  PointRows rows;
+  rows.coords.resize(num, d);
+  for (int64_t i = 0; i < num; ++i) kernel_.Scale(points + i * d, rows.coords.row(i).data());
+  Eigen::MatrixXd kux(m, num);
+  for (int64_t j = 0; j < num; ++j) {
+    for (int64_t u = 0; u < m; ++u) {
+      kux(u, j) = SquaredDistance(inducing_scaled_.row(u).data(), rows.coords.row(j).data(), d);
+    }
+    kernel_.ValuesFromSquaredDistances(kux.col(j).data(), m);
+  }
+  cholesky_->matrixL().solveInPlace(kux);
+  rows.features = kux.transpose();
+  rows.inv_sqrt_p.resize(num);
+  for (int64_t j = 0; j < num; ++j) {
+    const double p =
+        std::max(kernel_.variance() - rows.features.row(j).squaredNorm(), kMinResidualVariance);
+    rows.inv_sqrt_p[j] = 1.0 / std::sqrt(p);
+  }
+  rows.ids.assign(num, -1);
+  return rows;
+}
+
+void ResidualSpace::FinishRow(const PointRows& rows, int64_t row, const int64_t* stored_ids,
+                              int64_t begin, int64_t count, double* r2, double* dots) const {
+  kernel_.ValuesFromSquaredDistances(r2, count);
+  const double isp_row = rows.inv_sqrt_p[row];
+  const double* isp_other;
+  if (stored_ids == nullptr) {
+    isp_other = inv_sqrt_p_.data() + begin;
+  } else {
+    double* gathered = Scratch().Isp(count);
+    for (int64_t j = 0; j < count; ++j) gathered[j] = inv_sqrt_p_[stored_ids[j]];
+    isp_other = gathered;
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    dots[j] = ResidualDistance(r2[j], dots[j], isp_row, isp_other[j]);
+  }
+  // Identity and coincidence: the same id, or the same location with bit-identical factors, is
+  // at distance 0 exactly; rounding would otherwise leave up to sqrt(ulp / p) there.
+  const double variance = kernel_.variance();
+  const int64_t row_id = rows.ids[row];
+  for (int64_t j = 0; j < count; ++j) {
+    if (r2[j] != variance || dots[j] == 0.0) continue;
+    const int64_t id = stored_ids == nullptr ? begin + j : stored_ids[j];
+    if (id == row_id || (rows.features.row(row) == v_.row(id) && isp_row == inv_sqrt_p_[id])) {
+      dots[j] = 0.0;
+    }
+  }
+}
+
+void ResidualSpace::RowsToRange(const PointRows& rows, int64_t first, int64_t num, int64_t begin,
+                                int64_t count, double* out) const {
+  Eigen::Map<RowMatrix> g(out, num, count);
+  g.noalias() = rows.features.middleRows(first, num) * v_.middleRows(begin, count).transpose();
+  double* r2 = Scratch().R2(count);
+  for (int64_t i = 0; i < num; ++i) {
+    SquaredDistancesToRange(rows.coords.row(first + i).data(), scaled_by_dim_, begin, count, r2);
+    FinishRow(rows, first + i, nullptr, begin, count, r2, out + i * count);
+  }
+}
+
+void ResidualSpace::RowsToRows(const PointRows& a, int64_t a0, int64_t na, const PointRows& b,
+                               int64_t b0, int64_t nb, double* out) const {
+  Eigen::Map<RowMatrix> g(out, na, nb);
+  g.noalias() = a.features.middleRows(a0, na) * b.features.middleRows(b0, nb).transpose();
+  const int d = kernel_.dimension();
+  const double variance = kernel_.variance();
+  double* r2 = Scratch().R2(nb);
+  for (int64_t i = 0; i < na; ++i) {
+    const double* ac = a.coords.row(a0 + i).data();
+    for (int64_t j = 0; j < nb; ++j) r2[j] = SquaredDistance(ac, b.coords.row(b0 + j).data(), d);
+    kernel_.ValuesFromSquaredDistances(r2, nb);
+    double* row_out = out + i * nb;
+    const double isp_a = a.inv_sqrt_p[a0 + i];
+    for (int64_t j = 0; j < nb; ++j) {
+      row_out[j] = ResidualDistance(r2[j], row_out[j], isp_a, b.inv_sqrt_p[b0 + j]);
+    }
+    for (int64_t j = 0; j < nb; ++j) {
+      if (r2[j] != variance || row_out[j] == 0.0) continue;
+      const int64_t ia = a.ids[a0 + i];
+      if ((ia >= 0 && ia == b.ids[b0 + j]) ||
+          (a.features.row(a0 + i) == b.features.row(b0 + j) &&
+           isp_a == b.inv_sqrt_p[b0 + j])) {
+        row_out[j] = 0.0;
+      }
+    }
+  }
+}
+
+void ResidualSpace::RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
+                             double* out) const {
+  const int64_t count = static_cast<int64_t>(ids.size());
+  const int d = kernel_.dimension();
+  const double* ac = rows.coords.row(row).data();
+  const auto a = rows.features.row(row);
+  double* r2 = Scratch().R2(count);
+  for (int64_t j = 0; j < count; ++j) {
+    r2[j] = SquaredDistance(ac, scaled_.row(ids[j]).data(), d);
+    out[j] = a.dot(v_.row(ids[j]));
+  }
+  FinishRow(rows, row, ids.data(), 0, count, r2, out);
+}
+
+}  // namespace rcknn::core

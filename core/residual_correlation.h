@@ -1,0 +1,120 @@
+// The residual correlation distance of a Gaussian process after inducing points
+// (DESIGN.md section 2), and the MetricSpace that evaluates it.
+//
+//   V = (L^-1 K(U, X))^T (n x m),  L = chol(K(U, U) + jitter * variance * I)
+//   p_i = max(variance - ||V_i||^2, kMinResidualVariance)
+//   rho_ij = (k(x_i, x_j) - V_i . V_j) / sqrt(p_i p_j), clipped to [-1, 1]
+//   d_ij = sqrt(1 - |rho_ij|)
+//
+// d is a pseudometric: it satisfies the triangle inequality, and distinct points may be at
+// distance 0. Rounding can break the triangle inequality by a few ulps of rho; because
+// d = sqrt(1 - |rho|), an error e in rho moves a small distance by up to sqrt(e). Searches
+// therefore prune with kPruneSlack.
+#ifndef RCKNN_CORE_RESIDUAL_CORRELATION_H_
+#define RCKNN_CORE_RESIDUAL_CORRELATION_H_
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+
+#include "absl/status/statusor.h"
+#include "tbb/task_arena.h"
+#include "core/kernel.h"
+#include "core/metric_space.h"
+
+namespace rcknn::core {
+
+inline constexpr double kMinResidualVariance = 1e-9;
+inline constexpr double kDefaultJitter = 1e-6;
+inline constexpr int64_t kDefaultInducingCount = 512;
+
+// The one definition of the metric. Every path (tree, search, brute force, tests) calls it.
+// kernel_value = k(x_i, x_j), v_dot = V_i . V_j, inv_sqrt_p_* = 1 / sqrt(p_*).
+inline double ResidualDistance(double kernel_value, double v_dot, double inv_sqrt_p_i,
+                               double inv_sqrt_p_j) {
+  const double rho = (kernel_value - v_dot) * inv_sqrt_p_i * inv_sqrt_p_j;
+  return std::sqrt(1.0 - std::min(std::fabs(rho), 1.0));
+}
+
+struct ResidualOptions {
+  KernelSpec kernel;
+  // Inducing points drawn as `inducing_count` distinct data points with `inducing_seed`, unless
+  // `inducing_points` (row-major, dimension columns) is given.
+  int64_t inducing_count = kDefaultInducingCount;
+  uint64_t inducing_seed = 0;
+  std::optional<RowMatrix> inducing_points;
+  double jitter = kDefaultJitter;
+};
+
+// Receives a fraction in [0, 1] as long work advances. May be called from any thread.
+using ProgressCallback = std::function<void(double)>;
+
+class ResidualSpace final : public MetricSpace {
+ public:
+  // Computes V and p for `points` (n x d, row-major). Runs on `arena` if given.
+  // INVALID_ARGUMENT: empty or non-finite points, bad kernel, inducing_count < 1 or > n,
+  // inducing points of the wrong shape or non-finite, negative or non-finite jitter.
+  // FAILED_PRECONDITION: K(U, U) + jitter I is not positive definite.
+  static absl::StatusOr<std::unique_ptr<ResidualSpace>> Create(
+      RowMatrix points, const ResidualOptions& options, tbb::task_arena* arena = nullptr,
+      const ProgressCallback& progress = nullptr);
+
+  // Uses caller-supplied factors: `v` is n x m, `p` has n positive entries. The kernel is still
+  // needed for k(x_i, x_j). Out-of-sample queries are not possible (Prepare fails).
+  static absl::StatusOr<std::unique_ptr<ResidualSpace>> FromFactors(RowMatrix points,
+                                                                    const KernelSpec& kernel,
+                                                                    RowMatrix v,
+                                                                    Eigen::VectorXd p);
+
+  int64_t size() const override { return v_.rows(); }
+  int dimension() const override { return kernel_.dimension(); }
+  int64_t cost_per_distance() const override { return v_.cols() + kernel_.dimension(); }
+  int64_t memory_bytes() const override;
+
+  PointRows Gather(absl::Span<const int64_t> ids) const override;
+  absl::StatusOr<PointRows> Prepare(const double* points, int64_t num) const override;
+  void RowsToRange(const PointRows& rows, int64_t first, int64_t num, int64_t begin,
+                   int64_t count, double* out) const override;
+  void RowsToRows(const PointRows& a, int64_t a0, int64_t na, const PointRows& b, int64_t b0,
+                  int64_t nb, double* out) const override;
+  void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
+                double* out) const override;
+
+  const Kernel& kernel() const { return kernel_; }
+  const RowMatrix& v() const { return v_; }           // n x m
+  const Eigen::VectorXd& p() const { return p_; }     // n
+  const RowMatrix& points() const { return points_; }  // n x d, as given
+  // Ids of the sampled inducing points (empty when they were given or factors were supplied).
+  const std::vector<int64_t>& inducing_ids() const { return inducing_ids_; }
+  bool factors_supplied() const { return !cholesky_.has_value(); }
+
+ private:
+  ResidualSpace(Kernel kernel, RowMatrix points);
+  void FinishSetup();  // derived arrays from points_, v_ and p_
+  // Distances for one row against stored points whose squared scaled distances are in r2 and
+  // V dot products in `dots`; writes distances over `dots`.
+  void FinishRow(const PointRows& rows, int64_t row, const int64_t* stored_ids_or_null,
+                 int64_t begin, int64_t count, double* r2, double* dots) const;
+
+  Kernel kernel_;
+  RowMatrix points_;
+  RowMatrix scaled_;                 // n x d: points / lengthscales
+  RowMatrix scaled_by_dim_;          // d x n: the same, one row per dimension
+  RowMatrix v_;                      // n x m
+  Eigen::VectorXd p_;                // n
+  Eigen::VectorXd inv_sqrt_p_;       // n
+  RowMatrix inducing_scaled_;        // m x d (empty with supplied factors)
+  std::optional<Eigen::LLT<Eigen::MatrixXd>> cholesky_;
+  std::vector<int64_t> inducing_ids_;
+};
+
+}  // namespace rcknn::core
+
+#endif  // RCKNN_CORE_RESIDUAL_CORRELATION_H_

@@ -1,0 +1,53 @@
+// Loads the fixed data sets of ../shared/data (raw little-endian arrays described by
+// <name>.manifest.json) and compares answers with the rule of DESIGN.md section 3.
+#ifndef RCKNN_TESTS_TESTING_SHARED_DATA_H_
+#define RCKNN_TESTS_TESTING_SHARED_DATA_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/knn_index.h"
+#include "core/metric_space.h"
+
+namespace rcknn::testing {
+
+// The repository's default location of the shared data sets.
+std::string DefaultDataDir();
+
+struct Dataset {
+  std::string name;
+  int64_t n = 0;
+  int dimension = 0;
+  int64_t k = 0;
+  core::KernelSpec kernel;
+  core::RowMatrix points;             // n x dimension
+  std::vector<int64_t> inducing_ids;  // ascending
+  std::vector<int64_t> query_ids;
+  std::vector<int64_t> knn_ids;       // queries x k, self excluded
+  std::vector<double> knn_dists;
+  std::vector<int64_t> pred_ids;      // queries x k, predecessor mode
+  std::vector<double> pred_dists;
+  std::vector<double> p_diag;         // n
+
+  // The spec that reproduces the shipped answers: the shipped inducing points, given explicitly.
+  core::IndexSpec Spec() const;
+  core::IndexData Data() const;
+};
+
+absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& name);
+
+// DESIGN.md section 3: the sorted distance lists agree within `tol`, and the true distance
+// (measured in `space`) of every returned id is at most the reference k-th distance + tol.
+// Also checks the padding (-1 with +inf only), that no id repeats, and that every id
+// qualifies for the query (`query_id` -1 for out-of-sample queries). Returns "" when the row
+// matches, else a description of the first difference.
+std::string CompareRow(const core::MetricSpace& space, const core::PointRows& query_rows,
+                       int64_t row, int64_t query_id, const core::KnnOptions& options,
+                       const int64_t* ids, const double* dists, const double* ref_dists,
+                       double tol = 1e-6);
+
+}  // namespace rcknn::testing
+
+#endif  // RCKNN_TESTS_TESTING_SHARED_DATA_H_
