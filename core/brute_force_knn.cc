@@ -75,6 +75,88 @@ void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOp
   }
 }
 
+absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
+                         absl::Span<const int64_t> query_list, const KnnOptions& options,
+                         const Cancellation* cancellation, int64_t* out_ids,
+                         double* out_distances, TraversalStats& stats,
+                         absl::Span<int64_t> per_query_evaluations) {
+  const int64_t n = space.size();
+  const int dimension = space.dimension();
+  const int64_t nq = static_cast<int64_t>(query_list.size());
+  if (nq == 0) return absl::OkStatus();
+  // Predecessor queries with nearby ids share most of their id range: block them together.
+  std::vector<int64_t> order(query_list.begin(), query_list.end());
+  if (options.predecessor_mode) {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return queries.ids[a] < queries.ids[b]; });
+  }
+  const int64_t num_blocks = (nq + kQueryBlock - 1) / kQueryBlock;
+  const int64_t chunk = num_blocks >= kMinBlocksForQuerySplitOnly
+                            ? ((n + kPointBlock - 1) / kPointBlock) * kPointBlock
+                            : kChunkBlocks * kPointBlock;
+  const int64_t num_chunks = std::max<int64_t>(1, (n + chunk - 1) / chunk);
+
+  std::vector<std::vector<TopK>> tops(num_blocks * num_chunks);
+  std::vector<int64_t> task_evaluations(num_blocks * num_chunks, 0);
+  tbb::enumerable_thread_specific<TraversalStats> local_stats;
+  FirstError error;
+  tbb::parallel_for(int64_t{0}, num_blocks * num_chunks, [&](int64_t task) {
+    if (error.failed()) return;
+    if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
+      error.Set(std::move(status));
+      return;
+    }
+    const int64_t block = task / num_chunks;
+    const int64_t part = task % num_chunks;
+    const int64_t first = block * kQueryBlock;
+    const int64_t num = std::min(kQueryBlock, nq - first);
+    PointRows rows;
+    if (queries.by_id()) {
+      std::vector<int64_t> ids(num);
+      for (int64_t i = 0; i < num; ++i) ids[i] = queries.ids[order[first + i]];
+      rows = space.Gather(ids);
+    } else {
+      std::vector<double> points(num * dimension);
+      for (int64_t i = 0; i < num; ++i) {
+        std::copy_n(queries.points.data() + order[first + i] * dimension, dimension,
+                    points.data() + i * dimension);
+      }
+      absl::StatusOr<PointRows> prepared = space.Prepare(points.data(), num);
+      if (!prepared.ok()) {
+        error.Set(prepared.status());
+        return;
+      }
+      rows = *std::move(prepared);
+    }
+    std::vector<TopK>& block_tops = tops[task];
+    block_tops.assign(num, TopK(options.k));
+    TraversalStats& st = local_stats.local();
+    const int64_t before = st.distance_evaluations;
+    BruteForceScan(space, rows, options, part * chunk, (part + 1) * chunk, block_tops, st);
+    task_evaluations[task] = (st.distance_evaluations - before) / num;
+  });
+  if (error.failed()) return error.status();
+
+  for (int64_t block = 0; block < num_blocks; ++block) {
+    std::vector<TopK>& merged = tops[block * num_chunks];
+    int64_t evaluations = task_evaluations[block * num_chunks];
+    for (int64_t part = 1; part < num_chunks; ++part) {
+      evaluations += task_evaluations[block * num_chunks + part];
+      for (size_t i = 0; i < merged.size(); ++i) {
+        merged[i].Merge(tops[block * num_chunks + part][i]);
+      }
+    }
+    for (size_t i = 0; i < merged.size(); ++i) {
+      const int64_t q = order[block * kQueryBlock + i];
+      merged[i].Write(out_ids + q * options.k, out_distances + q * options.k);
+      if (!per_query_evaluations.empty()) per_query_evaluations[q] += evaluations;
+    }
+  }
+  for (const TraversalStats& s : local_stats) stats.Merge(s);
+  stats.brute_force_queries += nq;
+  return absl::OkStatus();
+}
+
 absl::Status BruteForceKnn(const MetricSpace& space, const QueryBatch& queries,
                            const KnnOptions& options, tbb::task_arena* arena,
                            const Cancellation* cancellation, int64_t* out_ids,
@@ -90,81 +172,22 @@ absl::Status BruteForceKnn(const MetricSpace& space, const QueryBatch& queries,
     }
   }
   const int64_t nq = NumQueries(queries, dimension);
-  // Predecessor queries with nearby ids share most of their id range: block them together.
-  std::vector<int64_t> order(nq);
-  std::iota(order.begin(), order.end(), 0);
-  if (options.predecessor_mode) {
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return queries.ids[a] < queries.ids[b]; });
-  }
-  const int64_t num_blocks = (nq + kQueryBlock - 1) / kQueryBlock;
-  const int64_t chunk = num_blocks >= kMinBlocksForQuerySplitOnly
-                            ? ((n + kPointBlock - 1) / kPointBlock) * kPointBlock
-                            : kChunkBlocks * kPointBlock;
-  const int64_t num_chunks = std::max<int64_t>(1, (n + chunk - 1) / chunk);
-
-  std::vector<std::vector<TopK>> tops(num_blocks * num_chunks);
-  tbb::enumerable_thread_specific<TraversalStats> local_stats;
-  FirstError error;
+  std::vector<int64_t> all(nq);
+  std::iota(all.begin(), all.end(), 0);
+  TraversalStats total;
+  absl::Status status;
   auto run = [&] {
-    tbb::parallel_for(int64_t{0}, num_blocks * num_chunks, [&](int64_t task) {
-      if (error.failed()) return;
-      if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
-        error.Set(std::move(status));
-        return;
-      }
-      const int64_t block = task / num_chunks;
-      const int64_t part = task % num_chunks;
-      const int64_t first = block * kQueryBlock;
-      const int64_t num = std::min(kQueryBlock, nq - first);
-      PointRows rows;
-      if (queries.by_id()) {
-        std::vector<int64_t> ids(num);
-        for (int64_t i = 0; i < num; ++i) ids[i] = queries.ids[order[first + i]];
-        rows = space.Gather(ids);
-      } else {
-        std::vector<double> points(num * dimension);
-        for (int64_t i = 0; i < num; ++i) {
-          std::copy_n(queries.points.data() + order[first + i] * dimension, dimension,
-                      points.data() + i * dimension);
-        }
-        absl::StatusOr<PointRows> prepared = space.Prepare(points.data(), num);
-        if (!prepared.ok()) {
-          error.Set(prepared.status());
-          return;
-        }
-        rows = *std::move(prepared);
-      }
-      std::vector<TopK>& block_tops = tops[task];
-      block_tops.assign(num, TopK(options.k));
-      BruteForceScan(space, rows, options, part * chunk, (part + 1) * chunk, block_tops,
-                     local_stats.local());
-    });
+    status = ScanQueries(space, queries, all, options, cancellation, out_ids, out_distances,
+                         total);
   };
   if (arena != nullptr) {
     arena->execute(run);
   } else {
     run();
   }
-  if (error.failed()) return error.status();
-
-  for (int64_t block = 0; block < num_blocks; ++block) {
-    std::vector<TopK>& merged = tops[block * num_chunks];
-    for (int64_t part = 1; part < num_chunks; ++part) {
-      for (size_t i = 0; i < merged.size(); ++i) merged[i].Merge(tops[block * num_chunks + part][i]);
-    }
-    for (size_t i = 0; i < merged.size(); ++i) {
-      const int64_t q = order[block * kQueryBlock + i];
-      merged[i].Write(out_ids + q * options.k, out_distances + q * options.k);
-    }
-  }
-  if (stats != nullptr) {
-    TraversalStats total;
-    for (const TraversalStats& s : local_stats) total.Merge(s);
-    total.queries = nq;
-    total.brute_force_queries = nq;
-    stats->Merge(total);
-  }
+  if (!status.ok()) return status;
+  total.queries = nq;
+  if (stats != nullptr) stats->Merge(total);
   return absl::OkStatus();
 }
 

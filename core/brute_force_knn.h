@@ -26,6 +26,17 @@ absl::Status BruteForceKnn(const MetricSpace& space, const QueryBatch& queries,
                            const Cancellation* cancellation, int64_t* out_ids,
                            double* out_distances, TraversalStats* stats = nullptr);
 
+// Answers queries[query_list[i]] for every i by the blocked scan, in parallel on the current
+// arena (call inside task_arena::execute to choose one). The caller has validated `queries`.
+// Queries are grouped in blocks of a fixed size in query_list order (by id in predecessor mode),
+// so results depend only on the inputs. `per_query_evaluations`, if non-empty, has one entry per
+// query of `queries`; the scanned ones get their evaluation counts added.
+absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
+                         absl::Span<const int64_t> query_list, const KnnOptions& options,
+                         const Cancellation* cancellation, int64_t* out_ids,
+                         double* out_distances, TraversalStats& stats,
+                         absl::Span<int64_t> per_query_evaluations = {});
+
 // The scan itself, on the calling thread: offers every qualifying stored point with id in
 // [begin, end) to tops[i], the k best of rows[i]. Points are evaluated in whole blocks of a
 // fixed grid of ids, so a pair's distance depends only on `rows` and that grid, never on how

@@ -14,7 +14,8 @@
 namespace rcknn::core {
 namespace {
 
-constexpr int64_t kChunk = 32;          // queries prepared, and scanned, together
+constexpr int64_t kChunk = 32;           // queries prepared together for their walks
+constexpr int64_t kProbe = 16;           // queries whose walks decide whether the batch walks
 constexpr int64_t kMinWalkBudget = 256;  // evaluations any walk may spend before falling back
 
 struct WalkScratch {
@@ -116,7 +117,6 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
   const int64_t budget =
       std::max(kMinWalkBudget, static_cast<int64_t>(search_options.scan_fraction * n));
   const bool always_scan = search_options.scan_fraction <= 0.0;
-  const int64_t num_chunks = (nq + kChunk - 1) / kChunk;
 
   tbb::enumerable_thread_specific<TraversalStats> local_stats;
   tbb::enumerable_thread_specific<WalkScratch> local_scratch;
@@ -128,16 +128,20 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
     if (first_error.ok()) first_error = std::move(status);
     failed.store(true);
   };
+  std::vector<char> walked(nq, 0);
+  std::vector<int64_t> evaluations(nq, 0);
 
-  auto run = [&] {
+  // Walks queries [begin, end) in chunks of kChunk (the last may be shorter) in parallel.
+  auto walk_range = [&](int64_t begin, int64_t end, int64_t chunk_size) {
+    const int64_t num_chunks = (end - begin + chunk_size - 1) / chunk_size;
     tbb::parallel_for(int64_t{0}, num_chunks, [&](int64_t chunk) {
       if (failed.load(std::memory_order_relaxed)) return;
       if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
         fail(std::move(status));
         return;
       }
-      const int64_t first = chunk * kChunk;
-      const int64_t num = std::min(kChunk, nq - first);
+      const int64_t first = begin + chunk * chunk_size;
+      const int64_t num = std::min(chunk_size, end - first);
       PointRows rows;
       if (queries.by_id()) {
         rows = space.Gather(queries.ids.subspan(first, num));
@@ -152,43 +156,43 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
       }
       TraversalStats& st = local_stats.local();
       WalkScratch& scratch = local_scratch.local();
-      std::vector<int64_t> scan_rows;
-      std::vector<int64_t> walk_evaluations(num, 0);
       TopK top(options.k);
       for (int64_t i = 0; i < num; ++i) {
         top.Reset(options.k);
-        int64_t evaluations = 0;
-        if (!always_scan &&
-            Walk(tree, space, rows, i, options, budget, top, scratch, st, evaluations)) {
-          top.Write(out_ids + (first + i) * options.k, out_distances + (first + i) * options.k);
-        } else {
-          scan_rows.push_back(i);
+        const int64_t q = first + i;
+        if (Walk(tree, space, rows, i, options, budget, top, scratch, st, evaluations[q])) {
+          top.Write(out_ids + q * options.k, out_distances + q * options.k);
+          walked[q] = 1;
         }
-        walk_evaluations[i] = evaluations;
-        st.distance_evaluations += evaluations;
-      }
-      if (!scan_rows.empty()) {
-        if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
-          fail(std::move(status));
-          return;
-        }
-        const PointRows scan = SelectRows(rows, scan_rows);
-        std::vector<TopK> tops(scan_rows.size(), TopK(options.k));
-        const int64_t before = st.distance_evaluations;
-        BruteForceScan(space, scan, options, 0, n, tops, st);
-        const int64_t each = (st.distance_evaluations - before) / scan.size();
-        st.brute_force_queries += scan.size();
-        for (size_t s = 0; s < scan_rows.size(); ++s) {
-          const int64_t q = first + scan_rows[s];
-          tops[s].Write(out_ids + q * options.k, out_distances + q * options.k);
-          walk_evaluations[scan_rows[s]] += each;
-        }
-      }
-      if (!per_query_evaluations.empty()) {
-        std::copy(walk_evaluations.begin(), walk_evaluations.end(),
-                  per_query_evaluations.begin() + first);
+        st.distance_evaluations += evaluations[q];
       }
     });
+  };
+
+  TraversalStats scan_stats;
+  auto run = [&] {
+    // A probe of the first queries decides whether walks pay on this batch at all: where most of
+    // them exhaust their budget (data sparse relative to the inducing points), every walk would
+    // cost more than the scan it ends in.
+    int64_t walk_end = 0;
+    if (!always_scan) {
+      const int64_t probe = std::min(nq, kProbe);
+      walk_range(0, probe, 1);
+      const int64_t probe_walked = std::count(walked.begin(), walked.begin() + probe, 1);
+      walk_end = 2 * probe_walked >= probe ? nq : probe;
+      if (walk_end > probe) walk_range(probe, walk_end, kChunk);
+    }
+    if (failed.load()) return;
+    std::vector<int64_t> scan_list;
+    for (int64_t q = 0; q < nq; ++q) {
+      if (!walked[q]) scan_list.push_back(q);
+    }
+    if (absl::Status status =
+            ScanQueries(space, queries, scan_list, options, cancellation, out_ids, out_distances,
+                        scan_stats, absl::MakeSpan(evaluations));
+        !status.ok()) {
+      fail(std::move(status));
+    }
   };
   if (arena != nullptr) {
     arena->execute(run);
@@ -199,8 +203,11 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
     absl::MutexLock lock(&mutex);
     return first_error;
   }
+  if (!per_query_evaluations.empty()) {
+    std::copy(evaluations.begin(), evaluations.end(), per_query_evaluations.begin());
+  }
   if (stats != nullptr) {
-    TraversalStats total;
+    TraversalStats total = scan_stats;
     for (const TraversalStats& s : local_stats) total.Merge(s);
     total.queries = nq;
     stats->Merge(total);

@@ -1,0 +1,267 @@
+// rcknn-bench: builds an index for one workload of DESIGN.md section 7, answers its queries with
+// the tree search and with the blocked brute force, checks every answer, and prints one JSON
+// object per line.
+//
+//   rcknn-bench --workload=gold|gold-pred|vecchia-all|scale|dense|dense-pred|gemm --threads=2 [--data_dir=DIR]
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "core/knn_index.h"
+#include "core/random.h"
+#include "tbb/global_control.h"
+#include "tbb/parallel_for.h"
+#include "tbb/task_arena.h"
+#include "tests/testing/shared_data.h"
+
+ABSL_FLAG(std::string, workload, "gold",
+          "gold | gold-pred | vecchia-all | scale | dense | dense-pred | gemm");
+ABSL_FLAG(int, threads, 2, "worker threads (one tbb::task_arena of this size)");
+ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(), "directory of the shared data");
+ABSL_FLAG(int64_t, scale_points, 1000000, "scale: number of generated points");
+ABSL_FLAG(int64_t, scale_queries, 10000, "scale: number of predecessor-mode queries");
+ABSL_FLAG(int64_t, scale_brute_sample, 200, "scale: queries timed with the brute force");
+ABSL_FLAG(bool, scale_check_all, true,
+          "scale: check every query against the brute force (else only the timed sample)");
+ABSL_FLAG(double, base, rcknn::core::CoverTreeOptions().base, "cover tree base");
+ABSL_FLAG(double, scan_fraction, rcknn::core::TreeSearchOptions().scan_fraction,
+          "fraction of the points a walk may evaluate before the query is scanned");
+
+namespace rcknn {
+namespace {
+
+using core::KnnIndex;
+using core::KnnOptions;
+using core::QueryBatch;
+using core::TraversalStats;
+
+int64_t PeakRssBytes() {
+  rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
+}
+
+double Seconds(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
+struct Answers {
+  std::vector<int64_t> ids;
+  std::vector<double> dists;
+  std::vector<int64_t> evaluations;
+  TraversalStats stats;
+  double seconds = 0.0;
+};
+
+Answers RunSearch(const KnnIndex& index, const std::vector<int64_t>& query_ids,
+                  const KnnOptions& options, tbb::task_arena& arena, bool brute) {
+  Answers a;
+  const int64_t nq = static_cast<int64_t>(query_ids.size());
+  a.ids.resize(nq * options.k);
+  a.dists.resize(nq * options.k);
+  a.evaluations.resize(nq);
+  QueryBatch batch;
+  batch.ids = query_ids;
+  const absl::Time start = absl::Now();
+  const absl::Status status =
+      brute ? index.SearchBruteForce(batch, options, &arena, nullptr, a.ids.data(),
+                                     a.dists.data(), &a.stats)
+            : index.Search(batch, options, &arena, nullptr, a.ids.data(), a.dists.data(),
+                           &a.stats, absl::MakeSpan(a.evaluations));
+  a.seconds = Seconds(start);
+  if (!status.ok()) {
+    std::cerr << "search failed: " << status << "\n";
+    std::exit(1);
+  }
+  return a;
+}
+
+// Checks answers.rows against reference distances (num x k); returns the number of mismatches.
+int64_t CountMismatches(const KnnIndex& index, const std::vector<int64_t>& query_ids,
+                        const KnnOptions& options, const Answers& got,
+                        const std::vector<double>& ref_dists, int64_t first, int64_t num) {
+  int64_t bad = 0;
+  for (int64_t start = first; start < first + num; start += 4096) {
+    const int64_t count = std::min<int64_t>(4096, first + num - start);
+    const core::PointRows rows = index.space().Gather(
+        absl::MakeConstSpan(query_ids).subspan(start, count));
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t q = start + i;
+      const std::string diff = testing::CompareRow(
+          index.space(), rows, i, query_ids[q], options, &got.ids[q * options.k],
+          &got.dists[q * options.k], &ref_dists[(q - first) * options.k]);
+      if (!diff.empty()) {
+        if (bad < 3) std::cerr << "query " << q << " (id " << query_ids[q] << "): " << diff << "\n";
+        ++bad;
+      }
+    }
+  }
+  return bad;
+}
+
+void Print(const std::string& workload, int threads, int64_t n, int64_t queries, int64_t k,
+           const KnnIndex& index, const Answers& tree, double brute_qps, bool exact) {
+  std::vector<int64_t> evals = tree.evaluations;
+  std::sort(evals.begin(), evals.end());
+  const double mean = std::accumulate(evals.begin(), evals.end(), 0.0) / evals.size();
+  const int64_t p99 = evals[std::min<int64_t>(evals.size() - 1, evals.size() * 99 / 100)];
+  std::cout << absl::StrFormat(
+                   "{\"workload\":\"%s\",\"threads\":%d,\"n\":%d,\"queries\":%d,\"k\":%d,"
+                   "\"build_v_seconds\":%.4f,\"build_tree_seconds\":%.4f,"
+                   "\"queries_per_second\":%.1f,\"dist_evals_per_query_mean\":%.1f,"
+                   "\"dist_evals_per_query_p99\":%d,\"peak_rss_bytes\":%d,"
+                   "\"brute_queries_per_second\":%.1f,\"exact\":%s,"
+                   "\"search_seconds\":%.4f,\"scanned_queries\":%d,\"tree_depth\":%d,"
+                   "\"root_children\":%d,\"index_memory_bytes\":%d}",
+                   workload, threads, n, queries, k, index.timings().factor_seconds,
+                   index.timings().tree_seconds, queries / tree.seconds, mean, p99,
+                   PeakRssBytes(), brute_qps, exact ? "true" : "false", tree.seconds,
+                   tree.stats.brute_force_queries, index.tree().depth(),
+                   index.tree().end_child(0) - index.tree().first_child(0),
+                   index.memory_bytes())
+            << std::endl;
+}
+
+core::IndexSpec Tuned(core::IndexSpec spec) {
+  spec.tree.base = absl::GetFlag(FLAGS_base);
+  spec.search.scan_fraction = absl::GetFlag(FLAGS_scan_fraction);
+  return spec;
+}
+
+int RunShared(const std::string& workload, int threads, tbb::task_arena& arena) {
+  absl::StatusOr<testing::Dataset> set =
+      testing::LoadDataset(absl::GetFlag(FLAGS_data_dir),
+                           workload.substr(0, 5) == "dense" ? "dense" : "gold");
+  if (!set.ok()) {
+    std::cerr << set.status() << "\n";
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+      KnnIndex::Build(Tuned(set->Spec()), set->Data(), &arena);
+  if (!index.ok()) {
+    std::cerr << index.status() << "\n";
+    return 1;
+  }
+  KnnOptions options;
+  options.k = set->k;
+  options.predecessor_mode = workload != "gold" && workload != "dense";
+  std::vector<int64_t> query_ids = set->query_ids;
+  if (workload == "vecchia-all") {
+    query_ids.resize(set->n);
+    std::iota(query_ids.begin(), query_ids.end(), 0);
+  }
+  const int64_t nq = static_cast<int64_t>(query_ids.size());
+  const Answers tree = RunSearch(**index, query_ids, options, arena, /*brute=*/false);
+  const Answers brute = RunSearch(**index, query_ids, options, arena, /*brute=*/true);
+  int64_t bad;
+  if (workload == "vecchia-all") {
+    bad = CountMismatches(**index, query_ids, options, tree, brute.dists, 0, nq);
+  } else {
+    bad = CountMismatches(**index, query_ids, options, tree,
+                          options.predecessor_mode ? set->pred_dists : set->knn_dists, 0, nq);
+    bad += CountMismatches(**index, query_ids, options, brute,
+                           options.predecessor_mode ? set->pred_dists : set->knn_dists, 0, nq);
+  }
+  Print(workload, threads, set->n, nq, options.k, **index, tree, nq / brute.seconds, bad == 0);
+  return 0;
+}
+
+int RunScale(int threads, tbb::task_arena& arena) {
+  const int64_t n = absl::GetFlag(FLAGS_scale_points);
+  const int64_t nq = absl::GetFlag(FLAGS_scale_queries);
+  core::SplitMix64 rng(20261123);
+  core::IndexData data;
+  data.points.resize(n, 2);
+  for (int64_t i = 0; i < n; ++i) {
+    data.points(i, 0) = rng.Normal();
+    data.points(i, 1) = rng.Normal();
+  }
+  core::IndexSpec spec;
+  spec.dimension = 2;
+  spec.residual.kernel.type = core::KernelType::kRbf;
+  spec.residual.kernel.variance = 1.0;
+  spec.residual.kernel.lengthscales = {0.5};
+  spec.residual.inducing_count = 256;
+  spec.residual.inducing_seed = 7;
+  absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+      KnnIndex::Build(Tuned(spec), std::move(data), &arena);
+  if (!index.ok()) {
+    std::cerr << index.status() << "\n";
+    return 1;
+  }
+  KnnOptions options;
+  options.k = 30;
+  options.predecessor_mode = true;
+  std::vector<int64_t> query_ids(nq);
+  for (int64_t& id : query_ids) id = static_cast<int64_t>(rng.UniformBelow(n));
+  const Answers tree = RunSearch(**index, query_ids, options, arena, /*brute=*/false);
+  const int64_t sample = std::min(nq, absl::GetFlag(FLAGS_scale_brute_sample));
+  std::vector<int64_t> sample_ids(query_ids.begin(), query_ids.begin() + sample);
+  const Answers timed = RunSearch(**index, sample_ids, options, arena, /*brute=*/true);
+  int64_t bad = CountMismatches(**index, query_ids, options, tree, timed.dists, 0, sample);
+  if (absl::GetFlag(FLAGS_scale_check_all) && nq > sample) {
+    std::vector<int64_t> rest(query_ids.begin() + sample, query_ids.end());
+    const Answers check = RunSearch(**index, rest, options, arena, /*brute=*/true);
+    bad += CountMismatches(**index, query_ids, options, tree, check.dists, sample, nq - sample);
+  }
+  const bool all_checked = absl::GetFlag(FLAGS_scale_check_all) || nq == sample;
+  Print("scale", threads, n, nq, options.k, **index, tree, sample / timed.seconds,
+        bad == 0 && all_checked);
+  const auto& residual = dynamic_cast<const core::ResidualSpace&>((*index)->space());
+  std::cout << absl::StrFormat("{\"workload\":\"scale-memory\",\"v_and_coords_bytes\":%d,"
+                               "\"peak_rss_bytes\":%d}",
+                               (residual.v().size() + residual.points().size()) * 8,
+                               PeakRssBytes())
+            << std::endl;
+  return 0;
+}
+
+// Eigen's own float64 matrix product at this thread count: the yardstick for the brute force.
+int RunGemm(int threads, tbb::task_arena& arena) {
+  const int64_t rows = 1024, cols = 4096, inner = 512, reps = 8;
+  std::vector<core::RowMatrix> a(threads), b(threads), c(threads);
+  for (int t = 0; t < threads; ++t) {
+    a[t] = core::RowMatrix::Random(rows, inner);
+    b[t] = core::RowMatrix::Random(cols, inner);
+    c[t].resize(rows, cols);
+  }
+  const absl::Time start = absl::Now();
+  arena.execute([&] {
+    tbb::parallel_for(0, threads, [&](int t) {
+      for (int r = 0; r < reps; ++r) c[t].noalias() = a[t] * b[t].transpose();
+    });
+  });
+  const double seconds = Seconds(start);
+  const double flops = 2.0 * rows * cols * inner * reps * threads;
+  std::cout << absl::StrFormat("{\"workload\":\"gemm\",\"threads\":%d,\"gflops\":%.1f}", threads,
+                               flops / seconds / 1e9)
+            << std::endl;
+  return 0;
+}
+
+}  // namespace
+}  // namespace rcknn
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const int threads = absl::GetFlag(FLAGS_threads);
+  tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
+  tbb::task_arena arena(threads);
+  const std::string workload = absl::GetFlag(FLAGS_workload);
+  if (workload == "gold" || workload == "gold-pred" || workload == "vecchia-all" ||
+      workload == "dense" || workload == "dense-pred") {
+    return rcknn::RunShared(workload, threads, arena);
+  }
+  if (workload == "scale") return rcknn::RunScale(threads, arena);
+  if (workload == "gemm") return rcknn::RunGemm(threads, arena);
+  std::cerr << "unknown --workload " << workload << "\n";
+  return 2;
+}
