@@ -16,7 +16,7 @@ namespace {
 
 constexpr int64_t kChunk = 32;           // queries prepared together for their walks
 constexpr int64_t kProbe = 16;           // queries whose walks decide whether the batch walks
-constexpr int64_t kMinWalkBudget = 256;  // evaluations any walk may spend before falling back
+constexpr int64_t kMinWalkBudget = 64;   // evaluations any walk may spend before falling back
 
 struct WalkScratch {
   std::vector<std::pair<double, int64_t>> heap;  // min-heap on (lower bound, node)
@@ -114,8 +114,6 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
   if (!per_query_evaluations.empty() && static_cast<int64_t>(per_query_evaluations.size()) != nq) {
     return absl::InvalidArgumentError("per_query_evaluations must hold one entry per query");
   }
-  const int64_t budget =
-      std::max(kMinWalkBudget, static_cast<int64_t>(search_options.scan_fraction * n));
   const bool always_scan = search_options.scan_fraction <= 0.0;
 
   tbb::enumerable_thread_specific<TraversalStats> local_stats;
@@ -131,23 +129,30 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
   std::vector<char> walked(nq, 0);
   std::vector<int64_t> evaluations(nq, 0);
 
-  // Walks queries [begin, end) in chunks of kChunk (the last may be shorter) in parallel.
-  auto walk_range = [&](int64_t begin, int64_t end, int64_t chunk_size) {
-    const int64_t num_chunks = (end - begin + chunk_size - 1) / chunk_size;
+  // Walks the queries of `list` in parallel, in chunks of `chunk_size` prepared together.
+  auto walk_list = [&](const std::vector<int64_t>& list, int64_t chunk_size) {
+    const int64_t total = static_cast<int64_t>(list.size());
+    const int64_t num_chunks = (total + chunk_size - 1) / chunk_size;
     tbb::parallel_for(int64_t{0}, num_chunks, [&](int64_t chunk) {
       if (failed.load(std::memory_order_relaxed)) return;
       if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
         fail(std::move(status));
         return;
       }
-      const int64_t first = begin + chunk * chunk_size;
-      const int64_t num = std::min(chunk_size, end - first);
+      const int64_t first = chunk * chunk_size;
+      const int64_t num = std::min(chunk_size, total - first);
       PointRows rows;
       if (queries.by_id()) {
-        rows = space.Gather(queries.ids.subspan(first, num));
+        std::vector<int64_t> ids(num);
+        for (int64_t i = 0; i < num; ++i) ids[i] = queries.ids[list[first + i]];
+        rows = space.Gather(ids);
       } else {
-        absl::StatusOr<PointRows> prepared =
-            space.Prepare(queries.points.data() + first * dimension, num);
+        std::vector<double> points(num * dimension);
+        for (int64_t i = 0; i < num; ++i) {
+          std::copy_n(queries.points.data() + list[first + i] * dimension, dimension,
+                      points.data() + i * dimension);
+        }
+        absl::StatusOr<PointRows> prepared = space.Prepare(points.data(), num);
         if (!prepared.ok()) {
           fail(prepared.status());
           return;
@@ -159,7 +164,10 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
       TopK top(options.k);
       for (int64_t i = 0; i < num; ++i) {
         top.Reset(options.k);
-        const int64_t q = first + i;
+        const int64_t q = list[first + i];
+        const int64_t candidates = options.predecessor_mode ? rows.ids[i] : n;
+        const int64_t budget = std::max(
+            kMinWalkBudget, static_cast<int64_t>(search_options.scan_fraction * candidates));
         if (Walk(tree, space, rows, i, options, budget, top, scratch, st, evaluations[q])) {
           top.Write(out_ids + q * options.k, out_distances + q * options.k);
           walked[q] = 1;
@@ -171,16 +179,27 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
 
   TraversalStats scan_stats;
   auto run = [&] {
-    // A probe of the first queries decides whether walks pay on this batch at all: where most of
+    // Probes spread over the batch decide whether walks pay on it at all: where most of
     // them exhaust their budget (data sparse relative to the inducing points), every walk would
     // cost more than the scan it ends in.
-    int64_t walk_end = 0;
     if (!always_scan) {
-      const int64_t probe = std::min(nq, kProbe);
-      walk_range(0, probe, 1);
-      const int64_t probe_walked = std::count(walked.begin(), walked.begin() + probe, 1);
-      walk_end = 2 * probe_walked >= probe ? nq : probe;
-      if (walk_end > probe) walk_range(probe, walk_end, kChunk);
+      const int64_t probes = std::min(nq, kProbe);
+      std::vector<int64_t> probe_queries(probes);
+      for (int64_t p = 0; p < probes; ++p) probe_queries[p] = p * nq / probes;
+      walk_list(probe_queries, 1);
+      int64_t probe_walked = 0;
+      for (int64_t q : probe_queries) probe_walked += walked[q];
+      if (2 * probe_walked >= probes) {
+        std::vector<int64_t> rest;
+        for (int64_t q = 0, p = 0; q < nq; ++q) {
+          if (p < probes && probe_queries[p] == q) {
+            ++p;
+          } else {
+            rest.push_back(q);
+          }
+        }
+        walk_list(rest, kChunk);
+      }
     }
     if (failed.load()) return;
     std::vector<int64_t> scan_list;

@@ -5,10 +5,12 @@
 // max_dist(node)) and evaluates all children of a popped node at once. A node is pruned when
 // its bound exceeds the current k-th distance by more than kPruneSlack; in predecessor mode a
 // child whose subtree holds no id below the query's is skipped unevaluated. A query whose walk
-// would evaluate more than `scan_fraction` of the points stops and is answered, with the other
-// stopped queries of its chunk, by the blocked matrix-product scan, which evaluates candidates
-// many times faster per distance. Both paths are exact; which one answers a query depends only on
-// the query, so results are identical at every thread count.
+// would evaluate more than `scan_fraction` of its candidates stops and is answered, with all other
+// such queries of the batch, by the blocked matrix-product scan, which evaluates candidates many
+// times faster per distance. Both paths are exact; which one answers a query depends only on
+// the query batch, so results are identical at every thread count: 16 queries spread over the
+// batch are walked first as probes, and where more than half of them fall back the rest of the
+// batch is scanned without walking.
 #ifndef RCKNN_CORE_KNN_SEARCH_H_
 #define RCKNN_CORE_KNN_SEARCH_H_
 
@@ -26,9 +28,10 @@
 namespace rcknn::core {
 
 struct TreeSearchOptions {
-  // Fraction of the points a tree walk may evaluate before the query moves to the scan.
-  // 1 or more: never fall back; 0: always scan.
-  double scan_fraction = 0.08;
+  // Fraction of its candidates (all points, or the ids below the query's in predecessor mode) a
+  // tree walk may evaluate before the query moves to the scan. 1 or more: never fall back;
+  // 0: always scan.
+  double scan_fraction = 0.1;
 };
 
 // Same contract and errors as BruteForceKnn. `tree` must have been built over `space`.
