@@ -43,10 +43,15 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& n
 // Also checks the padding (-1 with +inf only), that no id repeats, and that every id
 // qualifies for the query (`query_id` -1 for out-of-sample queries). Returns "" when the row
 // matches, else a description of the first difference.
+//
+// With `ref_ids` (the reference answer's ids), both answers' distances are first re-measured
+// through one path (space.RowToIds), so that two correct evaluations of the same pair that round
+// differently (a matrix product and a dot product; at p near 1e-9 they can differ by more than
+// tol) are compared as equals.
 std::string CompareRow(const core::MetricSpace& space, const core::PointRows& query_rows,
                        int64_t row, int64_t query_id, const core::KnnOptions& options,
                        const int64_t* ids, const double* dists, const double* ref_dists,
-                       double tol = 1e-6);
+                       double tol = 1e-6, const int64_t* ref_ids = nullptr);
 
 }  // namespace rcknn::testing
 
