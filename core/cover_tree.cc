@@ -303,6 +303,11 @@ absl::StatusOr<CoverTree> CoverTree::Build(const MetricSpace& space,
       tree.parent_[c] = node;
     }
   }
+  if (arena != nullptr) {
+    arena->execute([&] { tree.ComputeRings(space); });
+  } else {
+    tree.ComputeRings(space);
+  }
   for (int64_t node = n - 1; node >= 0; --node) {
     int64_t min_id = tree.point_[node];
     for (int64_t c = tree.first_child_[node]; c < tree.first_child_[node + 1]; ++c) {
@@ -313,22 +318,52 @@ absl::StatusOr<CoverTree> CoverTree::Build(const MetricSpace& space,
   return tree;
 }
 
+void CoverTree::ComputeRings(const MetricSpace& space) {
+  const int64_t n = size();
+  ring_offset_.assign(n + 1, 0);
+  std::vector<int64_t> depth(n, 0);
+  for (int64_t node = 1; node < n; ++node) depth[node] = depth[parent_[node]] + 1;
+  for (int64_t node = 0; node < n; ++node) ring_offset_[node + 1] = ring_offset_[node] + depth[node];
+  ring_.resize(ring_offset_[n]);
+  // Each node's distances to its ancestors, as degenerate rings.
+  tbb::parallel_for(int64_t{1}, n, [&](int64_t node) {
+    const int64_t t = depth[node];
+    std::vector<int64_t> ancestors(t);
+    for (int64_t a = parent_[node], j = t - 1; a >= 0; a = parent_[a], --j) {
+      ancestors[j] = point_[a];
+    }
+    const PointRows row = space.Gather({point_[node]});
+    std::vector<double> d(t);
+    space.RowToIds(row, 0, ancestors, d.data());
+    for (int64_t j = 0; j < t; ++j) ring_[ring_offset_[node] + j] = {d[j], d[j]};
+  });
+  // Children before parents (breadth-first order reversed): widen each parent's rings by its
+  // children's, for the ancestors they share.
+  for (int64_t node = n - 1; node >= 1; --node) {
+    const int64_t p = parent_[node];
+    for (int64_t j = 0; j < depth[p]; ++j) {
+      auto& ring = ring_[ring_offset_[p] + j];
+      const auto& child = ring_[ring_offset_[node] + j];
+      ring.first = std::min(ring.first, child.first);
+      ring.second = std::max(ring.second, child.second);
+    }
+  }
+}
+
 int64_t CoverTree::memory_bytes() const {
   return static_cast<int64_t>(point_.size() * sizeof(int64_t) + level_.size() * sizeof(int32_t) +
                               max_dist_.size() * sizeof(double) +
                               parent_dist_.size() * sizeof(double) +
                               parent_.size() * sizeof(int64_t) +
                               first_child_.size() * sizeof(int64_t) +
-                              subtree_min_id_.size() * sizeof(int64_t));
+                              subtree_min_id_.size() * sizeof(int64_t) +
+                              ring_offset_.size() * sizeof(int64_t) +
+                              ring_.size() * sizeof(std::pair<double, double>));
 }
 
 int64_t CoverTree::depth() const {
-  std::vector<int64_t> depth(size(), 0);
   int64_t deepest = 0;
-  for (int64_t node = 1; node < size(); ++node) {
-    depth[node] = depth[parent_[node]] + 1;
-    deepest = std::max(deepest, depth[node]);
-  }
+  for (int64_t node = 0; node < size(); ++node) deepest = std::max(deepest, node_depth(node));
   return deepest;
 }
 
@@ -414,7 +449,8 @@ absl::Status CoverTree::CheckInvariants(const MetricSpace& space, double slack) 
       }
     }
   }
-  // Max-descendant bounds: every node against each of its ancestors.
+  // Max-descendant bounds and rings: every node against each of its ancestors, and the ring of
+  // every node on the path between them.
   for (int64_t node = 1; node < n; ++node) {
     const PointRows row = space.Gather({point_[node]});
     for (int64_t a = parent_[node]; a >= 0; a = parent_[a]) {
@@ -423,6 +459,15 @@ absl::Status CoverTree::CheckInvariants(const MetricSpace& space, double slack) 
       if (dist > max_dist_[a] + slack) {
         return absl::InternalError(absl::StrCat("node ", node, " is ", dist, " from ancestor ",
                                                 a, " whose max_dist is ", max_dist_[a]));
+      }
+      const int64_t j = node_depth(a);
+      for (int64_t c = node; c != a; c = parent_[c]) {
+        const auto& ring = rings(c)[j];
+        if (dist < ring.first - slack || dist > ring.second + slack) {
+          return absl::InternalError(absl::StrCat("node ", node, " is ", dist, " from ancestor ",
+                                                  a, " outside the ring [", ring.first, ", ",
+                                                  ring.second, "] of node ", c));
+        }
       }
     }
   }

@@ -9,7 +9,12 @@
 //    each is more than b^l from the parent;
 //  - max_dist(node) >= d(node, x) for every descendant x (the value is the largest distance
 //    measured while building, not a level radius);
-//  - subtree_min_id(node) is the smallest id in the node's subtree.
+//  - subtree_min_id(node) is the smallest id in the node's subtree;
+//  - rings: for every node c and every ancestor a of c (a at depth j), ring(c, j) = [lo, hi]
+//    holds d(y, a) for every y in the subtree of c (c included), as measured at build time.
+//    The search bounds d(q, y) >= max(lo - d(q, a), d(q, a) - hi) for all those y without
+//    evaluating c: the per-point pivot bound of LAESA-style tables, kept per subtree and per
+//    ancestor, which is what prunes where balls are too wide for max_dist to help.
 // Children whose parent is at distance exactly 0 (duplicates) sit at kDuplicateLevel.
 //
 // Nodes are stored breadth-first, so the children of a node are one contiguous range and their
@@ -19,6 +24,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -55,6 +61,13 @@ class CoverTree {
   int32_t level(int64_t node) const { return level_[node]; }
   double max_dist(int64_t node) const { return max_dist_[node]; }
   double parent_dist(int64_t node) const { return parent_dist_[node]; }
+  int64_t parent(int64_t node) const { return parent_[node]; }
+  // Depth of `node` (root 0) = the number of its ancestors.
+  int64_t node_depth(int64_t node) const { return ring_offset_[node + 1] - ring_offset_[node]; }
+  // ring(node, j) for j in [0, node_depth(node)): the ancestor at depth j, root first.
+  const std::pair<double, double>* rings(int64_t node) const {
+    return ring_.data() + ring_offset_[node];
+  }
   int64_t subtree_min_id(int64_t node) const { return subtree_min_id_[node]; }
   int64_t first_child(int64_t node) const { return first_child_[node]; }
   int64_t end_child(int64_t node) const { return first_child_[node + 1]; }
@@ -73,6 +86,8 @@ class CoverTree {
   absl::Status CheckInvariants(const MetricSpace& space, double slack = 1e-6) const;
 
  private:
+  void ComputeRings(const MetricSpace& space);
+
   double base_ = 2.0;
   std::vector<int64_t> point_;           // node -> stored id
   std::vector<int32_t> level_;
@@ -81,6 +96,8 @@ class CoverTree {
   std::vector<int64_t> parent_;          // node -> parent node (-1 for the root)
   std::vector<int64_t> first_child_;     // size n + 1: children of i are [first_child_[i], first_child_[i + 1])
   std::vector<int64_t> subtree_min_id_;
+  std::vector<int64_t> ring_offset_;  // size n + 1: rings of node i are [ring_offset_[i], ring_offset_[i + 1])
+  std::vector<std::pair<double, double>> ring_;
 };
 
 }  // namespace rcknn::core

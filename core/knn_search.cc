@@ -18,11 +18,30 @@ constexpr int64_t kChunk = 32;           // queries prepared together for their 
 constexpr int64_t kProbe = 16;           // queries whose walks decide whether the batch walks
 constexpr int64_t kMinWalkBudget = 64;   // evaluations any walk may spend before falling back
 
+// The query's distance to one expanded node, linked to its parent's record: the chain from a
+// node's record to the root gives the query's distances to all the node's ancestors.
+struct PathRecord {
+  double distance;
+  int64_t parent_record;  // -1 for the root
+};
+
+struct HeapEntry {
+  double bound;  // lower bound on the distance from the query to the node's subtree
+  int64_t record;
+  int64_t node;
+  bool operator>(const HeapEntry& other) const {
+    return bound != other.bound ? bound > other.bound : node > other.node;
+  }
+};
+
 struct WalkScratch {
-  std::vector<std::pair<double, int64_t>> heap;  // min-heap on (lower bound, node)
+  std::vector<HeapEntry> heap;                   // min-heap on (bound, node)
+  std::vector<PathRecord> records;
+  std::vector<double> ancestor_distances;        // query to the expanded node's path, root first
   std::vector<int64_t> nodes;                    // children to evaluate
   std::vector<int64_t> ids;                      // their point ids
   std::vector<double> distances;
+  std::vector<double> bounds;                    // ring bounds of those children
 };
 
 // One query's best-first walk. Returns false, leaving `top` incomplete, if the walk would
@@ -34,34 +53,57 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
   const bool pred = options.predecessor_mode;
   auto& heap = scratch.heap;
   heap.clear();
-  const auto heap_order = std::greater<std::pair<double, int64_t>>();
+  auto& records = scratch.records;
+  records.clear();
+  auto& path = scratch.ancestor_distances;
+  const auto heap_order = std::greater<HeapEntry>();
 
   double root_distance;
   space.RowToIds(rows, row, tree.points(0, 1), &root_distance);
   evaluations = 1;
   if (Qualifies(tree.point(0), query_id, options)) top.Offer(root_distance, tree.point(0));
   if (tree.end_child(0) > tree.first_child(0)) {
-    heap.emplace_back(std::max(0.0, root_distance - tree.max_dist(0)), 0);
+    records.push_back({root_distance, -1});
+    heap.push_back({std::max(0.0, root_distance - tree.max_dist(0)), 0, 0});
     ++stats.heap_pushes;
   }
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), heap_order);
-    const auto [bound, node] = heap.back();
+    const HeapEntry entry = heap.back();
     heap.pop_back();
-    if (bound > top.threshold() + kPruneSlack) {
+    if (entry.bound > top.threshold() + kPruneSlack) {
       stats.pruned_by_bound += static_cast<int64_t>(heap.size()) + 1;
       break;
     }
     ++stats.nodes_visited;
     scratch.nodes.clear();
     scratch.ids.clear();
-    for (int64_t c = tree.first_child(node); c < tree.end_child(node); ++c) {
+    scratch.bounds.clear();
+    const double limit = top.threshold() + kPruneSlack;
+    const int64_t depth = tree.node_depth(entry.node);
+    path.resize(depth + 1);
+    for (int64_t r = entry.record, j = depth; r >= 0; r = records[r].parent_record, --j) {
+      path[j] = records[r].distance;
+    }
+    for (int64_t c = tree.first_child(entry.node); c < tree.end_child(entry.node); ++c) {
       if (pred && tree.subtree_min_id(c) >= query_id) {
         ++stats.pruned_by_predecessor;
         continue;
       }
+      // Ring bounds through every ancestor: a child whose whole subtree (itself included) is
+      // provably too far is skipped without evaluating it.
+      const auto* ring = tree.rings(c);
+      double ring_bound = entry.bound;
+      for (int64_t j = 0; j <= depth; ++j) {
+        ring_bound = std::max(ring_bound, std::max(ring[j].first - path[j], path[j] - ring[j].second));
+      }
+      if (ring_bound > limit) {
+        ++stats.pruned_by_bound;
+        continue;
+      }
       scratch.nodes.push_back(c);
       scratch.ids.push_back(tree.point(c));
+      scratch.bounds.push_back(ring_bound);
     }
     const int64_t count = static_cast<int64_t>(scratch.nodes.size());
     if (evaluations + count > budget) return false;
@@ -76,12 +118,15 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
     for (int64_t j = 0; j < count; ++j) {
       const int64_t c = scratch.nodes[j];
       if (tree.end_child(c) == tree.first_child(c)) continue;
-      const double child_bound = std::max(bound, scratch.distances[j] - tree.max_dist(c));
+      const double d = scratch.distances[j];
+      const double child_bound = std::max(scratch.bounds[j], d - tree.max_dist(c));
       if (child_bound > top.threshold() + kPruneSlack) {
         ++stats.pruned_by_bound;
         continue;
       }
-      heap.emplace_back(child_bound, c);
+      const int64_t record = static_cast<int64_t>(records.size());
+      records.push_back({d, entry.record});
+      heap.push_back({child_bound, record, c});
       std::push_heap(heap.begin(), heap.end(), heap_order);
       ++stats.heap_pushes;
     }
