@@ -153,6 +153,13 @@ std::vector<int64_t> Builder::ChooseCenters(std::vector<Member>& members, double
       const int64_t index = static_cast<int64_t>(centers.size());
       assigned[start + i] = index;
       centers.push_back(start + i);
+      if (centers.size() % kCenterChunk == 0) {
+        std::vector<int64_t> chunk_ids(kCenterChunk);
+        for (int64_t c = 0; c < kCenterChunk; ++c) {
+          chunk_ids[c] = members[centers[centers.size() - kCenterChunk + c]].id;
+        }
+        full_chunks.push_back(space_.Gather(chunk_ids));
+      }
       const int64_t rest = count - i - 1;
       if (rest == 0) continue;
       distances.resize(rest);
@@ -163,13 +170,6 @@ std::vector<int64_t> Builder::ChooseCenters(std::vector<Member>& members, double
           other.dist = distances[j];
           assigned[start + i + 1 + j] = index;
         }
-      }
-      if (centers.size() % kCenterChunk == 0) {
-        std::vector<int64_t> chunk_ids(kCenterChunk);
-        for (int64_t c = 0; c < kCenterChunk; ++c) {
-          chunk_ids[c] = members[centers[centers.size() - kCenterChunk + c]].id;
-        }
-        full_chunks.push_back(space_.Gather(chunk_ids));
       }
     }
   }

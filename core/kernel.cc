@@ -1,5 +1,6 @@
 #include "core/kernel.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <Eigen/Core>
@@ -11,6 +12,7 @@ namespace {
 
 constexpr double kSqrt3 = 1.7320508075688772;
 constexpr double kSqrt5 = 2.23606797749979;
+constexpr double kMaxExponent = 700.0;  // exp(-700) ~ 1e-304: below it, a kernel value is 0
 
 }  // namespace
 
@@ -73,25 +75,40 @@ double Kernel::ValueFromSquaredDistance(double r2) const {
 }
 
 void Kernel::ValuesFromSquaredDistances(double* values, int64_t count) const {
-  Eigen::Map<Eigen::ArrayXd> a(values, count);
+  // Every value goes through the same vector code in a 64-byte aligned buffer whose length is a
+  // multiple of the packet size: Eigen would otherwise compute unaligned heads and tails with
+  // scalar code that rounds differently, so equal inputs would give different bits depending
+  // on where they sit (and two duplicates different factors).
+  constexpr int64_t kBlock = 256;
+  alignas(64) double buffer[kBlock];
   const double s2 = spec_.variance;
-  switch (spec_.type) {
-    case KernelType::kRbf:
-      a = s2 * (-0.5 * a).exp();
-      return;
-    case KernelType::kMatern12:
-      a = s2 * (-a.sqrt()).exp();
-      return;
-    case KernelType::kMatern32: {
-      a = kSqrt3 * a.sqrt();
-      a = s2 * (1.0 + a) * (-a).exp();
-      return;
+  for (int64_t start = 0; start < count; start += kBlock) {
+    const int64_t num = std::min(kBlock, count - start);
+    const int64_t padded = (num + 7) / 8 * 8;
+    std::copy_n(values + start, num, buffer);
+    std::fill(buffer + num, buffer + padded, 0.0);
+    Eigen::Map<Eigen::ArrayXd, Eigen::Aligned64> a(buffer, padded);
+    // Vectorised exp clamps its argument near -708 instead of underflowing to 0, so values past
+    // kMaxExponent are set to 0 explicitly (else a Matern polynomial times the clamped exp grows).
+    switch (spec_.type) {
+      case KernelType::kRbf:
+        a = (a < 2.0 * kMaxExponent).select(s2 * (-0.5 * a).exp(), 0.0);
+        break;
+      case KernelType::kMatern12:
+        a = a.sqrt();
+        a = (a < kMaxExponent).select(s2 * (-a).exp(), 0.0);
+        break;
+      case KernelType::kMatern32:
+        a = kSqrt3 * a.sqrt();
+        a = (a < kMaxExponent).select(s2 * (1.0 + a) * (-a).exp(), 0.0);
+        break;
+      case KernelType::kMatern52:
+        a = kSqrt5 * a.sqrt();  // a = sqrt5 r, so 5 r^2 / 3 = a^2 / 3
+        a = (a < kMaxExponent)
+                .select(s2 * (1.0 + a + a.square() * (1.0 / 3.0)) * (-a).exp(), 0.0);
+        break;
     }
-    case KernelType::kMatern52: {
-      a = kSqrt5 * a.sqrt();  // a = sqrt5 r, so 5 r^2 / 3 = a^2 / 3
-      a = s2 * (1.0 + a + a.square() * (1.0 / 3.0)) * (-a).exp();
-      return;
-    }
+    std::copy_n(buffer, num, values + start);
   }
 }
 

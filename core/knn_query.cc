@@ -14,6 +14,9 @@ absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, i
   if (!batch.ids.empty() && !batch.points.empty()) {
     return absl::InvalidArgumentError("query_ids and query_points are both set; give one");
   }
+  if (batch.ids.empty() && batch.points.empty()) {
+    return absl::InvalidArgumentError("no queries: set query_ids or query_points");
+  }
   if (batch.by_id()) {
     for (size_t i = 0; i < batch.ids.size(); ++i) {
       if (batch.ids[i] < 0 || batch.ids[i] >= n) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <functional>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -211,8 +212,11 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
         top.Reset(options.k);
         const int64_t q = list[first + i];
         const int64_t candidates = options.predecessor_mode ? rows.ids[i] : n;
-        const int64_t budget = std::max(
-            kMinWalkBudget, static_cast<int64_t>(search_options.scan_fraction * candidates));
+        const int64_t budget =
+            search_options.scan_fraction >= 1.0
+                ? std::numeric_limits<int64_t>::max()
+                : std::max(kMinWalkBudget,
+                           static_cast<int64_t>(search_options.scan_fraction * candidates));
         if (Walk(tree, space, rows, i, options, budget, top, scratch, st, evaluations[q])) {
           top.Write(out_ids + q * options.k, out_distances + q * options.k);
           walked[q] = 1;

@@ -1,6 +1,7 @@
 #include "core/residual_correlation.h"
 
 #include <atomic>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -139,9 +140,13 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
   space->cholesky_.emplace(kuu);
   const auto& llt = *space->cholesky_;
   bool positive_definite = llt.info() == Eigen::Success;
+  // A pivot^2 (a Schur complement) within rounding of zero means a singular matrix that
+  // rounding happened to leave positive.
+  const double min_pivot_squared =
+      static_cast<double>(m) * std::numeric_limits<double>::epsilon() * k.variance();
   for (int64_t a = 0; positive_definite && a < m; ++a) {
     const double pivot = llt.matrixLLT()(a, a);
-    positive_definite = std::isfinite(pivot) && pivot > 0.0;
+    positive_definite = std::isfinite(pivot) && pivot * pivot > min_pivot_squared;
   }
   if (!positive_definite) {
     return absl::FailedPreconditionError(
@@ -222,7 +227,9 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::FromFactors(RowMat
 
 void ResidualSpace::FinishSetup() {
   scaled_by_dim_ = scaled_.transpose();
-  inv_sqrt_p_ = p_.cwiseSqrt().cwiseInverse();
+  // Scalar, correctly rounded: equal p give equal bits wherever they sit.
+  inv_sqrt_p_.resize(p_.size());
+  for (int64_t i = 0; i < p_.size(); ++i) inv_sqrt_p_[i] = 1.0 / std::sqrt(p_[i]);
 }
 
 int64_t ResidualSpace::memory_bytes() const {
@@ -293,17 +300,25 @@ void ResidualSpace::FinishRow(const PointRows& rows, int64_t row, const int64_t*
   for (int64_t j = 0; j < count; ++j) {
     dots[j] = ResidualDistance(r2[j], dots[j], isp_row, isp_other[j]);
   }
-  // Identity and coincidence: the same id, or the same location with bit-identical factors, is
-  // at distance 0 exactly; rounding would otherwise leave up to sqrt(ulp / p) there.
+  // Identity and coincidence (rare: only where the kernel value is the variance, r ~ 0).
   const double variance = kernel_.variance();
-  const int64_t row_id = rows.ids[row];
   for (int64_t j = 0; j < count; ++j) {
     if (r2[j] != variance || dots[j] == 0.0) continue;
     const int64_t id = stored_ids == nullptr ? begin + j : stored_ids[j];
-    if (id == row_id || (rows.features.row(row) == v_.row(id) && isp_row == inv_sqrt_p_[id])) {
-      dots[j] = 0.0;
-    }
+    if (Coincide(rows, row, id)) dots[j] = 0.0;
   }
+}
+
+bool ResidualSpace::Coincide(const PointRows& rows, int64_t row, int64_t id) const {
+  if (id < 0) return false;
+  if (rows.ids[row] == id) return true;
+  const int d = kernel_.dimension();
+  if (SquaredDistance(rows.coords.row(row).data(), scaled_.row(id).data(), d) != 0.0) {
+    return false;
+  }
+  // Computed factors are a function of the location; supplied ones need not be.
+  return !factors_supplied() ||
+         (rows.features.row(row) == v_.row(id) && rows.inv_sqrt_p[row] == inv_sqrt_p_[id]);
 }
 
 void ResidualSpace::RowsToRange(const PointRows& rows, int64_t first, int64_t num, int64_t begin,
@@ -335,10 +350,8 @@ void ResidualSpace::RowsToRows(const PointRows& a, int64_t a0, int64_t na, const
     }
     for (int64_t j = 0; j < nb; ++j) {
       if (r2[j] != variance || row_out[j] == 0.0) continue;
-      const int64_t ia = a.ids[a0 + i];
-      if ((ia >= 0 && ia == b.ids[b0 + j]) ||
-          (a.features.row(a0 + i) == b.features.row(b0 + j) &&
-           isp_a == b.inv_sqrt_p[b0 + j])) {
+      const int64_t id = b.ids[b0 + j];
+      if (id >= 0 ? Coincide(a, a0 + i, id) : Coincide(b, b0 + j, a.ids[a0 + i])) {
         row_out[j] = 0.0;
       }
     }

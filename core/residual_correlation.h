@@ -98,6 +98,10 @@ class ResidualSpace final : public MetricSpace {
  private:
   ResidualSpace(Kernel kernel, RowMatrix points);
   void FinishSetup();  // derived arrays from points_, v_ and p_
+  // Whether rows[row] and stored point `id` are at distance 0 by definition: the same id, or the
+  // same location (exactly) with computed factors or bit-identical supplied ones. Rounding would
+  // otherwise leave up to sqrt(ulp / p) between them.
+  bool Coincide(const PointRows& rows, int64_t row, int64_t id) const;
   // Distances for one row against stored points whose squared scaled distances are in r2 and
   // V dot products in `dots`; writes distances over `dots`.
   void FinishRow(const PointRows& rows, int64_t row, const int64_t* stored_ids_or_null,

@@ -1,12 +1,13 @@
 // The fixed data sets of ../shared/data answered by every search path, compared with the shipped
 // exact answers by the rule of DESIGN.md section 3.
+#include "tests/testing/shared_data.h"
+
 #include <string>
 #include <vector>
 
 #include "core/brute_force_knn.h"
 #include "core/knn_index.h"
 #include "gtest/gtest.h"
-#include "tests/testing/shared_data.h"
 
 namespace rcknn {
 namespace {
@@ -38,8 +39,8 @@ class SharedDataTest : public ::testing::TestWithParam<std::string> {
     int failures = 0;
     for (int64_t q = 0; q < nq && failures < 5; ++q) {
       const std::string diff =
-          testing::CompareRow(index.space(), rows, q, set.query_ids[q], options,
-                              &ids[q * set.k], &dists[q * set.k], &ref[q * set.k]);
+          testing::CompareRow(index.space(), rows, q, set.query_ids[q], options, &ids[q * set.k],
+                              &dists[q * set.k], &ref[q * set.k]);
       if (!diff.empty()) {
         ++failures;
         ADD_FAILURE() << set.name << " query " << q << " (id " << set.query_ids[q] << "): " << diff;
@@ -63,7 +64,8 @@ TEST_P(SharedDataTest, TreeAndBruteForceMatchShippedAnswers) {
   absl::StatusOr<Dataset> set = testing::LoadDataset(testing::DefaultDataDir(), GetParam());
   ASSERT_TRUE(set.ok()) << set.status();
   tbb::task_arena arena(2);
-  absl::StatusOr<std::unique_ptr<KnnIndex>> index = KnnIndex::Build(set->Spec(), set->Data(), &arena);
+  absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+      KnnIndex::Build(set->Spec(), set->Data(), &arena);
   ASSERT_TRUE(index.ok()) << index.status();
   for (bool pred : {false, true}) {
     for (bool brute : {false, true}) {

@@ -116,28 +116,36 @@ std::string CompareRow(const core::MetricSpace& space, const core::PointRows& qu
                        double tol, const int64_t* ref_ids) {
   const int64_t k = options.k;
   if (ref_ids != nullptr) {
-    // Re-measure both answers through one path; then apply the rule to the re-measured values.
+    // Re-measure both answers through one path and re-sort them (rounding may swap near-ties);
+    // then apply the rule to the re-measured values.
     auto measure = [&](const int64_t* row_ids) {
-      std::vector<double> out(k, std::numeric_limits<double>::infinity());
+      std::vector<std::pair<double, int64_t>> out(k, {std::numeric_limits<double>::infinity(), -1});
       for (int64_t j = 0; j < k; ++j) {
         if (row_ids[j] >= 0 && row_ids[j] < space.size()) {
-          space.RowToIds(query_rows, row, absl::MakeConstSpan(&row_ids[j], 1), &out[j]);
+          out[j].second = row_ids[j];
+          space.RowToIds(query_rows, row, absl::MakeConstSpan(&row_ids[j], 1), &out[j].first);
         }
       }
+      std::sort(out.begin(), out.end());
       return out;
     };
-    const std::vector<double> got_measured = measure(ids);
-    std::vector<double> ref_measured = measure(ref_ids);
-    std::sort(ref_measured.begin(), ref_measured.end());
+    const auto got = measure(ids);
+    const auto ref = measure(ref_ids);
     for (int64_t j = 0; j < k; ++j) {
       // The reported values come from the other path: they agree only up to its rounding.
-      if (!(std::abs(dists[j] - got_measured[j]) <= 1e-3) && dists[j] != got_measured[j]) {
-        return absl::StrCat("rank ", j, ": reported ", dists[j], ", re-measured ",
-                            got_measured[j]);
+      if (!(std::abs(dists[j] - got[j].first) <= 1e-3) && dists[j] != got[j].first) {
+        return absl::StrCat("rank ", j, ": reported ", dists[j], ", re-measured ", got[j].first);
       }
     }
-    return CompareRow(space, query_rows, row, query_id, options, ids, got_measured.data(),
-                      ref_measured.data(), tol);
+    std::vector<int64_t> got_ids(k);
+    std::vector<double> got_dists(k), ref_dists_measured(k);
+    for (int64_t j = 0; j < k; ++j) {
+      got_ids[j] = got[j].second;
+      got_dists[j] = got[j].first;
+      ref_dists_measured[j] = ref[j].first;
+    }
+    return CompareRow(space, query_rows, row, query_id, options, got_ids.data(), got_dists.data(),
+                      ref_dists_measured.data(), tol);
   }
   double ref_kth = -1.0;
   for (int64_t j = 0; j < k; ++j) {

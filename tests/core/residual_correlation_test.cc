@@ -1,0 +1,758 @@
+// The residual correlation metric (DESIGN.md section 2): factors against an independent Eigen
+// computation, metric properties on random triples, agreement of every evaluation path,
+// out-of-sample points, supplied factors, reproducibility and input validation.
+#include "core/residual_correlation.h"
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/random.h"
+#include "gtest/gtest.h"
+#include "tbb/task_arena.h"
+#include "tests/testing/random_points.h"
+
+namespace rcknn {
+namespace {
+
+using core::KernelSpec;
+using core::KernelType;
+using core::PointRows;
+using core::ResidualOptions;
+using core::ResidualSpace;
+using core::RowMatrix;
+
+constexpr KernelType kAllTypes[] = {KernelType::kRbf, KernelType::kMatern12, KernelType::kMatern32,
+                                    KernelType::kMatern52};
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// k(a, b) from the formulas of DESIGN.md section 2, independent of core::Kernel.
+double RefKernel(const KernelSpec& spec, const double* a, const double* b, int d) {
+  double r2 = 0.0;
+  for (int t = 0; t < d; ++t) {
+    const double l = spec.lengthscales.size() == 1 ? spec.lengthscales[0] : spec.lengthscales[t];
+    r2 += (a[t] - b[t]) * (a[t] - b[t]) / (l * l);
+  }
+  const double r = std::sqrt(r2);
+  switch (spec.type) {
+    case KernelType::kRbf:
+      return spec.variance * std::exp(-r2 / 2.0);
+    case KernelType::kMatern12:
+      return spec.variance * std::exp(-r);
+    case KernelType::kMatern32:
+      return spec.variance * (1.0 + std::sqrt(3.0) * r) * std::exp(-std::sqrt(3.0) * r);
+    case KernelType::kMatern52:
+      return spec.variance * (1.0 + std::sqrt(5.0) * r + 5.0 * r2 / 3.0) *
+             std::exp(-std::sqrt(5.0) * r);
+  }
+  return 0.0;
+}
+
+Eigen::MatrixXd RefGram(const KernelSpec& spec, const RowMatrix& a, const RowMatrix& b) {
+  Eigen::MatrixXd k(a.rows(), b.rows());
+  for (int64_t i = 0; i < a.rows(); ++i) {
+    for (int64_t j = 0; j < b.rows(); ++j) {
+      k(i, j) = RefKernel(spec, a.row(i).data(), b.row(j).data(), static_cast<int>(a.cols()));
+    }
+  }
+  return k;
+}
+
+KernelSpec MakeKernel(KernelType type, double variance, std::vector<double> lengthscales) {
+  KernelSpec spec;
+  spec.type = type;
+  spec.variance = variance;
+  spec.lengthscales = std::move(lengthscales);
+  return spec;
+}
+
+std::unique_ptr<ResidualSpace> MakeSpace(RowMatrix points, const ResidualOptions& options,
+                                         tbb::task_arena* arena = nullptr) {
+  absl::StatusOr<std::unique_ptr<ResidualSpace>> space =
+      ResidualSpace::Create(std::move(points), options, arena);
+  EXPECT_TRUE(space.ok()) << space.status();
+  return space.ok() ? *std::move(space) : nullptr;
+}
+
+ResidualOptions Options(const KernelSpec& kernel, int64_t m, uint64_t seed = 0,
+                        double jitter = core::kDefaultJitter) {
+  ResidualOptions options;
+  options.kernel = kernel;
+  options.inducing_count = m;
+  options.inducing_seed = seed;
+  options.jitter = jitter;
+  return options;
+}
+
+std::vector<int64_t> AllIds(int64_t n) {
+  std::vector<int64_t> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  return ids;
+}
+
+// d(rows[row], stored id) through RowToIds.
+double Dist(const ResidualSpace& space, const PointRows& rows, int64_t row, int64_t id) {
+  double d;
+  space.RowToIds(rows, row, absl::MakeConstSpan(&id, 1), &d);
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Factors V and p against K(X,U) (K(U,U) + jitter s2 I)^-1 K(U,X), solved independently.
+
+struct FactorCase {
+  KernelType type;
+  int d;
+  bool ard;
+  bool explicit_inducing;
+  double jitter;
+};
+
+TEST(ResidualFactorsTest, MatchIndependentComputation) {
+  std::vector<FactorCase> cases;
+  for (KernelType type : kAllTypes) {
+    for (int d : {1, 2, 3, 5}) {
+      cases.push_back({type, d, false, false, 1e-6});
+      cases.push_back({type, d, true, false, 1e-3});
+      cases.push_back({type, d, d > 1, true, 1e-6});
+    }
+  }
+  core::SplitMix64 rng(2024);
+  int index = 0;
+  for (const FactorCase& c : cases) {
+    SCOPED_TRACE(::testing::Message()
+                 << "case " << index << " kernel " << core::KernelTypeName(c.type) << " d=" << c.d
+                 << " ard=" << c.ard << " explicit=" << c.explicit_inducing);
+    const int64_t n = 60;
+    const int64_t m = 12;
+    std::vector<double> lengthscales;
+    for (int t = 0; t < (c.ard ? c.d : 1); ++t) lengthscales.push_back(0.4 + rng.UniformDouble());
+    const KernelSpec kernel = MakeKernel(c.type, 0.5 + 2.0 * rng.UniformDouble(), lengthscales);
+    const RowMatrix points = testing::NormalPoints(n, c.d, 100 + index);
+    ResidualOptions options = Options(kernel, m, index, c.jitter);
+    if (c.explicit_inducing) options.inducing_points = testing::NormalPoints(m, c.d, 500 + index);
+    std::unique_ptr<ResidualSpace> space = MakeSpace(points, options);
+    ASSERT_NE(space, nullptr);
+    ++index;
+
+    RowMatrix inducing(m, c.d);
+    if (c.explicit_inducing) {
+      EXPECT_TRUE(space->inducing_ids().empty());
+      inducing = *options.inducing_points;
+    } else {
+      const std::vector<int64_t>& ids = space->inducing_ids();
+      ASSERT_EQ(static_cast<int64_t>(ids.size()), m);
+      for (int64_t u = 0; u < m; ++u) {
+        ASSERT_GE(ids[u], 0);
+        ASSERT_LT(ids[u], n);
+        if (u > 0) {
+          ASSERT_LT(ids[u - 1], ids[u]);
+        }
+        inducing.row(u) = points.row(ids[u]);
+      }
+    }
+    ASSERT_EQ(space->v().rows(), n);
+    ASSERT_EQ(space->v().cols(), m);
+    ASSERT_EQ(space->p().size(), n);
+    EXPECT_FALSE(space->factors_supplied());
+    EXPECT_EQ(space->size(), n);
+    EXPECT_EQ(space->dimension(), c.d);
+
+    const double s2 = kernel.variance;
+    Eigen::MatrixXd kuu = RefGram(kernel, inducing, inducing);
+    kuu.diagonal().array() += c.jitter * s2;
+    const Eigen::MatrixXd kux = RefGram(kernel, inducing, points);
+    const Eigen::MatrixXd q = kux.transpose() * kuu.ldlt().solve(kux);
+    const Eigen::MatrixXd vvt = space->v() * space->v().transpose();
+    EXPECT_LE((vvt - q).cwiseAbs().maxCoeff(), 1e-9 * s2);
+
+    Eigen::VectorXd p_ref(n);
+    for (int64_t i = 0; i < n; ++i) {
+      p_ref[i] = std::max(s2 - q(i, i), core::kMinResidualVariance);
+      // Exactly the stated rule on the space's own V ...
+      EXPECT_EQ(space->p()[i],
+                std::max(s2 - space->v().row(i).squaredNorm(), core::kMinResidualVariance));
+      // ... and close to the independent value.
+      EXPECT_NEAR(space->p()[i], p_ref[i], 1e-9 * s2) << "point " << i;
+    }
+
+    // Distances against the defining formula, compared as 1 - |rho| = d^2 (no sqrt to amplify
+    // rounding near 0).
+    const Eigen::MatrixXd kxx = RefGram(kernel, points, points);
+    const PointRows rows = space->Gather(AllIds(n));
+    std::vector<double> d(n);
+    double worst = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      space->RowToIds(rows, i, AllIds(n), d.data());
+      for (int64_t j = 0; j < n; ++j) {
+        const double rho = (kxx(i, j) - q(i, j)) / std::sqrt(p_ref[i] * p_ref[j]);
+        const double d2 = i == j ? 0.0 : 1.0 - std::min(std::abs(rho), 1.0);
+        worst = std::max(worst, std::abs(d[j] * d[j] - d2));
+      }
+    }
+    EXPECT_LE(worst, 1e-7) << "largest difference of d^2 from the defining formula";
+  }
+}
+
+// With p floored, a point that coincides with an inducing point has p = the floor or about
+// jitter * s2: the rule max(s2 - ||V||^2, 1e-9) must still hold.
+TEST(ResidualFactorsTest, ResidualVarianceFloor) {
+  const KernelSpec kernel = MakeKernel(KernelType::kRbf, 1.0, {3.0});
+  RowMatrix points = testing::NormalPoints(50, 1, 3, 0.1);
+  std::unique_ptr<ResidualSpace> space = MakeSpace(points, Options(kernel, 20, 1, 1e-10));
+  ASSERT_NE(space, nullptr);
+  for (int64_t i = 0; i < space->size(); ++i) {
+    EXPECT_GE(space->p()[i], core::kMinResidualVariance);
+    EXPECT_EQ(space->p()[i],
+              std::max(1.0 - space->v().row(i).squaredNorm(), core::kMinResidualVariance));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metric properties on random triples.
+
+struct MetricCase {
+  std::string name;
+  KernelSpec kernel;
+  int d;
+  int64_t n;
+  int64_t m;
+  double duplicates;
+};
+
+std::vector<MetricCase> MetricCases() {
+  return {
+      {"sparse_rbf", MakeKernel(KernelType::kRbf, 1.0, {0.3}), 3, 400, 16, 0.0},
+      {"dense_rbf", MakeKernel(KernelType::kRbf, 1.0, {1.5}), 2, 400, 24, 0.05},
+      {"matern12_ard", MakeKernel(KernelType::kMatern12, 2.0, {0.5, 1.0, 2.0}), 3, 400, 32, 0.0},
+      {"matern32", MakeKernel(KernelType::kMatern32, 1.5, {0.5}), 2, 400, 32, 0.05},
+      {"matern52_1d", MakeKernel(KernelType::kMatern52, 0.7, {0.8}), 1, 300, 16, 0.0},
+      {"rbf_8d_ard", MakeKernel(KernelType::kRbf, 1.0, {1, 2, 3, 1, 2, 3, 1, 2}), 8, 400, 48, 0.0},
+  };
+}
+
+// Bound on the rounding error of rho for points with residual variances >= p_min: one length-m
+// dot product of vectors of norm <= sqrt(s2) and one kernel value, divided by p_min.
+double RhoError(const ResidualSpace& space, double p_min) {
+  const double m = static_cast<double>(space.v().cols());
+  return (m + 16.0) * DBL_EPSILON * space.kernel().variance() / p_min;
+}
+
+TEST(ResidualMetricTest, PropertiesOnRandomTriples) {
+  int seed = 0;
+  for (const MetricCase& c : MetricCases()) {
+    SCOPED_TRACE(c.name);
+    RowMatrix points = testing::NormalPoints(c.n, c.d, 40 + seed);
+    testing::AddDuplicates(points, c.duplicates, 90 + seed);
+    std::unique_ptr<ResidualSpace> space = MakeSpace(points, Options(c.kernel, c.m, seed));
+    ASSERT_NE(space, nullptr);
+    ++seed;
+    const int64_t n = c.n;
+    const PointRows rows = space->Gather(AllIds(n));
+    // The full distance matrix through RowToIds.
+    RowMatrix dist(n, n);
+    for (int64_t i = 0; i < n; ++i) space->RowToIds(rows, i, AllIds(n), dist.row(i).data());
+
+    int64_t violations = 0;
+    double worst_symmetry = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(dist(i, i), 0.0) << "d(i, i) for i = " << i;
+      for (int64_t j = 0; j < n; ++j) {
+        const double dij = dist(i, j);
+        ASSERT_TRUE(dij >= 0.0 && dij <= 1.0) << "d(" << i << ", " << j << ") = " << dij;
+        if (points.row(i) == points.row(j)) {
+          ASSERT_EQ(dij, 0.0) << "exact duplicates " << i << " and " << j;
+        }
+        // Symmetry up to rounding of rho (the two orders multiply 1/sqrt(p) in turn).
+        const double e = RhoError(*space, std::min(space->p()[i], space->p()[j]));
+        worst_symmetry = std::max(worst_symmetry, std::abs(dij - dist(j, i)));
+        if (std::abs(dij * dij - dist(j, i) * dist(j, i)) > e) ++violations;
+      }
+    }
+    EXPECT_EQ(violations, 0) << "asymmetric pairs; largest |d(i,j) - d(j,i)| " << worst_symmetry;
+
+    // Triangle inequality on random triples, half of them chosen among close points (where the
+    // inequality is tight). Slack: an error e in rho moves d = sqrt(1 - |rho|) by up to
+    // sqrt(e) near 0, so each of the three distances may be off by sqrt(e); we allow 3 sqrt(e)
+    // with e the bound of RhoError for the smallest p of the triple.
+    std::vector<std::vector<int64_t>> near(n);
+    for (int64_t i = 0; i < n; ++i) {
+      near[i] = AllIds(n);
+      std::partial_sort(near[i].begin(), near[i].begin() + 12, near[i].end(),
+                        [&](int64_t a, int64_t b) { return dist(i, a) < dist(i, b); });
+      near[i].resize(12);
+    }
+    core::SplitMix64 rng(7 + seed);
+    int64_t tight = 0;
+    double max_excess = -kInf;
+    for (int t = 0; t < 40000; ++t) {
+      const int64_t i = static_cast<int64_t>(rng.UniformBelow(n));
+      int64_t j, k;
+      if (t % 2 == 0) {
+        j = static_cast<int64_t>(rng.UniformBelow(n));
+        k = static_cast<int64_t>(rng.UniformBelow(n));
+      } else {
+        // Two of the 12 nearest neighbours of i.
+        j = near[i][rng.UniformBelow(12)];
+        k = near[i][rng.UniformBelow(12)];
+      }
+      const double p_min = std::min({space->p()[i], space->p()[j], space->p()[k]});
+      const double slack = 3.0 * std::sqrt(RhoError(*space, p_min));
+      const double excess = dist(i, k) - dist(i, j) - dist(j, k);
+      max_excess = std::max(max_excess, excess);
+      if (excess > -0.01) ++tight;
+      ASSERT_LE(excess, slack) << "triangle inequality: d(" << i << "," << k << ") = " << dist(i, k)
+                               << " > d(" << i << "," << j << ") + d(" << j << "," << k
+                               << ") = " << dist(i, j) << " + " << dist(j, k);
+    }
+    // The check must have met nearly tight triples to mean anything.
+    EXPECT_GT(tight, 100) << "largest excess " << max_excess;
+  }
+}
+
+// A plain 1 - |rho| (no square root) breaks the triangle inequality by a wide margin; make sure
+// the triples above would notice such a mistake, so the property test is not vacuous.
+TEST(ResidualMetricTest, TriangleCheckWouldCatchSquaredDistances) {
+  const MetricCase c = MetricCases()[1];
+  RowMatrix points = testing::NormalPoints(c.n, c.d, 41);
+  std::unique_ptr<ResidualSpace> space = MakeSpace(points, Options(c.kernel, c.m, 1));
+  ASSERT_NE(space, nullptr);
+  const PointRows rows = space->Gather(AllIds(c.n));
+  double worst = 0.0;
+  core::SplitMix64 rng(3);
+  for (int t = 0; t < 20000; ++t) {
+    const int64_t i = rng.UniformBelow(c.n), j = rng.UniformBelow(c.n), k = rng.UniformBelow(c.n);
+    const double dik = Dist(*space, rows, i, k), dij = Dist(*space, rows, i, j),
+                 djk = Dist(*space, rows, j, k);
+    worst = std::max(worst, dik * dik - dij * dij - djk * djk);
+  }
+  EXPECT_GT(worst, 0.01);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every evaluation path gives the same distances.
+
+void ExpectPathsAgree(const ResidualSpace& space, const PointRows& rows, double tol) {
+  const int64_t n = space.size();
+  const int64_t nr = rows.size();
+  // Reference: RowToIds one id at a time.
+  RowMatrix ref(nr, n);
+  for (int64_t i = 0; i < nr; ++i) {
+    for (int64_t j = 0; j < n; ++j) ref(i, j) = Dist(space, rows, i, j);
+  }
+  // RowToIds with all ids at once, in a shuffled order.
+  std::vector<int64_t> shuffled = AllIds(n);
+  core::SplitMix64 rng(5);
+  for (int64_t j = n - 1; j > 0; --j) std::swap(shuffled[j], shuffled[rng.UniformBelow(j + 1)]);
+  std::vector<double> out(n);
+  for (int64_t i = 0; i < nr; ++i) {
+    space.RowToIds(rows, i, shuffled, out.data());
+    for (int64_t j = 0; j < n; ++j) {
+      ASSERT_NEAR(out[j], ref(i, shuffled[j]), tol)
+          << "RowToIds row " << i << " id " << shuffled[j];
+    }
+  }
+  // RowsToRange in uneven blocks of rows and ids.
+  for (int64_t first = 0; first < nr; first += 7) {
+    const int64_t num = std::min<int64_t>(7, nr - first);
+    for (int64_t begin = 0; begin < n; begin += 37) {
+      const int64_t count = std::min<int64_t>(37 + begin % 3, n - begin);
+      std::vector<double> block(num * count);
+      space.RowsToRange(rows, first, num, begin, count, block.data());
+      for (int64_t i = 0; i < num; ++i) {
+        for (int64_t j = 0; j < count; ++j) {
+          ASSERT_NEAR(block[i * count + j], ref(first + i, begin + j), tol)
+              << "RowsToRange row " << first + i << " id " << begin + j;
+        }
+      }
+    }
+  }
+  // RowsToRows against gathered stored rows.
+  const PointRows stored = space.Gather(AllIds(n));
+  for (int64_t first = 0; first < nr; first += 5) {
+    const int64_t num = std::min<int64_t>(5, nr - first);
+    for (int64_t b0 = 0; b0 < n; b0 += 50) {
+      const int64_t nb = std::min<int64_t>(50, n - b0);
+      std::vector<double> block(num * nb);
+      space.RowsToRows(rows, first, num, stored, b0, nb, block.data());
+      for (int64_t i = 0; i < num; ++i) {
+        for (int64_t j = 0; j < nb; ++j) {
+          ASSERT_NEAR(block[i * nb + j], ref(first + i, b0 + j), tol)
+              << "RowsToRows row " << first + i << " id " << b0 + j;
+        }
+      }
+      // And the other way round.
+      std::vector<double> back(nb * num);
+      space.RowsToRows(stored, b0, nb, rows, first, num, back.data());
+      for (int64_t j = 0; j < nb; ++j) {
+        for (int64_t i = 0; i < num; ++i) {
+          ASSERT_NEAR(back[j * num + i], ref(first + i, b0 + j), tol)
+              << "RowsToRows (swapped) row " << first + i << " id " << b0 + j;
+        }
+      }
+    }
+  }
+}
+
+TEST(ResidualPathsTest, AllEvaluationPathsAgree) {
+  int seed = 0;
+  for (KernelType type : kAllTypes) {
+    for (int d : {1, 3, 6}) {
+      SCOPED_TRACE(::testing::Message() << core::KernelTypeName(type) << " d=" << d);
+      // Lengthscales short enough that the data are sparse relative to 20 inducing points.
+      std::vector<double> lengthscales = {d == 1 ? 0.1 : 0.5};
+      if (d == 6) lengthscales = {0.5, 1.0, 1.5, 0.7, 2.0, 1.2};
+      // No duplicates here (see ExactDuplicatesAreAtDistanceZeroOnEveryPath): between
+      // distinct random points, distances are far enough from 0 that rounding stays tiny.
+      const RowMatrix points = testing::NormalPoints(300, d, 60 + seed);
+      std::unique_ptr<ResidualSpace> space =
+          MakeSpace(points, Options(MakeKernel(type, 1.3, lengthscales), 20, seed));
+      ASSERT_NE(space, nullptr);
+      ++seed;
+      // Well conditioned: the smallest residual variances are those of the inducing points
+      // themselves, about jitter * s2, far above the floor.
+      ASSERT_GT(space->p().minCoeff(), 1e-7);
+      std::vector<int64_t> ids;
+      for (int64_t i = 0; i < 300; i += 11) ids.push_back(i);
+      ExpectPathsAgree(*space, space->Gather(ids), 1e-9);
+      const RowMatrix queries = testing::NormalPoints(23, d, 70 + seed);
+      absl::StatusOr<PointRows> prepared = space->Prepare(queries.data(), queries.rows());
+      ASSERT_TRUE(prepared.ok()) << prepared.status();
+      ExpectPathsAgree(*space, *prepared, 1e-9);
+    }
+  }
+}
+
+// Exact duplicates are at distance exactly 0 on every path (residual_correlation.h: the same
+// location with bit-identical factors), whatever their ids, wherever they fall in the blocks of
+// the factor computation, and whatever m is. Without that, their distance is
+// sqrt(rounding / p), up to 1e-5 when p is near jitter * s2, and differs between paths by more
+// than the 1e-6 of DESIGN.md section 3.
+TEST(ResidualPathsTest, ExactDuplicatesAreAtDistanceZeroOnEveryPath) {
+  for (KernelType type : kAllTypes) {
+    for (int64_t m : {64, 20}) {
+      SCOPED_TRACE(::testing::Message() << core::KernelTypeName(type) << " m=" << m);
+      const int64_t n = 700;
+      RowMatrix points = testing::NormalPoints(n, 1, 8);
+      testing::AddDuplicates(points, 0.05, 9);
+      const std::vector<std::pair<int64_t, int64_t>> pairs = {
+          {0, 1}, {3, 300}, {5, 517}, {255, 256}, {256, 699}, {100, 101}, {2, 698}};
+      for (const auto& [a, b] : pairs) points.row(b) = points.row(a);
+      std::unique_ptr<ResidualSpace> space =
+          MakeSpace(points, Options(MakeKernel(type, 1.0, {1.0}), m, 2));
+      ASSERT_NE(space, nullptr);
+      const PointRows all = space->Gather(AllIds(n));
+      int64_t duplicate_pairs = 0, nonzero = 0, factors_differ = 0;
+      double worst = 0.0;
+      std::vector<double> by_ids(n), by_range(n), by_rows(n);
+      for (int64_t a = 0; a < n; ++a) {
+        space->RowToIds(all, a, AllIds(n), by_ids.data());
+        space->RowsToRange(all, a, 1, 0, n, by_range.data());
+        space->RowsToRows(all, a, 1, all, 0, n, by_rows.data());
+        for (int64_t b = 0; b < n; ++b) {
+          if (b == a || points.row(a) != points.row(b)) continue;
+          ++duplicate_pairs;
+          if (space->v().row(a) != space->v().row(b)) ++factors_differ;
+          const double largest = std::max({by_ids[b], by_range[b], by_rows[b]});
+          if (largest != 0.0) ++nonzero;
+          worst = std::max(worst, largest);
+        }
+      }
+      EXPECT_GT(duplicate_pairs, 50);
+      EXPECT_EQ(factors_differ, 0) << "duplicate pairs whose rows of V differ";
+      EXPECT_EQ(nonzero, 0) << "of " << duplicate_pairs
+                            << " duplicate pairs are not at distance 0; largest " << worst;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Out-of-sample points.
+
+TEST(ResidualOutOfSampleTest, StoredCoordinatesMatchQueryById) {
+  int seed = 0;
+  for (const MetricCase& c : MetricCases()) {
+    SCOPED_TRACE(c.name);
+    RowMatrix points = testing::NormalPoints(c.n, c.d, 140 + seed);
+    std::unique_ptr<ResidualSpace> space = MakeSpace(points, Options(c.kernel, c.m, seed));
+    ASSERT_NE(space, nullptr);
+    ++seed;
+    std::vector<int64_t> ids;
+    for (int64_t i = 0; i < c.n; i += 13) ids.push_back(i);
+    // Include inducing points, whose residual variance is the smallest.
+    for (int64_t u = 0; u < 5; ++u) ids.push_back(space->inducing_ids()[u]);
+    RowMatrix coords(static_cast<int64_t>(ids.size()), c.d);
+    for (size_t q = 0; q < ids.size(); ++q) coords.row(q) = points.row(ids[q]);
+    absl::StatusOr<PointRows> prepared = space->Prepare(coords.data(), coords.rows());
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    ASSERT_EQ(prepared->size(), static_cast<int64_t>(ids.size()));
+    const PointRows by_id = space->Gather(ids);
+    std::vector<double> a(c.n), b(c.n);
+    for (size_t q = 0; q < ids.size(); ++q) {
+      EXPECT_EQ(prepared->ids[q], -1);
+      EXPECT_NEAR((prepared->features.row(q) - space->v().row(ids[q])).cwiseAbs().maxCoeff(), 0.0,
+                  1e-12);
+      space->RowToIds(*prepared, q, AllIds(c.n), a.data());
+      space->RowToIds(by_id, q, AllIds(c.n), b.data());
+      const double p = space->p()[ids[q]];
+      for (int64_t j = 0; j < c.n; ++j) {
+        // d^2 agrees to the rounding of rho; the point itself (and its duplicates) sits at 0.
+        const double e = RhoError(*space, std::min(p, space->p()[j]));
+        ASSERT_NEAR(a[j] * a[j], b[j] * b[j], e)
+            << "query id " << ids[q] << " to " << j << ": " << a[j] << " vs " << b[j];
+        if (std::sqrt(e) < 1e-6) {
+          ASSERT_NEAR(a[j], b[j], 1e-6) << "query id " << ids[q] << " to " << j;
+        }
+      }
+      EXPECT_EQ(b[ids[q]], 0.0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reproducibility.
+
+TEST(ResidualReproducibilityTest, SeededInducingChoice) {
+  const KernelSpec kernel = MakeKernel(KernelType::kMatern32, 1.0, {0.5});
+  const RowMatrix points = testing::NormalPoints(1000, 2, 11);
+  std::unique_ptr<ResidualSpace> a = MakeSpace(points, Options(kernel, 50, 7));
+  std::unique_ptr<ResidualSpace> b = MakeSpace(points, Options(kernel, 50, 7));
+  std::unique_ptr<ResidualSpace> c = MakeSpace(points, Options(kernel, 50, 8));
+  ASSERT_TRUE(a && b && c);
+  EXPECT_EQ(a->inducing_ids(), b->inducing_ids());
+  EXPECT_NE(a->inducing_ids(), c->inducing_ids());
+  EXPECT_EQ(a->inducing_ids(), core::SampleDistinct(1000, 50, 7));
+  EXPECT_TRUE(a->v() == b->v());
+  EXPECT_TRUE(a->p() == b->p());
+}
+
+TEST(ResidualReproducibilityTest, FactorsIndependentOfThreadCount) {
+  const KernelSpec kernel = MakeKernel(KernelType::kRbf, 1.0, {0.6, 0.9, 1.2});
+  const RowMatrix points = testing::NormalPoints(1500, 3, 12);
+  tbb::task_arena one(1), two(2);
+  std::unique_ptr<ResidualSpace> a = MakeSpace(points, Options(kernel, 64, 1), &one);
+  std::unique_ptr<ResidualSpace> b = MakeSpace(points, Options(kernel, 64, 1), &two);
+  std::unique_ptr<ResidualSpace> c = MakeSpace(points, Options(kernel, 64, 1));
+  ASSERT_TRUE(a && b && c);
+  EXPECT_TRUE(a->v() == b->v());
+  EXPECT_TRUE(a->p() == b->p());
+  EXPECT_TRUE(a->v() == c->v());
+}
+
+TEST(ResidualReproducibilityTest, ProgressReachesOne) {
+  const KernelSpec kernel = MakeKernel(KernelType::kRbf, 1.0, {1.0});
+  std::vector<double> seen;
+  tbb::task_arena one(1);
+  absl::StatusOr<std::unique_ptr<ResidualSpace>> space =
+      ResidualSpace::Create(testing::NormalPoints(1000, 2, 1), Options(kernel, 16), &one,
+                            [&](double f) { seen.push_back(f); });
+  ASSERT_TRUE(space.ok()) << space.status();
+  ASSERT_FALSE(seen.empty());
+  for (double f : seen) {
+    EXPECT_GE(f, 0.0);
+    EXPECT_LE(f, 1.0);
+  }
+  EXPECT_EQ(*std::max_element(seen.begin(), seen.end()), 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Supplied factors.
+
+TEST(ResidualFromFactorsTest, OwnFactorsGiveTheSameDistances) {
+  for (const MetricCase& c : MetricCases()) {
+    SCOPED_TRACE(c.name);
+    RowMatrix points = testing::NormalPoints(c.n, c.d, 200);
+    testing::AddDuplicates(points, 0.05, 201);
+    std::unique_ptr<ResidualSpace> computed = MakeSpace(points, Options(c.kernel, c.m, 3));
+    ASSERT_NE(computed, nullptr);
+    absl::StatusOr<std::unique_ptr<ResidualSpace>> supplied =
+        ResidualSpace::FromFactors(points, c.kernel, computed->v(), computed->p());
+    ASSERT_TRUE(supplied.ok()) << supplied.status();
+    EXPECT_TRUE((*supplied)->factors_supplied());
+    EXPECT_TRUE((*supplied)->inducing_ids().empty());
+    EXPECT_EQ((*supplied)->size(), c.n);
+    const std::vector<int64_t> ids = AllIds(c.n);
+    const PointRows rc = computed->Gather(ids);
+    const PointRows rs = (*supplied)->Gather(ids);
+    std::vector<double> a(c.n), b(c.n), ra(c.n), rb(c.n);
+    for (int64_t i = 0; i < c.n; i += 3) {
+      computed->RowToIds(rc, i, ids, a.data());
+      (*supplied)->RowToIds(rs, i, ids, b.data());
+      computed->RowsToRange(rc, i, 1, 0, c.n, ra.data());
+      (*supplied)->RowsToRange(rs, i, 1, 0, c.n, rb.data());
+      for (int64_t j = 0; j < c.n; ++j) {
+        ASSERT_NEAR(a[j], b[j], 1e-12) << i << " " << j;
+        ASSERT_NEAR(ra[j], rb[j], 1e-12) << i << " " << j;
+      }
+    }
+    // No inducing points, so no out-of-sample queries.
+    absl::StatusOr<PointRows> prepared = (*supplied)->Prepare(points.data(), 1);
+    EXPECT_EQ(prepared.status().code(), absl::StatusCode::kFailedPrecondition) << prepared.status();
+  }
+}
+
+TEST(ResidualFromFactorsTest, ArbitraryFactorsFollowTheFormula) {
+  // V and p need not come from a kernel: d follows the formula with the supplied values.
+  const int64_t n = 40;
+  const KernelSpec kernel = MakeKernel(KernelType::kMatern52, 2.0, {1.0, 0.5});
+  const RowMatrix points = testing::NormalPoints(n, 2, 300);
+  RowMatrix v = testing::NormalPoints(n, 3, 301, 0.3);
+  Eigen::VectorXd p(n);
+  core::SplitMix64 rng(302);
+  for (int64_t i = 0; i < n; ++i) p[i] = 0.5 + rng.UniformDouble();
+  absl::StatusOr<std::unique_ptr<ResidualSpace>> space =
+      ResidualSpace::FromFactors(points, kernel, v, p);
+  ASSERT_TRUE(space.ok()) << space.status();
+  const PointRows rows = (*space)->Gather(AllIds(n));
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      const double k = RefKernel(kernel, points.row(i).data(), points.row(j).data(), 2);
+      const double rho = (k - v.row(i).dot(v.row(j))) / std::sqrt(p[i] * p[j]);
+      const double expected = i == j ? 0.0 : std::sqrt(1.0 - std::min(std::abs(rho), 1.0));
+      ASSERT_NEAR(Dist(**space, rows, i, j), expected, 1e-12) << i << " " << j;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+void ExpectStatus(const absl::Status& status, absl::StatusCode code, const std::string& field) {
+  EXPECT_EQ(status.code(), code) << status;
+  EXPECT_NE(status.message().find(field), std::string::npos)
+      << "message does not name " << field << ": " << status;
+}
+
+absl::Status CreateStatus(RowMatrix points, const ResidualOptions& options) {
+  return ResidualSpace::Create(std::move(points), options).status();
+}
+
+TEST(ResidualValidationTest, RejectsNonFiniteCoordinates) {
+  const ResidualOptions options = Options(MakeKernel(KernelType::kRbf, 1.0, {1.0}), 4);
+  for (double bad : {std::nan(""), kInf, -kInf}) {
+    RowMatrix points = testing::NormalPoints(10, 2, 1);
+    points(7, 1) = bad;
+    ExpectStatus(CreateStatus(points, options), absl::StatusCode::kInvalidArgument, "points");
+  }
+  ExpectStatus(CreateStatus(RowMatrix(0, 2), options), absl::StatusCode::kInvalidArgument,
+               "points");
+}
+
+TEST(ResidualValidationTest, RejectsBadInducingCount) {
+  const RowMatrix points = testing::NormalPoints(10, 2, 1);
+  for (int64_t m : {int64_t{0}, int64_t{-3}, int64_t{11}, int64_t{1000}}) {
+    ExpectStatus(CreateStatus(points, Options(MakeKernel(KernelType::kRbf, 1.0, {1.0}), m)),
+                 absl::StatusCode::kInvalidArgument, "inducing_count");
+  }
+  // m = n and m = 1 are fine.
+  EXPECT_TRUE(CreateStatus(points, Options(MakeKernel(KernelType::kRbf, 1.0, {1.0}), 10)).ok());
+  EXPECT_TRUE(CreateStatus(points, Options(MakeKernel(KernelType::kRbf, 1.0, {1.0}), 1)).ok());
+}
+
+TEST(ResidualValidationTest, RejectsBadInducingPoints) {
+  const RowMatrix points = testing::NormalPoints(10, 2, 1);
+  ResidualOptions options = Options(MakeKernel(KernelType::kRbf, 1.0, {1.0}), 4);
+  options.inducing_points = testing::NormalPoints(4, 3, 2);  // wrong dimension
+  ExpectStatus(CreateStatus(points, options), absl::StatusCode::kInvalidArgument,
+               "inducing_points");
+  options.inducing_points = RowMatrix(0, 2);
+  ExpectStatus(CreateStatus(points, options), absl::StatusCode::kInvalidArgument,
+               "inducing_points");
+  options.inducing_points = testing::NormalPoints(4, 2, 2);
+  (*options.inducing_points)(2, 0) = std::nan("");
+  ExpectStatus(CreateStatus(points, options), absl::StatusCode::kInvalidArgument,
+               "inducing_points");
+  (*options.inducing_points)(2, 0) = kInf;
+  ExpectStatus(CreateStatus(points, options), absl::StatusCode::kInvalidArgument,
+               "inducing_points");
+}
+
+TEST(ResidualValidationTest, RejectsBadJitterAndKernel) {
+  const RowMatrix points = testing::NormalPoints(10, 2, 1);
+  for (double jitter : {-1e-6, -1.0, std::nan(""), kInf}) {
+    ExpectStatus(
+        CreateStatus(points, Options(MakeKernel(KernelType::kRbf, 1.0, {1.0}), 4, 0, jitter)),
+        absl::StatusCode::kInvalidArgument, "jitter");
+  }
+  ExpectStatus(CreateStatus(points, Options(MakeKernel(KernelType::kRbf, 0.0, {1.0}), 4)),
+               absl::StatusCode::kInvalidArgument, "variance");
+  ExpectStatus(CreateStatus(points, Options(MakeKernel(KernelType::kRbf, 1.0, {1.0, 2.0, 3.0}), 4)),
+               absl::StatusCode::kInvalidArgument, "lengthscales");
+}
+
+// Two identical explicit inducing points without jitter make K(U, U) singular. With s2 a power
+// of 4 the Cholesky pivot s2 - (s2 / sqrt(s2))^2 is exactly 0.
+TEST(ResidualValidationTest, SingularInducingKernelIsFailedPrecondition) {
+  const RowMatrix points = testing::NormalPoints(30, 2, 1);
+  for (KernelType type : kAllTypes) {
+    for (double variance : {1.0, 4.0, 0.25}) {
+      SCOPED_TRACE(::testing::Message() << core::KernelTypeName(type) << " s2=" << variance);
+      ResidualOptions options = Options(MakeKernel(type, variance, {0.8}), 2, 0, 0.0);
+      RowMatrix inducing = testing::NormalPoints(2, 2, 5);
+      inducing.row(1) = inducing.row(0);
+      options.inducing_points = inducing;
+      ExpectStatus(CreateStatus(points, options), absl::StatusCode::kFailedPrecondition,
+                   "positive definite");
+      // The default jitter repairs it.
+      options.jitter = core::kDefaultJitter;
+      EXPECT_TRUE(CreateStatus(points, options).ok());
+    }
+  }
+}
+
+// The same singular K(U, U) with s2 = 2: the pivot s2 - (s2 / sqrt(s2))^2 rounds to +4e-16
+// instead of 0, and ResidualSpace::Create accepts the matrix because it only asks for pivots
+// > 0. Whether a singular kernel matrix is reported must not depend on rounding luck; the test
+// of positive definiteness needs a threshold relative to the variance (and m).
+TEST(ResidualValidationTest, SingularInducingKernelIsFailedPreconditionForAnyVariance) {
+  const RowMatrix points = testing::NormalPoints(30, 2, 1);
+  ResidualOptions options = Options(MakeKernel(KernelType::kRbf, 2.0, {0.8}), 2, 0, 0.0);
+  RowMatrix inducing = testing::NormalPoints(2, 2, 5);
+  inducing.row(1) = inducing.row(0);
+  options.inducing_points = inducing;
+  ExpectStatus(CreateStatus(points, options), absl::StatusCode::kFailedPrecondition,
+               "positive definite");
+}
+
+TEST(ResidualValidationTest, FromFactorsRejectsBadShapesAndValues) {
+  const int64_t n = 8;
+  const KernelSpec kernel = MakeKernel(KernelType::kRbf, 1.0, {1.0});
+  const RowMatrix points = testing::NormalPoints(n, 2, 1);
+  const RowMatrix v = testing::NormalPoints(n, 3, 2, 0.1);
+  const Eigen::VectorXd p = Eigen::VectorXd::Constant(n, 0.5);
+  auto status = [&](RowMatrix pts, RowMatrix f, Eigen::VectorXd r) {
+    return ResidualSpace::FromFactors(std::move(pts), kernel, std::move(f), std::move(r)).status();
+  };
+  EXPECT_TRUE(status(points, v, p).ok());
+  ExpectStatus(status(points, testing::NormalPoints(n - 1, 3, 2), p),
+               absl::StatusCode::kInvalidArgument, "factors");
+  ExpectStatus(status(points, testing::NormalPoints(n + 1, 3, 2), p),
+               absl::StatusCode::kInvalidArgument, "factors");
+  ExpectStatus(status(points, RowMatrix(n, 0), p), absl::StatusCode::kInvalidArgument, "factors");
+  RowMatrix v_nan = v;
+  v_nan(3, 2) = std::nan("");
+  ExpectStatus(status(points, v_nan, p), absl::StatusCode::kInvalidArgument, "factors");
+  ExpectStatus(status(points, v, Eigen::VectorXd::Constant(n - 1, 0.5)),
+               absl::StatusCode::kInvalidArgument, "residual_variances");
+  for (double bad : {0.0, -0.1, std::nan(""), kInf}) {
+    Eigen::VectorXd q = p;
+    q[5] = bad;
+    ExpectStatus(status(points, v, q), absl::StatusCode::kInvalidArgument, "residual_variances");
+  }
+  RowMatrix points_inf = points;
+  points_inf(0, 0) = -kInf;
+  ExpectStatus(status(points_inf, v, p), absl::StatusCode::kInvalidArgument, "points");
+  ExpectStatus(status(RowMatrix(0, 2), RowMatrix(0, 3), Eigen::VectorXd()),
+               absl::StatusCode::kInvalidArgument, "points");
+}
+
+}  // namespace
+}  // namespace rcknn
