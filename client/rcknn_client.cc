@@ -1,0 +1,266 @@
+#include "client/rcknn_client.h"
+
+#include <algorithm>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace rcknn::client {
+namespace {
+
+// Wire bytes of one answer entry at most: a double and a varint id (-1 padding takes 10).
+constexpr int64_t kAnswerEntryBytes = 18;
+// Wire bytes of one query id at most, and framing allowance per message.
+constexpr int64_t kQueryIdBytes = 10;
+constexpr int64_t kFramingBytes = 4096;
+
+void AddStats(const v1::SearchStats& from, v1::SearchStats* to) {
+  to->set_distance_evaluations(to->distance_evaluations() + from.distance_evaluations());
+  to->set_heap_pushes(to->heap_pushes() + from.heap_pushes());
+  to->set_nodes_visited(to->nodes_visited() + from.nodes_visited());
+  to->set_subtrees_pruned(to->subtrees_pruned() + from.subtrees_pruned());
+  to->set_subtrees_pruned_by_bound(to->subtrees_pruned_by_bound() +
+                                   from.subtrees_pruned_by_bound());
+  to->set_subtrees_pruned_by_predecessor(to->subtrees_pruned_by_predecessor() +
+                                         from.subtrees_pruned_by_predecessor());
+  to->set_brute_force_queries(to->brute_force_queries() + from.brute_force_queries());
+  to->set_search_seconds(to->search_seconds() + from.search_seconds());
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options) {
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  arguments.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  return grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), arguments);
+}
+
+}  // namespace
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+RcknnClient::RcknnClient(const ClientOptions& options)
+    : RcknnClient(options, MakeChannel(options)) {}
+
+RcknnClient::RcknnClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
+    : options_(options), channel_(std::move(channel)), stub_(v1::Rcknn::NewStub(channel_)) {}
+
+void RcknnClient::Prepare(grpc::ClientContext* context) const {
+  if (options_.timeout != absl::InfiniteDuration()) {
+    context->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+  }
+}
+
+absl::StatusOr<v1::IndexInfo> RcknnClient::CreateIndex(const std::string& index_id,
+                                                       const v1::IndexSpec& spec) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::CreateIndexRequest request;
+  request.set_index_id(index_id);
+  *request.mutable_spec() = spec;
+  v1::IndexInfo info;
+  if (grpc::Status status = stub_->CreateIndex(&context, request, &info); !status.ok()) {
+    return FromGrpc(status);
+  }
+  return info;
+}
+
+absl::StatusOr<v1::UploadPointsResponse> RcknnClient::UploadPoints(
+    const std::string& index_id, const PointsView& points, absl::Span<const double> factors,
+    int64_t factor_columns, absl::Span<const double> residual_variances) {
+  const int64_t n = points.rows();
+  const int d = points.dimension;
+  if (d < 1 || static_cast<int64_t>(points.values.size()) != n * d) {
+    return absl::InvalidArgumentError(absl::StrCat("points: ", points.values.size(),
+                                                   " values are not rows of ", d));
+  }
+  const bool with_factors = !factors.empty() || !residual_variances.empty();
+  if (with_factors && (factor_columns < 1 ||
+                       static_cast<int64_t>(factors.size()) != n * factor_columns ||
+                       static_cast<int64_t>(residual_variances.size()) != n)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "factors: expected ", n, " rows of ", factor_columns, " values and ", n,
+        " residual variances, got ", factors.size(), " and ", residual_variances.size()));
+  }
+  const int64_t row_bytes = 9 * (d + (with_factors ? factor_columns + 1 : 0));
+  const int64_t chunk_rows = std::max<int64_t>(
+      1, std::min(options_.upload_chunk_bytes, options_.max_message_bytes - kFramingBytes) /
+             row_bytes);
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::UploadPointsResponse response;
+  auto writer = stub_->UploadPoints(&context, &response);
+  v1::UploadPointsRequest chunk;
+  for (int64_t first = 0; first < n; first += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, n - first);
+    chunk.Clear();
+    if (first == 0) chunk.set_index_id(index_id);
+    chunk.mutable_coordinates()->Add(points.values.data() + first * d,
+                                     points.values.data() + (first + rows) * d);
+    if (with_factors) {
+      chunk.mutable_factors()->Add(factors.data() + first * factor_columns,
+                                   factors.data() + (first + rows) * factor_columns);
+      chunk.mutable_residual_variances()->Add(residual_variances.data() + first,
+                                              residual_variances.data() + first + rows);
+    }
+    if (!writer->Write(chunk)) break;  // the server ended the stream: Finish says why
+  }
+  if (n == 0) {
+    chunk.set_index_id(index_id);
+    writer->Write(chunk);
+  }
+  writer->WritesDone();
+  if (grpc::Status status = writer->Finish(); !status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<v1::IndexInfo> RcknnClient::BuildIndex(const std::string& index_id) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::BuildIndexRequest request;
+  request.set_index_id(index_id);
+  v1::IndexInfo info;
+  if (grpc::Status status = stub_->BuildIndex(&context, request, &info); !status.ok()) {
+    return FromGrpc(status);
+  }
+  return info;
+}
+
+absl::StatusOr<v1::IndexInfo> RcknnClient::WaitForIndex(
+    const std::string& index_id, const std::function<void(const v1::IndexInfo&)>& on_update) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::GetIndexRequest request;
+  request.set_index_id(index_id);
+  auto reader = stub_->WatchIndex(&context, request);
+  v1::IndexInfo info;
+  bool any = false;
+  while (reader->Read(&info)) {
+    any = true;
+    if (on_update) on_update(info);
+  }
+  if (grpc::Status status = reader->Finish(); !status.ok()) return FromGrpc(status);
+  if (!any) return absl::InternalError("WatchIndex ended without a report");
+  return info;
+}
+
+absl::StatusOr<v1::IndexInfo> RcknnClient::GetIndex(const std::string& index_id) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::GetIndexRequest request;
+  request.set_index_id(index_id);
+  v1::IndexInfo info;
+  if (grpc::Status status = stub_->GetIndex(&context, request, &info); !status.ok()) {
+    return FromGrpc(status);
+  }
+  return info;
+}
+
+absl::StatusOr<std::vector<v1::IndexInfo>> RcknnClient::ListIndexes() {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::ListIndexesResponse response;
+  if (grpc::Status status = stub_->ListIndexes(&context, v1::ListIndexesRequest(), &response);
+      !status.ok()) {
+    return FromGrpc(status);
+  }
+  return std::vector<v1::IndexInfo>(response.indexes().begin(), response.indexes().end());
+}
+
+absl::Status RcknnClient::DeleteIndex(const std::string& index_id) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::DeleteIndexRequest request;
+  request.set_index_id(index_id);
+  v1::DeleteIndexResponse response;
+  return FromGrpc(stub_->DeleteIndex(&context, request, &response));
+}
+
+int64_t RcknnClient::QueriesPerRequest(int64_t k, int dimension) const {
+  const int64_t budget = options_.max_message_bytes - kFramingBytes;
+  const int64_t query_bytes = dimension > 0 ? 8 * dimension : kQueryIdBytes;
+  const int64_t by_answer = budget / (std::max<int64_t>(k, 1) * kAnswerEntryBytes);
+  const int64_t by_request = budget / query_bytes;
+  return std::max<int64_t>(
+      1, std::min({by_answer, by_request, options_.max_queries_per_request}));
+}
+
+absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query) {
+  const bool by_id = !query.ids.empty();
+  const int d = by_id ? 0 : query.points.dimension;
+  const int64_t nq = by_id ? static_cast<int64_t>(query.ids.size()) : query.points.rows();
+  if (!by_id && (d < 1 || static_cast<int64_t>(query.points.values.size()) != nq * d)) {
+    return absl::InvalidArgumentError("query_points: give rows of `dimension` values");
+  }
+  const int64_t per_request = QueriesPerRequest(query.k, d);
+  auto make_request = [&](int64_t first, int64_t count) {
+    v1::SearchRequest request;
+    request.set_index_id(query.index_id);
+    request.set_k(query.k);
+    request.set_predecessor_mode(query.predecessor_mode);
+    request.set_include_self(query.include_self);
+    if (by_id) {
+      request.mutable_query_ids()->Add(query.ids.data() + first, query.ids.data() + first + count);
+    } else {
+      request.mutable_query_points()->Add(query.points.values.data() + first * d,
+                                          query.points.values.data() + (first + count) * d);
+    }
+    return request;
+  };
+
+  SearchResult result;
+  result.num_queries = nq;
+  result.k = query.k;
+  if (nq <= per_request) {
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::SearchResponse response;
+    if (grpc::Status status = stub_->Search(&context, make_request(0, nq), &response);
+        !status.ok()) {
+      return FromGrpc(status);
+    }
+    result.ids.assign(response.neighbor_ids().begin(), response.neighbor_ids().end());
+    result.distances.assign(response.distances().begin(), response.distances().end());
+    result.stats = response.stats();
+    result.requests = 1;
+    return result;
+  }
+
+  result.ids.reserve(nq * query.k);
+  result.distances.reserve(nq * query.k);
+  grpc::ClientContext context;
+  Prepare(&context);
+  auto stream = stub_->SearchStream(&context);
+  // Requests go out from a second thread while answers are read here, so neither side waits
+  // on flow control for the other.
+  std::thread writer([&] {
+    for (int64_t first = 0; first < nq; first += per_request) {
+      if (!stream->Write(make_request(first, std::min(per_request, nq - first)))) break;
+    }
+    stream->WritesDone();
+  });
+  v1::SearchResponse response;
+  while (stream->Read(&response)) {
+    result.ids.insert(result.ids.end(), response.neighbor_ids().begin(),
+                      response.neighbor_ids().end());
+    result.distances.insert(result.distances.end(), response.distances().begin(),
+                            response.distances().end());
+    AddStats(response.stats(), &result.stats);
+    ++result.requests;
+  }
+  writer.join();
+  if (grpc::Status status = stream->Finish(); !status.ok()) return FromGrpc(status);
+  if (static_cast<int64_t>(result.ids.size()) != nq * query.k) {
+    return absl::DataLossError(absl::StrCat("the stream answered ", result.ids.size() / query.k,
+                                            " of ", nq, " queries"));
+  }
+  return result;
+}
+
+}  // namespace rcknn::client

@@ -1,0 +1,109 @@
+// A C++ client of rcknn.v1.Rcknn over the generated stubs, with the chores done: uploads stream
+// in chunks under the message size limit, builds can be followed to the end (WatchIndex), and a
+// search of any number of queries is split into requests that fit one message each and sent on
+// one SearchStream, the answers concatenated in order. Thread-safe (one channel, many calls).
+#ifndef RCKNN_CLIENT_RCKNN_CLIENT_H_
+#define RCKNN_CLIENT_RCKNN_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "grpcpp/channel.h"
+#include "rcknn/v1/rcknn.grpc.pb.h"
+
+namespace rcknn::client {
+
+struct ClientOptions {
+  std::string target = "127.0.0.1:50051";
+  // The server's --max_message_bytes: requests and expected answers are kept under it.
+  int64_t max_message_bytes = int64_t{64} << 20;
+  // Upload chunks carry about this many bytes (well under the message limit, so that the
+  // server can start on one while the next is on the wire).
+  int64_t upload_chunk_bytes = int64_t{4} << 20;
+  // At most this many queries per request (the server's --max_queries_per_search).
+  int64_t max_queries_per_request = 1'000'000;
+  // Deadline of each call; infinite by default.
+  absl::Duration timeout = absl::InfiniteDuration();
+};
+
+// Points (or queries) as a row-major n x dimension array.
+struct PointsView {
+  absl::Span<const double> values;
+  int dimension = 0;
+  int64_t rows() const { return dimension == 0 ? 0 : static_cast<int64_t>(values.size()) / dimension; }
+};
+
+struct SearchQuery {
+  std::string index_id;
+  int64_t k = 10;
+  // Exactly one of the two.
+  absl::Span<const int64_t> ids;
+  PointsView points;
+  bool predecessor_mode = false;
+  bool include_self = false;
+};
+
+struct SearchResult {
+  int64_t num_queries = 0;
+  int64_t k = 0;
+  std::vector<int64_t> ids;        // num_queries x k, row-major, padded with -1
+  std::vector<double> distances;   // same shape, padded with +infinity
+  v1::SearchStats stats;           // summed over the requests
+  int64_t requests = 0;            // how many requests the search was split into
+};
+
+class RcknnClient {
+ public:
+  // Connects lazily: the first call reports UNAVAILABLE if nothing listens.
+  explicit RcknnClient(const ClientOptions& options);
+  RcknnClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
+
+  const ClientOptions& options() const { return options_; }
+  v1::Rcknn::Stub& stub() { return *stub_; }
+
+  absl::StatusOr<v1::IndexInfo> CreateIndex(const std::string& index_id,
+                                            const v1::IndexSpec& spec);
+  // One UploadPoints stream of chunks. `factors` (n x factor_columns) and
+  // `residual_variances` (n) only for specs with factors_supplied.
+  absl::StatusOr<v1::UploadPointsResponse> UploadPoints(
+      const std::string& index_id, const PointsView& points,
+      absl::Span<const double> factors = {}, int64_t factor_columns = 0,
+      absl::Span<const double> residual_variances = {});
+  // Starts the build; returns at once (state BUILDING).
+  absl::StatusOr<v1::IndexInfo> BuildIndex(const std::string& index_id);
+  // Follows WatchIndex until READY or FAILED, calling `on_update` for each report. Returns the
+  // final IndexInfo (FAILED is a value here, not an error).
+  absl::StatusOr<v1::IndexInfo> WaitForIndex(
+      const std::string& index_id,
+      const std::function<void(const v1::IndexInfo&)>& on_update = nullptr);
+  absl::StatusOr<v1::IndexInfo> GetIndex(const std::string& index_id);
+  absl::StatusOr<std::vector<v1::IndexInfo>> ListIndexes();
+  absl::Status DeleteIndex(const std::string& index_id);
+
+  // Any number of queries. One request goes as a unary Search; more go on one SearchStream.
+  absl::StatusOr<SearchResult> Search(const SearchQuery& query);
+
+  // Queries per request for `k` neighbours and `dimension`-long query points (0: by id).
+  int64_t QueriesPerRequest(int64_t k, int dimension) const;
+
+ private:
+  void Prepare(grpc::ClientContext* context) const;
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Rcknn::Stub> stub_;
+};
+
+// The gRPC status as an absl::Status (the codes share their numbering).
+absl::Status FromGrpc(const grpc::Status& status);
+
+}  // namespace rcknn::client
+
+#endif  // RCKNN_CLIENT_RCKNN_CLIENT_H_

@@ -1,0 +1,253 @@
+#include "server/index_registry.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace rcknn::server {
+namespace {
+
+void AppendVector(std::vector<double>& to, std::vector<double>& from) {
+  if (to.empty()) {
+    to = std::move(from);
+  } else {
+    to.insert(to.end(), from.begin(), from.end());
+  }
+}
+
+core::RowMatrix ToMatrix(const std::vector<double>& values, int64_t rows, int64_t cols) {
+  return Eigen::Map<const core::RowMatrix>(values.data(), rows, cols);
+}
+
+}  // namespace
+
+std::string IndexStateName(IndexState state) {
+  switch (state) {
+    case IndexState::kLoading:
+      return "LOADING";
+    case IndexState::kBuilding:
+      return "BUILDING";
+    case IndexState::kReady:
+      return "READY";
+    case IndexState::kFailed:
+      return "FAILED";
+  }
+  return "UNKNOWN";
+}
+
+IndexEntry::IndexEntry(std::string id, v1::IndexSpec spec, core::IndexSpec core_spec)
+    : id_(std::move(id)), spec_(std::move(spec)), core_spec_(std::move(core_spec)) {}
+
+int64_t IndexEntry::factor_columns() const {
+  absl::MutexLock lock(&mutex_);
+  return loading_.factor_columns;
+}
+
+absl::StatusOr<int64_t> IndexEntry::Append(PointBatch batch, int64_t max_points) {
+  absl::MutexLock lock(&mutex_);
+  if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
+  if (state_ != IndexState::kLoading) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("index ", id_, " is ", IndexStateName(state_),
+                     "; points can only be uploaded before BuildIndex"));
+  }
+  if (batch.num_points > max_points - num_points_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "index ", id_, " would hold ", num_points_ + batch.num_points,
+        " points, over the limit --max_points_per_index = ", max_points));
+  }
+  if (batch.factor_columns != 0 && loading_.factor_columns != 0 &&
+      batch.factor_columns != loading_.factor_columns) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "factors: rows of ", batch.factor_columns, " values, but earlier uploads had ",
+        loading_.factor_columns));
+  }
+  if (batch.num_points == 0) return num_points_;
+  if (batch.factor_columns != 0) loading_.factor_columns = batch.factor_columns;
+  AppendVector(loading_.coordinates, batch.coordinates);
+  AppendVector(loading_.factors, batch.factors);
+  AppendVector(loading_.residual_variances, batch.residual_variances);
+  loading_.num_points += batch.num_points;
+  num_points_ = loading_.num_points;
+  ++version_;
+  return num_points_;
+}
+
+absl::StatusOr<core::IndexData> IndexEntry::BeginBuild(
+    const std::function<absl::Status(int64_t num_points)>& check) {
+  absl::MutexLock lock(&mutex_);
+  if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
+  if (state_ != IndexState::kLoading) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("index ", id_, " is already ", IndexStateName(state_),
+                     "; BuildIndex is accepted once, while LOADING"));
+  }
+  if (num_points_ == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("index ", id_, " has no points; upload them with UploadPoints first"));
+  }
+  if (check) {
+    if (absl::Status status = check(num_points_); !status.ok()) return status;
+  }
+  core::IndexData data;
+  data.points = ToMatrix(loading_.coordinates, num_points_, core_spec_.dimension);
+  if (core_spec_.factors_supplied) {
+    data.factors = ToMatrix(loading_.factors, num_points_, loading_.factor_columns);
+    data.residual_variances =
+        Eigen::Map<const Eigen::VectorXd>(loading_.residual_variances.data(), num_points_);
+  }
+  loading_ = PointBatch();
+  state_ = IndexState::kBuilding;
+  build_start_ = absl::Now();
+  ++version_;
+  return data;
+}
+
+void IndexEntry::SetBuildProgress(double fraction) {
+  // Monotone: reports from several threads may arrive out of order.
+  double seen = build_progress_.load();
+  const double value = std::clamp(fraction, 0.0, 1.0);
+  while (value > seen && !build_progress_.compare_exchange_weak(seen, value)) {
+  }
+}
+
+void IndexEntry::FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> index) {
+  absl::MutexLock lock(&mutex_);
+  build_seconds_ = absl::ToDoubleSeconds(absl::Now() - build_start_);
+  if (index.ok()) {
+    index_ = std::shared_ptr<const core::KnnIndex>(std::move(index).value());
+    state_ = IndexState::kReady;
+    build_progress_.store(1.0);
+  } else {
+    error_ = index.status().ToString();
+    state_ = IndexState::kFailed;
+  }
+  ++version_;
+}
+
+absl::StatusOr<std::shared_ptr<const core::KnnIndex>> IndexEntry::ReadyIndex() const {
+  absl::MutexLock lock(&mutex_);
+  if (state_ == IndexState::kReady) return index_;
+  std::string hint;
+  switch (state_) {
+    case IndexState::kLoading:
+      hint = "call BuildIndex first";
+      break;
+    case IndexState::kBuilding:
+      hint = "wait for INDEX_STATE_READY (WatchIndex)";
+      break;
+    default:
+      hint = absl::StrCat("its build failed: ", error_);
+      break;
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("index ", id_, " is ", IndexStateName(state_), ", not READY; ", hint));
+}
+
+IndexSnapshot IndexEntry::Snapshot() const {
+  absl::MutexLock lock(&mutex_);
+  IndexSnapshot snapshot;
+  snapshot.state = state_;
+  snapshot.num_points = num_points_;
+  snapshot.build_progress = build_progress_.load();
+  snapshot.build_seconds = state_ == IndexState::kBuilding
+                               ? absl::ToDoubleSeconds(absl::Now() - build_start_)
+                               : build_seconds_;
+  snapshot.error = error_;
+  snapshot.version = version_;
+  switch (state_) {
+    case IndexState::kLoading:
+      snapshot.memory_bytes = static_cast<int64_t>(
+          (loading_.coordinates.size() + loading_.factors.size() +
+           loading_.residual_variances.size()) *
+          sizeof(double));
+      break;
+    case IndexState::kReady: {
+      snapshot.memory_bytes = index_->memory_bytes();
+      snapshot.timings = index_->timings();
+      if (const auto* space = dynamic_cast<const core::ResidualSpace*>(&index_->space())) {
+        snapshot.inducing_count = space->v().cols();
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  return snapshot;
+}
+
+void IndexEntry::AwaitChange(uint64_t version, absl::Duration timeout) const {
+  absl::MutexLock lock(&mutex_);
+  auto changed = [this, version]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
+    return version_ != version || deleted_;
+  };
+  mutex_.AwaitWithTimeout(absl::Condition(&changed), timeout);
+}
+
+void IndexEntry::MarkDeleted() {
+  build_cancellation_.Cancel();
+  absl::MutexLock lock(&mutex_);
+  deleted_ = true;
+  loading_ = PointBatch();
+  ++version_;
+}
+
+bool IndexEntry::deleted() const {
+  absl::MutexLock lock(&mutex_);
+  return deleted_;
+}
+
+absl::Status IndexRegistry::Add(std::shared_ptr<IndexEntry> entry) {
+  absl::MutexLock lock(&mutex_);
+  if (entries_.contains(entry->id())) {
+    return absl::AlreadyExistsError(absl::StrCat("index ", entry->id(), " already exists"));
+  }
+  if (static_cast<int64_t>(entries_.size()) >= max_indexes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the server holds ", entries_.size(), " indexes, the limit --max_indexes = ",
+        max_indexes_, "; delete one first"));
+  }
+  const std::string id = entry->id();
+  entries_.emplace(id, std::move(entry));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<IndexEntry>> IndexRegistry::Get(absl::string_view id) const {
+  absl::MutexLock lock(&mutex_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("no index ", id));
+  return it->second;
+}
+
+absl::StatusOr<std::shared_ptr<IndexEntry>> IndexRegistry::Remove(absl::string_view id) {
+  std::shared_ptr<IndexEntry> entry;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("no index ", id));
+    entry = std::move(it->second);
+    entries_.erase(it);
+  }
+  entry->MarkDeleted();
+  return entry;
+}
+
+std::vector<std::shared_ptr<IndexEntry>> IndexRegistry::List() const {
+  std::vector<std::shared_ptr<IndexEntry>> list;
+  {
+    absl::MutexLock lock(&mutex_);
+    list.reserve(entries_.size());
+    for (const auto& [id, entry] : entries_) list.push_back(entry);
+  }
+  std::sort(list.begin(), list.end(),
+            [](const auto& a, const auto& b) { return a->id() < b->id(); });
+  return list;
+}
+
+void IndexRegistry::CancelBuilds() {
+  for (const std::shared_ptr<IndexEntry>& entry : List()) entry->CancelBuild();
+}
+
+}  // namespace rcknn::server

@@ -1,0 +1,145 @@
+// The server's indexes by name, and the life of one index:
+//
+//   LOADING --BeginBuild--> BUILDING --FinishBuild--> READY | FAILED
+//
+// While LOADING an entry accumulates uploaded points; BeginBuild hands them to the build, and
+// FinishBuild publishes the immutable core index in one step. Searches copy the
+// shared_ptr<const core::KnnIndex> and run without any lock, so deleting an index while searches
+// on it are in flight is safe: they finish on the old index, which is freed after the last one.
+#ifndef RCKNN_SERVER_INDEX_REGISTRY_H_
+#define RCKNN_SERVER_INDEX_REGISTRY_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/cancellation.h"
+#include "core/knn_index.h"
+#include "rcknn/v1/rcknn.pb.h"
+
+namespace rcknn::server {
+
+enum class IndexState { kLoading, kBuilding, kReady, kFailed };
+
+std::string IndexStateName(IndexState state);
+
+// Validated points of one upload stream, not yet applied.
+struct PointBatch {
+  int64_t num_points = 0;
+  std::vector<double> coordinates;         // num_points x dimension
+  std::vector<double> factors;             // num_points x factor_columns (factors_supplied)
+  std::vector<double> residual_variances;  // num_points (factors_supplied)
+  int64_t factor_columns = 0;              // 0 when no factors
+};
+
+// What GetIndex reports, read consistently at one instant.
+struct IndexSnapshot {
+  IndexState state = IndexState::kLoading;
+  int64_t num_points = 0;
+  double build_progress = 0.0;
+  double build_seconds = 0.0;
+  std::string error;
+  int64_t memory_bytes = 0;
+  core::BuildTimings timings;
+  int64_t inducing_count = 0;  // READY residual indexes: the m in use
+  uint64_t version = 0;        // changes with every state change and every applied upload
+};
+
+// One index. Thread-safe.
+class IndexEntry {
+ public:
+  // `spec` is the validated proto spec as it will be reported; `core_spec` its core form.
+  IndexEntry(std::string id, v1::IndexSpec spec, core::IndexSpec core_spec);
+
+  const std::string& id() const { return id_; }
+  const v1::IndexSpec& spec() const { return spec_; }
+  const core::IndexSpec& core_spec() const { return core_spec_; }
+
+  // Columns of the factor rows uploaded so far (0 before the first factors arrive).
+  int64_t factor_columns() const;
+
+  // Appends a whole upload stream. FAILED_PRECONDITION unless LOADING; NOT_FOUND once deleted;
+  // INVALID_ARGUMENT if its factor rows are not as long as earlier ones; RESOURCE_EXHAUSTED
+  // naming --max_points_per_index if the total would exceed `max_points`. On error nothing
+  // changes. Returns the new total.
+  absl::StatusOr<int64_t> Append(PointBatch batch, int64_t max_points);
+
+  // LOADING -> BUILDING, handing over the uploaded data. FAILED_PRECONDITION unless LOADING or
+  // without points; NOT_FOUND once deleted; the error of `check` (called with the number of
+  // points, under the entry's lock) if it fails, and then nothing changes.
+  absl::StatusOr<core::IndexData> BeginBuild(
+      const std::function<absl::Status(int64_t num_points)>& check = nullptr);
+  // Any thread, any number of times during the build.
+  void SetBuildProgress(double fraction);
+  // BUILDING -> READY with `index`, or FAILED with its error.
+  void FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> index);
+
+  // The built index; FAILED_PRECONDITION naming the state if it is not READY.
+  absl::StatusOr<std::shared_ptr<const core::KnnIndex>> ReadyIndex() const;
+
+  IndexSnapshot Snapshot() const;
+  // Waits until the version differs from `version`, the entry is deleted, or `timeout` passes.
+  void AwaitChange(uint64_t version, absl::Duration timeout) const;
+
+  // The build's cancellation: cancelled by MarkDeleted and at server shutdown.
+  const core::Cancellation* build_cancellation() const { return &build_cancellation_; }
+  void CancelBuild() { build_cancellation_.Cancel(); }
+
+  // Called by the registry when the entry is removed: pending uploads and builds stop.
+  void MarkDeleted();
+  bool deleted() const;
+
+ private:
+  const std::string id_;
+  const v1::IndexSpec spec_;
+  const core::IndexSpec core_spec_;
+  core::Cancellation build_cancellation_;
+  std::atomic<double> build_progress_{0.0};
+
+  mutable absl::Mutex mutex_;
+  IndexState state_ ABSL_GUARDED_BY(mutex_) = IndexState::kLoading;
+  bool deleted_ ABSL_GUARDED_BY(mutex_) = false;
+  uint64_t version_ ABSL_GUARDED_BY(mutex_) = 0;
+  int64_t num_points_ ABSL_GUARDED_BY(mutex_) = 0;
+  PointBatch loading_ ABSL_GUARDED_BY(mutex_);  // LOADING: everything uploaded
+  absl::Time build_start_ ABSL_GUARDED_BY(mutex_);
+  double build_seconds_ ABSL_GUARDED_BY(mutex_) = 0.0;
+  std::string error_ ABSL_GUARDED_BY(mutex_);
+  std::shared_ptr<const core::KnnIndex> index_ ABSL_GUARDED_BY(mutex_);
+};
+
+// Index id -> entry. The lock is held only to find, insert or remove a pointer.
+class IndexRegistry {
+ public:
+  explicit IndexRegistry(int64_t max_indexes) : max_indexes_(max_indexes) {}
+
+  // ALREADY_EXISTS for a taken id; RESOURCE_EXHAUSTED naming --max_indexes when full.
+  absl::Status Add(std::shared_ptr<IndexEntry> entry);
+  // NOT_FOUND naming the id.
+  absl::StatusOr<std::shared_ptr<IndexEntry>> Get(absl::string_view id) const;
+  // Removes the entry, marks it deleted (its build is cancelled) and returns it. NOT_FOUND.
+  absl::StatusOr<std::shared_ptr<IndexEntry>> Remove(absl::string_view id);
+  // Every entry, ordered by id.
+  std::vector<std::shared_ptr<IndexEntry>> List() const;
+  // Cancels every build in progress (shutdown).
+  void CancelBuilds();
+
+ private:
+  const int64_t max_indexes_;
+  mutable absl::Mutex mutex_;
+  absl::flat_hash_map<std::string, std::shared_ptr<IndexEntry>> entries_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace rcknn::server
+
+#endif  // RCKNN_SERVER_INDEX_REGISTRY_H_

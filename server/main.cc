@@ -1,0 +1,84 @@
+// rcknn-server: flags -> ServerOptions -> RcknnServer; SIGTERM / SIGINT shut it down gracefully.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/logging.h"
+#include "server/rcknn_server.h"
+#include "server/server_options.h"
+
+namespace {
+const rcknn::server::ServerOptions kDefaults;
+}  // namespace
+
+ABSL_FLAG(std::string, listen, kDefaults.listen_address,
+          "host:port to serve gRPC on (port 0: any free port, printed at startup)");
+ABSL_FLAG(int, threads, kDefaults.threads,
+          "threads of the query and build pool (one tbb::task_arena); 0: every core");
+ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes,
+          "largest gRPC message received or sent, in bytes (requests and answers)");
+ABSL_FLAG(int64_t, max_points_per_index, kDefaults.max_points_per_index,
+          "most points one index may hold");
+ABSL_FLAG(int64_t, max_indexes, kDefaults.max_indexes, "most indexes the server holds at once");
+ABSL_FLAG(int64_t, max_queries_per_search, kDefaults.max_queries_per_search,
+          "most queries in one Search call or one SearchStream request");
+ABSL_FLAG(absl::Duration, shutdown_grace, kDefaults.shutdown_grace,
+          "on SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled");
+ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "exact k-nearest-neighbour search under the Gaussian-process residual "
+      "correlation distance, over gRPC (service rcknn.v1.Rcknn).\n"
+      "Usage: rcknn-server [--listen=127.0.0.1:50051] [--threads=N] [flags]");
+  // --help lists the flags of this file (Abseil's default expects a file named after the binary).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  absl::ParseCommandLine(argc, argv);
+
+  rcknn::server::LogLevel level;
+  if (!rcknn::server::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::fprintf(stderr, "--log_level must be debug, info, warning or error\n");
+    return 2;
+  }
+  rcknn::server::SetLogLevel(level);
+
+  rcknn::server::ServerOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.max_points_per_index = absl::GetFlag(FLAGS_max_points_per_index);
+  options.max_indexes = absl::GetFlag(FLAGS_max_indexes);
+  options.max_queries_per_search = absl::GetFlag(FLAGS_max_queries_per_search);
+  options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+
+  // Block the shutdown signals before any thread starts, so that every thread inherits the mask
+  // and only sigwait below receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = rcknn::server::RcknnServer::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "rcknn-server: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  RCKNN_LOG(kInfo, "received ", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown(options.shutdown_grace);
+  return 0;
+}

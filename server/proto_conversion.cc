@@ -1,0 +1,324 @@
+#include "server/proto_conversion.h"
+
+#include <chrono>
+#include <cmath>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "core/kernel.h"
+#include "core/residual_correlation.h"
+
+namespace rcknn::server {
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view message) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", message));
+}
+
+absl::StatusOr<core::KernelType> ToCoreKernelType(int type) {
+  switch (type) {
+    case v1::KERNEL_RBF:
+      return core::KernelType::kRbf;
+    case v1::KERNEL_MATERN12:
+      return core::KernelType::kMatern12;
+    case v1::KERNEL_MATERN32:
+      return core::KernelType::kMatern32;
+    case v1::KERNEL_MATERN52:
+      return core::KernelType::kMatern52;
+    case v1::KERNEL_UNSPECIFIED:
+      return Invalid("spec.kernel.type",
+                     "KERNEL_UNSPECIFIED; choose KERNEL_RBF, KERNEL_MATERN12, KERNEL_MATERN32 or "
+                     "KERNEL_MATERN52");
+    default:
+      return Invalid("spec.kernel.type", absl::StrCat("unknown KernelType value ", type));
+  }
+}
+
+// Core reports kernel errors as "kernel.<field> ..." or "dimension ..."; clients know them as
+// fields of `spec`.
+absl::Status UnderSpec(const absl::Status& status) {
+  if (status.ok() || status.code() != absl::StatusCode::kInvalidArgument) return status;
+  return absl::InvalidArgumentError(absl::StrCat("spec.", status.message()));
+}
+
+absl::Status CheckFinite(const google::protobuf::RepeatedField<double>& values, int64_t row_length,
+                         absl::string_view field, int64_t first_row, absl::string_view row_name) {
+  for (int i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      return Invalid(field, absl::StrCat("value ", values[i], " at ", row_name, " ",
+                                         first_row + i / row_length, ", column ", i % row_length,
+                                         " is not finite"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateIndexId(absl::string_view id, absl::string_view field) {
+  if (id.empty()) return Invalid(field, "is empty; name the index");
+  if (id.size() > kMaxIndexIdLength) {
+    return Invalid(field, absl::StrCat("is ", id.size(), " characters long, the limit is ",
+                                       kMaxIndexIdLength));
+  }
+  for (char c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return Invalid(field, "may hold only the characters A-Z a-z 0-9 . _ -");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexSpec* normalized) {
+  core::IndexSpec out;
+  *normalized = spec;
+  if (spec.dimension() < 1 || spec.dimension() > kMaxDimension) {
+    return Invalid("spec.dimension",
+                   absl::StrCat("must be in [1, ", kMaxDimension, "], got ", spec.dimension()));
+  }
+  out.dimension = spec.dimension();
+  const int d = spec.dimension();
+  switch (spec.metric()) {
+    case v1::METRIC_RESIDUAL_CORRELATION:
+      out.metric = core::Metric::kResidualCorrelation;
+      break;
+    case v1::METRIC_EUCLIDEAN: {
+      out.metric = core::Metric::kEuclidean;
+      // No silent fallbacks: residual-only settings on a Euclidean index are a client mistake.
+      if (spec.has_kernel()) return Invalid("spec.kernel", "is not used by METRIC_EUCLIDEAN");
+      if (spec.has_inducing_count()) {
+        return Invalid("spec.inducing_count", "is not used by METRIC_EUCLIDEAN");
+      }
+      if (spec.inducing_seed() != 0) {
+        return Invalid("spec.inducing_seed", "is not used by METRIC_EUCLIDEAN");
+      }
+      if (!spec.inducing_points().empty()) {
+        return Invalid("spec.inducing_points", "is not used by METRIC_EUCLIDEAN");
+      }
+      if (spec.factors_supplied()) {
+        return Invalid("spec.factors_supplied", "is not used by METRIC_EUCLIDEAN");
+      }
+      if (spec.has_jitter()) return Invalid("spec.jitter", "is not used by METRIC_EUCLIDEAN");
+      return out;
+    }
+    case v1::METRIC_UNSPECIFIED:
+      return Invalid("spec.metric",
+                     "METRIC_UNSPECIFIED; choose METRIC_RESIDUAL_CORRELATION or METRIC_EUCLIDEAN");
+    default:
+      return Invalid("spec.metric", absl::StrCat("unknown Metric value ", spec.metric()));
+  }
+
+  if (!spec.has_kernel()) {
+    return Invalid("spec.kernel", "is required for METRIC_RESIDUAL_CORRELATION");
+  }
+  core::KernelSpec kernel;
+  auto type = ToCoreKernelType(spec.kernel().type());
+  if (!type.ok()) return type.status();
+  kernel.type = *type;
+  kernel.variance = spec.kernel().variance();
+  kernel.lengthscales.assign(spec.kernel().lengthscales().begin(),
+                             spec.kernel().lengthscales().end());
+  if (absl::StatusOr<core::Kernel> checked = core::Kernel::Create(kernel, d); !checked.ok()) {
+    return UnderSpec(checked.status());
+  }
+  out.residual.kernel = std::move(kernel);
+
+  if (spec.has_inducing_count() && spec.inducing_count() < 1) {
+    return Invalid("spec.inducing_count", absl::StrCat("must be >= 1, got ", spec.inducing_count()));
+  }
+  out.residual.inducing_count =
+      spec.has_inducing_count() ? spec.inducing_count() : core::kDefaultInducingCount;
+  out.residual.inducing_seed = spec.inducing_seed();
+
+  if (!spec.inducing_points().empty()) {
+    if (spec.factors_supplied()) {
+      return Invalid("spec.inducing_points",
+                     "cannot be combined with factors_supplied (the factors replace them)");
+    }
+    const int64_t size = spec.inducing_points().size();
+    if (size % d != 0) {
+      return Invalid("spec.inducing_points",
+                     absl::StrCat("holds ", size, " values, not a multiple of the dimension ", d));
+    }
+    const int64_t rows = size / d;
+    if (absl::Status status =
+            CheckFinite(spec.inducing_points(), d, "spec.inducing_points", 0, "row");
+        !status.ok()) {
+      return status;
+    }
+    if (spec.has_inducing_count() && spec.inducing_count() != rows) {
+      return Invalid("spec.inducing_count",
+                     absl::StrCat(spec.inducing_count(), " disagrees with the ", rows,
+                                  " rows of spec.inducing_points"));
+    }
+    out.residual.inducing_points =
+        Eigen::Map<const core::RowMatrix>(spec.inducing_points().data(), rows, d);
+    out.residual.inducing_count = rows;
+    normalized->set_inducing_count(rows);
+  }
+
+  if (spec.has_jitter()) {
+    if (!std::isfinite(spec.jitter()) || spec.jitter() < 0.0) {
+      return Invalid("spec.jitter", absl::StrCat("must be finite and >= 0, got ", spec.jitter()));
+    }
+    out.residual.jitter = spec.jitter();
+  } else {
+    out.residual.jitter = core::kDefaultJitter;
+    normalized->set_jitter(core::kDefaultJitter);
+  }
+  out.factors_supplied = spec.factors_supplied();
+  return out;
+}
+
+absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
+                                             int64_t n) {
+  core::IndexSpec out = spec;
+  if (spec.metric != core::Metric::kResidualCorrelation || spec.factors_supplied ||
+      spec.residual.inducing_points.has_value()) {
+    return out;
+  }
+  if (!inducing_count_set) {
+    out.residual.inducing_count = std::min<int64_t>(core::kDefaultInducingCount, n);
+  } else if (spec.residual.inducing_count > n) {
+    return Invalid("spec.inducing_count",
+                   absl::StrCat(spec.residual.inducing_count, " inducing points were asked for, "
+                                "but the index holds only ", n, " points"));
+  }
+  return out;
+}
+
+absl::Status AppendUploadChunk(const v1::UploadPointsRequest& chunk, const core::IndexSpec& spec,
+                               int64_t chunk_number, int64_t first_id, PointBatch* staged) {
+  const int d = spec.dimension;
+  const int64_t size = chunk.coordinates().size();
+  if (size % d != 0) {
+    return Invalid("coordinates",
+                   absl::StrCat("chunk ", chunk_number, " holds ", size,
+                                " values, not a multiple of the dimension ", d));
+  }
+  const int64_t rows = size / d;
+  if (absl::Status status = CheckFinite(chunk.coordinates(), d, "coordinates", first_id, "point");
+      !status.ok()) {
+    return status;
+  }
+  int64_t columns = staged->factor_columns;
+  if (!spec.factors_supplied) {
+    if (!chunk.factors().empty()) {
+      return Invalid("factors", "the index spec does not have factors_supplied");
+    }
+    if (!chunk.residual_variances().empty()) {
+      return Invalid("residual_variances", "the index spec does not have factors_supplied");
+    }
+  } else {
+    if (chunk.residual_variances().size() != rows) {
+      return Invalid("residual_variances",
+                     absl::StrCat("chunk ", chunk_number, " holds ",
+                                  chunk.residual_variances().size(), " values for ", rows,
+                                  " points; give one per point"));
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      const double p = chunk.residual_variances(i);
+      if (!std::isfinite(p) || p <= 0.0) {
+        return Invalid("residual_variances",
+                       absl::StrCat("value ", p, " of point ", first_id + i,
+                                    " must be finite and > 0"));
+      }
+    }
+    const int64_t values = chunk.factors().size();
+    if (columns == 0 && rows > 0) {
+      if (values == 0 || values % rows != 0) {
+        return Invalid("factors", absl::StrCat("chunk ", chunk_number, " holds ", values,
+                                               " values for ", rows,
+                                               " points; give rows of equal length >= 1"));
+      }
+      columns = values / rows;
+    }
+    if (values != rows * columns) {
+      return Invalid("factors", absl::StrCat("chunk ", chunk_number, " holds ", values,
+                                             " values for ", rows, " points of ", columns,
+                                             " factors each"));
+    }
+    if (absl::Status status = CheckFinite(chunk.factors(), std::max<int64_t>(columns, 1),
+                                          "factors", first_id, "point");
+        !status.ok()) {
+      return status;
+    }
+  }
+  if (rows == 0) return absl::OkStatus();
+  staged->coordinates.insert(staged->coordinates.end(), chunk.coordinates().begin(),
+                             chunk.coordinates().end());
+  if (spec.factors_supplied) {
+    staged->factors.insert(staged->factors.end(), chunk.factors().begin(), chunk.factors().end());
+    staged->residual_variances.insert(staged->residual_variances.end(),
+                                      chunk.residual_variances().begin(),
+                                      chunk.residual_variances().end());
+    staged->factor_columns = columns;
+  }
+  staged->num_points += rows;
+  return absl::OkStatus();
+}
+
+v1::IndexState ToProto(IndexState state) {
+  switch (state) {
+    case IndexState::kLoading:
+      return v1::INDEX_STATE_LOADING;
+    case IndexState::kBuilding:
+      return v1::INDEX_STATE_BUILDING;
+    case IndexState::kReady:
+      return v1::INDEX_STATE_READY;
+    case IndexState::kFailed:
+      return v1::INDEX_STATE_FAILED;
+  }
+  return v1::INDEX_STATE_UNSPECIFIED;
+}
+
+void FillIndexInfo(const IndexEntry& entry, v1::IndexInfo* info) {
+  const IndexSnapshot snapshot = entry.Snapshot();
+  info->set_index_id(entry.id());
+  *info->mutable_spec() = entry.spec();
+  if (snapshot.inducing_count > 0 && !entry.spec().has_inducing_count()) {
+    info->mutable_spec()->set_inducing_count(snapshot.inducing_count);
+  }
+  info->set_state(ToProto(snapshot.state));
+  info->set_num_points(snapshot.num_points);
+  info->set_build_progress(snapshot.build_progress);
+  info->set_build_seconds(snapshot.build_seconds);
+  info->set_error(snapshot.error);
+  info->set_memory_bytes(snapshot.memory_bytes);
+  info->set_factor_seconds(snapshot.timings.factor_seconds);
+  info->set_tree_seconds(snapshot.timings.tree_seconds);
+}
+
+void FillSearchStats(const core::TraversalStats& stats, double seconds, v1::SearchStats* out) {
+  out->set_distance_evaluations(stats.distance_evaluations);
+  out->set_heap_pushes(stats.heap_pushes);
+  out->set_nodes_visited(stats.nodes_visited);
+  out->set_subtrees_pruned(stats.pruned_by_bound + stats.pruned_by_predecessor);
+  out->set_subtrees_pruned_by_bound(stats.pruned_by_bound);
+  out->set_subtrees_pruned_by_predecessor(stats.pruned_by_predecessor);
+  out->set_brute_force_queries(stats.brute_force_queries);
+  out->set_search_seconds(seconds);
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // absl::StatusCode and grpc::StatusCode share their numbering (both are google.rpc.Code).
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::Status WithPrefix(const absl::Status& status, absl::string_view prefix) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
+}
+
+absl::Time DeadlineOf(const grpc::ServerContextBase& context) {
+  const auto deadline = context.deadline();
+  // No deadline is reported as the largest time point.
+  if (deadline >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+}  // namespace rcknn::server

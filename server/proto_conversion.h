@@ -1,0 +1,55 @@
+// Validation and conversion between the wire types of rcknn.v1 and the core types, done once at
+// the edge. Every INVALID_ARGUMENT message starts with the offending field's name as the client
+// spells it ("spec.kernel.variance", "coordinates", "k", ...).
+#ifndef RCKNN_SERVER_PROTO_CONVERSION_H_
+#define RCKNN_SERVER_PROTO_CONVERSION_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/knn_index.h"
+#include "core/traversal_stats.h"
+#include "absl/time/time.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/status.h"
+#include "rcknn/v1/rcknn.pb.h"
+#include "server/index_registry.h"
+
+namespace rcknn::server {
+
+inline constexpr int kMaxIndexIdLength = 128;
+inline constexpr int kMaxDimension = 65536;
+
+// 1..kMaxIndexIdLength characters from [A-Za-z0-9._-].
+absl::Status ValidateIndexId(absl::string_view id, absl::string_view field = "index_id");
+
+// Validates `spec` and returns its core form. `*normalized` receives the spec as the server
+// reports it: jitter filled in when unset.
+absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexSpec* normalized);
+
+// The checks that need the number of uploaded points `n`, made when BuildIndex is called.
+// Returns the spec to build with (the default inducing count becomes min(512, n)).
+absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec,
+                                             bool inducing_count_set, int64_t n);
+
+// Validates chunk `chunk` (0-based) of an upload stream whose first point gets id `first_id`,
+// and appends it to `staged`. `staged->factor_columns` is the factor row length known so far
+// (0: inferred from this chunk).
+absl::Status AppendUploadChunk(const v1::UploadPointsRequest& chunk, const core::IndexSpec& spec,
+                               int64_t chunk_number, int64_t first_id, PointBatch* staged);
+
+v1::IndexState ToProto(IndexState state);
+void FillIndexInfo(const IndexEntry& entry, v1::IndexInfo* info);
+void FillSearchStats(const core::TraversalStats& stats, double seconds, v1::SearchStats* out);
+
+grpc::Status ToGrpcStatus(const absl::Status& status);
+// `prefix` + the message, same code (OK stays OK).
+absl::Status WithPrefix(const absl::Status& status, absl::string_view prefix);
+// The call's deadline; InfiniteFuture when it has none.
+absl::Time DeadlineOf(const grpc::ServerContextBase& context);
+
+}  // namespace rcknn::server
+
+#endif  // RCKNN_SERVER_PROTO_CONVERSION_H_

@@ -1,0 +1,206 @@
+#include "server/query_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <new>
+#include <utility>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "core/cancellation.h"
+
+namespace rcknn::server {
+namespace {
+
+// A batch of up to kMaxSlice queries is one core call, which spreads it over the workers itself
+// (its parallel loops nest in the arena, and idle workers steal from them) and keeps its batch
+// efficiency (queries scanned together share passes over the data). Larger batches are cut into
+// slices of kMaxSlice, a multiple of core's query chunk (32), so that several large batches
+// take turns.
+constexpr int64_t kMaxSlice = 4096;
+// A worker task returns to the arena's scheduler after this long (and enqueues its successor),
+// so a build or a nested parallel loop waiting on it is never held up for longer.
+constexpr absl::Duration kWorkerTurn = absl::Milliseconds(10);
+// How often a waiting caller looks at its cancellation predicate.
+constexpr absl::Duration kCancelPoll = absl::Milliseconds(1);
+
+}  // namespace
+
+struct QueryPool::Job {
+  const core::KnnIndex* index = nullptr;
+  core::QueryBatch queries;
+  core::KnnOptions options;
+  int dimension = 0;
+  int64_t num_queries = 0;
+  int64_t slice_queries = 0;
+  int64_t num_slices = 0;
+  int64_t* out_ids = nullptr;
+  double* out_distances = nullptr;
+  absl::Span<int64_t> per_query_evaluations;
+  std::unique_ptr<core::Cancellation> cancellation;
+  std::atomic<bool> failed{false};  // a slice failed: the others stop
+
+  // Guarded by the pool's State::mutex.
+  int64_t next_slice = 0;
+  int64_t finished_slices = 0;
+  absl::Status status;
+  core::TraversalStats stats;
+  absl::Notification done;
+};
+
+QueryPool::QueryPool(int threads)
+    : threads_(std::max(1, threads)),
+      parallelism_(tbb::global_control::max_allowed_parallelism,
+                   std::max<size_t>(static_cast<size_t>(threads_) + 1,
+                                    tbb::global_control::active_value(
+                                        tbb::global_control::max_allowed_parallelism))),
+      // No slot is reserved for external threads: none ever joins.
+      arena_(threads_, /*reserved_for_masters=*/0) {}
+
+QueryPool::~QueryPool() {
+  // Not by waiting inside the arena: a build waiting there for its own subtasks could pick up
+  // that wait and wait for itself.
+  absl::MutexLock lock(&state_->mutex);
+  State& state = *state_;
+  auto idle = [&state]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state.mutex) {
+    return state.pending_runs == 0 && state.running_workers == 0;
+  };
+  state_->mutex.Await(absl::Condition(&idle));
+}
+
+void QueryPool::Run(std::function<void()> work) {
+  {
+    absl::MutexLock lock(&state_->mutex);
+    ++state_->pending_runs;
+  }
+  arena_.enqueue([state = state_, work = std::move(work)] {
+    work();
+    absl::MutexLock lock(&state->mutex);
+    --state->pending_runs;
+  });
+}
+
+int64_t QueryPool::SliceQueries(int64_t num_queries, int threads) {
+  return std::clamp<int64_t>(num_queries, 1, kMaxSlice);
+}
+
+absl::Status QueryPool::Search(const core::KnnIndex& index, const core::QueryBatch& queries,
+                               const core::KnnOptions& options, absl::Time deadline,
+                               const std::function<bool()>& is_cancelled, int64_t* out_ids,
+                               double* out_distances, core::TraversalStats* stats,
+                               absl::Span<int64_t> per_query_evaluations) {
+  auto job = std::make_shared<Job>();
+  job->index = &index;
+  job->queries = queries;
+  job->options = options;
+  job->dimension = index.dimension();
+  job->num_queries = core::NumQueries(queries, job->dimension);
+  job->slice_queries = SliceQueries(job->num_queries, threads_);
+  job->num_slices = (job->num_queries + job->slice_queries - 1) / job->slice_queries;
+  job->out_ids = out_ids;
+  job->out_distances = out_distances;
+  job->per_query_evaluations = per_query_evaluations;
+  job->cancellation = std::make_unique<core::Cancellation>(deadline);
+  if (job->num_slices == 0) return absl::OkStatus();
+  {
+    absl::MutexLock lock(&state_->mutex);
+    ++state_->jobs_in_flight;
+    state_->queue.push_back(job);
+    // A worker task per slice, up to the arena's threads. Not capped by the tasks already
+    // running: those may be deep in another batch's slice, and this batch's task then starts
+    // as soon as any thread of the arena finishes a piece of work (the arena serves enqueued
+    // tasks before stealing), which is what shares the pool fairly.
+    for (int64_t s = 0; s < std::min<int64_t>(job->num_slices, threads_); ++s) {
+      StartWorkerLocked(state_, &arena_);
+    }
+  }
+  bool cancelled = false;
+  while (!job->done.WaitForNotificationWithTimeout(kCancelPoll)) {
+    if (!cancelled && is_cancelled && is_cancelled()) {
+      job->cancellation->Cancel();
+      cancelled = true;
+    }
+  }
+  absl::MutexLock lock(&state_->mutex);
+  --state_->jobs_in_flight;
+  if (!job->status.ok()) return job->status;
+  if (stats != nullptr) stats->Merge(job->stats);
+  return absl::OkStatus();
+}
+
+int64_t QueryPool::jobs_in_flight() const {
+  absl::MutexLock lock(&state_->mutex);
+  return state_->jobs_in_flight;
+}
+
+void QueryPool::StartWorkerLocked(const std::shared_ptr<State>& state, tbb::task_arena* arena) {
+  ++state->running_workers;
+  arena->enqueue([state, arena] { WorkerLoop(state, arena); });
+}
+
+void QueryPool::WorkerLoop(const std::shared_ptr<State>& state, tbb::task_arena* arena) {
+  const absl::Time turn_end = absl::Now() + kWorkerTurn;
+  for (;;) {
+    std::shared_ptr<Job> job;
+    int64_t slice = 0;
+    {
+      absl::MutexLock lock(&state->mutex);
+      if (state->queue.empty()) {
+        --state->running_workers;
+        return;
+      }
+      if (absl::Now() >= turn_end) {
+        // Hand the turn back to the scheduler; the successor keeps this worker's place, so the
+        // pool (and its arena) cannot go away in between.
+        --state->running_workers;
+        StartWorkerLocked(state, arena);
+        return;
+      }
+      job = state->queue.front();
+      state->queue.pop_front();
+      slice = job->next_slice++;
+      // Round robin: a job with slices left goes to the back of the line.
+      if (job->next_slice < job->num_slices) state->queue.push_back(job);
+    }
+    core::TraversalStats slice_stats;
+    absl::Status slice_status;
+    RunSlice(*job, slice, slice_stats, slice_status);
+    absl::MutexLock lock(&state->mutex);
+    if (!slice_status.ok() && job->status.ok()) {
+      job->status = std::move(slice_status);
+      job->failed.store(true);
+    }
+    job->stats.Merge(slice_stats);
+    if (++job->finished_slices == job->num_slices) job->done.Notify();
+  }
+}
+
+void QueryPool::RunSlice(Job& job, int64_t slice, core::TraversalStats& stats,
+                         absl::Status& status) {
+  if (job.failed.load()) return;  // the job's first error is already recorded
+  status = job.cancellation->Check();
+  if (!status.ok()) return;
+  const int64_t first = slice * job.slice_queries;
+  const int64_t num = std::min(job.slice_queries, job.num_queries - first);
+  core::QueryBatch part;
+  if (job.queries.by_id()) {
+    part.ids = job.queries.ids.subspan(first, num);
+  } else {
+    part.points = job.queries.points.subspan(first * job.dimension, num * job.dimension);
+  }
+  const int64_t k = job.options.k;
+  absl::Span<int64_t> evaluations;
+  if (!job.per_query_evaluations.empty()) {
+    evaluations = job.per_query_evaluations.subspan(first, num);
+  }
+  // Already inside the arena: core's parallel loops nest here, and idle workers steal them.
+  try {
+    status = job.index->Search(part, job.options, /*arena=*/nullptr, job.cancellation.get(),
+                               job.out_ids + first * k, job.out_distances + first * k, &stats,
+                               evaluations);
+  } catch (const std::bad_alloc&) {
+    status = absl::ResourceExhaustedError("the search ran out of memory");
+  }
+}
+
+}  // namespace rcknn::server

@@ -1,0 +1,125 @@
+#include "server/rcknn_server.h"
+
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "server/logging.h"
+#include "server/rpc_observer.h"
+#include "tbb/info.h"
+
+namespace rcknn::server {
+namespace {
+
+absl::Status ValidateOptions(const ServerOptions& options) {
+  auto positive = [](absl::string_view flag, int64_t value) {
+    return value >= 1 ? absl::OkStatus()
+                      : absl::InvalidArgumentError(
+                            absl::StrCat("--", flag, " must be >= 1, got ", value));
+  };
+  if (options.threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--threads must be >= 0 (0: every core), got ", options.threads));
+  }
+  if (options.max_message_bytes < 1024 ||
+      options.max_message_bytes > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_message_bytes must be in [1024, ", std::numeric_limits<int>::max(), "], got ",
+        options.max_message_bytes));
+  }
+  for (auto [flag, value] : {std::pair<absl::string_view, int64_t>{"max_points_per_index",
+                                                                    options.max_points_per_index},
+                             {"max_indexes", options.max_indexes},
+                             {"max_queries_per_search", options.max_queries_per_search}}) {
+    if (absl::Status status = positive(flag, value); !status.ok()) return status;
+  }
+  if (options.shutdown_grace < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--shutdown_grace must not be negative");
+  }
+  return absl::OkStatus();
+}
+
+// "host:port" -> "host:<port>".
+std::string WithPort(const std::string& listen, int port) {
+  const size_t colon = listen.rfind(':');
+  const std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  return absl::StrCat(host, ":", port);
+}
+
+}  // namespace
+
+int ResolveThreads(int requested) {
+  return requested > 0 ? requested : std::max(1, tbb::info::default_concurrency());
+}
+
+absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOptions& options) {
+  if (absl::Status status = ValidateOptions(options); !status.ok()) return status;
+  std::unique_ptr<RcknnServer> server(new RcknnServer());
+  server->options_ = options;
+  server->threads_ = ResolveThreads(options.threads);
+  server->pool_ = std::make_unique<QueryPool>(server->threads_);
+  server->registry_ = std::make_unique<IndexRegistry>(options.max_indexes);
+  server->service_ =
+      std::make_unique<RcknnService>(options, server->registry_.get(), server->pool_.get());
+
+  server->health_ = std::make_unique<HealthService>();
+  grpc::EnableDefaultHealthCheckService(false);  // ours ends its Watch streams at shutdown
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.RegisterService(server->service_.get());
+  builder.RegisterService(server->health_.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
+  observers.push_back(std::make_unique<RpcObserverFactory>(
+      [](absl::string_view method, const grpc::Status& status, absl::Duration latency) {
+        RCKNN_LOG(kDebug, method, " -> ", status.error_code(), " in ",
+                  absl::ToDoubleMilliseconds(latency), " ms",
+                  status.ok() ? "" : absl::StrCat(": ", status.error_message()));
+      }));
+  builder.experimental().SetInterceptorCreators(std::move(observers));
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen_address, " (--listen)"));
+  }
+  server->port_ = port;
+  server->address_ = WithPort(options.listen_address, port);
+  server->health_->SetServing(true);
+  RCKNN_LOG(kInfo, "rcknn-server listening on ", server->address_, " with ",
+            server->pool_->threads(), " query threads");
+  return server;
+}
+
+int64_t RcknnServer::searches_in_flight() const {
+  // The pool lives until Shutdown, which waits for every search.
+  absl::MutexLock lock(&shutdown_mutex_);
+  return pool_ == nullptr ? 0 : pool_->jobs_in_flight();
+}
+
+RcknnServer::~RcknnServer() { Shutdown(absl::ZeroDuration()); }
+
+void RcknnServer::Shutdown(absl::Duration grace) {
+  absl::MutexLock lock(&shutdown_mutex_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  RCKNN_LOG(kInfo, "shutting down (grace ", absl::FormatDuration(grace), ")");
+  if (server_ != nullptr) {
+    health_->BeginShutdown();
+    service_->BeginShutdown();
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+    server_->Wait();
+  }
+  registry_->CancelBuilds();
+  pool_.reset();  // waits for cancelled builds to return
+  RCKNN_LOG(kInfo, "shut down");
+}
+
+}  // namespace rcknn::server

@@ -1,0 +1,68 @@
+// The assembled server: the rcknn.v1.Rcknn service, grpc.health.v1.Health, server reflection
+// (v1alpha, what gRPC 1.51 ships), the RPC observer, the query pool and the index registry,
+// configured from one ServerOptions.
+#ifndef RCKNN_SERVER_RCKNN_SERVER_H_
+#define RCKNN_SERVER_RCKNN_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "server/health_service.h"
+#include "server/index_registry.h"
+#include "server/query_pool.h"
+#include "server/rcknn_service.h"
+#include "server/server_options.h"
+
+namespace rcknn::server {
+
+class RcknnServer {
+ public:
+  // Listens and serves at once. INVALID_ARGUMENT for options out of range; UNAVAILABLE if the
+  // address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<RcknnServer>> Start(const ServerOptions& options);
+
+  // Shuts down with no grace if Shutdown was not called.
+  ~RcknnServer();
+  RcknnServer(const RcknnServer&) = delete;
+  RcknnServer& operator=(const RcknnServer&) = delete;
+
+  // The port bound (the chosen one when listen_address asked for port 0), and "host:port".
+  int port() const { return port_; }
+  const std::string& address() const { return address_; }
+  int threads() const { return threads_; }
+  // Search batches running or waiting on the pool (0 after Shutdown).
+  int64_t searches_in_flight() const;
+
+  // Graceful shutdown: health turns NOT_SERVING, new calls are refused, WatchIndex streams end,
+  // in-flight calls get `grace` to finish before they are cancelled, builds are cancelled, and
+  // the pool drains. Blocks until all of that is done. Thread-safe; later calls do nothing.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  RcknnServer() = default;
+
+  ServerOptions options_;
+  int port_ = 0;
+  int threads_ = 0;
+  std::string address_;
+  // Declared in dependency order: destroyed from the gRPC server down to the pool.
+  std::unique_ptr<QueryPool> pool_;
+  std::unique_ptr<IndexRegistry> registry_;
+  std::unique_ptr<RcknnService> service_;
+  std::unique_ptr<HealthService> health_;
+  std::unique_ptr<grpc::Server> server_;
+
+  mutable absl::Mutex shutdown_mutex_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mutex_) = false;
+};
+
+// Arena threads for `requested` (0: every core).
+int ResolveThreads(int requested);
+
+}  // namespace rcknn::server
+
+#endif  // RCKNN_SERVER_RCKNN_SERVER_H_

@@ -1,0 +1,306 @@
+#include "server/rcknn_service.h"
+
+#include <chrono>
+#include <limits>
+#include <memory>
+#include <new>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "core/knn_query.h"
+#include "core/status_macros.h"
+#include "server/logging.h"
+#include "server/proto_conversion.h"
+#include "server/stream_reactors.h"
+
+namespace rcknn::server {
+namespace {
+
+// WatchIndex reports progress at most this often, and only steps of at least kProgressStep.
+constexpr absl::Duration kWatchInterval = absl::Milliseconds(100);
+constexpr double kProgressStep = 0.01;
+
+// Bytes of a non-negative varint.
+int VarintBytes(uint64_t value) {
+  int bytes = 1;
+  while (value >= 0x80) {
+    value >>= 7;
+    ++bytes;
+  }
+  return bytes;
+}
+
+}  // namespace
+
+grpc::Status RcknnService::CreateIndex(grpc::ServerContext* context,
+                                       const v1::CreateIndexRequest* request,
+                                       v1::IndexInfo* response) {
+  return ToGrpcStatus(DoCreateIndex(*request, response));
+}
+
+absl::Status RcknnService::DoCreateIndex(const v1::CreateIndexRequest& request,
+                                         v1::IndexInfo* response) {
+  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
+  if (!request.has_spec()) return absl::InvalidArgumentError("spec: is required");
+  v1::IndexSpec normalized;
+  ASSIGN_OR_RETURN(core::IndexSpec spec, ToCoreSpec(request.spec(), &normalized));
+  auto entry =
+      std::make_shared<IndexEntry>(request.index_id(), std::move(normalized), std::move(spec));
+  RETURN_IF_ERROR(registry_->Add(entry));
+  RCKNN_LOG(kInfo, "created index ", entry->id());
+  FillIndexInfo(*entry, response);
+  return absl::OkStatus();
+}
+
+grpc::ServerReadReactor<grpc::ByteBuffer>* RcknnService::UploadPoints(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
+  return new UploadPointsReactor(this, context, response);
+}
+
+absl::Status RcknnService::AcceptUploadChunk(const v1::UploadPointsRequest& chunk,
+                                             UploadState* state) {
+  if (state->entry == nullptr) {
+    RETURN_IF_ERROR(WithPrefix(ValidateIndexId(chunk.index_id()), "first chunk: "));
+    ASSIGN_OR_RETURN(state->entry, registry_->Get(chunk.index_id()));
+    const IndexSnapshot snapshot = state->entry->Snapshot();
+    if (snapshot.state != IndexState::kLoading) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("index ", state->entry->id(), " is ", IndexStateName(snapshot.state),
+                       "; points can only be uploaded before BuildIndex"));
+    }
+    state->existing = snapshot.num_points;
+    state->staged.factor_columns = state->entry->factor_columns();
+    const v1::IndexSpec& spec = state->entry->spec();
+    if (state->staged.factor_columns == 0 && spec.factors_supplied() && spec.has_inducing_count()) {
+      state->staged.factor_columns = spec.inducing_count();
+    }
+  } else if (!chunk.index_id().empty() && chunk.index_id() != state->entry->id()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("index_id: chunk ", state->chunks, " names ", chunk.index_id(),
+                     " but the stream uploads to ", state->entry->id()));
+  }
+  const IndexEntry& entry = *state->entry;
+  const int64_t rows = chunk.coordinates().size() / entry.core_spec().dimension;
+  const int64_t total = state->existing + state->staged.num_points + rows;
+  if (total > options_.max_points_per_index) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("index ", entry.id(), " would hold ", total,
+                     " points, over the limit --max_points_per_index = ",
+                     options_.max_points_per_index));
+  }
+  RETURN_IF_ERROR(AppendUploadChunk(chunk, entry.core_spec(), state->chunks,
+                                    state->existing + state->staged.num_points, &state->staged));
+  ++state->chunks;
+  return absl::OkStatus();
+}
+
+absl::Status RcknnService::FinishUpload(UploadState* state, v1::UploadPointsResponse* response) {
+  if (state->entry == nullptr) {
+    return absl::InvalidArgumentError(
+        "index_id: the stream carried no chunk; the first chunk must name the index");
+  }
+  const int64_t received = state->staged.num_points;
+  ASSIGN_OR_RETURN(const int64_t total,
+                   state->entry->Append(std::move(state->staged), options_.max_points_per_index));
+  response->set_points_received(received);
+  response->set_total_points(total);
+  RCKNN_LOG(kDebug, "index ", state->entry->id(), ": received ", received, " points in ",
+            state->chunks, " chunks, ", total, " in total");
+  return absl::OkStatus();
+}
+
+grpc::Status RcknnService::BuildIndex(grpc::ServerContext* context,
+                                      const v1::BuildIndexRequest* request,
+                                      v1::IndexInfo* response) {
+  return ToGrpcStatus(DoBuildIndex(*request, response));
+}
+
+absl::Status RcknnService::DoBuildIndex(const v1::BuildIndexRequest& request,
+                                        v1::IndexInfo* response) {
+  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(request.index_id()));
+  core::IndexSpec spec;
+  ASSIGN_OR_RETURN(core::IndexData data, entry->BeginBuild([&](int64_t n) {
+    ASSIGN_OR_RETURN(spec, SpecForBuild(entry->core_spec(), entry->spec().has_inducing_count(), n));
+    return absl::OkStatus();
+  }));
+  FillIndexInfo(*entry, response);
+  RCKNN_LOG(kInfo, "building index ", entry->id(), " over ", data.points.rows(), " points");
+  // std::function needs a copyable callable: the data travel in a shared_ptr.
+  auto shared_data = std::make_shared<core::IndexData>(std::move(data));
+  tbb::task_arena* arena = pool_->arena();
+  pool_->Run([entry, spec = std::move(spec), shared_data, arena]() mutable {
+    absl::StatusOr<std::unique_ptr<core::KnnIndex>> index;
+    try {
+      index = core::KnnIndex::Build(spec, std::move(*shared_data), arena,
+                                    entry->build_cancellation(),
+                                    [raw = entry.get()](double f) { raw->SetBuildProgress(f); });
+    } catch (const std::bad_alloc&) {
+      index = absl::ResourceExhaustedError("the build ran out of memory");
+    }
+    shared_data.reset();
+    entry->FinishBuild(std::move(index));
+    const IndexSnapshot snapshot = entry->Snapshot();
+    if (snapshot.state == IndexState::kReady) {
+      RCKNN_LOG(kInfo, "index ", entry->id(), " is READY: ", snapshot.num_points, " points in ",
+                snapshot.build_seconds, " s");
+    } else {
+      RCKNN_LOG(kWarning, "index ", entry->id(), " FAILED: ", snapshot.error);
+    }
+  });
+  return absl::OkStatus();
+}
+
+grpc::Status RcknnService::GetIndex(grpc::ServerContext* context,
+                                    const v1::GetIndexRequest* request, v1::IndexInfo* response) {
+  if (absl::Status status = ValidateIndexId(request->index_id()); !status.ok()) {
+    return ToGrpcStatus(status);
+  }
+  absl::StatusOr<std::shared_ptr<IndexEntry>> entry = registry_->Get(request->index_id());
+  if (!entry.ok()) return ToGrpcStatus(entry.status());
+  FillIndexInfo(**entry, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status RcknnService::WatchIndex(grpc::ServerContext* context,
+                                      const v1::GetIndexRequest* request,
+                                      grpc::ServerWriter<v1::IndexInfo>* writer) {
+  return ToGrpcStatus(DoWatchIndex(context, *request, writer));
+}
+
+absl::Status RcknnService::DoWatchIndex(grpc::ServerContext* context,
+                                        const v1::GetIndexRequest& request,
+                                        grpc::ServerWriter<v1::IndexInfo>* writer) {
+  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(request.index_id()));
+  bool first = true;
+  uint64_t version = 0;
+  double progress = 0.0;
+  for (;;) {
+    if (context->IsCancelled()) return absl::CancelledError("the watch was cancelled");
+    if (entry->deleted()) {
+      return absl::NotFoundError(absl::StrCat("index ", entry->id(), " was deleted"));
+    }
+    const IndexSnapshot snapshot = entry->Snapshot();
+    const bool terminal =
+        snapshot.state == IndexState::kReady || snapshot.state == IndexState::kFailed;
+    if (first || snapshot.version != version ||
+        snapshot.build_progress >= progress + kProgressStep) {
+      v1::IndexInfo info;
+      FillIndexInfo(*entry, &info);
+      if (!writer->Write(info)) return absl::CancelledError("the watcher went away");
+      first = false;
+      version = snapshot.version;
+      progress = snapshot.build_progress;
+    }
+    if (terminal) return absl::OkStatus();
+    if (shutting_down_.load()) return absl::UnavailableError("the server is shutting down");
+    entry->AwaitChange(version, kWatchInterval);
+  }
+}
+
+grpc::Status RcknnService::ListIndexes(grpc::ServerContext* context,
+                                       const v1::ListIndexesRequest* request,
+                                       v1::ListIndexesResponse* response) {
+  for (const std::shared_ptr<IndexEntry>& entry : registry_->List()) {
+    FillIndexInfo(*entry, response->add_indexes());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RcknnService::DeleteIndex(grpc::ServerContext* context,
+                                       const v1::DeleteIndexRequest* request,
+                                       v1::DeleteIndexResponse* response) {
+  if (absl::Status status = ValidateIndexId(request->index_id()); !status.ok()) {
+    return ToGrpcStatus(status);
+  }
+  absl::StatusOr<std::shared_ptr<IndexEntry>> removed = registry_->Remove(request->index_id());
+  if (!removed.ok()) return ToGrpcStatus(removed.status());
+  RCKNN_LOG(kInfo, "deleted index ", request->index_id());
+  return grpc::Status::OK;
+}
+
+grpc::Status RcknnService::Search(grpc::ServerContext* context, const v1::SearchRequest* request,
+                                  v1::SearchResponse* response) {
+  return ToGrpcStatus(RunSearch(*request, DeadlineOf(*context),
+                                [context] { return context->IsCancelled(); }, response));
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* RcknnService::SearchStream(
+    grpc::CallbackServerContext* context) {
+  return new SearchStreamReactor(this, context);
+}
+
+absl::Status RcknnService::RunSearch(const v1::SearchRequest& request, absl::Time deadline,
+                                     const std::function<bool()>& is_cancelled,
+                                     v1::SearchResponse* response) {
+  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
+  const int64_t k = request.k();
+  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("k: must be >= 1, got ", k));
+  const bool by_id = !request.query_ids().empty();
+  const bool by_point = !request.query_points().empty();
+  if (by_id == by_point) {
+    return absl::InvalidArgumentError(
+        by_id ? "query_ids, query_points: both are set; give exactly one"
+              : "query_ids, query_points: neither is set; give exactly one");
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(request.index_id()));
+  ASSIGN_OR_RETURN(std::shared_ptr<const core::KnnIndex> index, entry->ReadyIndex());
+  const int64_t n = index->size();
+  const int dimension = index->dimension();
+
+  const int64_t num_queries =
+      by_id ? request.query_ids().size() : request.query_points().size() / dimension;
+  if (num_queries > options_.max_queries_per_search) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        by_id ? "query_ids" : "query_points", ": ", num_queries,
+        " queries, over the limit --max_queries_per_search = ", options_.max_queries_per_search,
+        "; split the batch (SearchStream takes one batch per message)"));
+  }
+  // The answer must fit in one message: a double and a varint id per entry (-1 padding takes
+  // 10 bytes) plus a little framing.
+  const bool may_pad = request.predecessor_mode() || k >= n;
+  const double entry_bytes = 8.0 + (may_pad ? 10 : VarintBytes(static_cast<uint64_t>(n - 1)));
+  const double answer_bytes = static_cast<double>(num_queries) * static_cast<double>(k) *
+                                  entry_bytes + 256.0;
+  if (answer_bytes > static_cast<double>(options_.max_message_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the answer (", num_queries, " queries x k = ", k, ", about ",
+        static_cast<int64_t>(answer_bytes), " bytes) would exceed --max_message_bytes = ",
+        options_.max_message_bytes, "; send fewer queries per request"));
+  }
+
+  core::QueryBatch batch;
+  batch.ids = absl::MakeConstSpan(request.query_ids().data(), request.query_ids().size());
+  batch.points =
+      absl::MakeConstSpan(request.query_points().data(), request.query_points().size());
+  core::KnnOptions options;
+  options.k = k;
+  options.include_self = request.include_self();
+  options.predecessor_mode = request.predecessor_mode();
+  RETURN_IF_ERROR(core::ValidateQuery(batch, options, n, dimension));
+
+  const int64_t size = num_queries * k;
+  response->set_num_queries(num_queries);
+  response->set_k(k);
+  response->mutable_neighbor_ids()->Resize(static_cast<int>(size), -1);
+  response->mutable_distances()->Resize(static_cast<int>(size),
+                                        std::numeric_limits<double>::infinity());
+  core::TraversalStats stats;
+  const absl::Time start = absl::Now();
+  absl::Status status = pool_->Search(
+      *index, batch, options, deadline, is_cancelled,
+      response->mutable_neighbor_ids()->mutable_data(),
+      response->mutable_distances()->mutable_data(), &stats);
+  if (!status.ok()) {
+    response->Clear();
+    return status;
+  }
+  FillSearchStats(stats, absl::ToDoubleSeconds(absl::Now() - start), response->mutable_stats());
+  return absl::OkStatus();
+}
+
+}  // namespace rcknn::server

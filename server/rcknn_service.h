@@ -1,0 +1,87 @@
+// The rcknn.v1.Rcknn service: each handler validates its request, converts it to core types,
+// calls the registry, the pool or core, and maps the status back (server/proto_conversion.h).
+// Handlers never compute on their own thread: searches and builds run on the QueryPool.
+//
+// The two client-streaming methods (UploadPoints, SearchStream) take raw messages and parse them
+// themselves (server/stream_reactors.h): gRPC's synchronous Read() reports a message that does
+// not parse exactly like the end of the stream, which would apply a partial upload or answer OK
+// to a stream whose tail was garbage. Parsed this way, such a message is INVALID_ARGUMENT.
+#ifndef RCKNN_SERVER_RCKNN_SERVICE_H_
+#define RCKNN_SERVER_RCKNN_SERVICE_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "rcknn/v1/rcknn.grpc.pb.h"
+#include "server/index_registry.h"
+#include "server/query_pool.h"
+#include "server/server_options.h"
+
+namespace rcknn::server {
+
+// Points of one UploadPoints stream, validated chunk by chunk and applied when it ends.
+struct UploadState {
+  std::shared_ptr<IndexEntry> entry;  // set by the first chunk
+  PointBatch staged;
+  int64_t existing = 0;  // points in the index when the stream started
+  int64_t chunks = 0;
+};
+
+using RawStreamingService = v1::Rcknn::WithRawCallbackMethod_UploadPoints<
+    v1::Rcknn::WithRawCallbackMethod_SearchStream<v1::Rcknn::Service>>;
+
+class RcknnService final : public RawStreamingService {
+ public:
+  // `registry` and `pool` must outlive the service.
+  RcknnService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool)
+      : options_(options), registry_(registry), pool_(pool) {}
+
+  // Ends WatchIndex streams (UNAVAILABLE) so that a graceful shutdown does not wait on them.
+  void BeginShutdown() { shutting_down_.store(true); }
+
+  grpc::Status CreateIndex(grpc::ServerContext* context, const v1::CreateIndexRequest* request,
+                           v1::IndexInfo* response) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* UploadPoints(grpc::CallbackServerContext* context,
+                                                          grpc::ByteBuffer* response) override;
+  grpc::Status BuildIndex(grpc::ServerContext* context, const v1::BuildIndexRequest* request,
+                          v1::IndexInfo* response) override;
+  grpc::Status GetIndex(grpc::ServerContext* context, const v1::GetIndexRequest* request,
+                        v1::IndexInfo* response) override;
+  grpc::Status WatchIndex(grpc::ServerContext* context, const v1::GetIndexRequest* request,
+                          grpc::ServerWriter<v1::IndexInfo>* writer) override;
+  grpc::Status ListIndexes(grpc::ServerContext* context, const v1::ListIndexesRequest* request,
+                           v1::ListIndexesResponse* response) override;
+  grpc::Status DeleteIndex(grpc::ServerContext* context, const v1::DeleteIndexRequest* request,
+                           v1::DeleteIndexResponse* response) override;
+  grpc::Status Search(grpc::ServerContext* context, const v1::SearchRequest* request,
+                      v1::SearchResponse* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SearchStream(
+      grpc::CallbackServerContext* context) override;
+
+  // The steps of UploadPoints: each chunk, then the end of the stream (applies it).
+  absl::Status AcceptUploadChunk(const v1::UploadPointsRequest& chunk, UploadState* state);
+  absl::Status FinishUpload(UploadState* state, v1::UploadPointsResponse* response);
+  // One Search request, for both Search and SearchStream. Stops at `deadline` or when
+  // `is_cancelled` turns true (polled while the pool works).
+  absl::Status RunSearch(const v1::SearchRequest& request, absl::Time deadline,
+                         const std::function<bool()>& is_cancelled, v1::SearchResponse* response);
+
+ private:
+  absl::Status DoCreateIndex(const v1::CreateIndexRequest& request, v1::IndexInfo* response);
+  absl::Status DoBuildIndex(const v1::BuildIndexRequest& request, v1::IndexInfo* response);
+  absl::Status DoWatchIndex(grpc::ServerContext* context, const v1::GetIndexRequest& request,
+                            grpc::ServerWriter<v1::IndexInfo>* writer);
+
+  const ServerOptions options_;
+  IndexRegistry* const registry_;
+  QueryPool* const pool_;
+  std::atomic<bool> shutting_down_{false};
+};
+
+}  // namespace rcknn::server
+
+#endif  // RCKNN_SERVER_RCKNN_SERVICE_H_

@@ -1,0 +1,31 @@
+// Everything the server is configured with: flags (server/main.cc) -> this struct ->
+// constructors. No other configuration path exists.
+#ifndef RCKNN_SERVER_SERVER_OPTIONS_H_
+#define RCKNN_SERVER_SERVER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace rcknn::server {
+
+struct ServerOptions {
+  // host:port to listen on; port 0 picks a free port (RcknnServer::port() tells which).
+  std::string listen_address = "127.0.0.1:50051";
+  // Size of the one query/build tbb::task_arena. 0: every core of the machine.
+  int threads = 0;
+
+  // Limits. Each one, when hit, answers RESOURCE_EXHAUSTED with a message naming its flag.
+  int64_t max_message_bytes = int64_t{64} << 20;  // gRPC receive and send, per message
+  int64_t max_points_per_index = 10'000'000;
+  int64_t max_indexes = 256;
+  int64_t max_queries_per_search = 1'000'000;  // per Search call and per SearchStream request
+
+  // On shutdown, in-flight calls get this long to finish before they are cancelled.
+  absl::Duration shutdown_grace = absl::Seconds(10);
+};
+
+}  // namespace rcknn::server
+
+#endif  // RCKNN_SERVER_SERVER_OPTIONS_H_

@@ -1,0 +1,164 @@
+"""Helpers for the end-to-end tests: Python stubs generated from the repository's proto at test
+time, the real rcknn-server binary on a free port, and the shipped data sets.
+
+Only Debian's python3-grpcio and python3-protobuf are used: no C++ code of this repository is in
+the client.
+"""
+import array
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+PROTOC = "/usr/bin/protoc"
+GRPC_PYTHON_PLUGIN = "/usr/bin/grpc_python_plugin"
+
+
+def generate_stubs(proto_dir, out_dir):
+    """Compiles rcknn/v1/rcknn.proto into out_dir and returns (rcknn_pb2, rcknn_pb2_grpc)."""
+    os.makedirs(out_dir, exist_ok=True)
+    subprocess.run(
+        [PROTOC, f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
+         f"--plugin=protoc-gen-grpc_python={GRPC_PYTHON_PLUGIN}", "rcknn/v1/rcknn.proto"],
+        check=True)
+    if out_dir not in sys.path:
+        sys.path.insert(0, out_dir)
+    from rcknn.v1 import rcknn_pb2, rcknn_pb2_grpc  # pylint: disable=import-outside-toplevel
+    return rcknn_pb2, rcknn_pb2_grpc
+
+
+class Server:
+    """rcknn-server on 127.0.0.1 with a port picked by the kernel (--listen=127.0.0.1:0). Its log
+    goes to a file (a pipe nobody reads could fill and block it)."""
+
+    def __init__(self, binary, log_path, *flags):
+        self.log_path = log_path
+        self.log_file = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [binary, "--listen=127.0.0.1:0", "--threads=2", *flags],
+            stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.address = None
+        deadline = time.time() + 30
+        while time.time() < deadline and self.process.poll() is None:
+            match = re.search(r"listening on (\S+)", self.log())
+            if match:
+                self.address = match.group(1)
+                break
+            time.sleep(0.01)
+        if self.address is None:
+            self.kill()
+            raise RuntimeError("rcknn-server did not start:\n" + self.log())
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def alive(self):
+        return self.process.poll() is None
+
+    def terminate(self, timeout=60):
+        """SIGTERM, then waits; returns the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self.log_file.close()
+        return code
+
+    def kill(self):
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+
+
+def read_array(path, typecode):
+    values = array.array(typecode)
+    with open(path, "rb") as f:
+        values.frombytes(f.read())
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values
+
+
+class Dataset:
+    """One shipped data set of ../shared/data (see its manifest)."""
+
+    def __init__(self, data_dir, name):
+        prefix = os.path.join(data_dir, name + ".")
+        with open(prefix + "manifest.json") as f:
+            self.manifest = json.load(f)
+        m = self.manifest
+        self.n, self.dimension, self.k = m["n"], m["dimension"], m["k"]
+        self.kernel, self.variance, self.lengthscale = m["kernel"], m["variance"], m["lengthscale"]
+        self.points = read_array(prefix + "points.f64", "d")
+        self.inducing_ids = read_array(prefix + "inducing_ids.i64", "q")
+        self.query_ids = read_array(prefix + "query_ids.i64", "q")
+        self.knn_ids = read_array(prefix + "knn_ids.i64", "q")
+        self.knn_dists = read_array(prefix + "knn_dists.f64", "d")
+        self.pred_ids = read_array(prefix + "pred_ids.i64", "q")
+        self.pred_dists = read_array(prefix + "pred_dists.f64", "d")
+
+    def spec(self, pb2):
+        """The spec reproducing the shipped answers: the shipped inducing points, explicitly."""
+        d = self.dimension
+        inducing = []
+        for i in self.inducing_ids:
+            inducing.extend(self.points[i * d:(i + 1) * d])
+        return pb2.IndexSpec(
+            metric=pb2.METRIC_RESIDUAL_CORRELATION, dimension=d,
+            kernel=pb2.KernelSpec(type=pb2.KernelType.Value("KERNEL_" + self.kernel.upper()),
+                                  variance=self.variance, lengthscales=[self.lengthscale]),
+            inducing_points=inducing)
+
+
+def compare_answers(ids, dists, ref_ids, ref_dists, k, tol=1e-6):
+    """'' if two num_queries x k answers agree (DESIGN.md section 3 with the information a client
+    has): distances rank by rank within tol, padding alike, and ids equal except between
+    candidates that tie within tol. Else the first difference."""
+    assert len(ids) == len(ref_ids) and len(dists) == len(ref_dists)
+    for q in range(len(ids) // k):
+        row = slice(q * k, (q + 1) * k)
+        a_ids, a_d, b_ids, b_d = ids[row], dists[row], ref_ids[row], ref_dists[row]
+        for j in range(k):
+            a_inf, b_inf = a_d[j] == float("inf"), b_d[j] == float("inf")
+            if a_inf != b_inf or (not a_inf and abs(a_d[j] - b_d[j]) > tol):
+                return f"query {q} rank {j}: distance {a_d[j]} vs {b_d[j]}"
+            if a_inf:
+                if a_ids[j] != -1:
+                    return f"query {q} rank {j}: padding id {a_ids[j]}"
+                continue
+            if a_ids[j] != b_ids[j]:
+                tied = abs(a_d[j] - b_d[k - 1]) <= tol or any(
+                    b_ids[t] == a_ids[j] and abs(b_d[t] - a_d[j]) <= tol for t in range(k))
+                if not tied:
+                    return f"query {q} rank {j}: id {a_ids[j]} vs {b_ids[j]}"
+    return ""
+
+
+def upload_chunks(pb2, index_id, values, dimension, rows_per_chunk):
+    """UploadPointsRequest chunks of rows_per_chunk points."""
+    n = len(values) // dimension
+    for first in range(0, n, rows_per_chunk):
+        rows = min(rows_per_chunk, n - first)
+        yield pb2.UploadPointsRequest(
+            index_id=index_id if first == 0 else "",
+            coordinates=values[first * dimension:(first + rows) * dimension])
+
+
+def wait_ready(pb2, stub, index_id, timeout=120):
+    """Follows WatchIndex to the end; returns the list of IndexInfo reports."""
+    return list(stub.WatchIndex(pb2.GetIndexRequest(index_id=index_id), timeout=timeout))
+
+
+def parse_args(argv):
+    args = {}
+    for arg in argv[1:]:
+        key, _, value = arg.lstrip("-").partition("=")
+        args[key] = value
+    for key in ("server", "proto_dir", "data_dir", "work_dir"):
+        if key not in args:
+            raise SystemExit(f"usage: {argv[0]} --server=BIN --proto_dir=DIR --data_dir=DIR "
+                             "--work_dir=DIR")
+    return args

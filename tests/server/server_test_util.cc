@@ -1,0 +1,171 @@
+#include "tests/server/server_test_util.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+
+namespace rcknn::testing {
+
+TestServer StartTestServer(server::ServerOptions options) {
+  options.listen_address = "127.0.0.1:0";
+  if (options.threads == 0) options.threads = 2;
+  TestServer test;
+  auto started = server::RcknnServer::Start(options);
+  if (!started.ok()) {
+    std::fprintf(stderr, "cannot start the server: %s\n", started.status().ToString().c_str());
+    std::abort();
+  }
+  test.server = *std::move(started);
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(-1);
+  arguments.SetMaxSendMessageSize(-1);
+  test.channel = grpc::CreateCustomChannel(test.server->address(),
+                                           grpc::InsecureChannelCredentials(), arguments);
+  test.stub = v1::Rcknn::NewStub(test.channel);
+  return test;
+}
+
+v1::IndexSpec SpecOf(const Dataset& set) {
+  v1::IndexSpec spec;
+  spec.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
+  spec.set_dimension(set.dimension);
+  v1::KernelSpec* kernel = spec.mutable_kernel();
+  switch (set.kernel.type) {
+    case core::KernelType::kRbf:
+      kernel->set_type(v1::KERNEL_RBF);
+      break;
+    case core::KernelType::kMatern12:
+      kernel->set_type(v1::KERNEL_MATERN12);
+      break;
+    case core::KernelType::kMatern32:
+      kernel->set_type(v1::KERNEL_MATERN32);
+      break;
+    case core::KernelType::kMatern52:
+      kernel->set_type(v1::KERNEL_MATERN52);
+      break;
+  }
+  kernel->set_variance(set.kernel.variance);
+  for (double l : set.kernel.lengthscales) kernel->add_lengthscales(l);
+  for (int64_t id : set.inducing_ids) {
+    for (int t = 0; t < set.dimension; ++t) spec.add_inducing_points(set.points(id, t));
+  }
+  return spec;
+}
+
+v1::IndexSpec ResidualSpec(int dimension, v1::KernelType type, double variance,
+                           double lengthscale, int64_t m, uint64_t seed) {
+  v1::IndexSpec spec;
+  spec.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
+  spec.set_dimension(dimension);
+  spec.mutable_kernel()->set_type(type);
+  spec.mutable_kernel()->set_variance(variance);
+  spec.mutable_kernel()->add_lengthscales(lengthscale);
+  spec.set_inducing_count(m);
+  spec.set_inducing_seed(seed);
+  return spec;
+}
+
+grpc::Status CreateIndex(v1::Rcknn::Stub& stub, const std::string& id, const v1::IndexSpec& spec) {
+  grpc::ClientContext context;
+  v1::CreateIndexRequest request;
+  request.set_index_id(id);
+  *request.mutable_spec() = spec;
+  v1::IndexInfo info;
+  return stub.CreateIndex(&context, request, &info);
+}
+
+grpc::Status UploadPoints(v1::Rcknn::Stub& stub, const std::string& id,
+                          const core::RowMatrix& points, int64_t chunk_points,
+                          v1::UploadPointsResponse* response) {
+  grpc::ClientContext context;
+  v1::UploadPointsResponse local;
+  if (response == nullptr) response = &local;
+  auto writer = stub.UploadPoints(&context, response);
+  const int64_t n = points.rows();
+  const int64_t d = points.cols();
+  for (int64_t first = 0; first < n; first += chunk_points) {
+    const int64_t rows = std::min(chunk_points, n - first);
+    v1::UploadPointsRequest chunk;
+    if (first == 0) chunk.set_index_id(id);
+    chunk.mutable_coordinates()->Add(points.data() + first * d, points.data() + (first + rows) * d);
+    if (!writer->Write(chunk)) break;
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+v1::IndexInfo BuildAndWait(v1::Rcknn::Stub& stub, const std::string& id) {
+  v1::IndexInfo info;
+  {
+    grpc::ClientContext context;
+    v1::BuildIndexRequest request;
+    request.set_index_id(id);
+    const grpc::Status status = stub.BuildIndex(&context, request, &info);
+    if (!status.ok()) {
+      info.set_error(absl::StrCat("BuildIndex: ", status.error_message()));
+      return info;
+    }
+  }
+  grpc::ClientContext context;
+  v1::GetIndexRequest request;
+  request.set_index_id(id);
+  auto reader = stub.WatchIndex(&context, request);
+  while (reader->Read(&info)) {
+  }
+  const grpc::Status status = reader->Finish();
+  if (!status.ok()) info.set_error(absl::StrCat("WatchIndex: ", status.error_message()));
+  return info;
+}
+
+v1::IndexInfo CreateReadyIndex(v1::Rcknn::Stub& stub, const std::string& id,
+                               const v1::IndexSpec& spec, const core::RowMatrix& points,
+                               int64_t chunk_points) {
+  v1::IndexInfo info;
+  if (grpc::Status status = CreateIndex(stub, id, spec); !status.ok()) {
+    info.set_error(absl::StrCat("CreateIndex: ", status.error_message()));
+    return info;
+  }
+  if (grpc::Status status = UploadPoints(stub, id, points, chunk_points); !status.ok()) {
+    info.set_error(absl::StrCat("UploadPoints: ", status.error_message()));
+    return info;
+  }
+  return BuildAndWait(stub, id);
+}
+
+v1::SearchRequest IdSearch(const std::string& id, int64_t k, const std::vector<int64_t>& ids,
+                           bool predecessor_mode) {
+  v1::SearchRequest request;
+  request.set_index_id(id);
+  request.set_k(k);
+  request.mutable_query_ids()->Add(ids.begin(), ids.end());
+  request.set_predecessor_mode(predecessor_mode);
+  return request;
+}
+
+std::string CompareAnswers(const int64_t* ids_a, const double* dists_a, const int64_t* ids_b,
+                           const double* dists_b, int64_t num_queries, int64_t k, double tol) {
+  auto close = [tol](double a, double b) { return a == b || std::abs(a - b) <= tol; };
+  for (int64_t q = 0; q < num_queries; ++q) {
+    const int64_t* ia = ids_a + q * k;
+    const int64_t* ib = ids_b + q * k;
+    const double* da = dists_a + q * k;
+    const double* db = dists_b + q * k;
+    for (int64_t j = 0; j < k; ++j) {
+      if (!close(da[j], db[j])) {
+        return absl::StrCat("query ", q, " rank ", j, ": distance ", da[j], " vs ", db[j]);
+      }
+      if (ia[j] == ib[j]) continue;
+      // A tie: the id must sit in the other row at a distance within tol, or tie with its end.
+      bool tied = close(da[j], db[k - 1]);
+      for (int64_t t = 0; t < k && !tied; ++t) tied = ib[t] == ia[j] && close(db[t], da[j]);
+      if (!tied) {
+        return absl::StrCat("query ", q, " rank ", j, ": id ", ia[j], " vs ", ib[j]);
+      }
+    }
+  }
+  return "";
+}
+
+}  // namespace rcknn::testing
