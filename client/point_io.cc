@@ -32,7 +32,8 @@ absl::Status ParseCsv(const std::string& path, const std::string& text,
     line = absl::StripAsciiWhitespace(line);
     if (line.empty()) continue;
     std::vector<T> row;
-    for (absl::string_view field : absl::StrSplit(line, absl::ByAnyChar(", \t;"), absl::SkipEmpty())) {
+    for (absl::string_view field :
+         absl::StrSplit(line, absl::ByAnyChar(", \t;"), absl::SkipEmpty())) {
       T value;
       bool ok;
       if constexpr (std::is_same_v<T, double>) {

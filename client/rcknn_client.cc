@@ -77,13 +77,13 @@ absl::StatusOr<v1::UploadPointsResponse> RcknnClient::UploadPoints(
   const int64_t n = points.rows();
   const int d = points.dimension;
   if (d < 1 || static_cast<int64_t>(points.values.size()) != n * d) {
-    return absl::InvalidArgumentError(absl::StrCat("points: ", points.values.size(),
-                                                   " values are not rows of ", d));
+    return absl::InvalidArgumentError(
+        absl::StrCat("points: ", points.values.size(), " values are not rows of ", d));
   }
   const bool with_factors = !factors.empty() || !residual_variances.empty();
-  if (with_factors && (factor_columns < 1 ||
-                       static_cast<int64_t>(factors.size()) != n * factor_columns ||
-                       static_cast<int64_t>(residual_variances.size()) != n)) {
+  if (with_factors &&
+      (factor_columns < 1 || static_cast<int64_t>(factors.size()) != n * factor_columns ||
+       static_cast<int64_t>(residual_variances.size()) != n)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "factors: expected ", n, " rows of ", factor_columns, " values and ", n,
         " residual variances, got ", factors.size(), " and ", residual_variances.size()));
@@ -187,8 +187,7 @@ int64_t RcknnClient::QueriesPerRequest(int64_t k, int dimension) const {
   const int64_t query_bytes = dimension > 0 ? 8 * dimension : kQueryIdBytes;
   const int64_t by_answer = budget / (std::max<int64_t>(k, 1) * kAnswerEntryBytes);
   const int64_t by_request = budget / query_bytes;
-  return std::max<int64_t>(
-      1, std::min({by_answer, by_request, options_.max_queries_per_request}));
+  return std::max<int64_t>(1, std::min({by_answer, by_request, options_.max_queries_per_request}));
 }
 
 absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query) {
@@ -257,8 +256,8 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query) {
   writer.join();
   if (grpc::Status status = stream->Finish(); !status.ok()) return FromGrpc(status);
   if (static_cast<int64_t>(result.ids.size()) != nq * query.k) {
-    return absl::DataLossError(absl::StrCat("the stream answered ", result.ids.size() / query.k,
-                                            " of ", nq, " queries"));
+    return absl::DataLossError(
+        absl::StrCat("the stream answered ", result.ids.size() / query.k, " of ", nq, " queries"));
   }
   return result;
 }

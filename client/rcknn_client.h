@@ -37,7 +37,9 @@ struct ClientOptions {
 struct PointsView {
   absl::Span<const double> values;
   int dimension = 0;
-  int64_t rows() const { return dimension == 0 ? 0 : static_cast<int64_t>(values.size()) / dimension; }
+  int64_t rows() const {
+    return dimension == 0 ? 0 : static_cast<int64_t>(values.size()) / dimension;
+  }
 };
 
 struct SearchQuery {
@@ -53,10 +55,10 @@ struct SearchQuery {
 struct SearchResult {
   int64_t num_queries = 0;
   int64_t k = 0;
-  std::vector<int64_t> ids;        // num_queries x k, row-major, padded with -1
-  std::vector<double> distances;   // same shape, padded with +infinity
-  v1::SearchStats stats;           // summed over the requests
-  int64_t requests = 0;            // how many requests the search was split into
+  std::vector<int64_t> ids;       // num_queries x k, row-major, padded with -1
+  std::vector<double> distances;  // same shape, padded with +infinity
+  v1::SearchStats stats;          // summed over the requests
+  int64_t requests = 0;           // how many requests the search was split into
 };
 
 class RcknnClient {
@@ -68,14 +70,12 @@ class RcknnClient {
   const ClientOptions& options() const { return options_; }
   v1::Rcknn::Stub& stub() { return *stub_; }
 
-  absl::StatusOr<v1::IndexInfo> CreateIndex(const std::string& index_id,
-                                            const v1::IndexSpec& spec);
+  absl::StatusOr<v1::IndexInfo> CreateIndex(const std::string& index_id, const v1::IndexSpec& spec);
   // One UploadPoints stream of chunks. `factors` (n x factor_columns) and
   // `residual_variances` (n) only for specs with factors_supplied.
   absl::StatusOr<v1::UploadPointsResponse> UploadPoints(
-      const std::string& index_id, const PointsView& points,
-      absl::Span<const double> factors = {}, int64_t factor_columns = 0,
-      absl::Span<const double> residual_variances = {});
+      const std::string& index_id, const PointsView& points, absl::Span<const double> factors = {},
+      int64_t factor_columns = 0, absl::Span<const double> residual_variances = {});
   // Starts the build; returns at once (state BUILDING).
   absl::StatusOr<v1::IndexInfo> BuildIndex(const std::string& index_id);
   // Follows WatchIndex until READY or FAILED, calling `on_update` for each report. Returns the

@@ -191,8 +191,8 @@ absl::Status Upload(RcknnClient& client) {
   auto matrix = ReadMatrix(input, *format, d);
   if (!matrix.ok()) return matrix.status();
   const absl::Time start = absl::Now();
-  auto response = client.UploadPoints(absl::GetFlag(FLAGS_index),
-                                      PointsView{matrix->values, matrix->columns});
+  auto response =
+      client.UploadPoints(absl::GetFlag(FLAGS_index), PointsView{matrix->values, matrix->columns});
   if (!response.ok()) return response.status();
   std::printf("uploaded %" PRId64 " points in %.3f s; the index holds %" PRId64 "\n",
               response->points_received(), absl::ToDoubleSeconds(absl::Now() - start),
@@ -281,9 +281,8 @@ void PrintRows(const SearchResult& result, const std::vector<int64_t>& query_ids
 absl::Status WriteResult(const SearchResult& result) {
   const std::string prefix = absl::GetFlag(FLAGS_output);
   if (prefix.empty()) return absl::OkStatus();
-  auto format = ParseFileFormat(absl::GetFlag(FLAGS_format).empty() ? "f64"
-                                                                     : absl::GetFlag(FLAGS_format),
-                                "");
+  auto format = ParseFileFormat(
+      absl::GetFlag(FLAGS_format).empty() ? "f64" : absl::GetFlag(FLAGS_format), "");
   if (!format.ok()) return format.status();
   const bool csv = *format == FileFormat::kCsv;
   const std::string ids_path = absl::StrCat(prefix, ".ids.", csv ? "csv" : "i64");
@@ -431,15 +430,15 @@ absl::Status Bench(RcknnClient& client) {
     rates.push_back(result->num_queries / absl::ToDoubleSeconds(absl::Now() - start));
     server_seconds = result->stats.search_seconds();
   }
-  std::printf(
-      "{\"index\":\"%s\",\"points\":%" PRId64 ",\"k\":%" PRId64 ",\"predecessor_mode\":%s,"
-      "\"latency_queries\":%zu,\"latency_ms_p50\":%.3f,\"latency_ms_p99\":%.3f,"
-      "\"batch_queries\":%zu,\"batch_queries_per_second\":%.1f,"
-      "\"batch_server_search_seconds\":%.4f}\n",
-      query.index_id.c_str(), n, query.k, query.predecessor_mode ? "true" : "false",
-      latencies_ms.size(), latencies_ms.empty() ? 0.0 : Percentile(latencies_ms, 0.5),
-      latencies_ms.empty() ? 0.0 : Percentile(latencies_ms, 0.99), ids->size(),
-      Percentile(rates, 0.5), server_seconds);
+  std::printf("{\"index\":\"%s\",\"points\":%" PRId64 ",\"k\":%" PRId64
+              ",\"predecessor_mode\":%s,"
+              "\"latency_queries\":%zu,\"latency_ms_p50\":%.3f,\"latency_ms_p99\":%.3f,"
+              "\"batch_queries\":%zu,\"batch_queries_per_second\":%.1f,"
+              "\"batch_server_search_seconds\":%.4f}\n",
+              query.index_id.c_str(), n, query.k, query.predecessor_mode ? "true" : "false",
+              latencies_ms.size(), latencies_ms.empty() ? 0.0 : Percentile(latencies_ms, 0.5),
+              latencies_ms.empty() ? 0.0 : Percentile(latencies_ms, 0.99), ids->size(),
+              Percentile(rates, 0.5), server_seconds);
   return absl::OkStatus();
 }
 

@@ -264,6 +264,11 @@ absl::StatusOr<PointRows> ResidualSpace::Prepare(const double* points, int64_t n
   const int d = kernel_.dimension();
   const int64_t m = inducing_scaled_.rows();
   PointRows rows;
+  if (num == 0) {
+    rows.features.resize(0, m);
+    rows.coords.resize(0, d);
+    return rows;
+  }
   rows.coords.resize(num, d);
   for (int64_t i = 0; i < num; ++i) kernel_.Scale(points + i * d, rows.coords.row(i).data());
   Eigen::MatrixXd kux(m, num);

@@ -54,15 +54,15 @@ absl::StatusOr<int64_t> IndexEntry::Append(PointBatch batch, int64_t max_points)
                      "; points can only be uploaded before BuildIndex"));
   }
   if (batch.num_points > max_points - num_points_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "index ", id_, " would hold ", num_points_ + batch.num_points,
-        " points, over the limit --max_points_per_index = ", max_points));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("index ", id_, " would hold ", num_points_ + batch.num_points,
+                     " points, over the limit --max_points_per_index = ", max_points));
   }
   if (batch.factor_columns != 0 && loading_.factor_columns != 0 &&
       batch.factor_columns != loading_.factor_columns) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "factors: rows of ", batch.factor_columns, " values, but earlier uploads had ",
-        loading_.factor_columns));
+    return absl::InvalidArgumentError(absl::StrCat("factors: rows of ", batch.factor_columns,
+                                                   " values, but earlier uploads had ",
+                                                   loading_.factor_columns));
   }
   if (batch.num_points == 0) return num_points_;
   if (batch.factor_columns != 0) loading_.factor_columns = batch.factor_columns;
@@ -159,10 +159,10 @@ IndexSnapshot IndexEntry::Snapshot() const {
   snapshot.version = version_;
   switch (state_) {
     case IndexState::kLoading:
-      snapshot.memory_bytes = static_cast<int64_t>(
-          (loading_.coordinates.size() + loading_.factors.size() +
-           loading_.residual_variances.size()) *
-          sizeof(double));
+      snapshot.memory_bytes =
+          static_cast<int64_t>((loading_.coordinates.size() + loading_.factors.size() +
+                                loading_.residual_variances.size()) *
+                               sizeof(double));
       break;
     case IndexState::kReady: {
       snapshot.memory_bytes = index_->memory_bytes();
@@ -180,9 +180,8 @@ IndexSnapshot IndexEntry::Snapshot() const {
 
 void IndexEntry::AwaitChange(uint64_t version, absl::Duration timeout) const {
   absl::MutexLock lock(&mutex_);
-  auto changed = [this, version]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
-    return version_ != version || deleted_;
-  };
+  auto changed = [this, version]()
+                     ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return version_ != version || deleted_; };
   mutex_.AwaitWithTimeout(absl::Condition(&changed), timeout);
 }
 
@@ -205,9 +204,9 @@ absl::Status IndexRegistry::Add(std::shared_ptr<IndexEntry> entry) {
     return absl::AlreadyExistsError(absl::StrCat("index ", entry->id(), " already exists"));
   }
   if (static_cast<int64_t>(entries_.size()) >= max_indexes_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the server holds ", entries_.size(), " indexes, the limit --max_indexes = ",
-        max_indexes_, "; delete one first"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the server holds ", entries_.size(),
+                     " indexes, the limit --max_indexes = ", max_indexes_, "; delete one first"));
   }
   const std::string id = entry->id();
   entries_.emplace(id, std::move(entry));

@@ -25,11 +25,11 @@ void LogMessage(LogLevel level, absl::string_view message);
 
 // RCKNN_LOG(kInfo, "built ", id, " in ", seconds, " s"): the arguments are absl::StrCat'ed only
 // when the level is enabled.
-#define RCKNN_LOG(level, ...)                                                         \
-  do {                                                                                \
-    if (::rcknn::server::LogEnabled(::rcknn::server::LogLevel::level)) {              \
+#define RCKNN_LOG(level, ...)                                                                   \
+  do {                                                                                          \
+    if (::rcknn::server::LogEnabled(::rcknn::server::LogLevel::level)) {                        \
       ::rcknn::server::LogMessage(::rcknn::server::LogLevel::level, absl::StrCat(__VA_ARGS__)); \
-    }                                                                                 \
+    }                                                                                           \
   } while (false)
 
 #endif  // RCKNN_SERVER_LOGGING_H_

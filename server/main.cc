@@ -23,6 +23,9 @@ ABSL_FLAG(std::string, listen, kDefaults.listen_address,
           "host:port to serve gRPC on (port 0: any free port, printed at startup)");
 ABSL_FLAG(int, threads, kDefaults.threads,
           "threads of the query and build pool (one tbb::task_arena); 0: every core");
+ABSL_FLAG(int64_t, slice_queries, kDefaults.slice_queries,
+          "queries per slice of a Search batch: a worker finishes its slice before it serves a "
+          "newly arrived batch; larger slices run big batches a little faster");
 ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes,
           "largest gRPC message received or sent, in bytes (requests and answers)");
 ABSL_FLAG(int64_t, max_points_per_index, kDefaults.max_points_per_index,
@@ -57,6 +60,7 @@ int main(int argc, char** argv) {
   rcknn::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.threads = absl::GetFlag(FLAGS_threads);
+  options.slice_queries = absl::GetFlag(FLAGS_slice_queries);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.max_points_per_index = absl::GetFlag(FLAGS_max_points_per_index);
   options.max_indexes = absl::GetFlag(FLAGS_max_indexes);

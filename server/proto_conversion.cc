@@ -125,7 +125,8 @@ absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexS
   out.residual.kernel = std::move(kernel);
 
   if (spec.has_inducing_count() && spec.inducing_count() < 1) {
-    return Invalid("spec.inducing_count", absl::StrCat("must be >= 1, got ", spec.inducing_count()));
+    return Invalid("spec.inducing_count",
+                   absl::StrCat("must be >= 1, got ", spec.inducing_count()));
   }
   out.residual.inducing_count =
       spec.has_inducing_count() ? spec.inducing_count() : core::kDefaultInducingCount;
@@ -181,9 +182,10 @@ absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool i
   if (!inducing_count_set) {
     out.residual.inducing_count = std::min<int64_t>(core::kDefaultInducingCount, n);
   } else if (spec.residual.inducing_count > n) {
-    return Invalid("spec.inducing_count",
-                   absl::StrCat(spec.residual.inducing_count, " inducing points were asked for, "
-                                "but the index holds only ", n, " points"));
+    return Invalid("spec.inducing_count", absl::StrCat(spec.residual.inducing_count,
+                                                       " inducing points were asked for, "
+                                                       "but the index holds only ",
+                                                       n, " points"));
   }
   return out;
 }
@@ -193,9 +195,8 @@ absl::Status AppendUploadChunk(const v1::UploadPointsRequest& chunk, const core:
   const int d = spec.dimension;
   const int64_t size = chunk.coordinates().size();
   if (size % d != 0) {
-    return Invalid("coordinates",
-                   absl::StrCat("chunk ", chunk_number, " holds ", size,
-                                " values, not a multiple of the dimension ", d));
+    return Invalid("coordinates", absl::StrCat("chunk ", chunk_number, " holds ", size,
+                                               " values, not a multiple of the dimension ", d));
   }
   const int64_t rows = size / d;
   if (absl::Status status = CheckFinite(chunk.coordinates(), d, "coordinates", first_id, "point");
@@ -212,35 +213,34 @@ absl::Status AppendUploadChunk(const v1::UploadPointsRequest& chunk, const core:
     }
   } else {
     if (chunk.residual_variances().size() != rows) {
-      return Invalid("residual_variances",
-                     absl::StrCat("chunk ", chunk_number, " holds ",
-                                  chunk.residual_variances().size(), " values for ", rows,
-                                  " points; give one per point"));
+      return Invalid(
+          "residual_variances",
+          absl::StrCat("chunk ", chunk_number, " holds ", chunk.residual_variances().size(),
+                       " values for ", rows, " points; give one per point"));
     }
     for (int64_t i = 0; i < rows; ++i) {
       const double p = chunk.residual_variances(i);
       if (!std::isfinite(p) || p <= 0.0) {
-        return Invalid("residual_variances",
-                       absl::StrCat("value ", p, " of point ", first_id + i,
-                                    " must be finite and > 0"));
+        return Invalid("residual_variances", absl::StrCat("value ", p, " of point ", first_id + i,
+                                                          " must be finite and > 0"));
       }
     }
     const int64_t values = chunk.factors().size();
     if (columns == 0 && rows > 0) {
       if (values == 0 || values % rows != 0) {
-        return Invalid("factors", absl::StrCat("chunk ", chunk_number, " holds ", values,
-                                               " values for ", rows,
-                                               " points; give rows of equal length >= 1"));
+        return Invalid("factors",
+                       absl::StrCat("chunk ", chunk_number, " holds ", values, " values for ", rows,
+                                    " points; give rows of equal length >= 1"));
       }
       columns = values / rows;
     }
     if (values != rows * columns) {
-      return Invalid("factors", absl::StrCat("chunk ", chunk_number, " holds ", values,
-                                             " values for ", rows, " points of ", columns,
-                                             " factors each"));
+      return Invalid("factors",
+                     absl::StrCat("chunk ", chunk_number, " holds ", values, " values for ", rows,
+                                  " points of ", columns, " factors each"));
     }
-    if (absl::Status status = CheckFinite(chunk.factors(), std::max<int64_t>(columns, 1),
-                                          "factors", first_id, "point");
+    if (absl::Status status = CheckFinite(chunk.factors(), std::max<int64_t>(columns, 1), "factors",
+                                          first_id, "point");
         !status.ok()) {
       return status;
     }

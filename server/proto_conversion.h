@@ -9,9 +9,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "core/knn_index.h"
 #include "core/traversal_stats.h"
-#include "absl/time/time.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
 #include "rcknn/v1/rcknn.pb.h"
@@ -31,8 +31,8 @@ absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexS
 
 // The checks that need the number of uploaded points `n`, made when BuildIndex is called.
 // Returns the spec to build with (the default inducing count becomes min(512, n)).
-absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec,
-                                             bool inducing_count_set, int64_t n);
+absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
+                                             int64_t n);
 
 // Validates chunk `chunk` (0-based) of an upload stream whose first point gets id `first_id`,
 // and appends it to `staged`. `staged->factor_columns` is the factor row length known so far

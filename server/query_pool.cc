@@ -12,17 +12,12 @@
 namespace rcknn::server {
 namespace {
 
-// A batch of up to kMaxSlice queries is one core call, which spreads it over the workers itself
-// (its parallel loops nest in the arena, and idle workers steal from them) and keeps its batch
-// efficiency (queries scanned together share passes over the data). Larger batches are cut into
-// slices of kMaxSlice, a multiple of core's query chunk (32), so that several large batches
-// take turns.
-constexpr int64_t kMaxSlice = 4096;
-// A worker task returns to the arena's scheduler after this long (and enqueues its successor),
-// so a build or a nested parallel loop waiting on it is never held up for longer.
+// A worker task returns to the arena's scheduler once it has worked this long (checked between
+// slices) and enqueues its successor, so that a build or a nested parallel loop whose thread
+// picked the task up while waiting gets its thread back.
 constexpr absl::Duration kWorkerTurn = absl::Milliseconds(10);
 // How often a waiting caller looks at its cancellation predicate.
-constexpr absl::Duration kCancelPoll = absl::Milliseconds(1);
+constexpr absl::Duration kCancelPoll = absl::Milliseconds(5);
 
 }  // namespace
 
@@ -48,8 +43,9 @@ struct QueryPool::Job {
   absl::Notification done;
 };
 
-QueryPool::QueryPool(int threads)
+QueryPool::QueryPool(int threads, int64_t slice_queries)
     : threads_(std::max(1, threads)),
+      slice_queries_(std::max<int64_t>(1, slice_queries)),
       parallelism_(tbb::global_control::max_allowed_parallelism,
                    std::max<size_t>(static_cast<size_t>(threads_) + 1,
                                     tbb::global_control::active_value(
@@ -80,10 +76,6 @@ void QueryPool::Run(std::function<void()> work) {
   });
 }
 
-int64_t QueryPool::SliceQueries(int64_t num_queries, int threads) {
-  return std::clamp<int64_t>(num_queries, 1, kMaxSlice);
-}
-
 absl::Status QueryPool::Search(const core::KnnIndex& index, const core::QueryBatch& queries,
                                const core::KnnOptions& options, absl::Time deadline,
                                const std::function<bool()>& is_cancelled, int64_t* out_ids,
@@ -95,7 +87,7 @@ absl::Status QueryPool::Search(const core::KnnIndex& index, const core::QueryBat
   job->options = options;
   job->dimension = index.dimension();
   job->num_queries = core::NumQueries(queries, job->dimension);
-  job->slice_queries = SliceQueries(job->num_queries, threads_);
+  job->slice_queries = slice_queries_;
   job->num_slices = (job->num_queries + job->slice_queries - 1) / job->slice_queries;
   job->out_ids = out_ids;
   job->out_distances = out_distances;
@@ -107,9 +99,9 @@ absl::Status QueryPool::Search(const core::KnnIndex& index, const core::QueryBat
     ++state_->jobs_in_flight;
     state_->queue.push_back(job);
     // A worker task per slice, up to the arena's threads. Not capped by the tasks already
-    // running: those may be deep in another batch's slice, and this batch's task then starts
-    // as soon as any thread of the arena finishes a piece of work (the arena serves enqueued
-    // tasks before stealing), which is what shares the pool fairly.
+    // running: those may be deep in another batch's slices, and this batch's own task can then
+    // start on a thread that finishes a piece of work (the arena serves enqueued tasks before
+    // it steals).
     for (int64_t s = 0; s < std::min<int64_t>(job->num_slices, threads_); ++s) {
       StartWorkerLocked(state_, &arena_);
     }
@@ -156,10 +148,15 @@ void QueryPool::WorkerLoop(const std::shared_ptr<State>& state, tbb::task_arena*
         StartWorkerLocked(state, arena);
         return;
       }
-      job = state->queue.front();
-      state->queue.pop_front();
+      // A batch that has not started yet goes first (a small batch is then never queued behind
+      // the slices of a large one); otherwise round robin.
+      auto it = std::find_if(state->queue.begin(), state->queue.end(),
+                             [](const std::shared_ptr<Job>& j) { return j->next_slice == 0; });
+      if (it == state->queue.end()) it = state->queue.begin();
+      job = *it;
+      state->queue.erase(it);
       slice = job->next_slice++;
-      // Round robin: a job with slices left goes to the back of the line.
+      // A job with slices left goes to the back of the line.
       if (job->next_slice < job->num_slices) state->queue.push_back(job);
     }
     core::TraversalStats slice_stats;

@@ -18,9 +18,9 @@ namespace {
 
 absl::Status ValidateOptions(const ServerOptions& options) {
   auto positive = [](absl::string_view flag, int64_t value) {
-    return value >= 1 ? absl::OkStatus()
-                      : absl::InvalidArgumentError(
-                            absl::StrCat("--", flag, " must be >= 1, got ", value));
+    return value >= 1
+               ? absl::OkStatus()
+               : absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 1, got ", value));
   };
   if (options.threads < 0) {
     return absl::InvalidArgumentError(
@@ -28,14 +28,15 @@ absl::Status ValidateOptions(const ServerOptions& options) {
   }
   if (options.max_message_bytes < 1024 ||
       options.max_message_bytes > std::numeric_limits<int>::max()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max_message_bytes must be in [1024, ", std::numeric_limits<int>::max(), "], got ",
-        options.max_message_bytes));
+    return absl::InvalidArgumentError(absl::StrCat("--max_message_bytes must be in [1024, ",
+                                                   std::numeric_limits<int>::max(), "], got ",
+                                                   options.max_message_bytes));
   }
-  for (auto [flag, value] : {std::pair<absl::string_view, int64_t>{"max_points_per_index",
-                                                                    options.max_points_per_index},
-                             {"max_indexes", options.max_indexes},
-                             {"max_queries_per_search", options.max_queries_per_search}}) {
+  for (auto [flag, value] :
+       {std::pair<absl::string_view, int64_t>{"max_points_per_index", options.max_points_per_index},
+        {"max_indexes", options.max_indexes},
+        {"slice_queries", options.slice_queries},
+        {"max_queries_per_search", options.max_queries_per_search}}) {
     if (absl::Status status = positive(flag, value); !status.ok()) return status;
   }
   if (options.shutdown_grace < absl::ZeroDuration()) {
@@ -62,7 +63,7 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   std::unique_ptr<RcknnServer> server(new RcknnServer());
   server->options_ = options;
   server->threads_ = ResolveThreads(options.threads);
-  server->pool_ = std::make_unique<QueryPool>(server->threads_);
+  server->pool_ = std::make_unique<QueryPool>(server->threads_, options.slice_queries);
   server->registry_ = std::make_unique<IndexRegistry>(options.max_indexes);
   server->service_ =
       std::make_unique<RcknnService>(options, server->registry_.get(), server->pool_.get());

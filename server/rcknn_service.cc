@@ -78,18 +78,17 @@ absl::Status RcknnService::AcceptUploadChunk(const v1::UploadPointsRequest& chun
       state->staged.factor_columns = spec.inducing_count();
     }
   } else if (!chunk.index_id().empty() && chunk.index_id() != state->entry->id()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("index_id: chunk ", state->chunks, " names ", chunk.index_id(),
-                     " but the stream uploads to ", state->entry->id()));
+    return absl::InvalidArgumentError(absl::StrCat("index_id: chunk ", state->chunks, " names ",
+                                                   chunk.index_id(), " but the stream uploads to ",
+                                                   state->entry->id()));
   }
   const IndexEntry& entry = *state->entry;
   const int64_t rows = chunk.coordinates().size() / entry.core_spec().dimension;
   const int64_t total = state->existing + state->staged.num_points + rows;
   if (total > options_.max_points_per_index) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("index ", entry.id(), " would hold ", total,
-                     " points, over the limit --max_points_per_index = ",
-                     options_.max_points_per_index));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "index ", entry.id(), " would hold ", total,
+        " points, over the limit --max_points_per_index = ", options_.max_points_per_index));
   }
   RETURN_IF_ERROR(AppendUploadChunk(chunk, entry.core_spec(), state->chunks,
                                     state->existing + state->staged.num_points, &state->staged));
@@ -135,9 +134,9 @@ absl::Status RcknnService::DoBuildIndex(const v1::BuildIndexRequest& request,
   pool_->Run([entry, spec = std::move(spec), shared_data, arena]() mutable {
     absl::StatusOr<std::unique_ptr<core::KnnIndex>> index;
     try {
-      index = core::KnnIndex::Build(spec, std::move(*shared_data), arena,
-                                    entry->build_cancellation(),
-                                    [raw = entry.get()](double f) { raw->SetBuildProgress(f); });
+      index =
+          core::KnnIndex::Build(spec, std::move(*shared_data), arena, entry->build_cancellation(),
+                                [raw = entry.get()](double f) { raw->SetBuildProgress(f); });
     } catch (const std::bad_alloc&) {
       index = absl::ResourceExhaustedError("the build ran out of memory");
     }
@@ -225,8 +224,8 @@ grpc::Status RcknnService::DeleteIndex(grpc::ServerContext* context,
 
 grpc::Status RcknnService::Search(grpc::ServerContext* context, const v1::SearchRequest* request,
                                   v1::SearchResponse* response) {
-  return ToGrpcStatus(RunSearch(*request, DeadlineOf(*context),
-                                [context] { return context->IsCancelled(); }, response));
+  return ToGrpcStatus(RunSearch(
+      *request, DeadlineOf(*context), [context] { return context->IsCancelled(); }, response));
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* RcknnService::SearchStream(
@@ -264,8 +263,8 @@ absl::Status RcknnService::RunSearch(const v1::SearchRequest& request, absl::Tim
   // 10 bytes) plus a little framing.
   const bool may_pad = request.predecessor_mode() || k >= n;
   const double entry_bytes = 8.0 + (may_pad ? 10 : VarintBytes(static_cast<uint64_t>(n - 1)));
-  const double answer_bytes = static_cast<double>(num_queries) * static_cast<double>(k) *
-                                  entry_bytes + 256.0;
+  const double answer_bytes =
+      static_cast<double>(num_queries) * static_cast<double>(k) * entry_bytes + 256.0;
   if (answer_bytes > static_cast<double>(options_.max_message_bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the answer (", num_queries, " queries x k = ", k, ", about ",
@@ -275,8 +274,7 @@ absl::Status RcknnService::RunSearch(const v1::SearchRequest& request, absl::Tim
 
   core::QueryBatch batch;
   batch.ids = absl::MakeConstSpan(request.query_ids().data(), request.query_ids().size());
-  batch.points =
-      absl::MakeConstSpan(request.query_points().data(), request.query_points().size());
+  batch.points = absl::MakeConstSpan(request.query_points().data(), request.query_points().size());
   core::KnnOptions options;
   options.k = k;
   options.include_self = request.include_self();
@@ -291,10 +289,9 @@ absl::Status RcknnService::RunSearch(const v1::SearchRequest& request, absl::Tim
                                         std::numeric_limits<double>::infinity());
   core::TraversalStats stats;
   const absl::Time start = absl::Now();
-  absl::Status status = pool_->Search(
-      *index, batch, options, deadline, is_cancelled,
-      response->mutable_neighbor_ids()->mutable_data(),
-      response->mutable_distances()->mutable_data(), &stats);
+  absl::Status status = pool_->Search(*index, batch, options, deadline, is_cancelled,
+                                      response->mutable_neighbor_ids()->mutable_data(),
+                                      response->mutable_distances()->mutable_data(), &stats);
   if (!status.ok()) {
     response->Clear();
     return status;

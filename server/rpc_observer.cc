@@ -11,9 +11,7 @@ using grpc::experimental::InterceptionHookPoints;
 class RpcObserver : public grpc::experimental::Interceptor {
  public:
   RpcObserver(const char* method, const RpcCallback* callback)
-      : method_(method == nullptr ? "" : method),
-        callback_(callback),
-        start_(absl::Now()) {}
+      : method_(method == nullptr ? "" : method), callback_(callback), start_(absl::Now()) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
@@ -21,9 +19,9 @@ class RpcObserver : public grpc::experimental::Interceptor {
       // gRPC answers a request that does not parse with INTERNAL and no message; it is the
       // client's mistake, and says so.
       if (status.error_code() == grpc::StatusCode::INTERNAL && status.error_message().empty()) {
-        status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                              absl::StrCat("request: the message is not a valid request of ",
-                                           method_));
+        status =
+            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         absl::StrCat("request: the message is not a valid request of ", method_));
         methods->ModifySendStatus(status);
       }
       if (*callback_) (*callback_)(method_, status, absl::Now() - start_);

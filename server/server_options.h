@@ -15,6 +15,9 @@ struct ServerOptions {
   std::string listen_address = "127.0.0.1:50051";
   // Size of the one query/build tbb::task_arena. 0: every core of the machine.
   int threads = 0;
+  // Queries per slice of a Search batch (see QueryPool): larger runs a big batch a little
+  // faster, smaller lets a small batch overtake a big one sooner.
+  int64_t slice_queries = 512;
 
   // Limits. Each one, when hit, answers RESOURCE_EXHAUSTED with a message naming its flag.
   int64_t max_message_bytes = int64_t{64} << 20;  // gRPC receive and send, per message

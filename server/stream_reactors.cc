@@ -14,8 +14,8 @@ absl::Status Parse(grpc::ByteBuffer& buffer, Message* message, absl::string_view
   if (grpc::SerializationTraits<Message>::Deserialize(&buffer, message).ok()) {
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(what, ": the message is not a valid ",
-                                                 Message::descriptor()->full_name()));
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, ": the message is not a valid ", Message::descriptor()->full_name()));
 }
 
 template <typename Message>

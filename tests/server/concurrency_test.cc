@@ -112,10 +112,9 @@ TEST_F(ConcurrencyTest, SearchesOnOneIndexWhileAnotherBuilds) {
         const bool building = state() == v1::INDEX_STATE_BUILDING;
         v1::SearchResponse response;
         if (!Search(testing::IdSearch("heavy", kHeavyK, ids), &response).ok() ||
-            !testing::CompareAnswers(response.neighbor_ids().data(),
-                                     response.distances().data(),
-                                     reference.neighbor_ids().data(),
-                                     reference.distances().data(), 64, kHeavyK, 1e-9)
+            !testing::CompareAnswers(response.neighbor_ids().data(), response.distances().data(),
+                                     reference.neighbor_ids().data(), reference.distances().data(),
+                                     64, kHeavyK, 1e-9)
                  .empty()) {
           ++failures;
         }
@@ -168,8 +167,8 @@ TEST_F(ConcurrencyTest, DeleteIndexWhileSearchesAreInFlight) {
     ASSERT_TRUE(status.ok()) << status.error_message();
     EXPECT_EQ(answer.num_queries(), 4096);
     EXPECT_EQ(testing::CompareAnswers(answer.neighbor_ids().data(), answer.distances().data(),
-                                      reference.neighbor_ids().data(),
-                                      reference.distances().data(), 64, kHeavyK, 1e-6),
+                                      reference.neighbor_ids().data(), reference.distances().data(),
+                                      64, kHeavyK, 1e-6),
               "");
   }
 }
@@ -268,7 +267,8 @@ TEST(ShutdownTest, GraceExpiryCancelsSearchesAndBuilds) {
             v1::INDEX_STATE_READY);
   ASSERT_TRUE(testing::CreateIndex(*test.stub, "building", HeavySpec()).ok());
   ASSERT_TRUE(
-      testing::UploadPoints(*test.stub, "building", testing::NormalPoints(20000, 3, 12), 5000).ok());
+      testing::UploadPoints(*test.stub, "building", testing::NormalPoints(20000, 3, 12), 5000)
+          .ok());
   {
     grpc::ClientContext context;
     v1::BuildIndexRequest build;

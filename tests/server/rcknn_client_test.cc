@@ -1,11 +1,12 @@
 // The client library (client/rcknn_client.h) against an in-process server: chunked uploads,
 // builds followed to READY, and searches split under the message size limit into many requests
 // on one SearchStream, whose concatenated answers equal one big request's.
+#include "client/rcknn_client.h"
+
 #include <numeric>
 #include <string>
 #include <vector>
 
-#include "client/rcknn_client.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
 #include "tests/testing/random_points.h"
@@ -26,7 +27,8 @@ TEST(RcknnClientTest, UploadBuildAndSearchInManyRequests) {
 
   const int64_t n = 5000;
   const core::RowMatrix points = testing::NormalPoints(n, 2, 21);
-  ASSERT_TRUE(client.CreateIndex("c", testing::ResidualSpec(2, v1::KERNEL_MATERN32, 1.5, 0.5, 64)).ok());
+  ASSERT_TRUE(
+      client.CreateIndex("c", testing::ResidualSpec(2, v1::KERNEL_MATERN32, 1.5, 0.5, 64)).ok());
   auto uploaded = client.UploadPoints(
       "c", client::PointsView{absl::MakeConstSpan(points.data(), points.size()), 2});
   ASSERT_TRUE(uploaded.ok()) << uploaded.status();
@@ -61,7 +63,8 @@ TEST(RcknnClientTest, UploadBuildAndSearchInManyRequests) {
     grpc::ClientContext context;
     v1::SearchResponse part;
     const std::vector<int64_t> part_ids(ids.begin() + first, ids.begin() + first + 100);
-    ASSERT_TRUE(test.stub->Search(&context, testing::IdSearch("c", 20, part_ids, true), &part).ok());
+    ASSERT_TRUE(
+        test.stub->Search(&context, testing::IdSearch("c", 20, part_ids, true), &part).ok());
     ref_ids.insert(ref_ids.end(), part.neighbor_ids().begin(), part.neighbor_ids().end());
     ref_dists.insert(ref_dists.end(), part.distances().begin(), part.distances().end());
   }

@@ -2,8 +2,8 @@
 // index lifecycle, answers equal to the core library's and to the shipped exact answers, the
 // packed response layout, SearchStream order, and every error code with the field it names.
 #include <cmath>
-#include <limits>
 #include <initializer_list>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -19,8 +19,8 @@
 namespace rcknn {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::Dataset;
+using ::testing::HasSubstr;
 
 constexpr char kSmall[] = "small";
 
@@ -64,8 +64,8 @@ class RcknnServiceTest : public ::testing::Test {
     ids->assign(nq * options.k, 0);
     dists->assign(nq * options.k, 0.0);
     tbb::task_arena arena(2);
-    ASSERT_TRUE(core_index_->Search(batch, options, &arena, nullptr, ids->data(), dists->data())
-                    .ok());
+    ASSERT_TRUE(
+        core_index_->Search(batch, options, &arena, nullptr, ids->data(), dists->data()).ok());
   }
 
   static Dataset* set_;
@@ -102,12 +102,12 @@ TEST_F(RcknnServiceTest, SearchByIdMatchesShippedAndCoreAnswers) {
     for (int64_t q = 0; q < nq; ++q) {
       const int64_t* ids = response.neighbor_ids().data() + q * set_->k;
       const double* dists = response.distances().data() + q * set_->k;
-      EXPECT_EQ(testing::CompareRow(core_index_->space(), rows, q, set_->query_ids[q], options,
-                                    ids, dists, &shipped[q * set_->k]),
+      EXPECT_EQ(testing::CompareRow(core_index_->space(), rows, q, set_->query_ids[q], options, ids,
+                                    dists, &shipped[q * set_->k]),
                 "")
           << "query " << q << " vs shipped";
-      EXPECT_EQ(testing::CompareRow(core_index_->space(), rows, q, set_->query_ids[q], options,
-                                    ids, dists, &core_dists[q * set_->k]),
+      EXPECT_EQ(testing::CompareRow(core_index_->space(), rows, q, set_->query_ids[q], options, ids,
+                                    dists, &core_dists[q * set_->k]),
                 "")
           << "query " << q << " vs core";
     }
@@ -172,8 +172,8 @@ TEST_F(RcknnServiceTest, SearchByPointsMatchesCore) {
 
 TEST_F(RcknnServiceTest, PredecessorModePadsEarlyQueries) {
   v1::SearchResponse response;
-  ASSERT_TRUE(Search(testing::IdSearch(kSmall, 5, {0, 1, 3}, /*predecessor_mode=*/true), &response)
-                  .ok());
+  ASSERT_TRUE(
+      Search(testing::IdSearch(kSmall, 5, {0, 1, 3}, /*predecessor_mode=*/true), &response).ok());
   // Query 0 has no predecessor; query 1 has one; query 3 has three.
   for (int j = 0; j < 5; ++j) {
     EXPECT_EQ(response.neighbor_ids(j), -1);
@@ -246,8 +246,8 @@ TEST_F(RcknnServiceTest, GetListWatchAndDelete) {
     EXPECT_EQ(info.spec().inducing_count(), 128);
     EXPECT_EQ(info.spec().jitter(), 1e-6);
   }
-  ASSERT_TRUE(testing::CreateIndex(stub(), "temp", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 8))
-                  .ok());
+  ASSERT_TRUE(
+      testing::CreateIndex(stub(), "temp", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 8)).ok());
   {
     grpc::ClientContext context;
     v1::ListIndexesResponse list;
@@ -285,9 +285,9 @@ TEST_F(RcknnServiceTest, GetListWatchAndDelete) {
 
 TEST_F(RcknnServiceTest, WatchIndexFollowsABuildToReady) {
   const core::RowMatrix points = testing::NormalPoints(3000, 3, 5);
-  ASSERT_TRUE(
-      testing::CreateIndex(stub(), "watched", testing::ResidualSpec(3, v1::KERNEL_MATERN52, 2, 0.7, 64))
-          .ok());
+  ASSERT_TRUE(testing::CreateIndex(stub(), "watched",
+                                   testing::ResidualSpec(3, v1::KERNEL_MATERN52, 2, 0.7, 64))
+                  .ok());
   ASSERT_TRUE(testing::UploadPoints(stub(), "watched", points, 256).ok());
   {
     grpc::ClientContext context;
@@ -349,8 +349,9 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
   EXPECT_EQ(testing::UploadPoints(stub(), "nope", points, 5).error_code(),
             grpc::StatusCode::NOT_FOUND);
   // A LOADING index cannot be searched, nor built without points.
-  ASSERT_TRUE(testing::CreateIndex(stub(), "loading", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 4))
-                  .ok());
+  ASSERT_TRUE(
+      testing::CreateIndex(stub(), "loading", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 4))
+          .ok());
   status = Search(testing::IdSearch("loading", 3, {1}), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(status.error_message(), HasSubstr("LOADING"));
@@ -382,8 +383,9 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
 }
 
 TEST_F(RcknnServiceTest, UploadStreamIsAppliedWhole) {
-  ASSERT_TRUE(testing::CreateIndex(stub(), "atomic", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 4))
-                  .ok());
+  ASSERT_TRUE(
+      testing::CreateIndex(stub(), "atomic", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 4))
+          .ok());
   {
     grpc::ClientContext context;
     v1::UploadPointsResponse response;
@@ -402,12 +404,12 @@ TEST_F(RcknnServiceTest, UploadStreamIsAppliedWhole) {
     EXPECT_THAT(status.error_message(), HasSubstr("point 3, column 1"));
   }
   v1::UploadPointsResponse response;
-  ASSERT_TRUE(testing::UploadPoints(stub(), "atomic", testing::NormalPoints(7, 2, 3), 3, &response)
-                  .ok());
+  ASSERT_TRUE(
+      testing::UploadPoints(stub(), "atomic", testing::NormalPoints(7, 2, 3), 3, &response).ok());
   EXPECT_EQ(response.points_received(), 7);
   EXPECT_EQ(response.total_points(), 7);  // the failed stream added nothing
-  ASSERT_TRUE(testing::UploadPoints(stub(), "atomic", testing::NormalPoints(5, 2, 4), 2, &response)
-                  .ok());
+  ASSERT_TRUE(
+      testing::UploadPoints(stub(), "atomic", testing::NormalPoints(5, 2, 4), 2, &response).ok());
   EXPECT_EQ(response.points_received(), 5);
   EXPECT_EQ(response.total_points(), 12);
   grpc::ClientContext context;
@@ -493,9 +495,8 @@ TEST_F(RcknnServiceTest, MalformedRequestsNameTheField) {
       {"no spec", [](auto& r) { r.clear_spec(); }, nullptr, "spec"},
       {"metric unspecified", [](auto& r) { r.mutable_spec()->set_metric(v1::METRIC_UNSPECIFIED); },
        nullptr, "spec.metric"},
-      {"metric unknown",
-       [](auto& r) { r.mutable_spec()->set_metric(static_cast<v1::Metric>(42)); }, nullptr,
-       "spec.metric"},
+      {"metric unknown", [](auto& r) { r.mutable_spec()->set_metric(static_cast<v1::Metric>(42)); },
+       nullptr, "spec.metric"},
       {"dimension 0", [](auto& r) { r.mutable_spec()->set_dimension(0); }, nullptr,
        "spec.dimension"},
       {"dimension negative", [](auto& r) { r.mutable_spec()->set_dimension(-3); }, nullptr,
@@ -505,7 +506,9 @@ TEST_F(RcknnServiceTest, MalformedRequestsNameTheField) {
        [](auto& r) { r.mutable_spec()->mutable_kernel()->set_type(v1::KERNEL_UNSPECIFIED); },
        nullptr, "spec.kernel.type"},
       {"kernel unknown",
-       [](auto& r) { r.mutable_spec()->mutable_kernel()->set_type(static_cast<v1::KernelType>(9)); },
+       [](auto& r) {
+         r.mutable_spec()->mutable_kernel()->set_type(static_cast<v1::KernelType>(9));
+       },
        nullptr, "spec.kernel.type"},
       {"variance 0", [](auto& r) { r.mutable_spec()->mutable_kernel()->set_variance(0); }, nullptr,
        "spec.kernel.variance"},
@@ -522,9 +525,8 @@ TEST_F(RcknnServiceTest, MalformedRequestsNameTheField) {
        nullptr, "spec.kernel.lengthscales"},
       {"inducing_count 0", [](auto& r) { r.mutable_spec()->set_inducing_count(0); }, nullptr,
        "spec.inducing_count"},
-      {"inducing_points row length",
-       [](auto& r) { r.mutable_spec()->add_inducing_points(1.0); }, nullptr,
-       "spec.inducing_points"},
+      {"inducing_points row length", [](auto& r) { r.mutable_spec()->add_inducing_points(1.0); },
+       nullptr, "spec.inducing_points"},
       {"inducing_points inf",
        [inf](auto& r) {
          r.mutable_spec()->add_inducing_points(inf);
@@ -533,9 +535,8 @@ TEST_F(RcknnServiceTest, MalformedRequestsNameTheField) {
        nullptr, "spec.inducing_points"},
       {"jitter negative", [](auto& r) { r.mutable_spec()->set_jitter(-1e-3); }, nullptr,
        "spec.jitter"},
-      {"euclidean with kernel",
-       [](auto& r) { r.mutable_spec()->set_metric(v1::METRIC_EUCLIDEAN); }, nullptr,
-       "spec.kernel"},
+      {"euclidean with kernel", [](auto& r) { r.mutable_spec()->set_metric(v1::METRIC_EUCLIDEAN); },
+       nullptr, "spec.kernel"},
       {"k 0", nullptr, [](auto& r) { r.set_k(0); }, "k"},
       {"k negative", nullptr, [](auto& r) { r.set_k(-5); }, "k"},
       {"no queries", nullptr, [](auto& r) { r.clear_query_ids(); }, "query_ids"},
@@ -596,8 +597,9 @@ TEST_F(RcknnServiceTest, MalformedUploadChunksNameTheField) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   v1::IndexSpec factor_spec = testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 3);
   factor_spec.set_factors_supplied(true);
-  ASSERT_TRUE(testing::CreateIndex(stub(), "chunks", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 2))
-                  .ok());
+  ASSERT_TRUE(
+      testing::CreateIndex(stub(), "chunks", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 2))
+          .ok());
   ASSERT_TRUE(testing::CreateIndex(stub(), "chunks-f", factor_spec).ok());
   struct ChunkCase {
     std::string name;
@@ -619,7 +621,10 @@ TEST_F(RcknnServiceTest, MalformedUploadChunksNameTheField) {
          c.add_residual_variances(1.0);
        },
        "factors"},
-      {"missing variances", "chunks-f", [](auto& c) { Append(c.mutable_factors(), {1.0, 2.0, 3.0}); },
+      {"missing variances", "chunks-f",
+       [](auto& c) {
+         Append(c.mutable_factors(), {1.0, 2.0, 3.0});
+       },
        "residual_variances"},
       {"negative variance", "chunks-f",
        [](auto& c) {
@@ -738,8 +743,8 @@ TEST(RcknnServerUploadTest, TwoHundredThousandPointsInManyChunks) {
   v1::SearchRequest request;
   request.set_index_id("big");
   request.set_k(1);
-  for (int64_t id : probe) request.mutable_query_points()->Add(points.row(id).data(),
-                                                               points.row(id).data() + 2);
+  for (int64_t id : probe)
+    request.mutable_query_points()->Add(points.row(id).data(), points.row(id).data() + 2);
   v1::SearchResponse answer;
   grpc::ClientContext context;
   ASSERT_TRUE(stub.Search(&context, request, &answer).ok());

@@ -87,9 +87,9 @@ int Run() {
     core_qps.push_back(core_rate);
     server_qps.push_back(server_rate);
     if (mismatch.empty()) {
-      mismatch = testing::CompareAnswers(response.neighbor_ids().data(),
-                                         response.distances().data(), ids.data(), dists.data(),
-                                         nq, knn.k, 1e-6);
+      mismatch =
+          testing::CompareAnswers(response.neighbor_ids().data(), response.distances().data(),
+                                  ids.data(), dists.data(), nq, knn.k, 1e-6);
     }
   }
 

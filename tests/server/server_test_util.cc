@@ -54,8 +54,8 @@ v1::IndexSpec SpecOf(const Dataset& set) {
   return spec;
 }
 
-v1::IndexSpec ResidualSpec(int dimension, v1::KernelType type, double variance,
-                           double lengthscale, int64_t m, uint64_t seed) {
+v1::IndexSpec ResidualSpec(int dimension, v1::KernelType type, double variance, double lengthscale,
+                           int64_t m, uint64_t seed) {
   v1::IndexSpec spec;
   spec.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
   spec.set_dimension(dimension);

@@ -31,8 +31,8 @@ TestServer StartTestServer(server::ServerOptions options = {});
 v1::IndexSpec SpecOf(const Dataset& set);
 
 // A residual-correlation spec with `m` inducing points drawn with `seed`.
-v1::IndexSpec ResidualSpec(int dimension, v1::KernelType type, double variance,
-                           double lengthscale, int64_t m, uint64_t seed = 1);
+v1::IndexSpec ResidualSpec(int dimension, v1::KernelType type, double variance, double lengthscale,
+                           int64_t m, uint64_t seed = 1);
 
 grpc::Status CreateIndex(v1::Rcknn::Stub& stub, const std::string& id, const v1::IndexSpec& spec);
 
