@@ -75,13 +75,29 @@ void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOp
   }
 }
 
+absl::StatusOr<PointRows> QueryRows(const MetricSpace& space, const QueryBatch& queries,
+                                    absl::Span<const int64_t> list) {
+  const int64_t num = static_cast<int64_t>(list.size());
+  if (queries.by_id()) {
+    std::vector<int64_t> ids(num);
+    for (int64_t i = 0; i < num; ++i) ids[i] = queries.ids[list[i]];
+    return space.Gather(ids);
+  }
+  const int dimension = space.dimension();
+  std::vector<double> points(num * dimension);
+  for (int64_t i = 0; i < num; ++i) {
+    std::copy_n(queries.points.data() + list[i] * dimension, dimension,
+                points.data() + i * dimension);
+  }
+  return space.Prepare(points.data(), num);
+}
+
 absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
                          absl::Span<const int64_t> query_list, const KnnOptions& options,
                          const Cancellation* cancellation, int64_t* out_ids,
                          double* out_distances, TraversalStats& stats,
                          absl::Span<int64_t> per_query_evaluations) {
   const int64_t n = space.size();
-  const int dimension = space.dimension();
   const int64_t nq = static_cast<int64_t>(query_list.size());
   if (nq == 0) return absl::OkStatus();
   // Predecessor queries with nearby ids share most of their id range: block them together.
@@ -110,29 +126,17 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
     const int64_t part = task % num_chunks;
     const int64_t first = block * kQueryBlock;
     const int64_t num = std::min(kQueryBlock, nq - first);
-    PointRows rows;
-    if (queries.by_id()) {
-      std::vector<int64_t> ids(num);
-      for (int64_t i = 0; i < num; ++i) ids[i] = queries.ids[order[first + i]];
-      rows = space.Gather(ids);
-    } else {
-      std::vector<double> points(num * dimension);
-      for (int64_t i = 0; i < num; ++i) {
-        std::copy_n(queries.points.data() + order[first + i] * dimension, dimension,
-                    points.data() + i * dimension);
-      }
-      absl::StatusOr<PointRows> prepared = space.Prepare(points.data(), num);
-      if (!prepared.ok()) {
-        error.Set(prepared.status());
-        return;
-      }
-      rows = *std::move(prepared);
+    absl::StatusOr<PointRows> rows =
+        QueryRows(space, queries, absl::MakeConstSpan(order).subspan(first, num));
+    if (!rows.ok()) {
+      error.Set(rows.status());
+      return;
     }
     std::vector<TopK>& block_tops = tops[task];
     block_tops.assign(num, TopK(options.k));
     TraversalStats& st = local_stats.local();
     const int64_t before = st.distance_evaluations;
-    BruteForceScan(space, rows, options, part * chunk, (part + 1) * chunk, block_tops, st);
+    BruteForceScan(space, *rows, options, part * chunk, (part + 1) * chunk, block_tops, st);
     task_evaluations[task] = (st.distance_evaluations - before) / num;
   });
   if (error.failed()) return error.status();

@@ -26,6 +26,11 @@ absl::Status BruteForceKnn(const MetricSpace& space, const QueryBatch& queries,
                            const Cancellation* cancellation, int64_t* out_ids,
                            double* out_distances, TraversalStats* stats = nullptr);
 
+// Rows for queries[list[0]], queries[list[1]], ...: gathered stored points for queries by id,
+// prepared out-of-sample points otherwise (with space.Prepare's errors).
+absl::StatusOr<PointRows> QueryRows(const MetricSpace& space, const QueryBatch& queries,
+                                    absl::Span<const int64_t> list);
+
 // Answers queries[query_list[i]] for every i by the blocked scan, in parallel on the current
 // arena (call inside task_arena::execute to choose one). The caller has validated `queries`.
 // Queries are grouped in blocks of a fixed size in query_list order (by id in predecessor mode),

@@ -187,24 +187,13 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
       }
       const int64_t first = chunk * chunk_size;
       const int64_t num = std::min(chunk_size, total - first);
-      PointRows rows;
-      if (queries.by_id()) {
-        std::vector<int64_t> ids(num);
-        for (int64_t i = 0; i < num; ++i) ids[i] = queries.ids[list[first + i]];
-        rows = space.Gather(ids);
-      } else {
-        std::vector<double> points(num * dimension);
-        for (int64_t i = 0; i < num; ++i) {
-          std::copy_n(queries.points.data() + list[first + i] * dimension, dimension,
-                      points.data() + i * dimension);
-        }
-        absl::StatusOr<PointRows> prepared = space.Prepare(points.data(), num);
-        if (!prepared.ok()) {
-          fail(prepared.status());
-          return;
-        }
-        rows = *std::move(prepared);
+      absl::StatusOr<PointRows> prepared =
+          QueryRows(space, queries, absl::MakeConstSpan(list).subspan(first, num));
+      if (!prepared.ok()) {
+        fail(prepared.status());
+        return;
       }
+      const PointRows& rows = *prepared;
       TraversalStats& st = local_stats.local();
       WalkScratch& scratch = local_scratch.local();
       TopK top(options.k);

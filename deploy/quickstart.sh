@@ -11,26 +11,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 listen=127.0.0.1:50051
 
-# Exactly the package list of tests/run.sh (every build and test dependency, from Debian 12's
-# archive), read from there so that the two never drift apart.
-mapfile -t packages < <(sed -n '/^packages=(/,/^)/{/^packages=(/d;/^)/d;s/#.*//;p}' tests/run.sh |
-  tr -s ' \t' '\n' | sed '/^$/d')
-if [ ${#packages[@]} -eq 0 ]; then
-  echo "quickstart: cannot read the package list of tests/run.sh" >&2
-  exit 1
-fi
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "quickstart: installing ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo_cmd[@]}" apt-get update
-  "${sudo_cmd[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
-fi
+"$root/deploy/install_deps.sh"
 
 build_dir="$root/build"
 cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
