@@ -67,6 +67,8 @@ TEST_P(SharedDataTest, TreeAndBruteForceMatchShippedAnswers) {
   absl::StatusOr<std::unique_ptr<KnnIndex>> index =
       KnnIndex::Build(set->Spec(), set->Data(), &arena);
   ASSERT_TRUE(index.ok()) << index.status();
+  const absl::Status tree_ok = (*index)->tree().CheckInvariants((*index)->space());
+  ASSERT_TRUE(tree_ok.ok()) << tree_ok;
   for (bool pred : {false, true}) {
     for (bool brute : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "pred=" << pred << " brute=" << brute);
