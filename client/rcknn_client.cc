@@ -73,7 +73,8 @@ absl::StatusOr<v1::IndexInfo> RcknnClient::CreateIndex(const std::string& index_
 
 absl::StatusOr<v1::UploadPointsResponse> RcknnClient::UploadPoints(
     const std::string& index_id, const PointsView& points, absl::Span<const double> factors,
-    int64_t factor_columns, absl::Span<const double> residual_variances) {
+    int64_t factor_columns, absl::Span<const double> residual_variances,
+    const ProgressCallback& on_progress) {
   const int64_t n = points.rows();
   const int d = points.dimension;
   if (d < 1 || static_cast<int64_t>(points.values.size()) != n * d) {
@@ -110,6 +111,7 @@ absl::StatusOr<v1::UploadPointsResponse> RcknnClient::UploadPoints(
                                               residual_variances.data() + first + rows);
     }
     if (!writer->Write(chunk)) break;  // the server ended the stream: Finish says why
+    if (on_progress) on_progress(first + rows, n);
   }
   if (n == 0) {
     chunk.set_index_id(index_id);
@@ -190,7 +192,8 @@ int64_t RcknnClient::QueriesPerRequest(int64_t k, int dimension) const {
   return std::max<int64_t>(1, std::min({by_answer, by_request, options_.max_queries_per_request}));
 }
 
-absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query) {
+absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
+                                                 const ProgressCallback& on_progress) {
   const bool by_id = !query.ids.empty();
   const int d = by_id ? 0 : query.points.dimension;
   const int64_t nq = by_id ? static_cast<int64_t>(query.ids.size()) : query.points.rows();
@@ -228,6 +231,7 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query) {
     result.distances.assign(response.distances().begin(), response.distances().end());
     result.stats = response.stats();
     result.requests = 1;
+    if (on_progress) on_progress(nq, nq);
     return result;
   }
 
@@ -252,6 +256,7 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query) {
                             response.distances().end());
     AddStats(response.stats(), &result.stats);
     ++result.requests;
+    if (on_progress) on_progress(static_cast<int64_t>(result.ids.size()) / query.k, nq);
   }
   writer.join();
   if (grpc::Status status = stream->Finish(); !status.ok()) return FromGrpc(status);

@@ -52,6 +52,9 @@ struct SearchQuery {
   bool include_self = false;
 };
 
+// Progress of a long call: `done` of `total` rows (points uploaded, queries answered).
+using ProgressCallback = std::function<void(int64_t done, int64_t total)>;
+
 struct SearchResult {
   int64_t num_queries = 0;
   int64_t k = 0;
@@ -72,10 +75,12 @@ class RcknnClient {
 
   absl::StatusOr<v1::IndexInfo> CreateIndex(const std::string& index_id, const v1::IndexSpec& spec);
   // One UploadPoints stream of chunks. `factors` (n x factor_columns) and
-  // `residual_variances` (n) only for specs with factors_supplied.
+  // `residual_variances` (n) only for specs with factors_supplied. `on_progress` (optional) is
+  // called after each chunk is written, with the rows sent so far.
   absl::StatusOr<v1::UploadPointsResponse> UploadPoints(
       const std::string& index_id, const PointsView& points, absl::Span<const double> factors = {},
-      int64_t factor_columns = 0, absl::Span<const double> residual_variances = {});
+      int64_t factor_columns = 0, absl::Span<const double> residual_variances = {},
+      const ProgressCallback& on_progress = nullptr);
   // Starts the build; returns at once (state BUILDING).
   absl::StatusOr<v1::IndexInfo> BuildIndex(const std::string& index_id);
   // Follows WatchIndex until READY or FAILED, calling `on_update` for each report. Returns the
@@ -88,7 +93,9 @@ class RcknnClient {
   absl::Status DeleteIndex(const std::string& index_id);
 
   // Any number of queries. One request goes as a unary Search; more go on one SearchStream.
-  absl::StatusOr<SearchResult> Search(const SearchQuery& query);
+  // `on_progress` (optional) is called after each answer, with the queries answered so far.
+  absl::StatusOr<SearchResult> Search(const SearchQuery& query,
+                                      const ProgressCallback& on_progress = nullptr);
 
   // Queries per request for `k` neighbours and `dimension`-long query points (0: by id).
   int64_t QueriesPerRequest(int64_t k, int dimension) const;

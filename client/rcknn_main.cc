@@ -2,7 +2,7 @@
 //
 //   rcknn [--server=HOST:PORT] <command> [flags]
 //
-// Commands: gen, create, upload, build, status, list, delete, search, search-all, bench.
+// Commands: gen, create, upload, build, status, list, delete, search, search-all, bench, load.
 // `rcknn --help` lists the flags; each command uses the ones named in its line of kUsage.
 #include <unistd.h>
 
@@ -13,6 +13,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -29,6 +30,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/load_generator.h"
 #include "client/point_io.h"
 #include "client/rcknn_client.h"
 
@@ -39,7 +41,7 @@ ABSL_FLAG(double, timeout, 0, "deadline of each call in seconds (0: none)");
 ABSL_FLAG(std::string, index, "", "index id");
 // gen
 ABSL_FLAG(int64_t, n, 32768, "gen: number of points");
-ABSL_FLAG(uint64_t, seed, 1, "gen: random seed; bench: seed of the query draw");
+ABSL_FLAG(uint64_t, seed, 1, "gen: random seed; bench, load: seed of the query draw");
 ABSL_FLAG(std::string, output, "",
           "gen: output file; search, search-all: output prefix (PREFIX.ids.*, PREFIX.dists.*)");
 // create
@@ -69,6 +71,14 @@ ABSL_FLAG(int, print, 3, "search, search-all: neighbour lists to print");
 ABSL_FLAG(int64_t, queries, 1024, "bench: queries in the batch (random ids unless --ids_file)");
 ABSL_FLAG(int, repeat, 5, "bench: timed repetitions of the batch");
 ABSL_FLAG(int64_t, latency_queries, 2000, "bench: single-query Search calls for latency");
+// load
+ABSL_FLAG(int, concurrency, 1, "load: workers, each with one request in flight");
+ABSL_FLAG(int64_t, total, 0, "load: requests to send (or --duration)");
+ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(),
+          "load: how long to send requests when --total is 0, e.g. 30s");
+ABSL_FLAG(double, rps, 0, "load: target requests per second over all workers (0: no limit)");
+ABSL_FLAG(int64_t, batch, 1, "load: query ids per Search request");
+ABSL_FLAG(std::string, mix, "search:1", "load: weighted calls, e.g. search:9,get_index:1");
 
 namespace rcknn::client {
 namespace {
@@ -91,6 +101,9 @@ constexpr char kUsage[] = R"(rcknn [--server=HOST:PORT] <command> [flags]
              every stored point as a query: the Vecchia neighbour matrix
   bench      --index=ID --k=K [--ids_file=FILE | --queries=1024] [--repeat=5] [--latency_queries=2000]
              single-query latency p50/p99 and the queries/s of one batched Search, as JSON
+  load       --index=ID --k=K (--total=N | --duration=30s) [--concurrency=1] [--rps=0]
+             [--batch=1] [--mix=search:1[,get_index:W]] [--seed=1]
+             closed-loop load of random query ids; a JSON report with ghz's fields
 )";
 
 std::string StateName(v1::IndexState state) {
@@ -105,6 +118,43 @@ void PrintInfo(const v1::IndexInfo& info) {
   if (!info.error().empty()) std::printf(", error: %s", info.error().c_str());
   std::printf("\n");
 }
+
+// Progress of an upload or a search: a bar redrawn in place on a terminal, else a plain line
+// every 10%.
+class Progress {
+ public:
+  explicit Progress(std::string what) : what_(std::move(what)), tty_(isatty(fileno(stdout))) {}
+  ~Progress() {
+    if (tty_ && drawn_) std::printf("\n");
+  }
+
+  void Update(int64_t done, int64_t total) {
+    const int percent = total > 0 ? static_cast<int>(100 * done / total) : 100;
+    if (tty_) {
+      constexpr int kWidth = 30;
+      const int filled = percent * kWidth / 100;
+      std::printf("\r%s [%s%s] %3d%% (%" PRId64 "/%" PRId64 ")", what_.c_str(),
+                  std::string(filled, '#').c_str(), std::string(kWidth - filled, ' ').c_str(),
+                  percent, done, total);
+    } else if (percent / 10 != last_percent_ / 10) {
+      std::printf("%s: %3d%% (%" PRId64 "/%" PRId64 ")\n", what_.c_str(), percent, done, total);
+    } else {
+      return;
+    }
+    std::fflush(stdout);
+    drawn_ = true;
+    last_percent_ = percent;
+  }
+  ProgressCallback Callback() {
+    return [this](int64_t done, int64_t total) { Update(done, total); };
+  }
+
+ private:
+  const std::string what_;
+  const bool tty_;
+  bool drawn_ = false;
+  int last_percent_ = -1;
+};
 
 absl::Status RequireIndex() {
   if (absl::GetFlag(FLAGS_index).empty()) return absl::InvalidArgumentError("--index is required");
@@ -191,8 +241,13 @@ absl::Status Upload(RcknnClient& client) {
   auto matrix = ReadMatrix(input, *format, d);
   if (!matrix.ok()) return matrix.status();
   const absl::Time start = absl::Now();
-  auto response =
-      client.UploadPoints(absl::GetFlag(FLAGS_index), PointsView{matrix->values, matrix->columns});
+  absl::StatusOr<v1::UploadPointsResponse> response;
+  {
+    Progress progress(absl::StrCat("uploading ", absl::GetFlag(FLAGS_index)));
+    response =
+        client.UploadPoints(absl::GetFlag(FLAGS_index), PointsView{matrix->values, matrix->columns},
+                            {}, 0, {}, progress.Callback());
+  }
   if (!response.ok()) return response.status();
   std::printf("uploaded %" PRId64 " points in %.3f s; the index holds %" PRId64 "\n",
               response->points_received(), absl::ToDoubleSeconds(absl::Now() - start),
@@ -322,9 +377,15 @@ absl::StatusOr<std::vector<int64_t>> QueryIds() {
 }
 
 absl::Status RunSearch(RcknnClient& client, SearchQuery& query,
-                       const std::vector<int64_t>& query_ids) {
+                       const std::vector<int64_t>& query_ids, bool show_progress) {
   const absl::Time start = absl::Now();
-  auto result = client.Search(query);
+  absl::StatusOr<SearchResult> result;
+  if (show_progress) {
+    Progress progress(absl::StrCat("searching ", query.index_id));
+    result = client.Search(query, progress.Callback());
+  } else {
+    result = client.Search(query);
+  }
   if (!result.ok()) return result.status();
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   std::printf("%" PRId64 " queries, k = %" PRId64 "%s: %.3f s, %.0f queries/s (%" PRId64
@@ -372,7 +433,7 @@ absl::Status Search(RcknnClient& client) {
     return absl::InvalidArgumentError("search: give one of --ids, --ids_file and --points");
   }
   query.ids = *ids;
-  return RunSearch(client, query, *ids);
+  return RunSearch(client, query, *ids, /*show_progress=*/false);
 }
 
 absl::Status SearchAll(RcknnClient& client) {
@@ -383,7 +444,7 @@ absl::Status SearchAll(RcknnClient& client) {
   std::iota(ids.begin(), ids.end(), 0);
   SearchQuery query = BaseQuery();
   query.ids = ids;
-  return RunSearch(client, query, ids);
+  return RunSearch(client, query, ids, /*show_progress=*/true);
 }
 
 double Percentile(std::vector<double> values, double p) {
@@ -442,6 +503,26 @@ absl::Status Bench(RcknnClient& client) {
   return absl::OkStatus();
 }
 
+absl::Status Load(RcknnClient& client) {
+  LoadOptions options;
+  options.index_id = absl::GetFlag(FLAGS_index);
+  options.k = absl::GetFlag(FLAGS_k);
+  options.concurrency = absl::GetFlag(FLAGS_concurrency);
+  options.total = absl::GetFlag(FLAGS_total);
+  options.duration = absl::GetFlag(FLAGS_duration);
+  options.rps = absl::GetFlag(FLAGS_rps);
+  options.batch = absl::GetFlag(FLAGS_batch);
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.timeout = client.options().timeout;
+  auto mix = ParseLoadMix(absl::GetFlag(FLAGS_mix));
+  if (!mix.ok()) return mix.status();
+  options.mix = *std::move(mix);
+  auto report = RunLoad(client, options);
+  if (!report.ok()) return report.status();
+  std::printf("%s\n", report->ToJson().c_str());
+  return absl::OkStatus();
+}
+
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
   absl::FlagsUsageConfig usage;
@@ -483,6 +564,8 @@ int Main(int argc, char** argv) {
     status = SearchAll(client);
   } else if (command == "bench") {
     status = Bench(client);
+  } else if (command == "load") {
+    status = Load(client);
   } else {
     std::fprintf(stderr, "unknown command %s\n\n%s", command.c_str(), kUsage);
     return 2;

@@ -21,6 +21,9 @@ const rcknn::server::ServerOptions kDefaults;
 
 ABSL_FLAG(std::string, listen, kDefaults.listen_address,
           "host:port to serve gRPC on (port 0: any free port, printed at startup)");
+ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen_address,
+          "host:port serving Prometheus metrics at /metrics (port 0: any free port, printed at "
+          "startup); empty: no metrics endpoint");
 ABSL_FLAG(int, threads, kDefaults.threads,
           "threads of the query and build pool (one tbb::task_arena); 0: every core");
 ABSL_FLAG(int64_t, slice_queries, kDefaults.slice_queries,
@@ -41,7 +44,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "exact k-nearest-neighbour search under the Gaussian-process residual "
       "correlation distance, over gRPC (service rcknn.v1.Rcknn).\n"
-      "Usage: rcknn-server [--listen=127.0.0.1:50051] [--threads=N] [flags]");
+      "Usage: rcknn-server [--listen=127.0.0.1:50051] [--metrics_listen=127.0.0.1:9464] "
+      "[--threads=N] [flags]");
   // --help lists the flags of this file (Abseil's default expects a file named after the binary).
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
@@ -59,6 +63,7 @@ int main(int argc, char** argv) {
 
   rcknn::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.slice_queries = absl::GetFlag(FLAGS_slice_queries);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);

@@ -1,11 +1,13 @@
 #include "server/rcknn_server.h"
 
+#include <exception>
 #include <limits>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "google/protobuf/descriptor.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -45,6 +47,19 @@ absl::Status ValidateOptions(const ServerOptions& options) {
   return absl::OkStatus();
 }
 
+// Every method of the services the server registers, named ahead of their first call.
+void InitializeRpcMethods(ServerMetrics& metrics) {
+  for (const char* service : {"rcknn.v1.Rcknn", "grpc.health.v1.Health"}) {
+    const google::protobuf::ServiceDescriptor* descriptor =
+        google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(service);
+    if (descriptor == nullptr) continue;
+    for (int i = 0; i < descriptor->method_count(); ++i) {
+      metrics.InitializeRpcMethod(service, descriptor->method(i)->name());
+    }
+  }
+  metrics.InitializeRpcMethod("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo");
+}
+
 // "host:port" -> "host:<port>".
 std::string WithPort(const std::string& listen, int port) {
   const size_t colon = listen.rfind(':');
@@ -63,10 +78,26 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   std::unique_ptr<RcknnServer> server(new RcknnServer());
   server->options_ = options;
   server->threads_ = ResolveThreads(options.threads);
+  server->metrics_ = std::make_unique<ServerMetrics>();
+  ServerMetrics* metrics = server->metrics_.get();
+  InitializeRpcMethods(*metrics);
+  if (!options.metrics_listen_address.empty()) {
+    try {
+      server->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen_address);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ",
+                                                 options.metrics_listen_address,
+                                                 " (--metrics_listen): ", e.what()));
+    }
+    server->exposer_->RegisterCollectable(metrics->registry());
+    const std::vector<int> ports = server->exposer_->GetListeningPorts();
+    server->metrics_port_ = ports.empty() ? 0 : ports.front();
+  }
   server->pool_ = std::make_unique<QueryPool>(server->threads_, options.slice_queries);
+  metrics->SetPoolThreads(server->pool_->threads());
   server->registry_ = std::make_unique<IndexRegistry>(options.max_indexes);
-  server->service_ =
-      std::make_unique<RcknnService>(options, server->registry_.get(), server->pool_.get());
+  server->service_ = std::make_unique<RcknnService>(options, server->registry_.get(),
+                                                    server->pool_.get(), metrics);
 
   server->health_ = std::make_unique<HealthService>();
   grpc::EnableDefaultHealthCheckService(false);  // ours ends its Watch streams at shutdown
@@ -80,10 +111,13 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   builder.RegisterService(server->health_.get());
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
   observers.push_back(std::make_unique<RpcObserverFactory>(
-      [](absl::string_view method, const grpc::Status& status, absl::Duration latency) {
+      [metrics](absl::string_view method, const grpc::Status& status, absl::Duration latency) {
         RCKNN_LOG(kDebug, method, " -> ", status.error_code(), " in ",
                   absl::ToDoubleMilliseconds(latency), " ms",
                   status.ok() ? "" : absl::StrCat(": ", status.error_message()));
+        const auto [service, name] = SplitGrpcMethod(method);
+        metrics->RecordRpc(service, name, static_cast<int>(status.error_code()),
+                           absl::ToDoubleSeconds(latency));
       }));
   builder.experimental().SetInterceptorCreators(std::move(observers));
   server->server_ = builder.BuildAndStart();
@@ -94,6 +128,11 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   server->port_ = port;
   server->address_ = WithPort(options.listen_address, port);
   server->health_->SetServing(true);
+  // The metrics line comes first: tools wait for "listening on" and then read both.
+  if (server->exposer_ != nullptr) {
+    RCKNN_LOG(kInfo, "metrics at http://",
+              WithPort(options.metrics_listen_address, server->metrics_port_), "/metrics");
+  }
   RCKNN_LOG(kInfo, "rcknn-server listening on ", server->address_, " with ",
             server->pool_->threads(), " query threads");
   return server;

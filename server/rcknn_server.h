@@ -1,5 +1,6 @@
 // The assembled server: the rcknn.v1.Rcknn service, grpc.health.v1.Health, server reflection
-// (v1alpha, what gRPC 1.51 ships), the RPC observer, the query pool and the index registry,
+// (v1alpha, what gRPC 1.51 ships), the RPC observer, the query pool, the index registry and the
+// Prometheus metrics (one ServerMetrics, served at /metrics when metrics_listen_address is set),
 // configured from one ServerOptions.
 #ifndef RCKNN_SERVER_RCKNN_SERVER_H_
 #define RCKNN_SERVER_RCKNN_SERVER_H_
@@ -11,10 +12,12 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "prometheus/exposer.h"
 #include "server/health_service.h"
 #include "server/index_registry.h"
 #include "server/query_pool.h"
 #include "server/rcknn_service.h"
+#include "server/server_metrics.h"
 #include "server/server_options.h"
 
 namespace rcknn::server {
@@ -34,6 +37,10 @@ class RcknnServer {
   int port() const { return port_; }
   const std::string& address() const { return address_; }
   int threads() const { return threads_; }
+  // The port of the /metrics endpoint (0 when metrics_listen_address is empty).
+  int metrics_port() const { return metrics_port_; }
+  // Every metric the server records; tests read its TextExposition().
+  const ServerMetrics& metrics() const { return *metrics_; }
   // Search batches running or waiting on the pool (0 after Shutdown).
   int64_t searches_in_flight() const;
 
@@ -48,8 +55,12 @@ class RcknnServer {
   ServerOptions options_;
   int port_ = 0;
   int threads_ = 0;
+  int metrics_port_ = 0;
   std::string address_;
-  // Declared in dependency order: destroyed from the gRPC server down to the pool.
+  // Declared in dependency order: destroyed from the gRPC server down to the pool, the endpoint
+  // and the metrics.
+  std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<QueryPool> pool_;
   std::unique_ptr<IndexRegistry> registry_;
   std::unique_ptr<RcknnService> service_;

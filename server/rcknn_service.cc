@@ -6,6 +6,7 @@
 #include <new>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -35,10 +36,39 @@ int VarintBytes(uint64_t value) {
 
 }  // namespace
 
+void RcknnService::UpdateIndexGauges() {
+  IndexStateCounts counts;
+  int64_t points = 0;
+  int64_t memory_bytes = 0;
+  for (const std::shared_ptr<IndexEntry>& entry : registry_->List()) {
+    const IndexSnapshot snapshot = entry->Snapshot();
+    switch (snapshot.state) {
+      case IndexState::kLoading:
+        ++counts.loading;
+        break;
+      case IndexState::kBuilding:
+        ++counts.building;
+        break;
+      case IndexState::kReady:
+        ++counts.ready;
+        break;
+      case IndexState::kFailed:
+        ++counts.failed;
+        break;
+    }
+    points += snapshot.num_points;
+    memory_bytes += snapshot.memory_bytes;
+  }
+  metrics_->SetIndexCounts(counts);
+  metrics_->SetIndexTotals(points, memory_bytes);
+}
+
 grpc::Status RcknnService::CreateIndex(grpc::ServerContext* context,
                                        const v1::CreateIndexRequest* request,
                                        v1::IndexInfo* response) {
-  return ToGrpcStatus(DoCreateIndex(*request, response));
+  const absl::Status status = DoCreateIndex(*request, response);
+  if (status.ok()) UpdateIndexGauges();
+  return ToGrpcStatus(status);
 }
 
 absl::Status RcknnService::DoCreateIndex(const v1::CreateIndexRequest& request,
@@ -106,6 +136,7 @@ absl::Status RcknnService::FinishUpload(UploadState* state, v1::UploadPointsResp
                    state->entry->Append(std::move(state->staged), options_.max_points_per_index));
   response->set_points_received(received);
   response->set_total_points(total);
+  UpdateIndexGauges();
   RCKNN_LOG(kDebug, "index ", state->entry->id(), ": received ", received, " points in ",
             state->chunks, " chunks, ", total, " in total");
   return absl::OkStatus();
@@ -114,7 +145,9 @@ absl::Status RcknnService::FinishUpload(UploadState* state, v1::UploadPointsResp
 grpc::Status RcknnService::BuildIndex(grpc::ServerContext* context,
                                       const v1::BuildIndexRequest* request,
                                       v1::IndexInfo* response) {
-  return ToGrpcStatus(DoBuildIndex(*request, response));
+  const absl::Status status = DoBuildIndex(*request, response);
+  if (status.ok()) UpdateIndexGauges();
+  return ToGrpcStatus(status);
 }
 
 absl::Status RcknnService::DoBuildIndex(const v1::BuildIndexRequest& request,
@@ -131,7 +164,7 @@ absl::Status RcknnService::DoBuildIndex(const v1::BuildIndexRequest& request,
   // std::function needs a copyable callable: the data travel in a shared_ptr.
   auto shared_data = std::make_shared<core::IndexData>(std::move(data));
   tbb::task_arena* arena = pool_->arena();
-  pool_->Run([entry, spec = std::move(spec), shared_data, arena]() mutable {
+  pool_->Run([this, entry, spec = std::move(spec), shared_data, arena]() mutable {
     absl::StatusOr<std::unique_ptr<core::KnnIndex>> index;
     try {
       index =
@@ -143,6 +176,8 @@ absl::Status RcknnService::DoBuildIndex(const v1::BuildIndexRequest& request,
     shared_data.reset();
     entry->FinishBuild(std::move(index));
     const IndexSnapshot snapshot = entry->Snapshot();
+    if (snapshot.state == IndexState::kReady) metrics_->RecordBuild(snapshot.build_seconds);
+    UpdateIndexGauges();
     if (snapshot.state == IndexState::kReady) {
       RCKNN_LOG(kInfo, "index ", entry->id(), " is READY: ", snapshot.num_points, " points in ",
                 snapshot.build_seconds, " s");
@@ -218,6 +253,7 @@ grpc::Status RcknnService::DeleteIndex(grpc::ServerContext* context,
   }
   absl::StatusOr<std::shared_ptr<IndexEntry>> removed = registry_->Remove(request->index_id());
   if (!removed.ok()) return ToGrpcStatus(removed.status());
+  UpdateIndexGauges();
   RCKNN_LOG(kInfo, "deleted index ", request->index_id());
   return grpc::Status::OK;
 }
@@ -288,14 +324,18 @@ absl::Status RcknnService::RunSearch(const v1::SearchRequest& request, absl::Tim
   response->mutable_distances()->Resize(static_cast<int>(size),
                                         std::numeric_limits<double>::infinity());
   core::TraversalStats stats;
+  std::vector<int64_t> per_query_evaluations(static_cast<size_t>(num_queries));
   const absl::Time start = absl::Now();
   absl::Status status = pool_->Search(*index, batch, options, deadline, is_cancelled,
                                       response->mutable_neighbor_ids()->mutable_data(),
-                                      response->mutable_distances()->mutable_data(), &stats);
+                                      response->mutable_distances()->mutable_data(), &stats,
+                                      absl::MakeSpan(per_query_evaluations));
   if (!status.ok()) {
     response->Clear();
     return status;
   }
+  // Once per batch, from the merged stats: never from inside the search.
+  metrics_->RecordSearch(stats, per_query_evaluations);
   FillSearchStats(stats, absl::ToDoubleSeconds(absl::Now() - start), response->mutable_stats());
   return absl::OkStatus();
 }

@@ -19,6 +19,7 @@
 #include "rcknn/v1/rcknn.grpc.pb.h"
 #include "server/index_registry.h"
 #include "server/query_pool.h"
+#include "server/server_metrics.h"
 #include "server/server_options.h"
 
 namespace rcknn::server {
@@ -36,9 +37,11 @@ using RawStreamingService = v1::Rcknn::WithRawCallbackMethod_UploadPoints<
 
 class RcknnService final : public RawStreamingService {
  public:
-  // `registry` and `pool` must outlive the service.
-  RcknnService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool)
-      : options_(options), registry_(registry), pool_(pool) {}
+  // `registry`, `pool` and `metrics` must outlive the service (and `metrics` every build it
+  // starts on the pool).
+  RcknnService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool,
+               ServerMetrics* metrics)
+      : options_(options), registry_(registry), pool_(pool), metrics_(metrics) {}
 
   // Ends WatchIndex streams (UNAVAILABLE) so that a graceful shutdown does not wait on them.
   void BeginShutdown() { shutting_down_.store(true); }
@@ -75,10 +78,14 @@ class RcknnService final : public RawStreamingService {
   absl::Status DoBuildIndex(const v1::BuildIndexRequest& request, v1::IndexInfo* response);
   absl::Status DoWatchIndex(grpc::ServerContext* context, const v1::GetIndexRequest& request,
                             grpc::ServerWriter<v1::IndexInfo>* writer);
+  // Sets the gauges of index states, points and memory from the registry; called after every
+  // change of them.
+  void UpdateIndexGauges();
 
   const ServerOptions options_;
   IndexRegistry* const registry_;
   QueryPool* const pool_;
+  ServerMetrics* const metrics_;
   std::atomic<bool> shutting_down_{false};
 };
 

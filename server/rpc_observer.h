@@ -1,8 +1,8 @@
 // The one place every RPC passes through on its way out: a gRPC server interceptor that sees
-// each call's method, final status code and latency. It logs them (debug level); the Prometheus
-// counters and histograms of DESIGN.md section 6 (grpc_server_handled_total,
-// grpc_server_handling_seconds) are to be recorded here too. Calls that gRPC's core refuses
-// before any handler runs (a request over the message size limit) do not pass through it.
+// each call's method, final status code and latency, and hands them to the server's callback,
+// which logs them (debug level) and records grpc_server_handled_total and
+// grpc_server_handling_seconds (DESIGN.md section 6). Calls that gRPC's core refuses before any
+// handler runs (a request over the message size limit) do not pass through it.
 //
 // It also turns gRPC's answer to a request message that does not parse (INTERNAL with no
 // message) into INVALID_ARGUMENT saying so.

@@ -31,21 +31,27 @@ def generate_stubs(proto_dir, out_dir):
 
 
 class Server:
-    """rcknn-server on 127.0.0.1 with a port picked by the kernel (--listen=127.0.0.1:0). Its log
-    goes to a file (a pipe nobody reads could fill and block it)."""
+    """rcknn-server on 127.0.0.1 with ports picked by the kernel (--listen=127.0.0.1:0, and
+    --metrics_listen=127.0.0.1:0 unless a flag says otherwise; metrics_address is then
+    "127.0.0.1:port", else None). Its log goes to a file (a pipe nobody reads could fill and
+    block it)."""
 
     def __init__(self, binary, log_path, *flags):
         self.log_path = log_path
         self.log_file = open(log_path, "w")
         self.process = subprocess.Popen(
-            [binary, "--listen=127.0.0.1:0", "--threads=2", *flags],
+            [binary, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", "--threads=2",
+             *flags],
             stdout=self.log_file, stderr=subprocess.STDOUT)
         self.address = None
+        self.metrics_address = None
         deadline = time.time() + 30
         while time.time() < deadline and self.process.poll() is None:
             match = re.search(r"listening on (\S+)", self.log())
             if match:
                 self.address = match.group(1)
+                metrics = re.search(r"metrics at http://(\S+)/metrics", self.log())
+                self.metrics_address = metrics.group(1) if metrics else None
                 break
             time.sleep(0.01)
         if self.address is None:

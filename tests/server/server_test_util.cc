@@ -10,6 +10,9 @@ namespace rcknn::testing {
 
 TestServer StartTestServer(server::ServerOptions options) {
   options.listen_address = "127.0.0.1:0";
+  // No Prometheus endpoint: tests read RcknnServer::metrics() directly (an Exposer's destructor
+  // may block for up to 2 s).
+  options.metrics_listen_address.clear();
   if (options.threads == 0) options.threads = 2;
   TestServer test;
   auto started = server::RcknnServer::Start(options);

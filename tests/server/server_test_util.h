@@ -22,7 +22,8 @@ struct TestServer {
   std::unique_ptr<v1::Rcknn::Stub> stub;
 };
 
-// Starts a server on 127.0.0.1:0 with `options` (threads defaults to 2 here) and connects.
+// Starts a server on 127.0.0.1:0 without a metrics endpoint, with `options` (threads defaults
+// to 2 here), and connects.
 // Aborts the test program if the server cannot start.
 TestServer StartTestServer(server::ServerOptions options = {});
 
