@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-yaml
   prometheus
+  clang-14 libfuzzer-14-dev openssl
 )
 missing=()
 for p in "${packages[@]}"; do
