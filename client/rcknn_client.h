@@ -31,6 +31,16 @@ struct ClientOptions {
   int64_t max_queries_per_request = 1'000'000;
   // Deadline of each call; infinite by default.
   absl::Duration timeout = absl::InfiniteDuration();
+  // TLS (server/SECURITY.section.md): contents of PEM files, not paths. tls_root_certs empty:
+  // the system's roots. tls_cert_chain and tls_private_key (both or neither): the client
+  // certificate for mutual TLS.
+  bool tls = false;
+  std::string tls_root_certs;
+  std::string tls_cert_chain;
+  std::string tls_private_key;
+  // Sent as `authorization: Bearer <token>` on every call; empty: none. Needs tls (gRPC sends
+  // call credentials over secure channels only; without TLS every call fails).
+  std::string token;
 };
 
 // Points (or queries) as a row-major n x dimension array.

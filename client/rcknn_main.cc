@@ -10,8 +10,10 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,6 +40,14 @@ ABSL_FLAG(std::string, server, "127.0.0.1:50051", "address of rcknn-server");
 ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20,
           "the server's --max_message_bytes: requests are split to stay under it");
 ABSL_FLAG(double, timeout, 0, "deadline of each call in seconds (0: none)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA certificates to verify the server with: connect over TLS (empty: plaintext)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mutual TLS (needs --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, token, "",
+          "bearer token sent as `authorization: Bearer <token>` (needs --tls_ca)");
+ABSL_FLAG(std::string, token_file, "",
+          "file holding the bearer token (its first line that is not blank or a # comment)");
 ABSL_FLAG(std::string, index, "", "index id");
 // gen
 ABSL_FLAG(int64_t, n, 32768, "gen: number of points");
@@ -104,6 +114,9 @@ constexpr char kUsage[] = R"(rcknn [--server=HOST:PORT] <command> [flags]
   load       --index=ID --k=K (--total=N | --duration=30s) [--concurrency=1] [--rps=0]
              [--batch=1] [--mix=search:1[,get_index:W]] [--seed=1]
              closed-loop load of random query ids; a JSON report with ghz's fields
+
+Every command: [--timeout=S] [--tls_ca=CA.pem [--tls_cert=CLIENT.pem --tls_key=CLIENT.key]]
+             [--token=TOKEN | --token_file=FILE]   (TLS, mutual TLS, bearer token)
 )";
 
 std::string StateName(v1::IndexState state) {
@@ -523,6 +536,66 @@ absl::Status Load(RcknnClient& client) {
   return absl::OkStatus();
 }
 
+// The whole of `path`, named by `flag` in errors.
+absl::StatusOr<std::string> ReadWholeFile(absl::string_view flag, const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return absl::NotFoundError(absl::StrCat("--", flag, " ", path, ": cannot read"));
+  std::stringstream text;
+  text << file.rdbuf();
+  if (text.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", path, ": empty file"));
+  }
+  return text.str();
+}
+
+// --tls_ca, --tls_cert, --tls_key, --token, --token_file -> options.
+absl::Status SetSecurityOptions(ClientOptions* options) {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_tls_key);
+  if (cert.empty() != key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (!cert.empty() && ca.empty()) return absl::InvalidArgumentError("--tls_cert needs --tls_ca");
+  if (!ca.empty()) {
+    options->tls = true;
+    absl::StatusOr<std::string> roots = ReadWholeFile("tls_ca", ca);
+    if (!roots.ok()) return roots.status();
+    options->tls_root_certs = *std::move(roots);
+  }
+  if (!cert.empty()) {
+    absl::StatusOr<std::string> chain = ReadWholeFile("tls_cert", cert);
+    if (!chain.ok()) return chain.status();
+    absl::StatusOr<std::string> private_key = ReadWholeFile("tls_key", key);
+    if (!private_key.ok()) return private_key.status();
+    options->tls_cert_chain = *std::move(chain);
+    options->tls_private_key = *std::move(private_key);
+  }
+  std::string token = absl::GetFlag(FLAGS_token);
+  const std::string token_file = absl::GetFlag(FLAGS_token_file);
+  if (!token.empty() && !token_file.empty()) {
+    return absl::InvalidArgumentError("--token and --token_file exclude each other");
+  }
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> text = ReadWholeFile("token_file", token_file);
+    if (!text.ok()) return text.status();
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+      line = absl::StripAsciiWhitespace(line);
+      if (line.empty() || absl::StartsWith(line, "#")) continue;
+      token = std::string(line);
+      break;
+    }
+    if (token.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--token_file ", token_file, ": no token"));
+    }
+  }
+  if (!token.empty() && !options->tls) {
+    return absl::InvalidArgumentError("--token and --token_file need --tls_ca (TLS)");
+  }
+  options->token = std::move(token);
+  return absl::OkStatus();
+}
+
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
   absl::FlagsUsageConfig usage;
@@ -541,6 +614,10 @@ int Main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   if (absl::GetFlag(FLAGS_timeout) > 0) {
     options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout));
+  }
+  if (absl::Status security = SetSecurityOptions(&options); !security.ok()) {
+    std::fprintf(stderr, "rcknn: %s\n", std::string(security.message()).c_str());
+    return 2;
   }
   RcknnClient client(options);
   absl::Status status;

@@ -38,6 +38,17 @@ ABSL_FLAG(int64_t, max_queries_per_search, kDefaults.max_queries_per_search,
           "most queries in one Search call or one SearchStream request");
 ABSL_FLAG(absl::Duration, shutdown_grace, kDefaults.shutdown_grace,
           "on SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled");
+ABSL_FLAG(std::string, tls_cert, kDefaults.tls_cert_file,
+          "PEM certificate chain of the server: serve gRPC over TLS (needs --tls_key); empty: "
+          "plaintext");
+ABSL_FLAG(std::string, tls_key, kDefaults.tls_key_file, "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, kDefaults.tls_client_ca_file,
+          "PEM CA certificates: require a client certificate signed by one of them (mutual TLS; "
+          "needs --tls_cert)");
+ABSL_FLAG(std::string, auth_token_file, kDefaults.auth_token_file,
+          "file of bearer tokens, one per line (`readonly <token>`: read-only; blank lines and # "
+          "comments ignored), read at start-up: every call but health checks and reflection "
+          "needs `authorization: Bearer <token>`; needs --tls_cert; empty: no token check");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
 
 int main(int argc, char** argv) {
@@ -71,6 +82,10 @@ int main(int argc, char** argv) {
   options.max_indexes = absl::GetFlag(FLAGS_max_indexes);
   options.max_queries_per_search = absl::GetFlag(FLAGS_max_queries_per_search);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
 
   // Block the shutdown signals before any thread starts, so that every thread inherits the mask
   // and only sigwait below receives them.

@@ -1,7 +1,11 @@
 #include "server/rcknn_server.h"
 
+#include <cerrno>
+#include <cstring>
 #include <exception>
+#include <fstream>
 #include <limits>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -13,6 +17,7 @@
 #include "grpcpp/server_builder.h"
 #include "server/logging.h"
 #include "server/rpc_observer.h"
+#include "server/token_auth.h"
 #include "tbb/info.h"
 
 namespace rcknn::server {
@@ -44,7 +49,61 @@ absl::Status ValidateOptions(const ServerOptions& options) {
   if (options.shutdown_grace < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--shutdown_grace must not be negative");
   }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (!options.tls_client_ca_file.empty() && options.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+  }
+  // Tokens sent in the clear could be replayed by anyone on the path.
+  if (!options.auth_token_file.empty() && options.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError("--auth_token_file needs --tls_cert and --tls_key");
+  }
   return absl::OkStatus();
+}
+
+// The whole of a (PEM) file named by `flag`; NOT_FOUND if unreadable, INVALID_ARGUMENT if empty.
+absl::StatusOr<std::string> ReadPemFile(absl::string_view flag, const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return absl::NotFoundError(
+        absl::StrCat("--", flag, " ", path, ": cannot read: ", std::strerror(errno)));
+  }
+  std::stringstream text;
+  text << file.rdbuf();
+  if (text.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", path, ": empty file"));
+  }
+  return text.str();
+}
+
+// TLS (and mutual TLS) or plaintext credentials, with the token check when a token file is set.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    const ServerOptions& options) {
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (options.tls_cert_file.empty()) {
+    credentials = grpc::InsecureServerCredentials();
+  } else {
+    absl::StatusOr<std::string> cert = ReadPemFile("tls_cert", options.tls_cert_file);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPemFile("tls_key", options.tls_key_file);
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    if (!options.tls_client_ca_file.empty()) {
+      absl::StatusOr<std::string> ca = ReadPemFile("tls_client_ca", options.tls_client_ca_file);
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *std::move(ca);
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    ssl.pem_key_cert_pairs.push_back({*std::move(key), *std::move(cert)});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  if (!options.auth_token_file.empty()) {
+    absl::StatusOr<std::vector<AuthToken>> tokens = ReadTokenFile(options.auth_token_file);
+    if (!tokens.ok()) return tokens.status();
+    credentials->SetAuthMetadataProcessor(std::make_shared<TokenAuthProcessor>(*std::move(tokens)));
+  }
+  return credentials;
 }
 
 // Every method of the services the server registers, named ahead of their first call.
@@ -75,6 +134,8 @@ int ResolveThreads(int requested) {
 
 absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOptions& options) {
   if (absl::Status status = ValidateOptions(options); !status.ok()) return status;
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials(options);
+  if (!credentials.ok()) return credentials.status();
   std::unique_ptr<RcknnServer> server(new RcknnServer());
   server->options_ = options;
   server->threads_ = ResolveThreads(options.threads);
@@ -104,7 +165,7 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen_address, *credentials, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());
@@ -134,7 +195,11 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
               WithPort(options.metrics_listen_address, server->metrics_port_), "/metrics");
   }
   RCKNN_LOG(kInfo, "rcknn-server listening on ", server->address_, " with ",
-            server->pool_->threads(), " query threads");
+            server->pool_->threads(), " query threads",
+            options.tls_cert_file.empty()        ? ", plaintext"
+            : options.tls_client_ca_file.empty() ? ", TLS"
+                                                 : ", mutual TLS",
+            options.auth_token_file.empty() ? "" : ", bearer tokens required");
   return server;
 }
 

@@ -24,8 +24,10 @@ namespace rcknn::server {
 
 class RcknnServer {
  public:
-  // Listens and serves at once. INVALID_ARGUMENT for options out of range; UNAVAILABLE if the
-  // address cannot be bound.
+  // Listens and serves at once (over TLS and with the token check when the options say so).
+  // INVALID_ARGUMENT for options out of range or inconsistent, an empty TLS file or a malformed
+  // token file; NOT_FOUND / PERMISSION_DENIED for a TLS or token file that cannot be read;
+  // UNAVAILABLE if the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<RcknnServer>> Start(const ServerOptions& options);
 
   // Shuts down with no grace if Shutdown was not called.

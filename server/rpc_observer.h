@@ -2,7 +2,8 @@
 // each call's method, final status code and latency, and hands them to the server's callback,
 // which logs them (debug level) and records grpc_server_handled_total and
 // grpc_server_handling_seconds (DESIGN.md section 6). Calls that gRPC's core refuses before any
-// handler runs (a request over the message size limit) do not pass through it.
+// handler runs (a request over the message size limit, a call refused by the token check of
+// server/token_auth.h) do not pass through it.
 //
 // It also turns gRPC's answer to a request message that does not parse (INTERNAL with no
 // message) into INVALID_ARGUMENT saying so.

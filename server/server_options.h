@@ -28,6 +28,16 @@ struct ServerOptions {
   int64_t max_indexes = 256;
   int64_t max_queries_per_search = 1'000'000;  // per Search call and per SearchStream request
 
+  // Transport security (SECURITY.md). Empty tls_cert_file: plaintext. Set, tls_key_file must
+  // be set too (PEM files). tls_client_ca_file (needs TLS): clients must present a certificate
+  // signed by this CA (mutual TLS).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  // Bearer tokens (format in server/token_auth.h), read once at Start; needs TLS. Empty: no
+  // token check.
+  std::string auth_token_file;
+
   // On shutdown, in-flight calls get this long to finish before they are cancelled.
   absl::Duration shutdown_grace = absl::Seconds(10);
 };

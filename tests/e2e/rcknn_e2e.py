@@ -5,6 +5,7 @@ Only Debian's python3-grpcio and python3-protobuf are used: no C++ code of this 
 the client.
 """
 import array
+import collections
 import json
 import os
 import re
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import grpc
 
 PROTOC = "/usr/bin/protoc"
 GRPC_PYTHON_PLUGIN = "/usr/bin/grpc_python_plugin"
@@ -77,6 +80,72 @@ class Server:
             self.process.kill()
             self.process.wait()
         self.log_file.close()
+
+
+def make_test_certs(source_dir, out_dir):
+    """Throwaway CA, server (127.0.0.1, localhost), client and unrelated CA certificates made by
+    tests/server/make_test_certs.sh with openssl into out_dir; returns out_dir."""
+    subprocess.run(["/bin/sh", os.path.join(source_dir, "tests", "server", "make_test_certs.sh"),
+                    out_dir], check=True)
+    return out_dir
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class _CallDetails(
+        collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                "wait_for_ready", "compression")),
+        grpc.ClientCallDetails):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of a channel (as `rcknn --token`)."""
+
+    def __init__(self, token):
+        self.metadata = ("authorization", "Bearer " + token)
+
+    def _details(self, details):
+        return _CallDetails(details.method, details.timeout,
+                            list(details.metadata or []) + [self.metadata], details.credentials,
+                            getattr(details, "wait_for_ready", None),
+                            getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+def connect(address, tls_ca=None, tls_cert=None, tls_key=None, token=None, options=None):
+    """A channel to rcknn-server with the options of the rcknn tool: tls_ca (PEM path) turns TLS
+    on, tls_cert/tls_key (PEM paths) add the client certificate for mutual TLS, token is sent as
+    `authorization: Bearer <token>` metadata on every call."""
+    options = list(options or [])
+    if tls_ca is None:
+        if tls_cert is not None:
+            raise ValueError("tls_cert needs tls_ca")
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(tls_ca),
+            private_key=_read(tls_key) if tls_key else None,
+            certificate_chain=_read(tls_cert) if tls_cert else None)
+        channel = grpc.secure_channel(address, credentials, options=options)
+    if token:
+        channel = grpc.intercept_channel(channel, _BearerToken(token))
+    return channel
 
 
 def read_array(path, typecode):

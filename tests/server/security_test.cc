@@ -1,0 +1,297 @@
+// TLS, mutual TLS and bearer tokens, against a real in-process server with certificates made at
+// test time by tests/server/make_test_certs.sh (Debian's openssl).
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "client/rcknn_client.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "server/token_auth.h"
+#include "tests/server/server_test_util.h"
+#include "tests/testing/random_points.h"
+
+namespace rcknn::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+class SecurityTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(absl::StrCat(::testing::TempDir(), "rcknn_security_test_", getpid()));
+    const std::string command = absl::StrCat("/bin/sh '", RCKNN_MAKE_TEST_CERTS, "' '", *dir_, "'");
+    ASSERT_EQ(std::system(command.c_str()), 0) << command;
+    WriteFile(Path("tokens"), "# test tokens\n\nadmin-token\n  readonly reader-token  \n");
+  }
+  static void TearDownTestSuite() {
+    std::system(absl::StrCat("rm -rf '", *dir_, "'").c_str());
+    delete dir_;
+  }
+  static std::string Path(const std::string& name) { return absl::StrCat(*dir_, "/", name); }
+
+  // TLS with the test CA's server certificate; `client_ca` requires client certificates.
+  static server::ServerOptions TlsOptions(bool client_ca, bool tokens) {
+    server::ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.metrics_listen_address.clear();
+    options.threads = 2;
+    options.tls_cert_file = Path("server.pem");
+    options.tls_key_file = Path("server.key");
+    if (client_ca) options.tls_client_ca_file = Path("ca.pem");
+    if (tokens) options.auth_token_file = Path("tokens");
+    return options;
+  }
+
+  static std::unique_ptr<server::RcknnServer> Start(const server::ServerOptions& options) {
+    auto started = server::RcknnServer::Start(options);
+    EXPECT_TRUE(started.ok()) << started.status();
+    return started.ok() ? *std::move(started) : nullptr;
+  }
+
+  // A channel trusting `ca` ("ca" or "other_ca"), presenting the client certificate if asked,
+  // sending `token` if not empty.
+  static std::shared_ptr<grpc::Channel> Connect(const server::RcknnServer& server,
+                                                const std::string& ca, bool client_cert,
+                                                const std::string& token = "") {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = ReadFile(Path(ca + ".pem"));
+    if (client_cert) {
+      ssl.pem_cert_chain = ReadFile(Path("client.pem"));
+      ssl.pem_private_key = ReadFile(Path("client.key"));
+    }
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::SslCredentials(ssl);
+    if (!token.empty()) {
+      credentials =
+          grpc::CompositeChannelCredentials(credentials, grpc::AccessTokenCredentials(token));
+    }
+    return grpc::CreateChannel(server.address(), credentials);
+  }
+
+  static grpc::Status List(grpc::Channel& channel) {
+    std::unique_ptr<v1::Rcknn::Stub> stub =
+        v1::Rcknn::NewStub(std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::ListIndexesResponse response;
+    return stub->ListIndexes(&context, v1::ListIndexesRequest(), &response);
+  }
+
+  static std::string* dir_;
+};
+
+std::string* SecurityTest::dir_ = nullptr;
+
+v1::IndexSpec SmallSpec() { return ResidualSpec(2, v1::KERNEL_RBF, 1.0, 1.0, 16); }
+
+TEST_F(SecurityTest, TlsHandshakeAndSearch) {
+  auto server = Start(TlsOptions(/*client_ca=*/false, /*tokens=*/false));
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::Rcknn::NewStub(Connect(*server, "ca", /*client_cert=*/false));
+  const v1::IndexInfo info = CreateReadyIndex(*stub, "tls", SmallSpec(), NormalPoints(200, 2, 5));
+  ASSERT_EQ(info.state(), v1::INDEX_STATE_READY);
+  grpc::ClientContext context;
+  v1::SearchResponse response;
+  ASSERT_TRUE(stub->Search(&context, IdSearch("tls", 5, {0, 1, 2}), &response).ok());
+  EXPECT_EQ(response.neighbor_ids_size(), 15);
+}
+
+TEST_F(SecurityTest, ClientTrustingAnotherCaIsRefused) {
+  auto server = Start(TlsOptions(false, false));
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(List(*Connect(*server, "other_ca", false)).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(SecurityTest, PlaintextClientIsRefused) {
+  auto server = Start(TlsOptions(false, false));
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(List(*grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()))
+                .error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(SecurityTest, MutualTlsNeedsClientCertificate) {
+  auto server = Start(TlsOptions(/*client_ca=*/true, false));
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(List(*Connect(*server, "ca", /*client_cert=*/false)).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(List(*Connect(*server, "ca", /*client_cert=*/true)).ok());
+}
+
+TEST_F(SecurityTest, MissingOrWrongTokenIsUnauthenticated) {
+  auto server = Start(TlsOptions(false, /*tokens=*/true));
+  ASSERT_NE(server, nullptr);
+  const grpc::Status missing = List(*Connect(*server, "ca", false));
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::UNAUTHENTICATED) << missing.error_message();
+  EXPECT_EQ(List(*Connect(*server, "ca", false, "wrong-token")).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(List(*Connect(*server, "ca", false, "admin-toke")).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  // Not the bearer scheme.
+  auto stub = v1::Rcknn::NewStub(Connect(*server, "ca", false));
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "admin-token");
+  v1::ListIndexesResponse response;
+  EXPECT_EQ(stub->ListIndexes(&context, v1::ListIndexesRequest(), &response).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(List(*Connect(*server, "ca", false, "admin-token")).ok());
+}
+
+TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
+  auto server = Start(TlsOptions(false, true));
+  ASSERT_NE(server, nullptr);
+  auto admin = v1::Rcknn::NewStub(Connect(*server, "ca", false, "admin-token"));
+  ASSERT_EQ(CreateReadyIndex(*admin, "ro", SmallSpec(), NormalPoints(200, 2, 6)).state(),
+            v1::INDEX_STATE_READY);
+
+  auto reader = v1::Rcknn::NewStub(Connect(*server, "ca", false, "reader-token"));
+  {
+    grpc::ClientContext context;
+    v1::SearchResponse response;
+    ASSERT_TRUE(reader->Search(&context, IdSearch("ro", 5, {3}), &response).ok());
+    EXPECT_EQ(response.neighbor_ids_size(), 5);
+  }
+  {
+    grpc::ClientContext context;
+    v1::IndexInfo info;
+    v1::GetIndexRequest request;
+    request.set_index_id("ro");
+    EXPECT_TRUE(reader->GetIndex(&context, request, &info).ok());
+  }
+  EXPECT_TRUE(List(*Connect(*server, "ca", false, "reader-token")).ok());
+
+  const grpc::Status create = CreateIndex(*reader, "new", SmallSpec());
+  EXPECT_EQ(create.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(create.error_message(), HasSubstr("read-only"));
+  EXPECT_EQ(UploadPoints(*reader, "ro", NormalPoints(10, 2, 7), 10).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  {
+    grpc::ClientContext context;
+    v1::BuildIndexRequest request;
+    request.set_index_id("ro");
+    v1::IndexInfo info;
+    EXPECT_EQ(reader->BuildIndex(&context, request, &info).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    grpc::ClientContext context;
+    v1::DeleteIndexRequest request;
+    request.set_index_id("ro");
+    v1::DeleteIndexResponse response;
+    EXPECT_EQ(reader->DeleteIndex(&context, request, &response).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+  // The index is still there, and the admin token may delete it.
+  grpc::ClientContext context;
+  v1::DeleteIndexRequest request;
+  request.set_index_id("ro");
+  v1::DeleteIndexResponse response;
+  EXPECT_TRUE(admin->DeleteIndex(&context, request, &response).ok());
+}
+
+TEST_F(SecurityTest, HealthStaysOpenWithoutToken) {
+  auto server = Start(TlsOptions(false, true));
+  ASSERT_NE(server, nullptr);
+  auto health = grpc::health::v1::Health::NewStub(Connect(*server, "ca", false));
+  grpc::ClientContext context;
+  grpc::health::v1::HealthCheckResponse response;
+  ASSERT_TRUE(health->Check(&context, grpc::health::v1::HealthCheckRequest(), &response).ok());
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST_F(SecurityTest, ClientLibrarySendsTlsAndToken) {
+  auto server = Start(TlsOptions(/*client_ca=*/true, /*tokens=*/true));
+  ASSERT_NE(server, nullptr);
+  client::ClientOptions options;
+  options.target = server->address();
+  options.tls = true;
+  options.tls_root_certs = ReadFile(Path("ca.pem"));
+  options.tls_cert_chain = ReadFile(Path("client.pem"));
+  options.tls_private_key = ReadFile(Path("client.key"));
+  options.token = "reader-token";
+  client::RcknnClient reader(options);
+  EXPECT_TRUE(reader.ListIndexes().ok());
+  EXPECT_EQ(reader.DeleteIndex("x").code(), absl::StatusCode::kPermissionDenied);
+  options.token = "nope";
+  EXPECT_EQ(client::RcknnClient(options).ListIndexes().status().code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(SecurityTest, StartUpErrors) {
+  server::ServerOptions options = TlsOptions(false, true);
+  options.auth_token_file = Path("no-such-file");
+  auto missing = server::RcknnServer::Start(options);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr("--auth_token_file"));
+
+  WriteFile(Path("empty_tokens"), "# nothing\n\n");
+  options.auth_token_file = Path("empty_tokens");
+  EXPECT_EQ(server::RcknnServer::Start(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  options = TlsOptions(false, true);
+  options.tls_cert_file.clear();
+  options.tls_key_file.clear();
+  EXPECT_EQ(server::RcknnServer::Start(options).status().code(),
+            absl::StatusCode::kInvalidArgument);  // tokens need TLS
+
+  options = TlsOptions(false, false);
+  options.tls_key_file.clear();
+  EXPECT_EQ(server::RcknnServer::Start(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = TlsOptions(false, false);
+  options.tls_cert_file = Path("no-such-cert.pem");
+  EXPECT_EQ(server::RcknnServer::Start(options).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(TokenFileTest, Format) {
+  auto tokens = server::ParseTokenFile("# c\n\n  a1 \nreadonly r1\n\treadonly\tr2\n");
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  ASSERT_EQ(tokens->size(), 3u);
+  EXPECT_EQ((*tokens)[0].token, "a1");
+  EXPECT_FALSE((*tokens)[0].read_only);
+  EXPECT_EQ((*tokens)[1].token, "r1");
+  EXPECT_TRUE((*tokens)[1].read_only);
+  EXPECT_EQ((*tokens)[2].token, "r2");
+  EXPECT_TRUE((*tokens)[2].read_only);
+  EXPECT_FALSE(server::ParseTokenFile("").ok());
+  EXPECT_FALSE(server::ParseTokenFile("# only\n").ok());
+  EXPECT_THAT(std::string(server::ParseTokenFile("a\nwriter b\n").status().message()),
+              HasSubstr("line 2"));
+  EXPECT_FALSE(server::ParseTokenFile("readonly a b\n").ok());
+}
+
+TEST(TokenFileTest, MethodClasses) {
+  for (const char* method : {"Search", "SearchStream", "GetIndex", "WatchIndex", "ListIndexes"}) {
+    EXPECT_TRUE(server::IsReadOnlyMethod(absl::StrCat("/rcknn.v1.Rcknn/", method))) << method;
+  }
+  for (const char* method : {"CreateIndex", "UploadPoints", "BuildIndex", "DeleteIndex"}) {
+    EXPECT_FALSE(server::IsReadOnlyMethod(absl::StrCat("/rcknn.v1.Rcknn/", method))) << method;
+  }
+  EXPECT_TRUE(server::IsOpenMethod("/grpc.health.v1.Health/Check"));
+  EXPECT_TRUE(
+      server::IsOpenMethod("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
+  EXPECT_FALSE(server::IsOpenMethod("/rcknn.v1.Rcknn/Search"));
+}
+
+}  // namespace
+}  // namespace rcknn::testing
