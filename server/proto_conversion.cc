@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/kernel.h"
 #include "core/residual_correlation.h"
+#include "core/status_macros.h"
 
 namespace rcknn::server {
 namespace {
@@ -66,6 +67,22 @@ absl::Status ValidateIndexId(absl::string_view id, absl::string_view field) {
     if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
       return Invalid(field, "may hold only the characters A-Z a-z 0-9 . _ -");
     }
+  }
+  return absl::OkStatus();
+}
+
+
+absl::Status ValidateSearchRequest(const v1::SearchRequest& request) {
+  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
+  if (request.k() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("k: must be >= 1, got ", request.k()));
+  }
+  const bool by_id = !request.query_ids().empty();
+  const bool by_point = !request.query_points().empty();
+  if (by_id == by_point) {
+    return absl::InvalidArgumentError(
+        by_id ? "query_ids, query_points: both are set; give exactly one"
+              : "query_ids, query_points: neither is set; give exactly one");
   }
   return absl::OkStatus();
 }

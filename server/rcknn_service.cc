@@ -272,16 +272,9 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* RcknnService::Searc
 absl::Status RcknnService::RunSearch(const v1::SearchRequest& request, absl::Time deadline,
                                      const std::function<bool()>& is_cancelled,
                                      v1::SearchResponse* response) {
-  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
+  RETURN_IF_ERROR(ValidateSearchRequest(request));
   const int64_t k = request.k();
-  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("k: must be >= 1, got ", k));
   const bool by_id = !request.query_ids().empty();
-  const bool by_point = !request.query_points().empty();
-  if (by_id == by_point) {
-    return absl::InvalidArgumentError(
-        by_id ? "query_ids, query_points: both are set; give exactly one"
-              : "query_ids, query_points: neither is set; give exactly one");
-  }
   ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(request.index_id()));
   ASSIGN_OR_RETURN(std::shared_ptr<const core::KnnIndex> index, entry->ReadyIndex());
   const int64_t n = index->size();

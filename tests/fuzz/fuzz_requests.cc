@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -191,7 +192,7 @@ void FuzzIndexId(const std::string& id) {
             "accepted id of bad length");
 }
 
-// Search: RunSearch's request checks, core::ValidateQuery against the prebuilt index, and the
+// Search: the handler's request checks (ValidateSearchRequest), core::ValidateQuery against the prebuilt index, and the
 // search itself when the request is accepted and small.
 void FuzzSearch(const v1::SearchRequest& request, int variant) {
   Fixture& fixture = GetFixture();
@@ -199,14 +200,8 @@ void FuzzSearch(const v1::SearchRequest& request, int variant) {
   const int64_t n = index.size();
   const int dimension = index.dimension();
 
-  bool handler_ok = true;
-  if (absl::Status status = server::ValidateIndexId(request.index_id()); !status.ok()) {
-    CheckRejection(status);
-    handler_ok = false;
-  }
-  const bool by_id = !request.query_ids().empty();
-  const bool by_point = !request.query_points().empty();
-  if (request.k() < 1 || by_id == by_point) handler_ok = false;
+  const absl::Status handler_status = server::ValidateSearchRequest(request);
+  if (!handler_status.ok()) CheckRejection(handler_status);
 
   core::QueryBatch batch;
   batch.ids = absl::MakeConstSpan(request.query_ids().data(), request.query_ids().size());
@@ -222,10 +217,11 @@ void FuzzSearch(const v1::SearchRequest& request, int variant) {
               "ValidateQuery rejection is not INVALID_ARGUMENT");
     return;
   }
-  // The handler's own checks are a subset of ValidateQuery's (besides the id).
-  FuzzCheck(request.k() >= 1 && by_id != by_point, "ValidateQuery accepted what RunSearch rejects");
+  // The handler's own checks are a subset of ValidateQuery's, besides the index id.
+  FuzzCheck(handler_status.ok() || absl::StartsWith(handler_status.message(), "index_id"),
+            "ValidateQuery accepted what ValidateSearchRequest rejects");
   const int64_t num_queries = core::NumQueries(batch, dimension);
-  if (!handler_ok || options.k > kMaxSearchK || num_queries > kMaxSearchQueries) return;
+  if (!handler_status.ok() || options.k > kMaxSearchK || num_queries > kMaxSearchQueries) return;
 
   const int64_t size = num_queries * options.k;
   std::vector<int64_t> ids(static_cast<size_t>(size), -2);
