@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "core/status_macros.h"
 #include "tbb/parallel_for.h"
 
 namespace rcknn::core {
@@ -469,6 +471,118 @@ absl::Status CoverTree::CheckInvariants(const MetricSpace& space, double slack) 
                                                   ring.second, "] of node ", c));
         }
       }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace rcknn::core
+
+namespace rcknn::core {
+
+static_assert(sizeof(std::pair<double, double>) == 2 * sizeof(double));
+
+void CoverTree::Save(SnapshotWriter& writer) const {
+  writer.WriteValue<int64_t>(size());
+  writer.WriteValue<double>(base_);
+  writer.WriteVector(point_);
+  writer.WriteVector(level_);
+  writer.WriteVector(max_dist_);
+  writer.WriteVector(parent_dist_);
+  writer.WriteVector(parent_);
+  writer.WriteVector(first_child_);
+  writer.WriteVector(subtree_min_id_);
+  writer.WriteVector(ring_offset_);
+  writer.WriteArray(reinterpret_cast<const double*>(ring_.data()),
+                    2 * static_cast<int64_t>(ring_.size()));
+}
+
+absl::StatusOr<CoverTree> CoverTree::Load(SnapshotReader& reader, int64_t num_points) {
+  int64_t n = 0;
+  CoverTree tree;
+  RETURN_IF_ERROR(reader.ReadValue(&n));
+  if (n != num_points || n < 1) {
+    return reader.Corrupt(
+        absl::StrCat("the tree holds ", n, " points, the index has ", num_points));
+  }
+  RETURN_IF_ERROR(reader.ReadValue(&tree.base_));
+  const uint64_t size = static_cast<uint64_t>(n);
+  RETURN_IF_ERROR(reader.ReadVector(&tree.point_, size));
+  if (tree.point_.size() != size) {
+    return reader.Corrupt(absl::StrCat("tree: ", tree.point_.size(), " nodes for ", n, " points"));
+  }
+  RETURN_IF_ERROR(reader.ReadVector(&tree.level_, size));
+  RETURN_IF_ERROR(reader.ReadVector(&tree.max_dist_, size));
+  RETURN_IF_ERROR(reader.ReadVector(&tree.parent_dist_, size));
+  RETURN_IF_ERROR(reader.ReadVector(&tree.parent_, size));
+  RETURN_IF_ERROR(reader.ReadVector(&tree.first_child_, size + 1));
+  RETURN_IF_ERROR(reader.ReadVector(&tree.subtree_min_id_, size));
+  RETURN_IF_ERROR(reader.ReadVector(&tree.ring_offset_, size + 1));
+  std::vector<double> ring;
+  RETURN_IF_ERROR(reader.ReadVector(&ring));
+  if (ring.size() % 2 != 0) return reader.Corrupt("the tree's ring array has an odd length");
+  tree.ring_.resize(ring.size() / 2);
+  std::memcpy(static_cast<void*>(tree.ring_.data()), ring.data(), ring.size() * sizeof(double));
+  RETURN_IF_ERROR(tree.CheckStructure(reader));
+  return tree;
+}
+
+absl::Status CoverTree::CheckStructure(const SnapshotReader& reader) const {
+  const int64_t n = static_cast<int64_t>(point_.size());
+  auto bad = [&](absl::string_view what) { return reader.Corrupt(absl::StrCat("tree: ", what)); };
+  if (!std::isfinite(base_) || base_ <= 1.0) return bad(absl::StrCat("base ", base_));
+  for (size_t size : {level_.size(), max_dist_.size(), parent_dist_.size(), parent_.size(),
+                      subtree_min_id_.size()}) {
+    if (static_cast<int64_t>(size) != n) return bad("arrays of different lengths");
+  }
+  if (static_cast<int64_t>(first_child_.size()) != n + 1 ||
+      static_cast<int64_t>(ring_offset_.size()) != n + 1) {
+    return bad("offset arrays of the wrong length");
+  }
+  std::vector<char> seen(n, 0);
+  for (int64_t node = 0; node < n; ++node) {
+    const int64_t id = point_[node];
+    if (id < 0 || id >= n || seen[id]) return bad(absl::StrCat("id ", id, " at node ", node));
+    seen[id] = 1;
+    if (!(max_dist_[node] >= 0.0) || !std::isfinite(max_dist_[node]) ||
+        !(parent_dist_[node] >= 0.0) || !std::isfinite(parent_dist_[node])) {
+      return bad(absl::StrCat("node ", node, ": bad distance bound"));
+    }
+  }
+  if (first_child_[0] != std::min<int64_t>(1, n) || first_child_[n] != n || parent_[0] != -1) {
+    return bad("child ranges do not cover nodes 1..n-1");
+  }
+  for (int64_t node = 0; node < n; ++node) {
+    const int64_t begin = first_child_[node];
+    const int64_t end = first_child_[node + 1];
+    if (begin <= node || end < begin || end > n) {
+      return bad(absl::StrCat("node ", node, ": child range [", begin, ", ", end, ")"));
+    }
+    for (int64_t c = begin; c < end; ++c) {
+      if (parent_[c] != node) return bad(absl::StrCat("node ", c, ": wrong parent"));
+      if (level_[c] >= level_[node]) return bad(absl::StrCat("node ", c, ": level not below"));
+    }
+  }
+  if (ring_offset_[0] != 0 || ring_offset_[n] != static_cast<int64_t>(ring_.size())) {
+    return bad("ring offsets do not match the rings");
+  }
+  std::vector<int64_t> depth(n, 0);
+  for (int64_t node = 0; node < n; ++node) {
+    if (node > 0) depth[node] = depth[parent_[node]] + 1;
+    if (ring_offset_[node + 1] - ring_offset_[node] != depth[node]) {
+      return bad(absl::StrCat("node ", node, ": ring count differs from its depth"));
+    }
+  }
+  for (const auto& [lo, hi] : ring_) {
+    if (!std::isfinite(lo) || !std::isfinite(hi) || lo > hi) return bad("a ring is not an interval");
+  }
+  std::vector<int64_t> min_id(point_.begin(), point_.end());
+  for (int64_t node = n - 1; node > 0; --node) {
+    min_id[parent_[node]] = std::min(min_id[parent_[node]], min_id[node]);
+  }
+  for (int64_t node = 0; node < n; ++node) {
+    if (subtree_min_id_[node] != min_id[node]) {
+      return bad(absl::StrCat("node ", node, ": wrong subtree minimum id"));
     }
   }
   return absl::OkStatus();

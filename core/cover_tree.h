@@ -33,6 +33,7 @@
 #include "core/cancellation.h"
 #include "core/metric_space.h"
 #include "core/residual_correlation.h"
+#include "core/snapshot_file.h"
 #include "tbb/task_arena.h"
 
 namespace rcknn::core {
@@ -54,6 +55,14 @@ class CoverTree {
                                          tbb::task_arena* arena = nullptr,
                                          const Cancellation* cancellation = nullptr,
                                          const ProgressCallback& progress = nullptr);
+
+  // Appends the tree's arrays to `writer`.
+  void Save(SnapshotWriter& writer) const;
+  // Reads a tree written by Save() for a space of `num_points` points and checks its structure
+  // (array sizes, every id once, child ranges, parents, levels, depths, subtree minimum ids,
+  // finite non-negative bounds): DATA_LOSS naming the first defect. Distances are not
+  // re-measured: the caller checks that the space is the one the tree was built over.
+  static absl::StatusOr<CoverTree> Load(SnapshotReader& reader, int64_t num_points);
 
   int64_t size() const { return static_cast<int64_t>(point_.size()); }
   double base() const { return base_; }
@@ -87,6 +96,7 @@ class CoverTree {
 
  private:
   void ComputeRings(const MetricSpace& space);
+  absl::Status CheckStructure(const SnapshotReader& reader) const;
 
   double base_ = 2.0;
   std::vector<int64_t> point_;           // node -> stored id

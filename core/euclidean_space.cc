@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/snapshot_file.h"
 
 namespace rcknn::core {
 
@@ -70,6 +71,10 @@ void EuclideanSpace::RowToIds(const PointRows& rows, int64_t row, absl::Span<con
                               double* out) const {
   const auto a = rows.features.row(row);
   for (size_t j = 0; j < ids.size(); ++j) out[j] = (a - points_.row(ids[j])).norm();
+}
+
+uint64_t EuclideanSpace::Fingerprint() const {
+  return core::Fingerprint(points_.data(), points_.size() * sizeof(double), points_.cols());
 }
 
 }  // namespace rcknn::core

@@ -17,6 +17,7 @@ class EuclideanSpace final : public MetricSpace {
   int64_t size() const override { return points_.rows(); }
   int dimension() const override { return static_cast<int>(points_.cols()); }
   int64_t cost_per_distance() const override { return points_.cols(); }
+  uint64_t Fingerprint() const override;
   int64_t memory_bytes() const override {
     return static_cast<int64_t>((points_.size() + by_dim_.size()) * sizeof(double));
   }

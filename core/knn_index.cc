@@ -1,5 +1,8 @@
 #include "core/knn_index.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/brute_force_knn.h"
@@ -8,10 +11,9 @@
 
 namespace rcknn::core {
 
-absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Build(const IndexSpec& spec, IndexData data,
-                                                          tbb::task_arena* arena,
-                                                          const Cancellation* cancellation,
-                                                          const ProgressCallback& progress) {
+namespace {
+
+absl::Status CheckShape(const IndexSpec& spec, const IndexData& data) {
   if (spec.dimension < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("dimension must be >= 1, got ", spec.dimension));
@@ -21,35 +23,47 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Build(const IndexSpec& spec,
                                                    " coordinates, the spec says ",
                                                    spec.dimension));
   }
+  return absl::OkStatus();
+}
+
+bool ComputesFactors(const IndexSpec& spec) {
+  return spec.metric == Metric::kResidualCorrelation && !spec.factors_supplied;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MetricSpace>> KnnIndex::MakeSpace(
+    const IndexSpec& spec, IndexData data, tbb::task_arena* arena,
+    const ProgressCallback& progress) {
+  switch (spec.metric) {
+    case Metric::kResidualCorrelation:
+      if (spec.factors_supplied) {
+        return ResidualSpace::FromFactors(std::move(data.points), spec.residual.kernel,
+                                          std::move(data.factors),
+                                          std::move(data.residual_variances));
+      }
+      return ResidualSpace::Create(std::move(data.points), spec.residual, arena, progress);
+    case Metric::kEuclidean:
+      return EuclideanSpace::Create(std::move(data.points));
+  }
+  return absl::InvalidArgumentError("metric: unknown metric");
+}
+
+absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Build(const IndexSpec& spec, IndexData data,
+                                                          tbb::task_arena* arena,
+                                                          const Cancellation* cancellation,
+                                                          const ProgressCallback& progress) {
+  RETURN_IF_ERROR(CheckShape(spec, data));
   BuildTimings timings;
-  const bool computes_factors =
-      spec.metric == Metric::kResidualCorrelation && !spec.factors_supplied;
-  const double factor_share = computes_factors ? 0.5 : 0.0;
+  const double factor_share = ComputesFactors(spec) ? 0.5 : 0.0;
   auto report = [&](double fraction) {
     if (progress) progress(fraction);
   };
-  std::unique_ptr<MetricSpace> space;
   const absl::Time start = absl::Now();
-  switch (spec.metric) {
-    case Metric::kResidualCorrelation: {
-      if (spec.factors_supplied) {
-        ASSIGN_OR_RETURN(space, ResidualSpace::FromFactors(
-                                    std::move(data.points), spec.residual.kernel,
-                                    std::move(data.factors), std::move(data.residual_variances)));
-      } else {
-        ASSIGN_OR_RETURN(space, ResidualSpace::Create(std::move(data.points), spec.residual, arena,
-                                                      [&](double f) { report(f * factor_share); }));
-      }
-      break;
-    }
-    case Metric::kEuclidean: {
-      ASSIGN_OR_RETURN(space, EuclideanSpace::Create(std::move(data.points)));
-      break;
-    }
-    default:
-      return absl::InvalidArgumentError("metric: unknown metric");
-  }
-  timings.factor_seconds = computes_factors ? absl::ToDoubleSeconds(absl::Now() - start) : 0.0;
+  ASSIGN_OR_RETURN(std::unique_ptr<MetricSpace> space,
+                   MakeSpace(spec, std::move(data), arena,
+                             [&](double f) { report(f * factor_share); }));
+  timings.factor_seconds = ComputesFactors(spec) ? absl::ToDoubleSeconds(absl::Now() - start) : 0.0;
   RETURN_IF_ERROR(CheckCancelled(cancellation));
   const absl::Time tree_start = absl::Now();
   ASSIGN_OR_RETURN(CoverTree tree,
@@ -58,6 +72,74 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Build(const IndexSpec& spec,
                    }));
   timings.tree_seconds = absl::ToDoubleSeconds(absl::Now() - tree_start);
   report(1.0);
+  return std::unique_ptr<KnnIndex>(
+      new KnnIndex(spec, std::move(space), std::move(tree), timings));
+}
+
+int64_t KnnIndex::EstimateBuildBytes(const IndexSpec& spec, int64_t n) {
+  const double points = static_cast<double>(n);
+  const double d = spec.dimension;
+  double bytes = 0.0;
+  if (spec.metric == Metric::kResidualCorrelation) {
+    double m = 0.0;
+    if (!spec.factors_supplied) {
+      m = spec.residual.inducing_points.has_value()
+              ? static_cast<double>(spec.residual.inducing_points->rows())
+              : static_cast<double>(spec.residual.inducing_count);
+    }
+    // V (computed), p and 1/sqrt(p), coordinates twice scaled and once as given.
+    bytes = points * (8.0 * m + 16.0 + 24.0 * d);
+  } else {
+    bytes = points * 16.0 * d;
+  }
+  // Tree: ~68 bytes of arrays per node, 16 per ring, one ring per ancestor; plus the build's
+  // scratch, of the same order as the arrays.
+  const double depth = std::log(std::max(points, 2.0)) / std::log(std::max(spec.tree.base, 1.01)) + 16.0;
+  bytes += points * (2.0 * 68.0 + 16.0 * depth);
+  return static_cast<int64_t>(std::min(bytes, 9.0e18));
+}
+
+void KnnIndex::Save(SnapshotWriter& writer) const {
+  writer.WriteValue<double>(timings_.factor_seconds);
+  writer.WriteValue<double>(timings_.tree_seconds);
+  writer.WriteValue<int64_t>(space_->size());
+  writer.WriteValue<uint64_t>(space_->Fingerprint());
+  tree_.Save(writer);
+}
+
+absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Restore(const IndexSpec& spec,
+                                                            IndexData data,
+                                                            SnapshotReader& reader,
+                                                            tbb::task_arena* arena,
+                                                            const Cancellation* cancellation,
+                                                            const ProgressCallback& progress) {
+  RETURN_IF_ERROR(CheckShape(spec, data));
+  BuildTimings timings;
+  int64_t size = 0;
+  uint64_t fingerprint = 0;
+  RETURN_IF_ERROR(reader.ReadValue(&timings.factor_seconds));
+  RETURN_IF_ERROR(reader.ReadValue(&timings.tree_seconds));
+  RETURN_IF_ERROR(reader.ReadValue(&size));
+  RETURN_IF_ERROR(reader.ReadValue(&fingerprint));
+  if (size != data.points.rows()) {
+    return reader.Corrupt(absl::StrCat("the saved index holds ", size, " points, the data ",
+                                       data.points.rows()));
+  }
+  ASSIGN_OR_RETURN(CoverTree tree, CoverTree::Load(reader, size));
+  RETURN_IF_ERROR(reader.Finish());
+  if (tree.base() != spec.tree.base) {
+    return reader.Corrupt(absl::StrCat("the saved tree has base ", tree.base(), ", the spec ",
+                                       spec.tree.base));
+  }
+  RETURN_IF_ERROR(CheckCancelled(cancellation));
+  ASSIGN_OR_RETURN(std::unique_ptr<MetricSpace> space,
+                   MakeSpace(spec, std::move(data), arena, progress));
+  if (space->Fingerprint() != fingerprint) {
+    return reader.Corrupt(
+        "the saved tree was built over a different metric space (other points, or factors that "
+        "this machine computes differently); rebuild the index");
+  }
+  if (progress) progress(1.0);
   return std::unique_ptr<KnnIndex>(
       new KnnIndex(spec, std::move(space), std::move(tree), timings));
 }

@@ -15,6 +15,7 @@
 #include "core/knn_search.h"
 #include "core/metric_space.h"
 #include "core/residual_correlation.h"
+#include "core/snapshot_file.h"
 #include "core/traversal_stats.h"
 #include "tbb/task_arena.h"
 
@@ -55,6 +56,25 @@ class KnnIndex {
                                                          const Cancellation* cancellation = nullptr,
                                                          const ProgressCallback& progress = nullptr);
 
+  // Bytes that Build(spec, data) allocates for n points beyond `data` itself, estimated from
+  // above (the tree's depth is not known in advance; it is taken as log_base(n) + 16).
+  static int64_t EstimateBuildBytes(const IndexSpec& spec, int64_t n);
+
+  // Appends what Restore() needs besides the spec and the data: the build timings, the metric
+  // space's fingerprint and the tree.
+  void Save(SnapshotWriter& writer) const;
+
+  // The index that Build(spec, data) made and Save() wrote, without building the tree again:
+  // reads the rest of `reader` and checks it (SnapshotReader::Finish) first, then computes the
+  // metric space from `data` as Build() does (V and p for computed factors) and adopts the saved
+  // tree. DATA_LOSS if the file is corrupt or the space's fingerprint differs from the saved one
+  // (other points, or factors that came out differently on this machine); otherwise the errors
+  // of Build(). The restored index answers every query exactly as the saved one did.
+  static absl::StatusOr<std::unique_ptr<KnnIndex>> Restore(
+      const IndexSpec& spec, IndexData data, SnapshotReader& reader,
+      tbb::task_arena* arena = nullptr, const Cancellation* cancellation = nullptr,
+      const ProgressCallback& progress = nullptr);
+
   // Exact k-NN (the tree with its scan fall-back). Contract of BruteForceKnn.
   absl::Status Search(const QueryBatch& queries, const KnnOptions& options, tbb::task_arena* arena,
                       const Cancellation* cancellation, int64_t* out_ids, double* out_distances,
@@ -75,6 +95,12 @@ class KnnIndex {
   const CoverTree& tree() const { return tree_; }
 
  private:
+  // The metric space of `spec` over `data`; `progress` covers this part only.
+  static absl::StatusOr<std::unique_ptr<MetricSpace>> MakeSpace(const IndexSpec& spec,
+                                                                IndexData data,
+                                                                tbb::task_arena* arena,
+                                                                const ProgressCallback& progress);
+
   KnnIndex(IndexSpec spec, std::unique_ptr<MetricSpace> space, CoverTree tree,
            BuildTimings timings)
       : spec_(std::move(spec)),

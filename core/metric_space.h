@@ -47,6 +47,9 @@ class MetricSpace {
   // Multiply-adds one distance costs, roughly (m for the residual metric, d for Euclidean).
   virtual int64_t cost_per_distance() const = 0;
   virtual int64_t memory_bytes() const = 0;
+  // A checksum of everything the distances depend on (points and derived arrays, bit for bit):
+  // equal fingerprints mean equal distances, which is what lets a saved tree be trusted.
+  virtual uint64_t Fingerprint() const = 0;
 
   // Rows for stored points. Every id must be in [0, size()).
   virtual PointRows Gather(absl::Span<const int64_t> ids) const = 0;

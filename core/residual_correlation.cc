@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/random.h"
+#include "core/snapshot_file.h"
 #include "core/status_macros.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
@@ -390,6 +391,19 @@ void ResidualSpace::RowToIds(const PointRows& rows, int64_t row, absl::Span<cons
     out[j] = a.dot(v_.row(ids[j]));
   }
   FinishRow(rows, row, ids.data(), 0, count, r2, out);
+}
+
+uint64_t ResidualSpace::Fingerprint() const {
+  // The kernel enters every distance, also where V and p were supplied rather than computed.
+  const KernelSpec& kernel = kernel_.spec();
+  const uint32_t type = static_cast<uint32_t>(kernel.type);
+  uint64_t hash = core::Fingerprint(&type, sizeof(type), static_cast<uint64_t>(v_.cols()));
+  hash = core::Fingerprint(&kernel.variance, sizeof(double), hash);
+  hash = core::Fingerprint(kernel.lengthscales.data(),
+                           kernel.lengthscales.size() * sizeof(double), hash);
+  hash = core::Fingerprint(points_.data(), points_.size() * sizeof(double), hash);
+  hash = core::Fingerprint(v_.data(), v_.size() * sizeof(double), hash);
+  return core::Fingerprint(p_.data(), p_.size() * sizeof(double), hash);
 }
 
 }  // namespace rcknn::core

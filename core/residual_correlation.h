@@ -77,6 +77,7 @@ class ResidualSpace final : public MetricSpace {
   int dimension() const override { return kernel_.dimension(); }
   int64_t cost_per_distance() const override { return v_.cols() + kernel_.dimension(); }
   int64_t memory_bytes() const override;
+  uint64_t Fingerprint() const override;
 
   PointRows Gather(absl::Span<const int64_t> ids) const override;
   absl::StatusOr<PointRows> Prepare(const double* points, int64_t num) const override;

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config
-  libeigen3-dev libtbb-dev libabsl-dev
+  libeigen3-dev libtbb-dev libabsl-dev libxxhash-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev

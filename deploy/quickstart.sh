@@ -3,7 +3,9 @@
 # starts rcknn-server on 127.0.0.1:50051 and shows the main job end to end with the `rcknn` tool:
 # a gold-like data set (32,768 points, d = 3, RBF) is generated, uploaded and built, every point
 # gets its 50 most correlated predecessors (the Vecchia neighbour sets), and the server then
-# keeps running in the foreground until Ctrl-C (which shuts it down gracefully).
+# keeps running in the foreground until Ctrl-C (which shuts it down gracefully). Indexes are
+# persisted in rcknn-data/ at the top of the repository: a second run finds the demo index
+# restored from there, says so, and replaces it with a fresh one.
 #
 # Usage: deploy/quickstart.sh
 set -euo pipefail
@@ -32,7 +34,7 @@ trap cleanup EXIT
 
 echo
 echo "== starting rcknn-server on $listen"
-"$server" --listen="$listen" &
+"$server" --listen="$listen" --data_dir="$root/rcknn-data" &
 server_pid=$!
 for _ in $(seq 1 100); do
   "${rcknn[@]}" list >/dev/null 2>&1 && break
@@ -43,6 +45,10 @@ done
 echo
 echo "== a gold-like data set: 32,768 points in 3-D, N(0,1)"
 "${rcknn[@]}" gen --n=32768 --dim=3 --seed=1 --output="$work/points.f64"
+if "${rcknn[@]}" status --index=gold 2>/dev/null; then
+  echo "== index gold is back from rcknn-data/ (above); the demo replaces it"
+  "${rcknn[@]}" delete --index=gold
+fi
 echo
 echo "== create: residual correlation, RBF kernel (variance 1, lengthscale 1), 512 inducing points"
 "${rcknn[@]}" create --index=gold --dim=3 --kernel=rbf --variance=1 --lengthscale=1 --inducing=512

@@ -45,38 +45,60 @@ int64_t IndexEntry::factor_columns() const {
   return loading_.factor_columns;
 }
 
-absl::StatusOr<int64_t> IndexEntry::Append(PointBatch batch, int64_t max_points) {
+absl::StatusOr<int64_t> IndexEntry::Append(PointBatch batch, int64_t max_points,
+                                           const PersistUpload& persist,
+                                           MemoryReservation memory) {
+  absl::MutexLock write_lock(&write_mutex_);
+  int64_t sequence = 0;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
+    if (state_ != IndexState::kLoading) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("index ", id_, " is ", IndexStateName(state_),
+                       "; points can only be uploaded before BuildIndex"));
+    }
+    if (batch.num_points > max_points - num_points_) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("index ", id_, " would hold ", num_points_ + batch.num_points,
+                       " points, over the limit --max_points_per_index = ", max_points));
+    }
+    if (batch.factor_columns != 0 && loading_.factor_columns != 0 &&
+        batch.factor_columns != loading_.factor_columns) {
+      return absl::InvalidArgumentError(absl::StrCat("factors: rows of ", batch.factor_columns,
+                                                     " values, but earlier uploads had ",
+                                                     loading_.factor_columns));
+    }
+    if (batch.num_points == 0) return num_points_;
+    sequence = uploads_ + 1;
+  }
+  // Outside mutex_ (GetIndex must not wait on the disk); write_mutex_ keeps the state LOADING
+  // and the upload number free.
+  if (persist) {
+    if (absl::Status status = persist(batch, sequence); !status.ok()) return status;
+  }
   absl::MutexLock lock(&mutex_);
   if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
-  if (state_ != IndexState::kLoading) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("index ", id_, " is ", IndexStateName(state_),
-                     "; points can only be uploaded before BuildIndex"));
-  }
-  if (batch.num_points > max_points - num_points_) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("index ", id_, " would hold ", num_points_ + batch.num_points,
-                     " points, over the limit --max_points_per_index = ", max_points));
-  }
-  if (batch.factor_columns != 0 && loading_.factor_columns != 0 &&
-      batch.factor_columns != loading_.factor_columns) {
-    return absl::InvalidArgumentError(absl::StrCat("factors: rows of ", batch.factor_columns,
-                                                   " values, but earlier uploads had ",
-                                                   loading_.factor_columns));
-  }
-  if (batch.num_points == 0) return num_points_;
   if (batch.factor_columns != 0) loading_.factor_columns = batch.factor_columns;
   AppendVector(loading_.coordinates, batch.coordinates);
   AppendVector(loading_.factors, batch.factors);
   AppendVector(loading_.residual_variances, batch.residual_variances);
   loading_.num_points += batch.num_points;
   num_points_ = loading_.num_points;
+  uploads_ = sequence;
+  memory_.Absorb(std::move(memory));
   ++version_;
   return num_points_;
 }
 
+int64_t IndexEntry::uploads() const {
+  absl::MutexLock lock(&mutex_);
+  return uploads_;
+}
+
 absl::StatusOr<core::IndexData> IndexEntry::BeginBuild(
     const std::function<absl::Status(int64_t num_points)>& check) {
+  absl::MutexLock write_lock(&write_mutex_);
   absl::MutexLock lock(&mutex_);
   if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
   if (state_ != IndexState::kLoading) {
@@ -113,17 +135,31 @@ void IndexEntry::SetBuildProgress(double fraction) {
   }
 }
 
-void IndexEntry::FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> index) {
+void IndexEntry::FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> index,
+                             double build_seconds) {
   absl::MutexLock lock(&mutex_);
-  build_seconds_ = absl::ToDoubleSeconds(absl::Now() - build_start_);
+  build_seconds_ = build_seconds >= 0.0 ? build_seconds
+                                        : absl::ToDoubleSeconds(absl::Now() - build_start_);
   if (index.ok()) {
     index_ = std::shared_ptr<const core::KnnIndex>(std::move(index).value());
     state_ = IndexState::kReady;
     build_progress_.store(1.0);
+    memory_.Resize(index_->memory_bytes());
   } else {
     error_ = index.status().ToString();
     state_ = IndexState::kFailed;
+    memory_.Release();
   }
+  ++version_;
+}
+
+void IndexEntry::MarkFailed(const absl::Status& error) {
+  absl::MutexLock lock(&mutex_);
+  error_ = error.ToString();
+  state_ = IndexState::kFailed;
+  loading_ = PointBatch();
+  index_.reset();
+  memory_.Release();
   ++version_;
 }
 
@@ -139,7 +175,7 @@ absl::StatusOr<std::shared_ptr<const core::KnnIndex>> IndexEntry::ReadyIndex() c
       hint = "wait for INDEX_STATE_READY (WatchIndex)";
       break;
     default:
-      hint = absl::StrCat("its build failed: ", error_);
+      hint = absl::StrCat("it failed: ", error_);
       break;
   }
   return absl::FailedPreconditionError(
@@ -164,6 +200,9 @@ IndexSnapshot IndexEntry::Snapshot() const {
                                 loading_.residual_variances.size()) *
                                sizeof(double));
       break;
+    case IndexState::kBuilding:
+      snapshot.memory_bytes = memory_.bytes();
+      break;
     case IndexState::kReady: {
       snapshot.memory_bytes = index_->memory_bytes();
       snapshot.timings = index_->timings();
@@ -185,11 +224,21 @@ void IndexEntry::AwaitChange(uint64_t version, absl::Duration timeout) const {
   mutex_.AwaitWithTimeout(absl::Condition(&changed), timeout);
 }
 
+absl::Status IndexEntry::RunWrite(const std::function<absl::Status()>& write,
+                                  bool even_if_deleted) {
+  absl::MutexLock write_lock(&write_mutex_);
+  if (!even_if_deleted && deleted()) {
+    return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
+  }
+  return write();
+}
+
 void IndexEntry::MarkDeleted() {
   build_cancellation_.Cancel();
   absl::MutexLock lock(&mutex_);
   deleted_ = true;
   loading_ = PointBatch();
+  memory_.Release();
   ++version_;
 }
 
@@ -198,12 +247,12 @@ bool IndexEntry::deleted() const {
   return deleted_;
 }
 
-absl::Status IndexRegistry::Add(std::shared_ptr<IndexEntry> entry) {
+absl::Status IndexRegistry::Add(std::shared_ptr<IndexEntry> entry, bool enforce_limit) {
   absl::MutexLock lock(&mutex_);
   if (entries_.contains(entry->id())) {
     return absl::AlreadyExistsError(absl::StrCat("index ", entry->id(), " already exists"));
   }
-  if (static_cast<int64_t>(entries_.size()) >= max_indexes_) {
+  if (enforce_limit && static_cast<int64_t>(entries_.size()) >= max_indexes_) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the server holds ", entries_.size(),
                      " indexes, the limit --max_indexes = ", max_indexes_, "; delete one first"));

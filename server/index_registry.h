@@ -26,6 +26,7 @@
 #include "core/cancellation.h"
 #include "core/knn_index.h"
 #include "rcknn/v1/rcknn.pb.h"
+#include "server/memory_budget.h"
 
 namespace rcknn::server {
 
@@ -68,11 +69,21 @@ class IndexEntry {
   // Columns of the factor rows uploaded so far (0 before the first factors arrive).
   int64_t factor_columns() const;
 
+  // Makes an upload durable before it is applied: called with the batch and its upload number
+  // (1, 2, ...); an error refuses the upload.
+  using PersistUpload = std::function<absl::Status(const PointBatch& batch, int64_t sequence)>;
+
   // Appends a whole upload stream. FAILED_PRECONDITION unless LOADING; NOT_FOUND once deleted;
   // INVALID_ARGUMENT if its factor rows are not as long as earlier ones; RESOURCE_EXHAUSTED
-  // naming --max_points_per_index if the total would exceed `max_points`. On error nothing
-  // changes. Returns the new total.
-  absl::StatusOr<int64_t> Append(PointBatch batch, int64_t max_points);
+  // naming --max_points_per_index if the total would exceed `max_points`; the error of
+  // `persist`. On error nothing changes. On success the entry takes over `memory` (the bytes
+  // reserved for the batch) and returns the new total. Uploads and BeginBuild of one entry are
+  // serialised, so upload numbers follow the order in which uploads are applied.
+  absl::StatusOr<int64_t> Append(PointBatch batch, int64_t max_points,
+                                 const PersistUpload& persist = nullptr,
+                                 MemoryReservation memory = {});
+  // Uploads applied so far (the number of the last one).
+  int64_t uploads() const;
 
   // LOADING -> BUILDING, handing over the uploaded data. FAILED_PRECONDITION unless LOADING or
   // without points; NOT_FOUND once deleted; the error of `check` (called with the number of
@@ -81,8 +92,13 @@ class IndexEntry {
       const std::function<absl::Status(int64_t num_points)>& check = nullptr);
   // Any thread, any number of times during the build.
   void SetBuildProgress(double fraction);
-  // BUILDING -> READY with `index`, or FAILED with its error.
-  void FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> index);
+  // BUILDING -> READY with `index`, or FAILED with its error. The entry's memory becomes the
+  // index's (nothing on failure). `build_seconds`, if >= 0, is reported instead of the time since
+  // BeginBuild (an index restored from disk reports its original build).
+  void FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> index,
+                   double build_seconds = -1.0);
+  // Any state -> FAILED with `error` (an index whose files could not be read).
+  void MarkFailed(const absl::Status& error);
 
   // The built index; FAILED_PRECONDITION naming the state if it is not READY.
   absl::StatusOr<std::shared_ptr<const core::KnnIndex>> ReadyIndex() const;
@@ -95,6 +111,10 @@ class IndexEntry {
   const core::Cancellation* build_cancellation() const { return &build_cancellation_; }
   void CancelBuild() { build_cancellation_.Cancel(); }
 
+  // Runs `write` (a change to the entry's files) while no upload or build start of the entry
+  // runs. NOT_FOUND without running it once the entry is deleted, unless `even_if_deleted`.
+  absl::Status RunWrite(const std::function<absl::Status()>& write, bool even_if_deleted = false);
+
   // Called by the registry when the entry is removed: pending uploads and builds stop.
   void MarkDeleted();
   bool deleted() const;
@@ -106,11 +126,15 @@ class IndexEntry {
   core::Cancellation build_cancellation_;
   std::atomic<double> build_progress_{0.0};
 
+  // Held by Append and BeginBuild around the whole step, including the disk write.
+  absl::Mutex write_mutex_ ABSL_ACQUIRED_BEFORE(mutex_);
   mutable absl::Mutex mutex_;
   IndexState state_ ABSL_GUARDED_BY(mutex_) = IndexState::kLoading;
   bool deleted_ ABSL_GUARDED_BY(mutex_) = false;
   uint64_t version_ ABSL_GUARDED_BY(mutex_) = 0;
   int64_t num_points_ ABSL_GUARDED_BY(mutex_) = 0;
+  int64_t uploads_ ABSL_GUARDED_BY(mutex_) = 0;
+  MemoryReservation memory_ ABSL_GUARDED_BY(mutex_);
   PointBatch loading_ ABSL_GUARDED_BY(mutex_);  // LOADING: everything uploaded
   absl::Time build_start_ ABSL_GUARDED_BY(mutex_);
   double build_seconds_ ABSL_GUARDED_BY(mutex_) = 0.0;
@@ -123,8 +147,9 @@ class IndexRegistry {
  public:
   explicit IndexRegistry(int64_t max_indexes) : max_indexes_(max_indexes) {}
 
-  // ALREADY_EXISTS for a taken id; RESOURCE_EXHAUSTED naming --max_indexes when full.
-  absl::Status Add(std::shared_ptr<IndexEntry> entry);
+  // ALREADY_EXISTS for a taken id; RESOURCE_EXHAUSTED naming --max_indexes when full (unless
+  // `enforce_limit` is false: indexes found on disk at start-up are all loaded).
+  absl::Status Add(std::shared_ptr<IndexEntry> entry, bool enforce_limit = true);
   // NOT_FOUND naming the id.
   absl::StatusOr<std::shared_ptr<IndexEntry>> Get(absl::string_view id) const;
   // Removes the entry, marks it deleted (its build is cancelled) and returns it. NOT_FOUND.

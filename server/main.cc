@@ -49,6 +49,13 @@ ABSL_FLAG(std::string, auth_token_file, kDefaults.auth_token_file,
           "file of bearer tokens, one per line (`readonly <token>`: read-only; blank lines and # "
           "comments ignored), read at start-up: every call but health checks and reflection "
           "needs `authorization: Bearer <token>`; needs --tls_cert; empty: no token check");
+ABSL_FLAG(std::string, data_dir, "./rcknn-data",
+          "directory where indexes are persisted (spec, uploads, built tree; checksummed, "
+          "written atomically) and reloaded from at start-up; empty: keep indexes in memory only");
+ABSL_FLAG(int64_t, max_memory_bytes, kDefaults.max_memory_bytes,
+          "most bytes of uploaded points, indexes, builds and search answers held at once; "
+          "uploads, builds and searches over it are refused with RESOURCE_EXHAUSTED; 0: 80% of "
+          "physical memory");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
 
 int main(int argc, char** argv) {
@@ -82,6 +89,8 @@ int main(int argc, char** argv) {
   options.max_indexes = absl::GetFlag(FLAGS_max_indexes);
   options.max_queries_per_search = absl::GetFlag(FLAGS_max_queries_per_search);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

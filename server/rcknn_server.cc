@@ -1,5 +1,7 @@
 #include "server/rcknn_server.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -45,6 +47,11 @@ absl::Status ValidateOptions(const ServerOptions& options) {
         {"slice_queries", options.slice_queries},
         {"max_queries_per_search", options.max_queries_per_search}}) {
     if (absl::Status status = positive(flag, value); !status.ok()) return status;
+  }
+  if (options.max_memory_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_memory_bytes must be >= 0 (0: 80% of physical memory), got ",
+        options.max_memory_bytes));
   }
   if (options.shutdown_grace < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--shutdown_grace must not be negative");
@@ -128,6 +135,14 @@ std::string WithPort(const std::string& listen, int port) {
 
 }  // namespace
 
+int64_t ResolveMemoryLimit(int64_t requested) {
+  if (requested > 0) return requested;
+  const int64_t pages = ::sysconf(_SC_PHYS_PAGES);
+  const int64_t page_bytes = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_bytes <= 0) return std::numeric_limits<int64_t>::max();
+  return static_cast<int64_t>(0.8 * static_cast<double>(pages) * static_cast<double>(page_bytes));
+}
+
 int ResolveThreads(int requested) {
   return requested > 0 ? requested : std::max(1, tbb::info::default_concurrency());
 }
@@ -154,11 +169,22 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
     const std::vector<int> ports = server->exposer_->GetListeningPorts();
     server->metrics_port_ = ports.empty() ? 0 : ports.front();
   }
+  server->budget_ = std::make_unique<MemoryBudget>(ResolveMemoryLimit(options.max_memory_bytes));
+  if (!options.data_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<IndexStore>> store = IndexStore::Open(options.data_dir);
+    if (!store.ok()) return store.status();
+    server->store_ = *std::move(store);
+  }
   server->pool_ = std::make_unique<QueryPool>(server->threads_, options.slice_queries);
   metrics->SetPoolThreads(server->pool_->threads());
   server->registry_ = std::make_unique<IndexRegistry>(options.max_indexes);
   server->service_ = std::make_unique<RcknnService>(options, server->registry_.get(),
-                                                    server->pool_.get(), metrics);
+                                                    server->pool_.get(), metrics,
+                                                    server->budget_.get(), server->store_.get());
+  const int64_t loaded = server->service_->LoadStoredIndexes();
+  if (server->store_ != nullptr) {
+    RCKNN_LOG(kInfo, "--data_dir ", options.data_dir, ": ", loaded, " indexes found");
+  }
 
   server->health_ = std::make_unique<HealthService>();
   grpc::EnableDefaultHealthCheckService(false);  // ours ends its Watch streams at shutdown
@@ -199,7 +225,9 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
             options.tls_cert_file.empty()        ? ", plaintext"
             : options.tls_client_ca_file.empty() ? ", TLS"
                                                  : ", mutual TLS",
-            options.auth_token_file.empty() ? "" : ", bearer tokens required");
+            options.auth_token_file.empty() ? "" : ", bearer tokens required",
+            ", memory limit ", server->budget_->limit(), " bytes",
+            options.data_dir.empty() ? ", indexes in memory only (no --data_dir)" : "");
   return server;
 }
 

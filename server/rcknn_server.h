@@ -17,6 +17,8 @@
 #include "server/index_registry.h"
 #include "server/query_pool.h"
 #include "server/rcknn_service.h"
+#include "server/index_store.h"
+#include "server/memory_budget.h"
 #include "server/server_metrics.h"
 #include "server/server_options.h"
 
@@ -24,7 +26,9 @@ namespace rcknn::server {
 
 class RcknnServer {
  public:
-  // Listens and serves at once (over TLS and with the token check when the options say so).
+  // Loads the indexes of options.data_dir (built ones are restored on the pool, in the
+  // background), then listens and serves (over TLS and with the token check when the options
+  // say so). FAILED_PRECONDITION if another server holds the data directory.
   // INVALID_ARGUMENT for options out of range or inconsistent, an empty TLS file or a malformed
   // token file; NOT_FOUND / PERMISSION_DENIED for a TLS or token file that cannot be read;
   // UNAVAILABLE if the address cannot be bound.
@@ -39,6 +43,8 @@ class RcknnServer {
   int port() const { return port_; }
   const std::string& address() const { return address_; }
   int threads() const { return threads_; }
+  // The memory budget (--max_memory_bytes) and what it holds now.
+  const MemoryBudget& memory_budget() const { return *budget_; }
   // The port of the /metrics endpoint (0 when metrics_listen_address is empty).
   int metrics_port() const { return metrics_port_; }
   // Every metric the server records; tests read its TextExposition().
@@ -63,6 +69,8 @@ class RcknnServer {
   // and the metrics.
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MemoryBudget> budget_;
+  std::unique_ptr<IndexStore> store_;
   std::unique_ptr<QueryPool> pool_;
   std::unique_ptr<IndexRegistry> registry_;
   std::unique_ptr<RcknnService> service_;

@@ -80,6 +80,12 @@ absl::Status RcknnService::DoCreateIndex(const v1::CreateIndexRequest& request,
   auto entry =
       std::make_shared<IndexEntry>(request.index_id(), std::move(normalized), std::move(spec));
   RETURN_IF_ERROR(registry_->Add(entry));
+  if (store_ != nullptr) {
+    if (absl::Status status = store_->CreateIndex(entry->id(), entry->spec()); !status.ok()) {
+      (void)registry_->Remove(entry->id());
+      return status;
+    }
+  }
   RCKNN_LOG(kInfo, "created index ", entry->id());
   FillIndexInfo(*entry, response);
   return absl::OkStatus();
@@ -120,6 +126,11 @@ absl::Status RcknnService::AcceptUploadChunk(const v1::UploadPointsRequest& chun
         "index ", entry.id(), " would hold ", total,
         " points, over the limit --max_points_per_index = ", options_.max_points_per_index));
   }
+  const int64_t chunk_bytes = static_cast<int64_t>(
+      (chunk.coordinates().size() + chunk.factors().size() + chunk.residual_variances().size()) *
+      sizeof(double));
+  RETURN_IF_ERROR(budget_->Grow(state->memory, chunk_bytes,
+                                absl::StrCat("the upload to index ", entry.id())));
   RETURN_IF_ERROR(AppendUploadChunk(chunk, entry.core_spec(), state->chunks,
                                     state->existing + state->staged.num_points, &state->staged));
   ++state->chunks;
@@ -132,8 +143,15 @@ absl::Status RcknnService::FinishUpload(UploadState* state, v1::UploadPointsResp
         "index_id: the stream carried no chunk; the first chunk must name the index");
   }
   const int64_t received = state->staged.num_points;
+  IndexEntry::PersistUpload persist;
+  if (store_ != nullptr) {
+    persist = [this, id = state->entry->id()](const PointBatch& batch, int64_t sequence) {
+      return store_->WriteUpload(id, sequence, batch);
+    };
+  }
   ASSIGN_OR_RETURN(const int64_t total,
-                   state->entry->Append(std::move(state->staged), options_.max_points_per_index));
+                   state->entry->Append(std::move(state->staged), options_.max_points_per_index,
+                                        persist, std::move(state->memory)));
   response->set_points_received(received);
   response->set_total_points(total);
   UpdateIndexGauges();
@@ -155,37 +173,138 @@ absl::Status RcknnService::DoBuildIndex(const v1::BuildIndexRequest& request,
   RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
   ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(request.index_id()));
   core::IndexSpec spec;
+  MemoryReservation build_memory;
   ASSIGN_OR_RETURN(core::IndexData data, entry->BeginBuild([&](int64_t n) {
     ASSIGN_OR_RETURN(spec, SpecForBuild(entry->core_spec(), entry->spec().has_inducing_count(), n));
+    ASSIGN_OR_RETURN(build_memory,
+                     budget_->Reserve(core::KnnIndex::EstimateBuildBytes(spec, n),
+                                      absl::StrCat("building index ", entry->id())));
     return absl::OkStatus();
   }));
   FillIndexInfo(*entry, response);
   RCKNN_LOG(kInfo, "building index ", entry->id(), " over ", data.points.rows(), " points");
-  // std::function needs a copyable callable: the data travel in a shared_ptr.
+  StartBuild(std::move(entry), std::move(spec), std::move(data), std::move(build_memory),
+             /*restore=*/false);
+  return absl::OkStatus();
+}
+
+void RcknnService::StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec spec,
+                              core::IndexData data, MemoryReservation build_memory,
+                              bool restore) {
+  // std::function needs a copyable callable: the data and the reservation travel in shared_ptrs.
   auto shared_data = std::make_shared<core::IndexData>(std::move(data));
+  auto shared_memory = std::make_shared<MemoryReservation>(std::move(build_memory));
   tbb::task_arena* arena = pool_->arena();
-  pool_->Run([this, entry, spec = std::move(spec), shared_data, arena]() mutable {
+  pool_->Run([this, entry, spec = std::move(spec), shared_data, shared_memory, arena,
+              restore]() mutable {
     absl::StatusOr<std::unique_ptr<core::KnnIndex>> index;
+    double build_seconds = -1.0;
+    auto progress = [raw = entry.get()](double f) { raw->SetBuildProgress(f); };
     try {
-      index =
-          core::KnnIndex::Build(spec, std::move(*shared_data), arena, entry->build_cancellation(),
-                                [raw = entry.get()](double f) { raw->SetBuildProgress(f); });
+      if (restore) {
+        index = store_->RestoreTree(entry->id(), entry->uploads(), spec, std::move(*shared_data),
+                                    arena, entry->build_cancellation(), progress, &build_seconds);
+      } else {
+        index = core::KnnIndex::Build(spec, std::move(*shared_data), arena,
+                                      entry->build_cancellation(), progress);
+      }
     } catch (const std::bad_alloc&) {
       index = absl::ResourceExhaustedError("the build ran out of memory");
     }
     shared_data.reset();
-    entry->FinishBuild(std::move(index));
+    if (!restore && index.ok() && store_ != nullptr) {
+      // Durable before READY: a crash from here on finds either this whole file or none.
+      const absl::Status saved = entry->RunWrite([&] {
+        return store_->WriteTree(entry->id(), entry->uploads(), entry->Snapshot().build_seconds,
+                                 **index);
+      });
+      if (!saved.ok() && !entry->deleted()) {
+        index = absl::Status(saved.code(), absl::StrCat("the index was built but could not be "
+                                                        "saved in --data_dir: ",
+                                                        saved.message()));
+      }
+    }
+    entry->FinishBuild(std::move(index), build_seconds);
+    shared_memory->Release();
     const IndexSnapshot snapshot = entry->Snapshot();
-    if (snapshot.state == IndexState::kReady) metrics_->RecordBuild(snapshot.build_seconds);
+    if (snapshot.state == IndexState::kReady && !restore) {
+      metrics_->RecordBuild(snapshot.build_seconds);
+    }
     UpdateIndexGauges();
     if (snapshot.state == IndexState::kReady) {
-      RCKNN_LOG(kInfo, "index ", entry->id(), " is READY: ", snapshot.num_points, " points in ",
-                snapshot.build_seconds, " s");
-    } else {
+      RCKNN_LOG(kInfo, "index ", entry->id(), restore ? " restored" : " built",
+                ", READY: ", snapshot.num_points, " points");
+    } else if (!entry->deleted()) {
       RCKNN_LOG(kWarning, "index ", entry->id(), " FAILED: ", snapshot.error);
     }
   });
-  return absl::OkStatus();
+}
+
+int64_t RcknnService::LoadStoredIndexes() {
+  if (store_ == nullptr) return 0;
+  std::vector<StoredIndex> stored = store_->LoadAll();
+  for (StoredIndex& found : stored) {
+    v1::IndexSpec normalized;
+    absl::StatusOr<core::IndexSpec> spec = absl::DataLossError("the spec could not be read");
+    if (found.status.ok()) {
+      spec = ToCoreSpec(found.spec, &normalized);
+      if (!spec.ok()) {
+        found.status = absl::DataLossError(
+            absl::StrCat("the saved spec is not valid: ", spec.status().message()));
+      }
+    }
+    auto entry = std::make_shared<IndexEntry>(
+        found.id, spec.ok() ? std::move(normalized) : found.spec,
+        spec.ok() ? *std::move(spec) : core::IndexSpec());
+    if (absl::Status added = registry_->Add(entry, /*enforce_limit=*/false); !added.ok()) {
+      RCKNN_LOG(kError, "--data_dir: index ", found.id, " not loaded: ", added.message());
+      continue;
+    }
+    absl::Status status = found.status;
+    for (PointBatch& batch : found.uploads) {
+      if (!status.ok()) break;
+      const int64_t bytes = static_cast<int64_t>(
+          (batch.coordinates.size() + batch.factors.size() + batch.residual_variances.size()) *
+          sizeof(double));
+      absl::StatusOr<MemoryReservation> memory =
+          budget_->Reserve(bytes, absl::StrCat("loading index ", found.id));
+      status = memory.status();
+      if (status.ok()) {
+        status = entry->Append(std::move(batch), options_.max_points_per_index, nullptr,
+                               *std::move(memory))
+                     .status();
+      }
+    }
+    if (status.ok() && found.has_tree) {
+      core::IndexSpec build_spec;
+      MemoryReservation build_memory;
+      absl::StatusOr<core::IndexData> data = entry->BeginBuild([&](int64_t n) {
+        ASSIGN_OR_RETURN(build_spec, SpecForBuild(entry->core_spec(),
+                                                  entry->spec().has_inducing_count(), n));
+        ASSIGN_OR_RETURN(build_memory,
+                         budget_->Reserve(core::KnnIndex::EstimateBuildBytes(build_spec, n),
+                                          absl::StrCat("restoring index ", found.id)));
+        return absl::OkStatus();
+      });
+      status = data.status();
+      if (status.ok()) {
+        RCKNN_LOG(kInfo, "--data_dir: restoring index ", found.id, " (", entry->Snapshot().num_points,
+                  " points)");
+        StartBuild(entry, std::move(build_spec), *std::move(data), std::move(build_memory),
+                   /*restore=*/true);
+      }
+    }
+    if (!status.ok()) {
+      entry->MarkFailed(status);
+      RCKNN_LOG(kError, "--data_dir: index ", found.id, " FAILED: ", status.ToString(),
+                " (its files are kept; DeleteIndex removes them)");
+    } else if (!found.has_tree) {
+      RCKNN_LOG(kInfo, "--data_dir: loaded index ", found.id, " (LOADING, ",
+                entry->Snapshot().num_points, " points in ", found.uploads.size(), " uploads)");
+    }
+  }
+  UpdateIndexGauges();
+  return static_cast<int64_t>(stored.size());
 }
 
 grpc::Status RcknnService::GetIndex(grpc::ServerContext* context,
@@ -254,6 +373,20 @@ grpc::Status RcknnService::DeleteIndex(grpc::ServerContext* context,
   absl::StatusOr<std::shared_ptr<IndexEntry>> removed = registry_->Remove(request->index_id());
   if (!removed.ok()) return ToGrpcStatus(removed.status());
   UpdateIndexGauges();
+  if (store_ != nullptr) {
+    // No write of the entry is under way once RunWrite returns: a later one sees it deleted.
+    const absl::Status status = (*removed)->RunWrite(
+        [&] { return store_->DeleteIndex(request->index_id()); }, /*even_if_deleted=*/true);
+    if (!status.ok()) {
+      RCKNN_LOG(kError, "index ", request->index_id(), " deleted, but not its files: ",
+                status.ToString());
+      return ToGrpcStatus(absl::Status(
+          status.code(), absl::StrCat("index ", request->index_id(),
+                                      " was deleted, but its files in --data_dir could not be "
+                                      "removed and it will come back at the next start: ",
+                                      status.message())));
+    }
+  }
   RCKNN_LOG(kInfo, "deleted index ", request->index_id());
   return grpc::Status::OK;
 }
@@ -300,6 +433,12 @@ absl::Status RcknnService::RunSearch(const v1::SearchRequest& request, absl::Tim
         static_cast<int64_t>(answer_bytes), " bytes) would exceed --max_message_bytes = ",
         options_.max_message_bytes, "; send fewer queries per request"));
   }
+
+  ASSIGN_OR_RETURN(
+      MemoryReservation answer_memory,
+      budget_->Reserve(num_queries * (k * static_cast<int64_t>(sizeof(int64_t) + sizeof(double)) +
+                                      static_cast<int64_t>(sizeof(int64_t))),
+                       "the answer of this search"));
 
   core::QueryBatch batch;
   batch.ids = absl::MakeConstSpan(request.query_ids().data(), request.query_ids().size());

@@ -18,6 +18,8 @@
 #include "grpcpp/grpcpp.h"
 #include "rcknn/v1/rcknn.grpc.pb.h"
 #include "server/index_registry.h"
+#include "server/index_store.h"
+#include "server/memory_budget.h"
 #include "server/query_pool.h"
 #include "server/server_metrics.h"
 #include "server/server_options.h"
@@ -28,6 +30,7 @@ namespace rcknn::server {
 struct UploadState {
   std::shared_ptr<IndexEntry> entry;  // set by the first chunk
   PointBatch staged;
+  MemoryReservation memory;  // covers `staged`
   int64_t existing = 0;  // points in the index when the stream started
   int64_t chunks = 0;
 };
@@ -37,11 +40,21 @@ using RawStreamingService = v1::Rcknn::WithRawCallbackMethod_UploadPoints<
 
 class RcknnService final : public RawStreamingService {
  public:
-  // `registry`, `pool` and `metrics` must outlive the service (and `metrics` every build it
-  // starts on the pool).
+  // `registry`, `pool`, `metrics`, `budget` and `store` (null: nothing is persisted) must
+  // outlive the service and every build it starts on the pool.
   RcknnService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool,
-               ServerMetrics* metrics)
-      : options_(options), registry_(registry), pool_(pool), metrics_(metrics) {}
+               ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store)
+      : options_(options),
+        registry_(registry),
+        pool_(pool),
+        metrics_(metrics),
+        budget_(budget),
+        store_(store) {}
+
+  // Registers every index found in the store (start-up, before serving): LOADING ones with their
+  // uploads, FAILED ones with the reason, and built ones restored on the pool (BUILDING until
+  // READY). Returns how many indexes were found.
+  int64_t LoadStoredIndexes();
 
   // Ends WatchIndex streams (UNAVAILABLE) so that a graceful shutdown does not wait on them.
   void BeginShutdown() { shutting_down_.store(true); }
@@ -81,11 +94,17 @@ class RcknnService final : public RawStreamingService {
   // Sets the gauges of index states, points and memory from the registry; called after every
   // change of them.
   void UpdateIndexGauges();
+  // Runs the build (or, with `restore`, the restore from the store) of `entry` on the pool and
+  // publishes the result; `build_memory` is released when it ends.
+  void StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec spec, core::IndexData data,
+                  MemoryReservation build_memory, bool restore);
 
   const ServerOptions options_;
   IndexRegistry* const registry_;
   QueryPool* const pool_;
   ServerMetrics* const metrics_;
+  MemoryBudget* const budget_;
+  IndexStore* const store_;
   std::atomic<bool> shutting_down_{false};
 };
 

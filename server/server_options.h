@@ -22,11 +22,18 @@ struct ServerOptions {
   // faster, smaller lets a small batch overtake a big one sooner.
   int64_t slice_queries = 512;
 
+  // Where indexes are persisted (server/index_store.h) and reloaded from at start. Empty: kept
+  // in memory only (rcknn-server's --data_dir defaults to ./rcknn-data).
+  std::string data_dir;
+
   // Limits. Each one, when hit, answers RESOURCE_EXHAUSTED with a message naming its flag.
   int64_t max_message_bytes = int64_t{64} << 20;  // gRPC receive and send, per message
   int64_t max_points_per_index = 10'000'000;
   int64_t max_indexes = 256;
   int64_t max_queries_per_search = 1'000'000;  // per Search call and per SearchStream request
+  // Bytes of uploaded points, indexes, builds and search answers held at once
+  // (server/memory_budget.h). 0: 80% of the machine's physical memory.
+  int64_t max_memory_bytes = 0;
 
   // Transport security (SECURITY.md). Empty tls_cert_file: plaintext. Set, tls_key_file must
   // be set too (PEM files). tls_client_ca_file (needs TLS): clients must present a certificate

@@ -1,12 +1,18 @@
 // rcknn-bench: builds an index for one workload of DESIGN.md section 7, answers its queries with
 // the tree search and with the blocked brute force, checks every answer, and prints one JSON
-// object per line.
+// object per line. With --snapshot_dir it also saves the built index there, restores it
+// (KnnIndex::Save / Restore), checks that the restored index answers the same queries bit for bit
+// and prints a second line with the timings.
 //
-//   rcknn-bench --workload=gold|gold-pred|vecchia-all|scale|dense|dense-pred|gemm --threads=2 [--data_dir=DIR]
+//   rcknn-bench --workload=gold|gold-pred|vecchia-all|scale|dense|dense-pred|gemm --threads=2
+//               [--data_dir=DIR] [--snapshot_dir=DIR]
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <numeric>
 #include <string>
@@ -19,6 +25,7 @@
 #include "absl/time/clock.h"
 #include "core/knn_index.h"
 #include "core/random.h"
+#include "core/snapshot_file.h"
 #include "tbb/global_control.h"
 #include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
@@ -33,6 +40,9 @@ ABSL_FLAG(int64_t, scale_queries, 10000, "scale: number of predecessor-mode quer
 ABSL_FLAG(int64_t, scale_brute_sample, 200, "scale: queries timed with the brute force");
 ABSL_FLAG(bool, scale_check_all, true,
           "scale: check every query against the brute force (else only the timed sample)");
+ABSL_FLAG(std::string, snapshot_dir, "",
+          "if set (every workload but gemm): save the built index to DIR/<workload>.rcknn-index, "
+          "restore it and check that it answers identically");
 ABSL_FLAG(double, base, rcknn::core::CoverTreeOptions().base, "cover tree base");
 ABSL_FLAG(double, scan_fraction, rcknn::core::TreeSearchOptions().scan_fraction,
           "fraction of the points a walk may evaluate before the query is scanned");
@@ -132,6 +142,97 @@ void Print(const std::string& workload, int threads, int64_t n, int64_t queries,
             << std::endl;
 }
 
+// Saves `index` under --snapshot_dir, restores it from `spec` and `data`, checks that the
+// restored index answers `query_ids` bit for bit as `built` did, and prints one JSON line:
+// save seconds and file bytes; restore seconds (open, read, verify, recompute the metric space);
+// of which the tree part (open, read, CoverTree::Load's structural check, the payload checksum)
+// is timed by a separate read of the same file just before, the rest being the space. Both
+// reads find the file in the page cache (it was just written). Returns false on an error.
+bool RunSnapshot(const std::string& workload, int threads, const KnnIndex& index,
+                 const core::IndexSpec& spec, core::IndexData data,
+                 const std::vector<int64_t>& query_ids, const KnnOptions& options,
+                 const Answers& built, tbb::task_arena& arena) {
+  const std::string dir = absl::GetFlag(FLAGS_snapshot_dir);
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  const std::string path = absl::StrCat(dir, "/", workload, ".rcknn-index");
+  absl::Time start = absl::Now();
+  {
+    absl::StatusOr<std::unique_ptr<core::SnapshotWriter>> writer =
+        core::SnapshotWriter::Create(path, core::SnapshotKind::kTree);
+    if (!writer.ok()) {
+      std::cerr << writer.status() << "\n";
+      return false;
+    }
+    index.Save(**writer);
+    if (const absl::Status status = (*writer)->Commit(); !status.ok()) {
+      std::cerr << status << "\n";
+      return false;
+    }
+  }
+  const double save_seconds = Seconds(start);
+  struct stat info {};
+  const int64_t file_bytes = ::stat(path.c_str(), &info) == 0 ? info.st_size : -1;
+
+  // The tree part alone: what Restore() reads before it computes the space (KnnIndex::Save's
+  // fields, then the tree), the structural check and the checksum.
+  start = absl::Now();
+  {
+    absl::StatusOr<std::unique_ptr<core::SnapshotReader>> reader =
+        core::SnapshotReader::Open(path, core::SnapshotKind::kTree);
+    absl::Status status = reader.status();
+    double factor_seconds = 0.0, tree_seconds = 0.0;
+    int64_t size = 0;
+    uint64_t fingerprint = 0;
+    if (status.ok()) status = (*reader)->ReadValue(&factor_seconds);
+    if (status.ok()) status = (*reader)->ReadValue(&tree_seconds);
+    if (status.ok()) status = (*reader)->ReadValue(&size);
+    if (status.ok()) status = (*reader)->ReadValue(&fingerprint);
+    if (status.ok()) status = core::CoverTree::Load(**reader, size).status();
+    if (status.ok()) status = (*reader)->Finish();
+    if (!status.ok()) {
+      std::cerr << "reading the tree back: " << status << "\n";
+      return false;
+    }
+  }
+  const double tree_seconds = Seconds(start);
+
+  start = absl::Now();
+  absl::StatusOr<std::unique_ptr<core::SnapshotReader>> reader =
+      core::SnapshotReader::Open(path, core::SnapshotKind::kTree);
+  if (!reader.ok()) {
+    std::cerr << reader.status() << "\n";
+    return false;
+  }
+  absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+      KnnIndex::Restore(spec, std::move(data), **reader, &arena);
+  const double restore_seconds = Seconds(start);
+  if (!restored.ok()) {
+    std::cerr << restored.status() << "\n";
+    return false;
+  }
+  const Answers again = RunSearch(**restored, query_ids, options, arena, /*brute=*/false);
+  const bool identical =
+      again.ids == built.ids && again.dists.size() == built.dists.size() &&
+      std::memcmp(again.dists.data(), built.dists.data(), again.dists.size() * sizeof(double)) ==
+          0;
+  std::cout << absl::StrFormat(
+                   "{\"workload\":\"%s-snapshot\",\"threads\":%d,\"n\":%d,\"queries\":%d,"
+                   "\"build_v_seconds\":%.4f,\"build_tree_seconds\":%.4f,"
+                   "\"save_seconds\":%.4f,\"file_bytes\":%d,\"restore_seconds\":%.4f,"
+                   "\"restore_tree_seconds\":%.4f,\"restore_space_seconds\":%.4f,"
+                   "\"restored_queries_per_second\":%.1f,\"identical\":%s,"
+                   "\"peak_rss_bytes\":%d}",
+                   workload, threads, index.size(), static_cast<int64_t>(query_ids.size()),
+                   index.timings().factor_seconds, index.timings().tree_seconds, save_seconds,
+                   file_bytes, restore_seconds, tree_seconds,
+                   std::max(0.0, restore_seconds - tree_seconds),
+                   query_ids.size() / again.seconds, identical ? "true" : "false",
+                   PeakRssBytes())
+            << std::endl;
+  return true;
+}
+
 core::IndexSpec Tuned(core::IndexSpec spec) {
   spec.tree.base = absl::GetFlag(FLAGS_base);
   spec.search.scan_fraction = absl::GetFlag(FLAGS_scan_fraction);
@@ -173,6 +274,11 @@ int RunShared(const std::string& workload, int threads, tbb::task_arena& arena) 
                            options.predecessor_mode ? set->pred_dists : set->knn_dists, 0, nq);
   }
   Print(workload, threads, set->n, nq, options.k, **index, tree, nq / brute.seconds, bad == 0);
+  if (!absl::GetFlag(FLAGS_snapshot_dir).empty() &&
+      !RunSnapshot(workload, threads, **index, Tuned(set->Spec()), set->Data(), query_ids,
+                   options, tree, arena)) {
+    return 1;
+  }
   return 0;
 }
 
@@ -193,6 +299,8 @@ int RunScale(int threads, tbb::task_arena& arena) {
   spec.residual.kernel.lengthscales = {0.5};
   spec.residual.inducing_count = 256;
   spec.residual.inducing_seed = 7;
+  core::IndexData restore_data;  // the points again, for --snapshot_dir
+  if (!absl::GetFlag(FLAGS_snapshot_dir).empty()) restore_data.points = data.points;
   absl::StatusOr<std::unique_ptr<KnnIndex>> index =
       KnnIndex::Build(Tuned(spec), std::move(data), &arena);
   if (!index.ok()) {
@@ -225,6 +333,11 @@ int RunScale(int threads, tbb::task_arena& arena) {
                                (residual.v().size() + residual.points().size()) * 8,
                                PeakRssBytes())
             << std::endl;
+  if (!absl::GetFlag(FLAGS_snapshot_dir).empty() &&
+      !RunSnapshot("scale", threads, **index, Tuned(spec), std::move(restore_data), query_ids,
+                   options, tree, arena)) {
+    return 1;
+  }
   return 0;
 }
 

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import grpc
@@ -42,6 +43,11 @@ class Server:
     def __init__(self, binary, log_path, *flags):
         self.log_path = log_path
         self.log_file = open(log_path, "w")
+        # A fresh --data_dir next to the log unless the caller names one: indexes of one test
+        # must not reappear in another.
+        if not any(f.startswith("--data_dir") for f in flags):
+            flags = (f"--data_dir={tempfile.mkdtemp(prefix='data.', dir=os.path.dirname(os.path.abspath(log_path)))}",
+                     *flags)
         self.process = subprocess.Popen(
             [binary, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", "--threads=2",
              *flags],

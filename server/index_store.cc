@@ -1,0 +1,326 @@
+#include "server/index_store.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "core/snapshot_file.h"
+#include "core/status_macros.h"
+#include "server/logging.h"
+#include "server/proto_conversion.h"
+
+namespace rcknn::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kSpecFile[] = "spec.rcknn";
+constexpr char kTreeFile[] = "tree.rcknn";
+constexpr char kUploadPrefix[] = "upload-";
+constexpr char kSuffix[] = ".rcknn";
+constexpr char kTempSuffix[] = ".tmp";
+
+std::string UploadFile(int64_t sequence) {
+  return absl::StrFormat("%s%06d%s", kUploadPrefix, sequence, kSuffix);
+}
+
+absl::Status FsError(absl::string_view what, const fs::path& path, const std::error_code& error) {
+  return absl::UnavailableError(absl::StrCat(what, " ", path.string(), ": ", error.message()));
+}
+
+// Reads the owner id that starts every payload; DATA_LOSS if it is another index's.
+absl::Status CheckOwner(core::SnapshotReader& reader, absl::string_view id) {
+  std::string owner;
+  RETURN_IF_ERROR(reader.ReadString(&owner, 1024));
+  if (owner != id) {
+    return reader.Corrupt(absl::StrCat("belongs to index \"", owner, "\", not ", id));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::IndexSpec> ReadSpec(const std::string& path, absl::string_view id) {
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotReader> reader,
+                   core::SnapshotReader::Open(path, core::SnapshotKind::kIndexSpec));
+  RETURN_IF_ERROR(CheckOwner(*reader, id));
+  std::string bytes;
+  RETURN_IF_ERROR(reader->ReadString(&bytes, uint64_t{1} << 30));
+  RETURN_IF_ERROR(reader->Finish());
+  v1::IndexSpec spec;
+  if (!spec.ParseFromString(bytes)) return reader->Corrupt("the spec does not parse");
+  return spec;
+}
+
+absl::StatusOr<PointBatch> ReadUpload(const std::string& path, absl::string_view id,
+                                      int64_t sequence, int dimension) {
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotReader> reader,
+                   core::SnapshotReader::Open(path, core::SnapshotKind::kUpload));
+  RETURN_IF_ERROR(CheckOwner(*reader, id));
+  int64_t stored_sequence = 0;
+  PointBatch batch;
+  RETURN_IF_ERROR(reader->ReadValue(&stored_sequence));
+  RETURN_IF_ERROR(reader->ReadValue(&batch.num_points));
+  RETURN_IF_ERROR(reader->ReadValue(&batch.factor_columns));
+  RETURN_IF_ERROR(reader->ReadVector(&batch.coordinates));
+  RETURN_IF_ERROR(reader->ReadVector(&batch.factors));
+  RETURN_IF_ERROR(reader->ReadVector(&batch.residual_variances));
+  RETURN_IF_ERROR(reader->Finish());
+  if (stored_sequence != sequence) {
+    return reader->Corrupt(absl::StrCat("holds upload ", stored_sequence, ", not ", sequence));
+  }
+  const auto n = static_cast<uint64_t>(batch.num_points);
+  if (batch.num_points < 1 || batch.factor_columns < 0 ||
+      batch.coordinates.size() != n * static_cast<uint64_t>(dimension) ||
+      batch.factors.size() != n * static_cast<uint64_t>(batch.factor_columns) ||
+      batch.residual_variances.size() != (batch.factor_columns > 0 ? n : 0)) {
+    return reader->Corrupt("array lengths do not match the point count");
+  }
+  return batch;
+}
+
+}  // namespace
+
+IndexStore::IndexStore(std::string data_dir, int lock_fd)
+    : data_dir_(std::move(data_dir)), lock_fd_(lock_fd) {}
+
+IndexStore::~IndexStore() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+}
+
+absl::StatusOr<std::unique_ptr<IndexStore>> IndexStore::Open(const std::string& data_dir) {
+  std::error_code error;
+  for (const char* sub : {"indexes", "trash"}) {
+    fs::create_directories(fs::path(data_dir) / sub, error);
+    if (error) return FsError("cannot create --data_dir", fs::path(data_dir) / sub, error);
+  }
+  const std::string lock_path = (fs::path(data_dir) / "LOCK").string();
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot open ", lock_path, " (--data_dir): ", std::strerror(errno)));
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int saved = errno;
+    ::close(fd);
+    if (saved == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--data_dir ", data_dir, " is in use by another rcknn-server (", lock_path,
+          " is locked)"));
+    }
+    return absl::UnavailableError(absl::StrCat("cannot lock ", lock_path, ": ", std::strerror(saved)));
+  }
+  const std::string pid = absl::StrCat(::getpid(), "\n");
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    RCKNN_LOG(kWarning, "cannot write the pid into ", lock_path, ": ", std::strerror(errno));
+  }
+  RETURN_IF_ERROR(core::SyncDirectory(data_dir));
+  return std::unique_ptr<IndexStore>(new IndexStore(data_dir, fd));
+}
+
+std::string IndexStore::IndexDir(absl::string_view id) const {
+  return (fs::path(data_dir_) / "indexes" / std::string(id)).string();
+}
+
+std::vector<StoredIndex> IndexStore::LoadAll() {
+  std::error_code error;
+  // The trash holds only indexes a client deleted.
+  for (const fs::directory_entry& entry : fs::directory_iterator(fs::path(data_dir_) / "trash", error)) {
+    std::error_code ignored;
+    fs::remove_all(entry.path(), ignored);
+  }
+  std::vector<std::string> ids;
+  for (const fs::directory_entry& entry :
+       fs::directory_iterator(fs::path(data_dir_) / "indexes", error)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || !ValidateIndexId(name).ok()) {
+      RCKNN_LOG(kWarning, "--data_dir: ignoring ", entry.path().string(),
+                ", which is not an index directory");
+      continue;
+    }
+    ids.push_back(name);
+  }
+  if (error) {
+    RCKNN_LOG(kError, "--data_dir: cannot list ", data_dir_, "/indexes: ", error.message());
+  }
+  std::sort(ids.begin(), ids.end());
+  std::vector<StoredIndex> indexes;
+  for (const std::string& id : ids) {
+    StoredIndex index = LoadIndex(id);
+    if (index.id.empty()) continue;  // an index that was never created
+    indexes.push_back(std::move(index));
+  }
+  return indexes;
+}
+
+StoredIndex IndexStore::LoadIndex(const std::string& id) {
+  StoredIndex index;
+  index.id = id;
+  const fs::path dir = IndexDir(id);
+  std::vector<int64_t> sequences;
+  bool has_spec = false;
+  std::error_code error;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir, error)) {
+    const std::string name = entry.path().filename().string();
+    if (absl::EndsWith(name, kTempSuffix)) {
+      // An interrupted write: never acknowledged to anyone.
+      RCKNN_LOG(kInfo, "--data_dir: removing ", entry.path().string(),
+                ", left by an interrupted write");
+      std::error_code ignored;
+      fs::remove(entry.path(), ignored);
+      continue;
+    }
+    if (name == kSpecFile) {
+      has_spec = true;
+    } else if (name == kTreeFile) {
+      index.has_tree = true;
+    } else if (int64_t sequence = 0;
+               absl::StartsWith(name, kUploadPrefix) && absl::EndsWith(name, kSuffix) &&
+               absl::SimpleAtoi(name.substr(sizeof(kUploadPrefix) - 1,
+                                            name.size() - sizeof(kUploadPrefix) + 1 -
+                                                sizeof(kSuffix) + 1),
+                                &sequence) &&
+               sequence >= 1 && name == UploadFile(sequence)) {
+      sequences.push_back(sequence);
+    } else {
+      RCKNN_LOG(kWarning, "--data_dir: ignoring unknown file ", entry.path().string());
+    }
+  }
+  if (error) {
+    index.status = FsError("cannot list", dir, error);
+    return index;
+  }
+  if (!has_spec) {
+    if (fs::is_empty(dir, error) && !error) {
+      // CreateIndex was interrupted before its spec was committed: the index never existed.
+      RCKNN_LOG(kInfo, "--data_dir: removing ", dir.string(), ", an interrupted CreateIndex");
+      fs::remove(dir, error);
+      index.id.clear();
+      return index;
+    }
+    index.status = absl::DataLossError(absl::StrCat((dir / kSpecFile).string(), ": missing"));
+    return index;
+  }
+  absl::StatusOr<v1::IndexSpec> spec = ReadSpec((dir / kSpecFile).string(), id);
+  if (!spec.ok()) {
+    index.status = spec.status();
+    return index;
+  }
+  index.spec = *std::move(spec);
+  std::sort(sequences.begin(), sequences.end());
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const int64_t expected = static_cast<int64_t>(i) + 1;
+    if (sequences[i] != expected) {
+      index.status = absl::DataLossError(absl::StrCat(
+          (dir / UploadFile(expected)).string(), ": missing (", sequences.size(),
+          " upload files up to number ", sequences.back(), ")"));
+      return index;
+    }
+    absl::StatusOr<PointBatch> batch =
+        ReadUpload((dir / UploadFile(expected)).string(), id, expected, index.spec.dimension());
+    if (!batch.ok()) {
+      index.status = batch.status();
+      return index;
+    }
+    index.uploads.push_back(*std::move(batch));
+  }
+  if (index.has_tree && sequences.empty()) {
+    index.status = absl::DataLossError(
+        absl::StrCat((dir / kTreeFile).string(), ": a built index without any upload file"));
+  }
+  return index;
+}
+
+absl::Status IndexStore::CreateIndex(absl::string_view id, const v1::IndexSpec& spec) {
+  const fs::path dir = IndexDir(id);
+  std::error_code error;
+  if (fs::exists(dir / kSpecFile, error)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("index ", id, " already exists in --data_dir ", data_dir_));
+  }
+  fs::create_directory(dir, error);
+  if (error) return FsError("cannot create", dir, error);
+  RETURN_IF_ERROR(core::SyncDirectory(dir.parent_path().string()));
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
+                   core::SnapshotWriter::Create((dir / kSpecFile).string(),
+                                                core::SnapshotKind::kIndexSpec));
+  writer->WriteString(id);
+  writer->WriteString(spec.SerializeAsString());
+  return writer->Commit();
+}
+
+absl::Status IndexStore::WriteUpload(absl::string_view id, int64_t sequence,
+                                     const PointBatch& batch) {
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
+                   core::SnapshotWriter::Create(
+                       (fs::path(IndexDir(id)) / UploadFile(sequence)).string(),
+                       core::SnapshotKind::kUpload));
+  writer->WriteString(id);
+  writer->WriteValue<int64_t>(sequence);
+  writer->WriteValue<int64_t>(batch.num_points);
+  writer->WriteValue<int64_t>(batch.factor_columns);
+  writer->WriteVector(batch.coordinates);
+  writer->WriteVector(batch.factors);
+  writer->WriteVector(batch.residual_variances);
+  return writer->Commit();
+}
+
+absl::Status IndexStore::WriteTree(absl::string_view id, int64_t uploads, double build_seconds,
+                                   const core::KnnIndex& index) {
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
+                   core::SnapshotWriter::Create((fs::path(IndexDir(id)) / kTreeFile).string(),
+                                                core::SnapshotKind::kTree));
+  writer->WriteString(id);
+  writer->WriteValue<int64_t>(uploads);
+  writer->WriteValue<double>(build_seconds);
+  index.Save(*writer);
+  return writer->Commit();
+}
+
+absl::StatusOr<std::unique_ptr<core::KnnIndex>> IndexStore::RestoreTree(
+    absl::string_view id, int64_t uploads, const core::IndexSpec& spec, core::IndexData data,
+    tbb::task_arena* arena, const core::Cancellation* cancellation,
+    const core::ProgressCallback& progress, double* build_seconds) {
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotReader> reader,
+                   core::SnapshotReader::Open((fs::path(IndexDir(id)) / kTreeFile).string(),
+                                              core::SnapshotKind::kTree));
+  RETURN_IF_ERROR(CheckOwner(*reader, id));
+  int64_t stored_uploads = 0;
+  RETURN_IF_ERROR(reader->ReadValue(&stored_uploads));
+  RETURN_IF_ERROR(reader->ReadValue(build_seconds));
+  if (stored_uploads != uploads) {
+    return reader->Corrupt(absl::StrCat("was built from ", stored_uploads,
+                                        " uploads, the index directory holds ", uploads));
+  }
+  return core::KnnIndex::Restore(spec, std::move(data), *reader, arena, cancellation, progress);
+}
+
+absl::Status IndexStore::DeleteIndex(absl::string_view id) {
+  const fs::path dir = IndexDir(id);
+  std::error_code error;
+  if (!fs::exists(dir, error)) return absl::OkStatus();
+  const fs::path trash = fs::path(data_dir_) / "trash" /
+                         absl::StrCat(id, ".", absl::ToUnixNanos(absl::Now()));
+  fs::rename(dir, trash, error);
+  if (error) return FsError(absl::StrCat("cannot move ", dir.string(), " to"), trash, error);
+  RETURN_IF_ERROR(core::SyncDirectory(dir.parent_path().string()));
+  RETURN_IF_ERROR(core::SyncDirectory(trash.parent_path().string()));
+  fs::remove_all(trash, error);
+  if (error) {
+    RCKNN_LOG(kWarning, "cannot remove ", trash.string(), ": ", error.message(),
+              " (removed at the next start)");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace rcknn::server

@@ -1,0 +1,92 @@
+// The on-disk form of the server's indexes (--data_dir). Every file is a core snapshot file
+// (core/snapshot_file.h: versioned, checksummed, written to a temporary name, fsynced, renamed,
+// directory fsynced), and each payload starts with the id of the index it belongs to, so a file
+// copied from another index is refused like a corrupt one.
+//
+//   <data_dir>/LOCK                             held (flock) by the server using the directory
+//   <data_dir>/indexes/<id>/spec.rcknn          the IndexSpec, written by CreateIndex
+//   <data_dir>/indexes/<id>/upload-NNNNNN.rcknn one per acknowledged UploadPoints stream, 1, 2, ...
+//   <data_dir>/indexes/<id>/tree.rcknn          the built index (core::KnnIndex::Save), written
+//                                               before the index is reported READY
+//   <data_dir>/trash/                           deleted indexes on their way out
+//
+// An upload is acknowledged only after its file is committed, and a tree file names how many
+// uploads and points it was built from, so after a crash at any moment the directory holds every
+// acknowledged upload and either no tree or a whole one. A build that was interrupted leaves no
+// tree: the index comes back LOADING with all its points, and BuildIndex must be called again.
+//
+// Thread-safe: operations on different indexes run in parallel; the caller serialises writes to
+// one index (IndexEntry does).
+#ifndef RCKNN_SERVER_INDEX_STORE_H_
+#define RCKNN_SERVER_INDEX_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/cancellation.h"
+#include "core/knn_index.h"
+#include "rcknn/v1/rcknn.pb.h"
+#include "server/index_registry.h"
+#include "tbb/task_arena.h"
+
+namespace rcknn::server {
+
+// What one index directory holds, read back at start-up.
+struct StoredIndex {
+  std::string id;
+  v1::IndexSpec spec;
+  std::vector<PointBatch> uploads;  // in upload order
+  bool has_tree = false;
+  // Not OK if any file of the index is missing, corrupt, truncated, of another version or of
+  // another index: the index is then reported FAILED with this reason.
+  absl::Status status;
+};
+
+class IndexStore {
+ public:
+  // Creates `data_dir` (and its subdirectories) if needed and locks it: FAILED_PRECONDITION if
+  // another process holds the lock, UNAVAILABLE if the directory cannot be used.
+  static absl::StatusOr<std::unique_ptr<IndexStore>> Open(const std::string& data_dir);
+  ~IndexStore();
+
+  const std::string& data_dir() const { return data_dir_; }
+
+  // Every index directory, ordered by id, with what its files hold. Removes what no client was
+  // ever told of: temporary files of interrupted writes, index directories whose spec was never
+  // committed, and the trash. Nothing else is removed, whatever state it is in.
+  std::vector<StoredIndex> LoadAll();
+
+  // Creates the index's directory and commits its spec. ALREADY_EXISTS if the directory holds a
+  // committed spec.
+  absl::Status CreateIndex(absl::string_view id, const v1::IndexSpec& spec);
+  // Commits upload number `sequence` (1, 2, ...) of the index.
+  absl::Status WriteUpload(absl::string_view id, int64_t sequence, const PointBatch& batch);
+  // Commits the built index, made from `uploads` uploads holding the index's points.
+  absl::Status WriteTree(absl::string_view id, int64_t uploads, double build_seconds,
+                         const core::KnnIndex& index);
+  // The saved index over `data` (the points of the index's uploads, in order); `uploads` as
+  // LoadAll found them. `build_seconds` receives the original build's duration.
+  absl::StatusOr<std::unique_ptr<core::KnnIndex>> RestoreTree(
+      absl::string_view id, int64_t uploads, const core::IndexSpec& spec, core::IndexData data,
+      tbb::task_arena* arena, const core::Cancellation* cancellation,
+      const core::ProgressCallback& progress, double* build_seconds);
+  // Removes the index's directory: moved to the trash in one rename (durable), then deleted.
+  absl::Status DeleteIndex(absl::string_view id);
+
+ private:
+  IndexStore(std::string data_dir, int lock_fd);
+  std::string IndexDir(absl::string_view id) const;
+  StoredIndex LoadIndex(const std::string& id);
+
+  const std::string data_dir_;
+  const int lock_fd_;
+};
+
+}  // namespace rcknn::server
+
+#endif  // RCKNN_SERVER_INDEX_STORE_H_

@@ -1,0 +1,755 @@
+// KnnIndex::Save and KnnIndex::Restore (with CoverTree::Save/Load underneath): on many seeded
+// random cases the restored index holds the same tree, passes the invariant checker and answers
+// every query bit for bit as the built one; other points or another kernel are DATA_LOSS; a
+// checksum-valid file with a structurally broken tree is DATA_LOSS from the structural check;
+// byte flips anywhere in a saved index are DATA_LOSS; the gold data set answers as shipped after
+// a round trip.
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/cover_tree.h"
+#include "core/knn_index.h"
+#include "core/random.h"
+#include "core/residual_correlation.h"
+#include "core/snapshot_file.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tbb/task_arena.h"
+#include "tests/testing/random_points.h"
+#include "tests/testing/shared_data.h"
+
+namespace rcknn {
+namespace {
+
+using core::CoverTree;
+using core::IndexData;
+using core::IndexSpec;
+using core::KernelType;
+using core::KnnIndex;
+using core::KnnOptions;
+using core::Metric;
+using core::QueryBatch;
+using core::RowMatrix;
+using core::SnapshotKind;
+using core::SnapshotReader;
+using core::SnapshotWriter;
+using ::testing::HasSubstr;
+
+// ---------------------------------------------------------------------------------------------
+// Cases.
+
+struct Case {
+  std::string name;
+  Metric metric = Metric::kResidualCorrelation;
+  KernelType kernel = KernelType::kRbf;
+  double variance = 1.0;
+  std::vector<double> lengthscales = {1.0};
+  int d = 2;
+  int64_t n = 500;
+  int64_t m = 32;
+  double duplicates = 0.0;
+  bool factors_supplied = false;
+  double base = 1.5;
+  uint64_t seed = 1;
+};
+
+IndexSpec CaseSpec(const Case& c) {
+  IndexSpec spec;
+  spec.metric = c.metric;
+  spec.dimension = c.d;
+  spec.residual.kernel.type = c.kernel;
+  spec.residual.kernel.variance = c.variance;
+  spec.residual.kernel.lengthscales = c.lengthscales;
+  spec.residual.inducing_count = std::min(c.m, c.n);
+  spec.residual.inducing_seed = c.seed + 2;
+  spec.factors_supplied = c.factors_supplied;
+  spec.tree.base = c.base;
+  return spec;
+}
+
+RowMatrix CasePoints(const Case& c) {
+  RowMatrix points = testing::NormalPoints(c.n, c.d, c.seed);
+  testing::AddDuplicates(points, c.duplicates, c.seed + 1);
+  return points;
+}
+
+// The same data on every call (Build and Restore each consume one).
+IndexData CaseData(const Case& c) {
+  IndexData data;
+  data.points = CasePoints(c);
+  if (c.factors_supplied) {
+    // Factors computed by the library with other settings (a larger jitter), then supplied.
+    core::ResidualOptions options = CaseSpec(c).residual;
+    options.jitter = 1e-3;
+    absl::StatusOr<std::unique_ptr<core::ResidualSpace>> computed =
+        core::ResidualSpace::Create(data.points, options);
+    EXPECT_TRUE(computed.ok()) << computed.status();
+    if (computed.ok()) {
+      data.factors = (*computed)->v();
+      data.residual_variances = (*computed)->p();
+    }
+  }
+  return data;
+}
+
+// Query ids: the first and last ids, the middle one and random ones.
+std::vector<int64_t> QueryIds(int64_t n, uint64_t seed) {
+  std::vector<int64_t> ids = {0, n - 1, n / 2};
+  core::SplitMix64 rng(seed);
+  while (ids.size() < 40) ids.push_back(static_cast<int64_t>(rng.UniformBelow(n)));
+  return ids;
+}
+
+// Out-of-sample points: random ones, a far one and copies of stored points.
+RowMatrix QueryPoints(const RowMatrix& stored, uint64_t seed) {
+  RowMatrix points = testing::NormalPoints(24, static_cast<int>(stored.cols()), seed);
+  core::SplitMix64 rng(seed + 1);
+  for (int64_t q = 0; q < points.rows(); q += 4) {
+    points.row(q) = stored.row(rng.UniformBelow(stored.rows()));
+  }
+  points.row(1) *= 10.0;
+  return points;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files.
+
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good()) << path;
+}
+
+absl::Status SaveIndex(const KnnIndex& index, const std::string& path) {
+  absl::StatusOr<std::unique_ptr<SnapshotWriter>> writer =
+      SnapshotWriter::Create(path, SnapshotKind::kTree);
+  if (!writer.ok()) return writer.status();
+  index.Save(**writer);
+  return (*writer)->Commit();
+}
+
+absl::StatusOr<std::unique_ptr<KnnIndex>> RestoreIndex(const IndexSpec& spec, IndexData data,
+                                                       const std::string& path,
+                                                       tbb::task_arena* arena) {
+  absl::StatusOr<std::unique_ptr<SnapshotReader>> reader =
+      SnapshotReader::Open(path, SnapshotKind::kTree);
+  if (!reader.ok()) return reader.status();
+  return KnnIndex::Restore(spec, std::move(data), **reader, arena);
+}
+
+// The arrays of a tree as CoverTree::Save writes them, rebuilt through the public accessors, so
+// that a test can write a tree file by hand (and break it) with a valid checksum.
+struct TreeArrays {
+  int64_t n = 0;
+  double base = 0.0;
+  std::vector<int64_t> point;
+  std::vector<int32_t> level;
+  std::vector<double> max_dist;
+  std::vector<double> parent_dist;
+  std::vector<int64_t> parent;
+  std::vector<int64_t> first_child;
+  std::vector<int64_t> subtree_min_id;
+  std::vector<int64_t> ring_offset;
+  std::vector<double> ring;  // lo, hi pairs
+
+  static TreeArrays Of(const CoverTree& tree) {
+    TreeArrays a;
+    a.n = tree.size();
+    a.base = tree.base();
+    a.ring_offset.push_back(0);
+    for (int64_t node = 0; node < a.n; ++node) {
+      a.point.push_back(tree.point(node));
+      a.level.push_back(tree.level(node));
+      a.max_dist.push_back(tree.max_dist(node));
+      a.parent_dist.push_back(tree.parent_dist(node));
+      a.parent.push_back(tree.parent(node));
+      a.first_child.push_back(tree.first_child(node));
+      a.subtree_min_id.push_back(tree.subtree_min_id(node));
+      a.ring_offset.push_back(a.ring_offset.back() + tree.node_depth(node));
+      for (int64_t j = 0; j < tree.node_depth(node); ++j) {
+        a.ring.push_back(tree.rings(node)[j].first);
+        a.ring.push_back(tree.rings(node)[j].second);
+      }
+    }
+    a.first_child.push_back(tree.end_child(a.n - 1));
+    return a;
+  }
+
+  // KnnIndex::Save's layout: timings, size, the space's fingerprint, then CoverTree::Save's.
+  void Write(SnapshotWriter& writer, int64_t index_size, uint64_t fingerprint) const {
+    writer.WriteValue<double>(0.25);
+    writer.WriteValue<double>(0.5);
+    writer.WriteValue<int64_t>(index_size);
+    writer.WriteValue<uint64_t>(fingerprint);
+    writer.WriteValue<int64_t>(n);
+    writer.WriteValue<double>(base);
+    writer.WriteVector(point);
+    writer.WriteVector(level);
+    writer.WriteVector(max_dist);
+    writer.WriteVector(parent_dist);
+    writer.WriteVector(parent);
+    writer.WriteVector(first_child);
+    writer.WriteVector(subtree_min_id);
+    writer.WriteVector(ring_offset);
+    writer.WriteVector(ring);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Comparisons.
+
+struct Answer {
+  std::vector<int64_t> ids;
+  std::vector<double> dists;
+  std::vector<int64_t> evaluations;
+};
+
+Answer Search(const KnnIndex& index, const QueryBatch& batch, const KnnOptions& options,
+              tbb::task_arena* arena) {
+  const int64_t nq = core::NumQueries(batch, index.dimension());
+  Answer a;
+  a.ids.assign(nq * options.k, -7);
+  a.dists.assign(nq * options.k, -7.0);
+  a.evaluations.assign(nq, -1);
+  const absl::Status status = index.Search(batch, options, arena, nullptr, a.ids.data(),
+                                           a.dists.data(), nullptr, absl::MakeSpan(a.evaluations));
+  EXPECT_TRUE(status.ok()) << status;
+  return a;
+}
+
+// Bit for bit: the same ids, distances with the same bits (memcmp, so -0.0 != 0.0 and NaN ==
+// NaN of the same payload), the same per-query distance evaluations.
+void ExpectIdentical(const Answer& built, const Answer& restored, const std::string& what) {
+  EXPECT_EQ(built.ids, restored.ids) << what;
+  ASSERT_EQ(built.dists.size(), restored.dists.size()) << what;
+  EXPECT_EQ(std::memcmp(built.dists.data(), restored.dists.data(),
+                        built.dists.size() * sizeof(double)),
+            0)
+      << what << ": distances differ in their bits";
+  EXPECT_EQ(built.evaluations, restored.evaluations) << what;
+}
+
+void ExpectSameTree(const CoverTree& a, const CoverTree& b) {
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(a.base(), b.base());
+  const TreeArrays x = TreeArrays::Of(a);
+  const TreeArrays y = TreeArrays::Of(b);
+  EXPECT_EQ(x.point, y.point);
+  EXPECT_EQ(x.level, y.level);
+  EXPECT_EQ(x.parent, y.parent);
+  EXPECT_EQ(x.first_child, y.first_child);
+  EXPECT_EQ(x.subtree_min_id, y.subtree_min_id);
+  EXPECT_EQ(x.ring_offset, y.ring_offset);
+  auto same_bits = [](const std::vector<double>& u, const std::vector<double>& v) {
+    return u.size() == v.size() && std::memcmp(u.data(), v.data(), u.size() * sizeof(double)) == 0;
+  };
+  EXPECT_TRUE(same_bits(x.max_dist, y.max_dist));
+  EXPECT_TRUE(same_bits(x.parent_dist, y.parent_dist));
+  EXPECT_TRUE(same_bits(x.ring, y.ring));
+}
+
+// The slack of knn_search_test's CheckCase: the default 1e-6, or the rounding of the metric near
+// 0 where every residual variance is below the jitter level.
+double InvariantSlack(const core::MetricSpace& space, double variance) {
+  double slack = 1e-6;
+  if (const auto* residual = dynamic_cast<const core::ResidualSpace*>(&space)) {
+    const double p_min = residual->p().minCoeff();
+    if (p_min < 0.5e-6 * variance) {
+      const double m = static_cast<double>(residual->v().cols());
+      slack = 2.0 * std::sqrt((m + 16.0) * DBL_EPSILON * variance / p_min);
+    }
+  }
+  return slack;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+class IndexSnapshotTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = absl::StrCat(::testing::TempDir(), "rcknn_index_snapshot_XXXXXX");
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << pattern;
+    dir_ = pattern;
+  }
+  void TearDown() override {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+  std::string Path(const std::string& name) const { return absl::StrCat(dir_, "/", name); }
+
+  std::unique_ptr<KnnIndex> Build(const Case& c) {
+    absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+        KnnIndex::Build(CaseSpec(c), CaseData(c), &arena_);
+    EXPECT_TRUE(index.ok()) << c.name << ": " << index.status();
+    return index.ok() ? *std::move(index) : nullptr;
+  }
+
+  // Build -> Save -> Restore, then the restored index against the built one.
+  void RoundTrip(const Case& c) {
+    SCOPED_TRACE(c.name);
+    std::unique_ptr<KnnIndex> built = Build(c);
+    ASSERT_NE(built, nullptr);
+    const std::string path = Path(c.name);
+    const absl::Status saved = SaveIndex(*built, path);
+    ASSERT_TRUE(saved.ok()) << saved;
+    absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+        RestoreIndex(CaseSpec(c), CaseData(c), path, &arena_);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    const KnnIndex& index = **restored;
+    ASSERT_EQ(index.size(), c.n);
+    EXPECT_EQ(index.space().Fingerprint(), built->space().Fingerprint());
+    EXPECT_EQ(index.timings().factor_seconds, built->timings().factor_seconds);
+    EXPECT_EQ(index.timings().tree_seconds, built->timings().tree_seconds);
+    ExpectSameTree(built->tree(), index.tree());
+    const absl::Status invariants =
+        index.tree().CheckInvariants(index.space(), InvariantSlack(index.space(), c.variance));
+    EXPECT_TRUE(invariants.ok()) << invariants;
+
+    const std::vector<int64_t> ids = QueryIds(c.n, c.seed + 3);
+    QueryBatch by_id;
+    by_id.ids = ids;
+    for (int64_t k : {int64_t{1}, int64_t{10}, c.n + 2}) {
+      for (int mode = 0; mode < 3; ++mode) {
+        KnnOptions options;
+        options.k = k;
+        options.include_self = mode == 1;
+        options.predecessor_mode = mode == 2;
+        ExpectIdentical(Search(*built, by_id, options, &arena_),
+                        Search(index, by_id, options, &arena_),
+                        absl::StrCat("by id, k=", k, " mode ", mode));
+      }
+    }
+    if (c.factors_supplied) return;  // no out-of-sample queries without inducing points
+    const RowMatrix points = QueryPoints(CasePoints(c), c.seed + 4);
+    QueryBatch by_point;
+    by_point.points = absl::MakeConstSpan(points.data(), points.size());
+    for (int64_t k : {int64_t{1}, int64_t{10}}) {
+      KnnOptions options;
+      options.k = k;
+      ExpectIdentical(Search(*built, by_point, options, &arena_),
+                      Search(index, by_point, options, &arena_),
+                      absl::StrCat("query points, k=", k));
+    }
+  }
+
+  tbb::task_arena arena_{2};
+  std::string dir_;
+};
+
+Case Residual(std::string name, KernelType kernel, double lengthscale, int d, int64_t n,
+              int64_t m, double base, uint64_t seed) {
+  Case c;
+  c.name = std::move(name);
+  c.kernel = kernel;
+  c.lengthscales = {lengthscale};
+  c.d = d;
+  c.n = n;
+  c.m = m;
+  c.base = base;
+  c.seed = seed;
+  return c;
+}
+
+Case Euclidean(std::string name, int d, int64_t n, double base, uint64_t seed) {
+  Case c;
+  c.name = std::move(name);
+  c.metric = Metric::kEuclidean;
+  c.d = d;
+  c.n = n;
+  c.base = base;
+  c.seed = seed;
+  return c;
+}
+
+TEST_F(IndexSnapshotTest, ResidualWithComputedFactorsRoundTrips) {
+  RoundTrip(Residual("resid_n1", KernelType::kRbf, 1.0, 2, 1, 1, 1.5, 1));
+  RoundTrip(Residual("resid_n2", KernelType::kMatern32, 0.7, 2, 2, 2, 2.0, 2));
+  RoundTrip(Residual("resid_sparse", KernelType::kRbf, 0.3, 3, 2000, 32, 1.5, 3));
+  RoundTrip(Residual("resid_dense", KernelType::kMatern32, 2.0, 2, 3000, 48, 1.3, 4));
+  Case ard = Residual("resid_ard", KernelType::kMatern52, 1.0, 4, 1200, 40, 2.0, 5);
+  ard.lengthscales = {0.5, 1.5, 1.0, 2.0};
+  ard.variance = 2.5;
+  RoundTrip(ard);
+  Case dup = Residual("resid_duplicates", KernelType::kRbf, 0.8, 2, 900, 24, 1.5, 6);
+  dup.duplicates = 0.2;
+  RoundTrip(dup);
+}
+
+TEST_F(IndexSnapshotTest, ResidualWithSuppliedFactorsRoundTrips) {
+  Case a = Residual("supplied_small", KernelType::kRbf, 1.0, 2, 3, 3, 1.5, 11);
+  a.factors_supplied = true;
+  RoundTrip(a);
+  Case b = Residual("supplied", KernelType::kMatern12, 0.5, 3, 1500, 32, 1.3, 12);
+  b.factors_supplied = true;
+  b.duplicates = 0.05;
+  RoundTrip(b);
+}
+
+TEST_F(IndexSnapshotTest, EuclideanRoundTrips) {
+  RoundTrip(Euclidean("euclid_n1", 3, 1, 2.0, 21));
+  RoundTrip(Euclidean("euclid_2000", 3, 2000, 1.3, 22));
+  Case dup = Euclidean("euclid_duplicates", 2, 1000, 1.5, 23);
+  dup.duplicates = 0.25;
+  RoundTrip(dup);
+}
+
+// Seeded random settings: metric, kernel, dimension, size (1 to a few thousand), base,
+// duplicates and supplied factors all vary.
+TEST_F(IndexSnapshotTest, RandomCasesRoundTrip) {
+  const KernelType kernels[] = {KernelType::kRbf, KernelType::kMatern12, KernelType::kMatern32,
+                                KernelType::kMatern52};
+  const double bases[] = {1.3, 1.5, 2.0};
+  const int64_t sizes[] = {1, 5, 40, 300, 2500, 17, 800, 2, 1200, 90, 3000, 450};
+  core::SplitMix64 rng(31415);
+  for (int i = 0; i < 12; ++i) {
+    Case c;
+    c.metric = i % 4 == 3 ? Metric::kEuclidean : Metric::kResidualCorrelation;
+    c.kernel = kernels[rng.UniformBelow(4)];
+    c.d = 1 + static_cast<int>(rng.UniformBelow(5));
+    c.n = sizes[i];
+    c.variance = 0.5 + 2.0 * rng.UniformDouble();
+    c.lengthscales = {0.2 + 2.5 * rng.UniformDouble()};
+    c.m = std::max<int64_t>(1, std::min<int64_t>(c.n, 8 + 8 * (i % 5)));
+    c.base = bases[i % 3];
+    c.duplicates = i % 3 == 1 ? 0.1 : 0.0;
+    c.factors_supplied = c.metric == Metric::kResidualCorrelation && i % 5 == 2;
+    c.seed = 500 + i;
+    c.name = absl::StrCat("random_", i, c.metric == Metric::kEuclidean ? "_euclid" : "_resid",
+                          "_", core::KernelTypeName(c.kernel), "_d", c.d, "_n", c.n, "_b", c.base,
+                          c.factors_supplied ? "_supplied" : "");
+    RoundTrip(c);
+  }
+}
+
+TEST_F(IndexSnapshotTest, OtherPointsOrKernelAreDataLoss) {
+  Case computed = Residual("computed", KernelType::kRbf, 1.0, 2, 300, 16, 1.5, 41);
+  Case supplied = computed;
+  supplied.name = "supplied";
+  supplied.factors_supplied = true;
+  Case euclid = Euclidean("euclid", 2, 300, 1.5, 42);
+  for (const Case& c : {computed, supplied, euclid}) {
+    SCOPED_TRACE(c.name);
+    std::unique_ptr<KnnIndex> built = Build(c);
+    ASSERT_NE(built, nullptr);
+    const std::string path = Path(c.name);
+    ASSERT_TRUE(SaveIndex(*built, path).ok());
+    auto expect_other_space = [&](const IndexSpec& spec, IndexData data, const std::string& what) {
+      absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+          RestoreIndex(spec, std::move(data), path, &arena_);
+      EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)
+          << what << ": " << restored.status();
+      EXPECT_THAT(restored.status().message(), HasSubstr("different metric space")) << what;
+      EXPECT_THAT(restored.status().message(), HasSubstr(path)) << what;
+    };
+    // One coordinate of one point, by one ulp.
+    IndexData moved = CaseData(c);
+    moved.points(123, 1) = std::nextafter(moved.points(123, 1), 1e9);
+    expect_other_space(CaseSpec(c), std::move(moved), "one coordinate");
+    if (c.factors_supplied) {
+      IndexData factors = CaseData(c);
+      factors.factors(7, 3) += 1e-12;
+      expect_other_space(CaseSpec(c), std::move(factors), "one factor");
+      IndexData variances = CaseData(c);
+      variances.residual_variances(9) *= 1.0 + 1e-12;
+      expect_other_space(CaseSpec(c), std::move(variances), "one residual variance");
+    }
+    if (c.metric == Metric::kResidualCorrelation) {
+      // The kernel enters every distance, also with supplied V and p.
+      IndexSpec other_variance = CaseSpec(c);
+      other_variance.residual.kernel.variance *= 1.5;
+      expect_other_space(other_variance, CaseData(c), "kernel variance");
+      IndexSpec other_type = CaseSpec(c);
+      other_type.residual.kernel.type = KernelType::kMatern32;
+      expect_other_space(other_type, CaseData(c), "kernel type");
+      IndexSpec other_lengthscale = CaseSpec(c);
+      other_lengthscale.residual.kernel.lengthscales = {1.25};
+      expect_other_space(other_lengthscale, CaseData(c), "lengthscale");
+    }
+    // The unchanged data still restores after all that.
+    absl::StatusOr<std::unique_ptr<KnnIndex>> again =
+        RestoreIndex(CaseSpec(c), CaseData(c), path, &arena_);
+    EXPECT_TRUE(again.ok()) << again.status();
+  }
+}
+
+TEST_F(IndexSnapshotTest, MismatchedSpecSizeOrKindIsAnError) {
+  const Case c = Euclidean("euclid", 2, 200, 1.5, 51);
+  std::unique_ptr<KnnIndex> built = Build(c);
+  ASSERT_NE(built, nullptr);
+  const std::string path = Path("index");
+  ASSERT_TRUE(SaveIndex(*built, path).ok());
+
+  IndexSpec other_base = CaseSpec(c);
+  other_base.tree.base = 2.0;
+  absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+      RestoreIndex(other_base, CaseData(c), path, &arena_);
+  EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss) << restored.status();
+  EXPECT_THAT(restored.status().message(), HasSubstr("base"));
+
+  IndexData fewer = CaseData(c);
+  fewer.points.conservativeResize(199, 2);
+  restored = RestoreIndex(CaseSpec(c), std::move(fewer), path, &arena_);
+  EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss) << restored.status();
+  EXPECT_THAT(restored.status().message(), HasSubstr("holds 200 points"));
+
+  IndexSpec wrong_dimension = CaseSpec(c);
+  wrong_dimension.dimension = 3;
+  restored = RestoreIndex(wrong_dimension, CaseData(c), path, &arena_);
+  EXPECT_EQ(restored.status().code(), absl::StatusCode::kInvalidArgument) << restored.status();
+
+  absl::StatusOr<std::unique_ptr<SnapshotReader>> reader =
+      SnapshotReader::Open(path, SnapshotKind::kIndexSpec);
+  EXPECT_EQ(reader.status().code(), absl::StatusCode::kDataLoss) << reader.status();
+}
+
+// Files written by hand in Save's layout with a valid checksum: unchanged arrays restore and
+// answer as the built index; each structural defect is DATA_LOSS from CoverTree::Load.
+TEST_F(IndexSnapshotTest, StructurallyBrokenTreeWithValidChecksumIsDataLoss) {
+  const Case c = Residual("resid", KernelType::kRbf, 1.0, 2, 400, 16, 1.5, 61);
+  std::unique_ptr<KnnIndex> built = Build(c);
+  ASSERT_NE(built, nullptr);
+  const TreeArrays good = TreeArrays::Of(built->tree());
+  const int64_t n = good.n;
+  const uint64_t fingerprint = built->space().Fingerprint();
+  ASSERT_GE(good.first_child[1] - good.first_child[0], 2) << "the root needs two children";
+  int64_t inner = 1;  // a node below the root with children
+  while (inner < n && good.first_child[inner + 1] == good.first_child[inner]) ++inner;
+  ASSERT_LT(inner, n) << "no node below the root has children";
+  const int64_t grandchild = good.first_child[inner];  // at depth 2 or more
+
+  const std::string path = Path("hand_written");
+  auto restore = [&](const TreeArrays& arrays, int64_t index_size = -1,
+                     const std::function<void(SnapshotWriter&)>& extra = nullptr) {
+    {
+      absl::StatusOr<std::unique_ptr<SnapshotWriter>> writer =
+          SnapshotWriter::Create(path, SnapshotKind::kTree);
+      EXPECT_TRUE(writer.ok());
+      arrays.Write(**writer, index_size < 0 ? n : index_size, fingerprint);
+      if (extra) extra(**writer);
+      EXPECT_TRUE((*writer)->Commit().ok());
+    }
+    return RestoreIndex(CaseSpec(c), CaseData(c), path, &arena_);
+  };
+
+  {
+    absl::StatusOr<std::unique_ptr<KnnIndex>> restored = restore(good);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    ExpectSameTree(built->tree(), (*restored)->tree());
+    const std::vector<int64_t> ids = QueryIds(n, 62);
+    QueryBatch batch;
+    batch.ids = ids;
+    KnnOptions options;
+    options.k = 10;
+    ExpectIdentical(Search(*built, batch, options, &arena_),
+                    Search(**restored, batch, options, &arena_), "hand-written");
+  }
+
+  struct Defect {
+    std::string name;
+    std::function<void(TreeArrays&)> apply;
+    std::string message;  // a substring of the error
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<Defect> defects = {
+      {"an id twice", [](TreeArrays& a) { a.point[2] = a.point[1]; }, "tree: id"},
+      {"an id out of range", [n](TreeArrays& a) { a.point[3] = n; }, "tree: id"},
+      {"a negative id", [](TreeArrays& a) { a.point[0] = -1; }, "tree: id"},
+      {"base 1", [](TreeArrays& a) { a.base = 1.0; }, "tree: base"},
+      {"base NaN", [nan](TreeArrays& a) { a.base = nan; }, "tree: base"},
+      {"a short level array", [](TreeArrays& a) { a.level.pop_back(); }, "different lengths"},
+      {"a short subtree array", [](TreeArrays& a) { a.subtree_min_id.pop_back(); },
+       "different lengths"},
+      {"a short child offset array", [](TreeArrays& a) { a.first_child.pop_back(); },
+       "offset arrays"},
+      {"a short ring offset array", [](TreeArrays& a) { a.ring_offset.pop_back(); },
+       "offset arrays"},
+      {"a child at the level of its parent", [](TreeArrays& a) { a.level[1] = a.level[0]; },
+       "level not below"},
+      {"a wrong parent", [](TreeArrays& a) { a.parent[1] = 2; }, "wrong parent"},
+      {"a root with a parent", [](TreeArrays& a) { a.parent[0] = 0; }, "child ranges"},
+      {"children before their parent", [](TreeArrays& a) { a.first_child[1] = 1; },
+       "child range"},
+      {"a child range past the end", [n](TreeArrays& a) { a.first_child[n] = n + 1; },
+       "child ranges"},
+      {"overlapping child ranges",
+       [inner, grandchild](TreeArrays& a) { a.first_child[inner + 1] = grandchild - 1; },
+       "child range"},
+      {"a NaN max_dist", [nan](TreeArrays& a) { a.max_dist[5] = nan; }, "bad distance bound"},
+      {"an infinite max_dist",
+       [](TreeArrays& a) { a.max_dist[0] = std::numeric_limits<double>::infinity(); },
+       "bad distance bound"},
+      {"a negative parent_dist", [](TreeArrays& a) { a.parent_dist[7] = -0.5; },
+       "bad distance bound"},
+      {"a wrong subtree minimum", [](TreeArrays& a) { a.subtree_min_id[0] += 1; },
+       "subtree minimum"},
+      {"a ring missing",
+       [n](TreeArrays& a) {
+         a.ring.resize(a.ring.size() - 2);
+         a.ring_offset[n] -= 1;
+       },
+       "ring count"},
+      {"ring offsets past the rings", [n](TreeArrays& a) { a.ring_offset[n] += 1; },
+       "ring offsets"},
+      {"a ring with lo > hi",
+       [grandchild](TreeArrays& a) {
+         double* ring = &a.ring[2 * a.ring_offset[grandchild]];
+         ring[0] = ring[1] + 0.25;
+       },
+       "not an interval"},
+      {"a NaN ring", [nan](TreeArrays& a) { a.ring[3] = nan; }, "not an interval"},
+      {"an odd ring array", [](TreeArrays& a) { a.ring.push_back(0.5); }, "odd length"},
+      {"a tree of other size", [](TreeArrays& a) { a.n += 1; }, "the tree holds"},
+      // A whole, valid tree over fewer points than the index: every array agrees with itself.
+      {"a consistent tree over fewer points",
+       [](TreeArrays& a) {
+         a.point = {0};
+         a.level = {0};
+         a.max_dist = {0.0};
+         a.parent_dist = {0.0};
+         a.parent = {-1};
+         a.first_child = {1, 1};
+         a.subtree_min_id = {0};
+         a.ring_offset = {0, 0};
+         a.ring.clear();
+       },
+       "tree"},
+      {"empty arrays",
+       [](TreeArrays& a) {
+         a.point.clear();
+         a.level.clear();
+         a.max_dist.clear();
+         a.parent_dist.clear();
+         a.parent.clear();
+         a.first_child = {0};
+         a.subtree_min_id.clear();
+         a.ring_offset = {0};
+         a.ring.clear();
+       },
+       "tree"},
+  };
+  for (const Defect& defect : defects) {
+    TreeArrays broken = good;
+    defect.apply(broken);
+    absl::StatusOr<std::unique_ptr<KnnIndex>> restored = restore(broken);
+    EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)
+        << defect.name << ": " << restored.status();
+    EXPECT_THAT(restored.status().message(), HasSubstr(defect.message)) << defect.name;
+  }
+
+  // Whole arrays but the wrong index size, and bytes after the tree.
+  absl::StatusOr<std::unique_ptr<KnnIndex>> restored = restore(good, n + 1);
+  EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss) << restored.status();
+  restored = restore(good, -1, [](SnapshotWriter& w) { w.WriteValue<int32_t>(0); });
+  EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss) << restored.status();
+  EXPECT_THAT(restored.status().message(), HasSubstr("left unread"));
+}
+
+// Every header byte and ~200 payload bytes, each flipped two ways: never OK, never a crash.
+TEST_F(IndexSnapshotTest, ByteFlipsInASavedIndexAreDataLoss) {
+  Case c = Residual("resid", KernelType::kMatern32, 1.0, 2, 300, 16, 1.5, 71);
+  c.duplicates = 0.05;
+  std::unique_ptr<KnnIndex> built = Build(c);
+  ASSERT_NE(built, nullptr);
+  const std::string path = Path("index");
+  ASSERT_TRUE(SaveIndex(*built, path).ok());
+  const std::string good = ReadBytes(path);
+  std::vector<size_t> positions;
+  for (size_t pos = 0; pos < static_cast<size_t>(core::kSnapshotHeaderBytes); ++pos) {
+    positions.push_back(pos);
+  }
+  // The index fields and the tree's scalars, then random positions.
+  for (size_t pos = 48; pos < 48 + 64 && pos < good.size(); ++pos) positions.push_back(pos);
+  core::SplitMix64 rng(72);
+  for (int i = 0; i < 200; ++i) {
+    positions.push_back(core::kSnapshotHeaderBytes +
+                        rng.UniformBelow(good.size() - core::kSnapshotHeaderBytes));
+  }
+  positions.push_back(good.size() - 1);
+  const std::string bad = Path("flipped");
+  for (size_t pos : positions) {
+    for (unsigned mask : {0x01u, 0xffu}) {
+      std::string bytes = good;
+      bytes[pos] = static_cast<char>(bytes[pos] ^ mask);
+      WriteBytes(bad, bytes);
+      absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+          RestoreIndex(CaseSpec(c), CaseData(c), bad, &arena_);
+      EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)
+          << "byte " << pos << " ^ " << mask << " of " << good.size() << ": "
+          << restored.status();
+    }
+  }
+  // Truncations, a few.
+  for (size_t length : {size_t{0}, size_t{47}, size_t{48}, size_t{100}, good.size() / 2,
+                        good.size() - 1}) {
+    WriteBytes(bad, good.substr(0, length));
+    absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+        RestoreIndex(CaseSpec(c), CaseData(c), bad, &arena_);
+    EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)
+        << "length " << length << ": " << restored.status();
+  }
+}
+
+// The gold data set: built, saved and restored, the restored index answers the shipped queries
+// as shipped (DESIGN.md section 3) and bit for bit as the built one, in both modes.
+TEST_F(IndexSnapshotTest, GoldRoundTripAnswersAsShipped) {
+  absl::StatusOr<testing::Dataset> set = testing::LoadDataset(testing::DefaultDataDir(), "gold");
+  ASSERT_TRUE(set.ok()) << set.status();
+  absl::StatusOr<std::unique_ptr<KnnIndex>> built =
+      KnnIndex::Build(set->Spec(), set->Data(), &arena_);
+  ASSERT_TRUE(built.ok()) << built.status();
+  const std::string path = Path("gold");
+  ASSERT_TRUE(SaveIndex(**built, path).ok());
+  absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+      RestoreIndex(set->Spec(), set->Data(), path, &arena_);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  const KnnIndex& index = **restored;
+  ExpectSameTree((*built)->tree(), index.tree());
+
+  QueryBatch batch;
+  batch.ids = set->query_ids;
+  const int64_t nq = static_cast<int64_t>(set->query_ids.size());
+  const core::PointRows rows = index.space().Gather(set->query_ids);
+  for (bool pred : {false, true}) {
+    SCOPED_TRACE(pred ? "predecessor mode" : "plain");
+    KnnOptions options;
+    options.k = set->k;
+    options.predecessor_mode = pred;
+    const Answer got = Search(index, batch, options, &arena_);
+    ExpectIdentical(Search(**built, batch, options, &arena_), got, "gold");
+    const std::vector<double>& ref = pred ? set->pred_dists : set->knn_dists;
+    int failures = 0;
+    for (int64_t q = 0; q < nq && failures < 5; ++q) {
+      const std::string diff =
+          testing::CompareRow(index.space(), rows, q, set->query_ids[q], options,
+                              &got.ids[q * set->k], &got.dists[q * set->k], &ref[q * set->k]);
+      if (!diff.empty()) {
+        ++failures;
+        ADD_FAILURE() << "query " << q << " (id " << set->query_ids[q] << "): " << diff;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace rcknn
