@@ -61,6 +61,7 @@ void RcknnService::UpdateIndexGauges() {
   }
   metrics_->SetIndexCounts(counts);
   metrics_->SetIndexTotals(points, memory_bytes);
+  metrics_->SetMemory(budget_->used(), budget_->limit());
 }
 
 grpc::Status RcknnService::CreateIndex(grpc::ServerContext* context,
@@ -214,9 +215,10 @@ void RcknnService::StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec
     shared_data.reset();
     if (!restore && index.ok() && store_ != nullptr) {
       // Durable before READY: a crash from here on finds either this whole file or none.
+      // The duration is taken once, so that the file and GetIndex report the same one.
+      build_seconds = entry->Snapshot().build_seconds;
       const absl::Status saved = entry->RunWrite([&] {
-        return store_->WriteTree(entry->id(), entry->uploads(), entry->Snapshot().build_seconds,
-                                 **index);
+        return store_->WriteTree(entry->id(), entry->uploads(), build_seconds, **index);
       });
       if (!saved.ok() && !entry->deleted()) {
         index = absl::Status(saved.code(), absl::StrCat("the index was built but could not be "

@@ -153,7 +153,13 @@ ServerMetrics::ServerMetrics()
       index_memory_bytes_(AddGauge(*registry_, "rcknn_index_memory_bytes",
                                    "Memory held by all indexes together, in bytes.")),
       pool_threads_(AddGauge(*registry_, "rcknn_query_pool_threads",
-                             "Threads of the server's query arena.")) {}
+                             "Threads of the server's query arena.")),
+      memory_reserved_bytes_(AddGauge(
+          *registry_, "rcknn_memory_reserved_bytes",
+          "Bytes reserved against --max_memory_bytes: indexes, uploads and builds in progress, "
+          "search answers.")),
+      memory_limit_bytes_(AddGauge(*registry_, "rcknn_memory_limit_bytes",
+                                   "The --max_memory_bytes limit.")) {}
 
 void ServerMetrics::RecordSearch(const core::TraversalStats& merged,
                                  absl::Span<const int64_t> per_query_evaluations) {
@@ -258,6 +264,11 @@ void ServerMetrics::SetIndexTotals(int64_t points, int64_t memory_bytes) {
 }
 
 void ServerMetrics::SetPoolThreads(int threads) { pool_threads_.Set(threads); }
+
+void ServerMetrics::SetMemory(int64_t reserved_bytes, int64_t limit_bytes) {
+  memory_reserved_bytes_.Set(static_cast<double>(reserved_bytes));
+  memory_limit_bytes_.Set(static_cast<double>(limit_bytes));
+}
 
 std::string ServerMetrics::TextExposition() const {
   return prometheus::TextSerializer().Serialize(registry_->Collect());

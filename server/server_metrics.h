@@ -20,6 +20,7 @@
 //   rcknn_indexes{state="loading"|"building"|"ready"|"failed"}     gauge
 //   rcknn_index_points, rcknn_index_memory_bytes        gauges, totals over all indexes
 //   rcknn_query_pool_threads                            gauge
+//   rcknn_memory_reserved_bytes, rcknn_memory_limit_bytes  gauges, the --max_memory_bytes budget
 //
 // grpc_service / grpc_method take the names of the RPCs the server handles. A client can send any
 // method name, so at most kMaxRpcMethods distinct (service, method) pairs get their own series;
@@ -103,6 +104,7 @@ class ServerMetrics {
   void SetIndexCounts(const IndexStateCounts& counts);
   void SetIndexTotals(int64_t points, int64_t memory_bytes);
   void SetPoolThreads(int threads);
+  void SetMemory(int64_t reserved_bytes, int64_t limit_bytes);
 
   // For prometheus::Exposer::RegisterCollectable.
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
@@ -166,6 +168,8 @@ class ServerMetrics {
   prometheus::Gauge& index_points_;
   prometheus::Gauge& index_memory_bytes_;
   prometheus::Gauge& pool_threads_;
+  prometheus::Gauge& memory_reserved_bytes_;
+  prometheus::Gauge& memory_limit_bytes_;
 };
 
 }  // namespace rcknn::server
