@@ -175,18 +175,26 @@ absl::Status RcknnService::DoBuildIndex(const v1::BuildIndexRequest& request,
   ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(request.index_id()));
   core::IndexSpec spec;
   MemoryReservation build_memory;
-  ASSIGN_OR_RETURN(core::IndexData data, entry->BeginBuild([&](int64_t n) {
-    ASSIGN_OR_RETURN(spec, SpecForBuild(entry->core_spec(), entry->spec().has_inducing_count(), n));
-    ASSIGN_OR_RETURN(build_memory,
-                     budget_->Reserve(core::KnnIndex::EstimateBuildBytes(spec, n),
-                                      absl::StrCat("building index ", entry->id())));
-    return absl::OkStatus();
-  }));
+  ASSIGN_OR_RETURN(core::IndexData data,
+                   entry->BeginBuild(BuildCheck(*entry, "building", &spec, &build_memory)));
   FillIndexInfo(*entry, response);
   RCKNN_LOG(kInfo, "building index ", entry->id(), " over ", data.points.rows(), " points");
   StartBuild(std::move(entry), std::move(spec), std::move(data), std::move(build_memory),
              /*restore=*/false);
   return absl::OkStatus();
+}
+
+std::function<absl::Status(int64_t)> RcknnService::BuildCheck(const IndexEntry& entry,
+                                                              absl::string_view verb,
+                                                              core::IndexSpec* spec,
+                                                              MemoryReservation* memory) {
+  return [this, &entry, verb, spec, memory](int64_t n) {
+    ASSIGN_OR_RETURN(*spec,
+                     SpecForBuild(entry.core_spec(), entry.spec().has_inducing_count(), n));
+    ASSIGN_OR_RETURN(*memory, budget_->Reserve(core::KnnIndex::EstimateBuildBytes(*spec, n),
+                                               absl::StrCat(verb, " index ", entry.id())));
+    return absl::OkStatus();
+  };
 }
 
 void RcknnService::StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec spec,
@@ -280,14 +288,8 @@ int64_t RcknnService::LoadStoredIndexes() {
     if (status.ok() && found.has_tree) {
       core::IndexSpec build_spec;
       MemoryReservation build_memory;
-      absl::StatusOr<core::IndexData> data = entry->BeginBuild([&](int64_t n) {
-        ASSIGN_OR_RETURN(build_spec, SpecForBuild(entry->core_spec(),
-                                                  entry->spec().has_inducing_count(), n));
-        ASSIGN_OR_RETURN(build_memory,
-                         budget_->Reserve(core::KnnIndex::EstimateBuildBytes(build_spec, n),
-                                          absl::StrCat("restoring index ", found.id)));
-        return absl::OkStatus();
-      });
+      absl::StatusOr<core::IndexData> data =
+          entry->BeginBuild(BuildCheck(*entry, "restoring", &build_spec, &build_memory));
       status = data.status();
       if (status.ok()) {
         RCKNN_LOG(kInfo, "--data_dir: restoring index ", found.id, " (", entry->Snapshot().num_points,

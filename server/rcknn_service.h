@@ -94,6 +94,11 @@ class RcknnService final : public RawStreamingService {
   // Sets the gauges of index states, points and memory from the registry; called after every
   // change of them.
   void UpdateIndexGauges();
+  // The check BeginBuild runs for BuildIndex and for start-up restores (`verb`: "building" or
+  // "restoring", for the error): sets `spec` for the index's n points and reserves the build's
+  // memory in `memory`.
+  std::function<absl::Status(int64_t)> BuildCheck(const IndexEntry& entry, absl::string_view verb,
+                                                  core::IndexSpec* spec, MemoryReservation* memory);
   // Runs the build (or, with `restore`, the restore from the store) of `entry` on the pool and
   // publishes the result; `build_memory` is released when it ends.
   void StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec spec, core::IndexData data,
