@@ -235,9 +235,9 @@ absl::StatusOr<std::unique_ptr<SnapshotReader>> SnapshotReader::Open(std::string
                                         "; this server reads version ", kSnapshotFormatVersion));
   }
   if (header.kind != static_cast<uint32_t>(kind)) {
-    return reader->Corrupt(absl::StrCat("holds a ",
+    return reader->Corrupt(absl::StrCat("holds the wrong kind of data: ",
                                         SnapshotKindName(static_cast<SnapshotKind>(header.kind)),
-                                        ", expected a ", SnapshotKindName(kind)));
+                                        ", expected ", SnapshotKindName(kind)));
   }
   const uint64_t file_payload = static_cast<uint64_t>(info.st_size) - sizeof(header);
   if (file_payload != header.payload_bytes) {

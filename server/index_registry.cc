@@ -136,7 +136,7 @@ void IndexEntry::SetBuildProgress(double fraction) {
 }
 
 void IndexEntry::FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> index,
-                             double build_seconds) {
+                             double build_seconds, MemoryReservation build_memory) {
   absl::MutexLock lock(&mutex_);
   build_seconds_ = build_seconds >= 0.0 ? build_seconds
                                         : absl::ToDoubleSeconds(absl::Now() - build_start_);
@@ -150,6 +150,7 @@ void IndexEntry::FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> ind
     state_ = IndexState::kFailed;
     memory_.Release();
   }
+  build_memory.Release();
   ++version_;
 }
 

@@ -94,9 +94,11 @@ class IndexEntry {
   void SetBuildProgress(double fraction);
   // BUILDING -> READY with `index`, or FAILED with its error. The entry's memory becomes the
   // index's (nothing on failure). `build_seconds`, if >= 0, is reported instead of the time since
-  // BeginBuild (an index restored from disk reports its original build).
+  // BeginBuild (an index restored from disk reports its original build). `build_memory` (what
+  // the build reserved) is released before the new state can be seen, so that a client that sees
+  // READY finds the budget holding the index only.
   void FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> index,
-                   double build_seconds = -1.0);
+                   double build_seconds = -1.0, MemoryReservation build_memory = {});
   // Any state -> FAILED with `error` (an index whose files could not be read).
   void MarkFailed(const absl::Status& error);
 

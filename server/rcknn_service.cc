@@ -234,8 +234,7 @@ void RcknnService::StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec
                                                         saved.message()));
       }
     }
-    entry->FinishBuild(std::move(index), build_seconds);
-    shared_memory->Release();
+    entry->FinishBuild(std::move(index), build_seconds, std::move(*shared_memory));
     const IndexSnapshot snapshot = entry->Snapshot();
     if (snapshot.state == IndexState::kReady && !restore) {
       metrics_->RecordBuild(snapshot.build_seconds);

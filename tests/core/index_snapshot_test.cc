@@ -242,9 +242,9 @@ Answer Search(const KnnIndex& index, const QueryBatch& batch, const KnnOptions& 
 void ExpectIdentical(const Answer& built, const Answer& restored, const std::string& what) {
   EXPECT_EQ(built.ids, restored.ids) << what;
   ASSERT_EQ(built.dists.size(), restored.dists.size()) << what;
-  EXPECT_EQ(std::memcmp(built.dists.data(), restored.dists.data(),
-                        built.dists.size() * sizeof(double)),
-            0)
+  EXPECT_EQ(
+      std::memcmp(built.dists.data(), restored.dists.data(), built.dists.size() * sizeof(double)),
+      0)
       << what << ": distances differ in their bits";
   EXPECT_EQ(built.evaluations, restored.evaluations) << what;
 }
@@ -357,8 +357,8 @@ class IndexSnapshotTest : public ::testing::Test {
   std::string dir_;
 };
 
-Case Residual(std::string name, KernelType kernel, double lengthscale, int d, int64_t n,
-              int64_t m, double base, uint64_t seed) {
+Case Residual(std::string name, KernelType kernel, double lengthscale, int d, int64_t n, int64_t m,
+              double base, uint64_t seed) {
   Case c;
   c.name = std::move(name);
   c.kernel = kernel;
@@ -435,10 +435,34 @@ TEST_F(IndexSnapshotTest, RandomCasesRoundTrip) {
     c.duplicates = i % 3 == 1 ? 0.1 : 0.0;
     c.factors_supplied = c.metric == Metric::kResidualCorrelation && i % 5 == 2;
     c.seed = 500 + i;
-    c.name = absl::StrCat("random_", i, c.metric == Metric::kEuclidean ? "_euclid" : "_resid",
-                          "_", core::KernelTypeName(c.kernel), "_d", c.d, "_n", c.n, "_b", c.base,
+    c.name = absl::StrCat("random_", i, c.metric == Metric::kEuclidean ? "_euclid" : "_resid", "_",
+                          core::KernelTypeName(c.kernel), "_d", c.d, "_n", c.n, "_b", c.base,
                           c.factors_supplied ? "_supplied" : "");
     RoundTrip(c);
+  }
+}
+
+// The factors are recomputed on restore: on another thread count they must come out bit for bit
+// the same, or the fingerprint check would refuse every index saved elsewhere.
+TEST_F(IndexSnapshotTest, RestoresOnAnotherThreadCount) {
+  const Case c = Residual("resid", KernelType::kMatern32, 1.0, 3, 2100, 64, 1.5, 81);
+  std::unique_ptr<KnnIndex> built = Build(c);
+  ASSERT_NE(built, nullptr);
+  const std::string path = Path("index");
+  ASSERT_TRUE(SaveIndex(*built, path).ok());
+  tbb::task_arena one(1);
+  tbb::task_arena three(3);
+  for (tbb::task_arena* arena : {&one, &three, static_cast<tbb::task_arena*>(nullptr)}) {
+    absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+        RestoreIndex(CaseSpec(c), CaseData(c), path, arena);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    const std::vector<int64_t> ids = QueryIds(c.n, 82);
+    QueryBatch batch;
+    batch.ids = ids;
+    KnnOptions options;
+    options.k = 10;
+    ExpectIdentical(Search(*built, batch, options, &arena_),
+                    Search(**restored, batch, options, &arena_), "another thread count");
   }
 }
 
@@ -588,8 +612,7 @@ TEST_F(IndexSnapshotTest, StructurallyBrokenTreeWithValidChecksumIsDataLoss) {
        "level not below"},
       {"a wrong parent", [](TreeArrays& a) { a.parent[1] = 2; }, "wrong parent"},
       {"a root with a parent", [](TreeArrays& a) { a.parent[0] = 0; }, "child ranges"},
-      {"children before their parent", [](TreeArrays& a) { a.first_child[1] = 1; },
-       "child range"},
+      {"children before their parent", [](TreeArrays& a) { a.first_child[1] = 1; }, "child range"},
       {"a child range past the end", [n](TreeArrays& a) { a.first_child[n] = n + 1; },
        "child ranges"},
       {"overlapping child ranges",
@@ -695,13 +718,12 @@ TEST_F(IndexSnapshotTest, ByteFlipsInASavedIndexAreDataLoss) {
       absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
           RestoreIndex(CaseSpec(c), CaseData(c), bad, &arena_);
       EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)
-          << "byte " << pos << " ^ " << mask << " of " << good.size() << ": "
-          << restored.status();
+          << "byte " << pos << " ^ " << mask << " of " << good.size() << ": " << restored.status();
     }
   }
   // Truncations, a few.
-  for (size_t length : {size_t{0}, size_t{47}, size_t{48}, size_t{100}, good.size() / 2,
-                        good.size() - 1}) {
+  for (size_t length :
+       {size_t{0}, size_t{47}, size_t{48}, size_t{100}, good.size() / 2, good.size() - 1}) {
     WriteBytes(bad, good.substr(0, length));
     absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
         RestoreIndex(CaseSpec(c), CaseData(c), bad, &arena_);

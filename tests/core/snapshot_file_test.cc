@@ -319,7 +319,7 @@ TEST_F(SnapshotFileTest, WrongKindIsDataLossNamingBothKinds) {
       SnapshotReader::Open(path, SnapshotKind::kUpload);
   ASSERT_EQ(reader.status().code(), absl::StatusCode::kDataLoss) << reader.status();
   EXPECT_THAT(reader.status().message(), HasSubstr(path));
-  EXPECT_THAT(reader.status().message(), HasSubstr("holds a tree"));
+  EXPECT_THAT(reader.status().message(), HasSubstr("wrong kind of data: tree, expected upload"));
   EXPECT_THAT(reader.status().message(), HasSubstr("upload"));
 
   // A kind this code does not know, with a valid header checksum.
