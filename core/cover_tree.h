@@ -58,10 +58,11 @@ class CoverTree {
 
   // Appends the tree's arrays to `writer`.
   void Save(SnapshotWriter& writer) const;
-  // Reads a tree written by Save() for a space of `num_points` points and checks its structure
-  // (array sizes, every id once, child ranges, parents, levels, depths, subtree minimum ids,
-  // finite non-negative bounds): DATA_LOSS naming the first defect. Distances are not
-  // re-measured: the caller checks that the space is the one the tree was built over.
+  // Reads a tree written by Save() for a space of `num_points` points as the last thing in the
+  // file: checks the file (SnapshotReader::Finish), then the tree's structure (array sizes,
+  // every id once, child ranges, parents, levels, depths, subtree minimum ids, finite
+  // non-negative bounds): DATA_LOSS naming the first defect. Distances are not re-measured: the
+  // caller checks that the space is the one the tree was built over.
   static absl::StatusOr<CoverTree> Load(SnapshotReader& reader, int64_t num_points);
 
   int64_t size() const { return static_cast<int64_t>(point_.size()); }

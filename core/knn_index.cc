@@ -125,8 +125,7 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Restore(const IndexSpec& spe
     return reader.Corrupt(absl::StrCat("the saved index holds ", size, " points, the data ",
                                        data.points.rows()));
   }
-  ASSIGN_OR_RETURN(CoverTree tree, CoverTree::Load(reader, size));
-  RETURN_IF_ERROR(reader.Finish());
+  ASSIGN_OR_RETURN(CoverTree tree, CoverTree::Load(reader, size));  // checks the file too
   if (tree.base() != spec.tree.base) {
     return reader.Corrupt(absl::StrCat("the saved tree has base ", tree.base(), ", the spec ",
                                        spec.tree.base));

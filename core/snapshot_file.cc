@@ -12,6 +12,8 @@
 #define XXH_STATIC_LINKING_ONLY
 #include "xxhash.h"
 
+#include "core/status_macros.h"
+
 namespace rcknn::core {
 namespace {
 
@@ -198,9 +200,7 @@ absl::Status SnapshotWriter::Commit() {
 // SnapshotReader
 
 SnapshotReader::SnapshotReader(std::string path, int fd)
-    : path_(std::move(path)), fd_(fd), hash_(std::make_unique<HashState>()) {
-  XXH3_64bits_reset(&hash_->state);
-}
+    : path_(std::move(path)), fd_(fd), hash_(std::make_unique<HashState>()) {}
 
 SnapshotReader::~SnapshotReader() {
   if (fd_ >= 0) ::close(fd_);
@@ -247,6 +247,9 @@ absl::StatusOr<std::unique_ptr<SnapshotReader>> SnapshotReader::Open(std::string
   }
   reader->payload_bytes_ = header.payload_bytes;
   reader->payload_checksum_ = header.payload_checksum;
+  // The whole payload is checked before anything in it is parsed: a corrupt file is reported as
+  // corrupt, whatever its damage would have looked like to the parser.
+  RETURN_IF_ERROR(reader->VerifyChecksum());
   return reader;
 }
 
@@ -272,17 +275,31 @@ absl::Status SnapshotReader::Read(void* data, size_t bytes) {
     return Corrupt(absl::StrCat("a read of ", bytes, " bytes at payload offset ", consumed_,
                                 " runs past the end of the file"));
   }
-  char* out = static_cast<char*>(data);
-  size_t done = 0;
-  while (done < bytes) {
-    const size_t chunk = std::min(kReadChunk, bytes - done);
-    const int64_t got = ReadAll(fd_, out + done, chunk);
+  const int64_t got = ReadAll(fd_, static_cast<char*>(data), bytes);
+  if (got < 0) return IoError("cannot read", path_);
+  if (got < static_cast<int64_t>(bytes)) return Corrupt("truncated while reading");
+  consumed_ += bytes;
+  return absl::OkStatus();
+}
+
+absl::Status SnapshotReader::VerifyChecksum() {
+  XXH3_64bits_reset(&hash_->state);
+  std::vector<char> buffer(std::min<uint64_t>(kReadChunk, payload_bytes_));
+  uint64_t done = 0;
+  while (done < payload_bytes_) {
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(buffer.size(), payload_bytes_ - done));
+    const int64_t got = ReadAll(fd_, buffer.data(), chunk);
     if (got < 0) return IoError("cannot read", path_);
     if (got < static_cast<int64_t>(chunk)) return Corrupt("truncated while reading");
-    XXH3_64bits_update(&hash_->state, out + done, chunk);
+    XXH3_64bits_update(&hash_->state, buffer.data(), chunk);
     done += chunk;
   }
-  consumed_ += bytes;
+  if (XXH3_64bits_digest(&hash_->state) != payload_checksum_) {
+    return Corrupt("payload checksum mismatch (the file is corrupt)");
+  }
+  if (::lseek(fd_, kSnapshotHeaderBytes, SEEK_SET) != kSnapshotHeaderBytes) {
+    return IoError("cannot seek in", path_);
+  }
   return absl::OkStatus();
 }
 
@@ -297,9 +314,6 @@ absl::Status SnapshotReader::ReadString(std::string* text, uint64_t max_length) 
 absl::Status SnapshotReader::Finish() {
   if (consumed_ != payload_bytes_) {
     return Corrupt(absl::StrCat(payload_bytes_ - consumed_, " payload bytes left unread"));
-  }
-  if (XXH3_64bits_digest(&hash_->state) != payload_checksum_) {
-    return Corrupt("payload checksum mismatch (the file is corrupt)");
   }
   return absl::OkStatus();
 }

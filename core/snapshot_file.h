@@ -10,10 +10,11 @@
 // the directory: after Commit() returns the file is on disk whole, and a crash at any point
 // before leaves either no file or the previous one at <path>, never part of a new one.
 //
-// SnapshotReader checks the header when opened and the payload checksum in Finish(): nothing
-// read from a file may be trusted before Finish() returns OK. Every length read from a payload is
-// checked against the bytes left before anything is allocated, so a corrupt file can cost
-// errors but never a huge allocation or a read out of bounds. Errors are DATA_LOSS naming the
+// SnapshotReader checks the header and the payload checksum when opened (one pass over the
+// file), so a damaged file is reported as damaged before anything in it is parsed; Finish()
+// checks that the reader consumed the whole payload. Every length read from a payload is also
+// checked against the bytes left before anything is allocated, so even a file written wrongly
+// can cost errors but never a huge allocation or a read out of bounds. Errors are DATA_LOSS naming the
 // file and what is wrong with it (bad magic, unknown version, wrong kind, truncated, checksum);
 // I/O failures are UNAVAILABLE with errno's text.
 //
@@ -99,8 +100,9 @@ class SnapshotWriter {
 
 class SnapshotReader {
  public:
-  // Opens `path` and checks its header: DATA_LOSS unless it is an rcknn snapshot of this format
-  // version and of `kind`, as long as its header says. NOT_FOUND if it does not exist.
+  // Opens `path` and checks its header and payload checksum: DATA_LOSS unless it is an intact
+  // rcknn snapshot of this format version and of `kind`, as long as its header says. NOT_FOUND if
+  // it does not exist.
   static absl::StatusOr<std::unique_ptr<SnapshotReader>> Open(std::string path,
                                                               SnapshotKind kind);
   ~SnapshotReader();
@@ -136,7 +138,7 @@ class SnapshotReader {
   }
   absl::Status ReadString(std::string* text, uint64_t max_length = 1 << 20);
 
-  // DATA_LOSS unless the whole payload was read and its checksum matches.
+  // DATA_LOSS unless the whole payload was read.
   absl::Status Finish();
 
   // DATA_LOSS naming the file and `what`.
@@ -144,12 +146,13 @@ class SnapshotReader {
 
   const std::string& path() const { return path_; }
   uint64_t payload_bytes() const { return payload_bytes_; }
-  // The checksum the header records for the payload (valid once Finish() passed).
+  // The checksum the header records for the payload (verified by Open).
   uint64_t payload_checksum() const { return payload_checksum_; }
 
  private:
   SnapshotReader(std::string path, int fd);
   absl::Status CheckCount(uint64_t count, size_t element_bytes, uint64_t max_count) const;
+  absl::Status VerifyChecksum();
 
   const std::string path_;
   int fd_ = -1;

@@ -250,7 +250,7 @@ void RcknnServer::Shutdown(absl::Duration grace) {
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
     server_->Wait();
   }
-  registry_->CancelBuilds();
+  if (registry_ != nullptr) registry_->CancelBuilds();  // null when Start() failed early
   pool_.reset();  // waits for cancelled builds to return
   RCKNN_LOG(kInfo, "shut down");
 }

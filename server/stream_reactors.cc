@@ -58,7 +58,9 @@ void UploadPointsReactor::OnReadDone(bool ok) {
 }
 
 void UploadPointsReactor::FinishWith(const absl::Status& status) {
-  // A failed stream applies nothing: what was staged is dropped with the reactor.
+  // A failed stream applies nothing: what was staged, and the memory reserved for it, are dropped
+  // before the client can see the status (OnDone, which deletes the reactor, runs later).
+  state_ = UploadState();
   Finish(ToGrpcStatus(status));
 }
 
