@@ -383,7 +383,9 @@ class CrashTest(unittest.TestCase):
         thread.join(60)
         self.assertFalse(thread.is_alive())
         self.assertFalse(thread.acknowledged(), thread.outcome)
-        self.assertEqual(thread.outcome.code(), grpc.StatusCode.UNAVAILABLE)
+        # gRPC Python reports a connection lost mid-stream as either code.
+        self.assertIn(thread.outcome.code(),
+                      (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
         node.start()
         info = node.infos()["up"]
         self.assertEqual((info.state, info.num_points), (LOADING, 5000), info.error)
