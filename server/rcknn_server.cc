@@ -209,8 +209,14 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   builder.experimental().SetInterceptorCreators(std::move(observers));
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.listen_address, " (--listen)"));
+    // gRPC says only that the port could not be added; with TLS the usual cause is a
+    // certificate or key it could not use.
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen_address, " (--listen)",
+        options.tls_cert_file.empty()
+            ? ""
+            : "; or gRPC could not use the TLS certificate and key (--tls_cert, --tls_key: are "
+              "they PEM, and does the key match the certificate?)"));
   }
   server->port_ = port;
   server->address_ = WithPort(options.listen_address, port);
