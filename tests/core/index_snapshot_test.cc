@@ -4,17 +4,13 @@
 // checksum-valid file with a structurally broken tree is DATA_LOSS from the structural check;
 // byte flips anywhere in a saved index are DATA_LOSS; the gold data set answers as shipped after
 // a round trip.
-#include <stdlib.h>
 
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <functional>
-#include <iterator>
 #include <limits>
 #include <memory>
 #include <string>
@@ -32,6 +28,7 @@
 #include "tbb/task_arena.h"
 #include "tests/testing/random_points.h"
 #include "tests/testing/shared_data.h"
+#include "tests/testing/temp_dir.h"
 
 namespace rcknn {
 namespace {
@@ -128,17 +125,6 @@ RowMatrix QueryPoints(const RowMatrix& stored, uint64_t seed) {
 
 // ---------------------------------------------------------------------------------------------
 // Files.
-
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
 
 absl::Status SaveIndex(const KnnIndex& index, const std::string& path) {
   absl::StatusOr<std::unique_ptr<SnapshotWriter>> writer =
@@ -286,17 +272,7 @@ double InvariantSlack(const core::MetricSpace& space, double variance) {
 
 class IndexSnapshotTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = absl::StrCat(::testing::TempDir(), "rcknn_index_snapshot_XXXXXX");
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << pattern;
-    dir_ = pattern;
-  }
-  void TearDown() override {
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
-
-  std::string Path(const std::string& name) const { return absl::StrCat(dir_, "/", name); }
+  std::string Path(const std::string& name) const { return dir_.Path(name); }
 
   std::unique_ptr<KnnIndex> Build(const Case& c) {
     absl::StatusOr<std::unique_ptr<KnnIndex>> index =
@@ -354,7 +330,7 @@ class IndexSnapshotTest : public ::testing::Test {
   }
 
   tbb::task_arena arena_{2};
-  std::string dir_;
+  testing::TempDir dir_{"rcknn_index_snapshot"};
 };
 
 Case Residual(std::string name, KernelType kernel, double lengthscale, int d, int64_t n, int64_t m,
@@ -696,7 +672,7 @@ TEST_F(IndexSnapshotTest, ByteFlipsInASavedIndexAreDataLoss) {
   ASSERT_NE(built, nullptr);
   const std::string path = Path("index");
   ASSERT_TRUE(SaveIndex(*built, path).ok());
-  const std::string good = ReadBytes(path);
+  const std::string good = testing::ReadBytes(path);
   std::vector<size_t> positions;
   for (size_t pos = 0; pos < static_cast<size_t>(core::kSnapshotHeaderBytes); ++pos) {
     positions.push_back(pos);
@@ -714,7 +690,7 @@ TEST_F(IndexSnapshotTest, ByteFlipsInASavedIndexAreDataLoss) {
     for (unsigned mask : {0x01u, 0xffu}) {
       std::string bytes = good;
       bytes[pos] = static_cast<char>(bytes[pos] ^ mask);
-      WriteBytes(bad, bytes);
+      EXPECT_TRUE(testing::WriteBytes(bad, bytes)) << bad;
       absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
           RestoreIndex(CaseSpec(c), CaseData(c), bad, &arena_);
       EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)
@@ -724,7 +700,7 @@ TEST_F(IndexSnapshotTest, ByteFlipsInASavedIndexAreDataLoss) {
   // Truncations, a few.
   for (size_t length :
        {size_t{0}, size_t{47}, size_t{48}, size_t{100}, good.size() / 2, good.size() - 1}) {
-    WriteBytes(bad, good.substr(0, length));
+    EXPECT_TRUE(testing::WriteBytes(bad, good.substr(0, length))) << bad;
     absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
         RestoreIndex(CaseSpec(c), CaseData(c), bad, &arena_);
     EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)

@@ -4,15 +4,12 @@
 // DATA_LOSS naming the problem; a corrupt array length never allocates.
 #include "core/snapshot_file.h"
 
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <memory>
 #include <string>
@@ -21,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/temp_dir.h"
 
 namespace rcknn {
 namespace {
@@ -31,17 +29,6 @@ using core::SnapshotWriter;
 using ::testing::HasSubstr;
 
 constexpr size_t kCheckedHeaderBytes = 32;  // the header checksum covers these
-
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
 
 bool Exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
@@ -123,17 +110,7 @@ absl::Status OpenAndReadSample(const std::string& path, bool expect_values = fal
 
 class SnapshotFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = absl::StrCat(::testing::TempDir(), "rcknn_snapshot_file_XXXXXX");
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << pattern;
-    dir_ = pattern;
-  }
-  void TearDown() override {
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
-
-  std::string Path(const std::string& name) const { return absl::StrCat(dir_, "/", name); }
+  std::string Path(const std::string& name) const { return dir_.Path(name); }
 
   // Commits the sample payload to `path`.
   void CommitSample(const std::string& path, SnapshotKind kind = SnapshotKind::kTree) {
@@ -144,7 +121,7 @@ class SnapshotFileTest : public ::testing::Test {
     ASSERT_TRUE(status.ok()) << status;
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"rcknn_snapshot_file"};
 };
 
 TEST_F(SnapshotFileTest, RoundTripsValuesArraysAndStrings) {
@@ -157,7 +134,7 @@ TEST_F(SnapshotFileTest, RoundTripsValuesArraysAndStrings) {
       SnapshotReader::Open(path, SnapshotKind::kTree);
   ASSERT_TRUE(reader.ok()) << reader.status();
   EXPECT_EQ(static_cast<int64_t>((*reader)->payload_bytes()) + core::kSnapshotHeaderBytes,
-            static_cast<int64_t>(ReadBytes(path).size()));
+            static_cast<int64_t>(testing::ReadBytes(path).size()));
 }
 
 TEST_F(SnapshotFileTest, RoundTripsLargeArraysAndAnEmptyPayload) {
@@ -201,7 +178,8 @@ TEST_F(SnapshotFileTest, RoundTripsLargeArraysAndAnEmptyPayload) {
     ASSERT_TRUE(writer.ok()) << writer.status();
     ASSERT_TRUE((*writer)->Commit().ok());
   }
-  EXPECT_EQ(static_cast<int64_t>(ReadBytes(Path("empty")).size()), core::kSnapshotHeaderBytes);
+  EXPECT_EQ(static_cast<int64_t>(testing::ReadBytes(Path("empty")).size()),
+            core::kSnapshotHeaderBytes);
   absl::StatusOr<std::unique_ptr<SnapshotReader>> empty =
       SnapshotReader::Open(Path("empty"), SnapshotKind::kIndexSpec);
   ASSERT_TRUE(empty.ok()) << empty.status();
@@ -225,7 +203,7 @@ TEST_F(SnapshotFileTest, UncommittedWriterLeavesNoFile) {
   }
   EXPECT_FALSE(Exists(path + ".tmp"));
   EXPECT_FALSE(Exists(path));
-  EXPECT_TRUE(std::filesystem::is_empty(dir_));
+  EXPECT_TRUE(std::filesystem::is_empty(dir_.path()));
 }
 
 TEST_F(SnapshotFileTest, ExistingFileIsUntouchedUntilCommitReplacesIt) {
@@ -237,7 +215,7 @@ TEST_F(SnapshotFileTest, ExistingFileIsUntouchedUntilCommitReplacesIt) {
     (*writer)->WriteString("old");
     ASSERT_TRUE((*writer)->Commit().ok());
   }
-  const std::string old_bytes = ReadBytes(path);
+  const std::string old_bytes = testing::ReadBytes(path);
   auto read_text = [&]() -> std::string {
     absl::StatusOr<std::unique_ptr<SnapshotReader>> reader =
         SnapshotReader::Open(path, SnapshotKind::kUpload);
@@ -253,9 +231,9 @@ TEST_F(SnapshotFileTest, ExistingFileIsUntouchedUntilCommitReplacesIt) {
         SnapshotWriter::Create(path, SnapshotKind::kUpload);
     ASSERT_TRUE(writer.ok());
     (*writer)->WriteString("new, never committed");
-    EXPECT_EQ(ReadBytes(path), old_bytes);
+    EXPECT_EQ(testing::ReadBytes(path), old_bytes);
   }
-  EXPECT_EQ(ReadBytes(path), old_bytes);
+  EXPECT_EQ(testing::ReadBytes(path), old_bytes);
   EXPECT_FALSE(Exists(path + ".tmp"));
   EXPECT_EQ(read_text(), "old");
   // Committed: replaced whole.
@@ -264,7 +242,7 @@ TEST_F(SnapshotFileTest, ExistingFileIsUntouchedUntilCommitReplacesIt) {
         SnapshotWriter::Create(path, SnapshotKind::kUpload);
     ASSERT_TRUE(writer.ok());
     (*writer)->WriteString("new");
-    EXPECT_EQ(ReadBytes(path), old_bytes);
+    EXPECT_EQ(testing::ReadBytes(path), old_bytes);
     EXPECT_EQ(read_text(), "old");
     ASSERT_TRUE((*writer)->Commit().ok());
     EXPECT_EQ(read_text(), "new");
@@ -279,14 +257,14 @@ TEST_F(SnapshotFileTest, ExistingFileIsUntouchedUntilCommitReplacesIt) {
 TEST_F(SnapshotFileTest, EveryByteFlipIsDataLoss) {
   const std::string path = Path("sample");
   CommitSample(path);
-  const std::string good = ReadBytes(path);
+  const std::string good = testing::ReadBytes(path);
   ASSERT_GT(good.size(), static_cast<size_t>(core::kSnapshotHeaderBytes) + 64);
   const std::string bad = Path("flipped");
   for (size_t pos = 0; pos < good.size(); ++pos) {
     for (unsigned mask : {0x01u, 0xffu}) {
       std::string bytes = good;
       bytes[pos] = static_cast<char>(bytes[pos] ^ mask);
-      WriteBytes(bad, bytes);
+      EXPECT_TRUE(testing::WriteBytes(bad, bytes)) << bad;
       const absl::Status status = OpenAndReadSample(bad);
       EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss)
           << "byte " << pos << " ^ " << mask << ": " << status;
@@ -298,15 +276,15 @@ TEST_F(SnapshotFileTest, EveryByteFlipIsDataLoss) {
 TEST_F(SnapshotFileTest, EveryTruncationAndAnExtensionIsDataLoss) {
   const std::string path = Path("sample");
   CommitSample(path);
-  const std::string good = ReadBytes(path);
+  const std::string good = testing::ReadBytes(path);
   const std::string bad = Path("truncated");
   for (size_t length = 0; length < good.size(); ++length) {
-    WriteBytes(bad, good.substr(0, length));
+    EXPECT_TRUE(testing::WriteBytes(bad, good.substr(0, length))) << bad;
     const absl::Status status = OpenAndReadSample(bad);
     EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << "length " << length << ": " << status;
     EXPECT_THAT(status.message(), HasSubstr("truncated")) << "length " << length;
   }
-  WriteBytes(bad, good + std::string(1, '\0'));
+  EXPECT_TRUE(testing::WriteBytes(bad, good + std::string(1, '\0'))) << bad;
   const absl::Status longer = OpenAndReadSample(bad);
   EXPECT_EQ(longer.code(), absl::StatusCode::kDataLoss) << longer;
   EXPECT_THAT(longer.message(), HasSubstr("too long"));
@@ -323,11 +301,11 @@ TEST_F(SnapshotFileTest, WrongKindIsDataLossNamingBothKinds) {
   EXPECT_THAT(reader.status().message(), HasSubstr("upload"));
 
   // A kind this code does not know, with a valid header checksum.
-  std::string bytes = ReadBytes(path);
+  std::string bytes = testing::ReadBytes(path);
   const uint32_t unknown = 99;
   std::memcpy(bytes.data() + 12, &unknown, sizeof(unknown));
   ResealHeader(bytes);
-  WriteBytes(path, bytes);
+  EXPECT_TRUE(testing::WriteBytes(path, bytes)) << path;
   reader = SnapshotReader::Open(path, SnapshotKind::kTree);
   ASSERT_EQ(reader.status().code(), absl::StatusCode::kDataLoss) << reader.status();
   EXPECT_THAT(reader.status().message(), HasSubstr("unknown kind 99"));
@@ -336,16 +314,16 @@ TEST_F(SnapshotFileTest, WrongKindIsDataLossNamingBothKinds) {
 TEST_F(SnapshotFileTest, BadMagicIsDataLoss) {
   const std::string path = Path("magic");
   CommitSample(path);
-  std::string bytes = ReadBytes(path);
+  std::string bytes = testing::ReadBytes(path);
   bytes[3] = 'X';
   ResealHeader(bytes);
-  WriteBytes(path, bytes);
+  EXPECT_TRUE(testing::WriteBytes(path, bytes)) << path;
   const absl::Status status = OpenAndReadSample(path);
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
   EXPECT_THAT(status.message(), HasSubstr("bad magic"));
 
   // Not a snapshot at all.
-  WriteBytes(path, std::string(200, 'a'));
+  EXPECT_TRUE(testing::WriteBytes(path, std::string(200, 'a'))) << path;
   const absl::Status text = OpenAndReadSample(path);
   EXPECT_EQ(text.code(), absl::StatusCode::kDataLoss) << text;
   EXPECT_THAT(text.message(), HasSubstr("bad magic"));
@@ -354,19 +332,19 @@ TEST_F(SnapshotFileTest, BadMagicIsDataLoss) {
 TEST_F(SnapshotFileTest, UnknownVersionIsDataLoss) {
   const std::string path = Path("version");
   CommitSample(path);
-  std::string bytes = ReadBytes(path);
+  std::string bytes = testing::ReadBytes(path);
   const uint32_t next = core::kSnapshotFormatVersion + 1;
   std::memcpy(bytes.data() + 8, &next, sizeof(next));
   ResealHeader(bytes);
-  WriteBytes(path, bytes);
+  EXPECT_TRUE(testing::WriteBytes(path, bytes)) << path;
   const absl::Status status = OpenAndReadSample(path);
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
   EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("format version ", next)));
 
   // Without resealing, the checksum catches it first.
-  bytes = ReadBytes(path);
+  bytes = testing::ReadBytes(path);
   bytes[8] ^= 0x04;
-  WriteBytes(path, bytes);
+  EXPECT_TRUE(testing::WriteBytes(path, bytes)) << path;
   const absl::Status unsealed = OpenAndReadSample(path);
   EXPECT_EQ(unsealed.code(), absl::StatusCode::kDataLoss) << unsealed;
   EXPECT_THAT(unsealed.message(), HasSubstr("header checksum"));
@@ -375,14 +353,14 @@ TEST_F(SnapshotFileTest, UnknownVersionIsDataLoss) {
 TEST_F(SnapshotFileTest, PayloadLengthInTheHeaderIsChecked) {
   const std::string path = Path("length");
   CommitSample(path);
-  std::string bytes = ReadBytes(path);
+  std::string bytes = testing::ReadBytes(path);
   uint64_t payload = 0;
   std::memcpy(&payload, bytes.data() + 16, sizeof(payload));
   for (uint64_t claimed : {payload - 1, payload + 1, uint64_t{1} << 62}) {
     std::string doctored = bytes;
     std::memcpy(doctored.data() + 16, &claimed, sizeof(claimed));
     ResealHeader(doctored);
-    WriteBytes(path, doctored);
+    EXPECT_TRUE(testing::WriteBytes(path, doctored)) << path;
     const absl::Status status = OpenAndReadSample(path);
     EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << claimed << ": " << status;
   }

@@ -15,8 +15,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
-#include "absl/time/time.h"
 #include "core/knn_index.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -31,12 +29,6 @@ using ::testing::HasSubstr;
 
 constexpr int kDimension = 3;
 constexpr int64_t kPointBytes = kDimension * sizeof(double);
-// Every call waits at most this long: a hang fails the test instead of blocking it.
-constexpr absl::Duration kCallTimeout = absl::Seconds(60);
-
-void SetDeadline(grpc::ClientContext& context) {
-  context.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
-}
 
 v1::IndexSpec EuclideanSpec() {
   v1::IndexSpec spec;
@@ -56,83 +48,10 @@ int64_t BuildEstimate(const v1::IndexSpec& spec, int64_t n) {
   return core::KnnIndex::EstimateBuildBytes(*build_spec, n);
 }
 
-// Rows [first, first + rows) of `points` on one stream in chunks of `chunk` rows.
-grpc::Status Upload(v1::Rcknn::Stub& stub, const std::string& id, const core::RowMatrix& points,
-                    int64_t first, int64_t rows, int64_t chunk) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::UploadPointsResponse response;
-  auto writer = stub.UploadPoints(&context, &response);
-  for (int64_t begin = first; begin < first + rows; begin += chunk) {
-    const int64_t end = std::min(first + rows, begin + chunk);
-    v1::UploadPointsRequest request;
-    request.set_index_id(id);
-    request.mutable_coordinates()->Add(points.data() + begin * kDimension,
-                                       points.data() + end * kDimension);
-    if (!writer->Write(request)) break;
-  }
-  writer->WritesDone();
-  return writer->Finish();
-}
-
-v1::IndexInfo GetIndex(v1::Rcknn::Stub& stub, const std::string& id,
-                       grpc::Status* status = nullptr) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::GetIndexRequest request;
-  request.set_index_id(id);
-  v1::IndexInfo info;
-  const grpc::Status got = stub.GetIndex(&context, request, &info);
-  if (status != nullptr) *status = got;
-  return info;
-}
-
-grpc::Status BuildIndex(v1::Rcknn::Stub& stub, const std::string& id) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::BuildIndexRequest request;
-  request.set_index_id(id);
-  v1::IndexInfo info;
-  return stub.BuildIndex(&context, request, &info);
-}
-
-// WatchIndex until READY or FAILED (or the stream ends): the last IndexInfo.
-v1::IndexInfo AwaitBuilt(v1::Rcknn::Stub& stub, const std::string& id) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::GetIndexRequest request;
-  request.set_index_id(id);
-  auto reader = stub.WatchIndex(&context, request);
-  v1::IndexInfo info;
-  while (reader->Read(&info)) {
-  }
-  const grpc::Status status = reader->Finish();
-  if (!status.ok()) info.set_error("WatchIndex: " + status.error_message());
-  return info;
-}
-
-grpc::Status Search(v1::Rcknn::Stub& stub, const v1::SearchRequest& request,
-                    v1::SearchResponse* response) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  return stub.Search(&context, request, response);
-}
-
-grpc::Status DeleteIndex(v1::Rcknn::Stub& stub, const std::string& id) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::DeleteIndexRequest request;
-  request.set_index_id(id);
-  v1::DeleteIndexResponse response;
-  return stub.DeleteIndex(&context, request, &response);
-}
-
 // Sum of GetIndex's memory_bytes over every index (ListIndexes).
 int64_t IndexedMemory(v1::Rcknn::Stub& stub) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   v1::ListIndexesResponse response;
-  EXPECT_TRUE(stub.ListIndexes(&context, v1::ListIndexesRequest(), &response).ok());
+  EXPECT_TRUE(testing::ListIndexes(stub, &response).ok());
   int64_t bytes = 0;
   for (const v1::IndexInfo& info : response.indexes()) bytes += info.memory_bytes();
   return bytes;
@@ -156,27 +75,27 @@ TEST(MemoryLimitTest, UploadOverTheBudgetIsRefusedAndChangesNothing) {
   EXPECT_EQ(budget.used(), 0);
   const core::RowMatrix points = testing::NormalPoints(60000, kDimension, 1);
   ASSERT_TRUE(testing::CreateIndex(*test.stub, "a", EuclideanSpec()).ok());
-  ASSERT_TRUE(Upload(*test.stub, "a", points, 0, 2000, 500).ok());
+  ASSERT_TRUE(testing::UploadPoints(*test.stub, "a", points, 0, 2000, 500).ok());
   const int64_t held = budget.used();
   EXPECT_EQ(held, 2000 * kPointBytes);
-  EXPECT_EQ(GetIndex(*test.stub, "a").memory_bytes(), held);
+  EXPECT_EQ(testing::GetIndex(*test.stub, "a").memory_bytes(), held);
 
   // 50,000 points (1.2 MB) in chunks of 1,000: refused at the chunk that crosses the limit.
-  const grpc::Status status = Upload(*test.stub, "a", points, 2000, 50000, 1000);
+  const grpc::Status status = testing::UploadPoints(*test.stub, "a", points, 2000, 50000, 1000);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(status.error_message(), HasSubstr("--max_memory_bytes"));
   EXPECT_THAT(status.error_message(), HasSubstr("index a"));
   EXPECT_EQ(budget.used(), held);
-  const v1::IndexInfo info = GetIndex(*test.stub, "a");
+  const v1::IndexInfo info = testing::GetIndex(*test.stub, "a");
   EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(info.num_points(), 2000);
   EXPECT_EQ(info.memory_bytes(), held);
 
   // What still fits is taken, and counted.
-  ASSERT_TRUE(Upload(*test.stub, "a", points, 2000, 10000, 1000).ok());
+  ASSERT_TRUE(testing::UploadPoints(*test.stub, "a", points, 2000, 10000, 1000).ok());
   EXPECT_EQ(budget.used(), 12000 * kPointBytes);
-  EXPECT_EQ(GetIndex(*test.stub, "a").memory_bytes(), 12000 * kPointBytes);
-  ASSERT_TRUE(DeleteIndex(*test.stub, "a").ok());
+  EXPECT_EQ(testing::GetIndex(*test.stub, "a").memory_bytes(), 12000 * kPointBytes);
+  ASSERT_TRUE(testing::DeleteIndex(*test.stub, "a").ok());
   EXPECT_EQ(budget.used(), 0);
 }
 
@@ -194,29 +113,29 @@ TEST(MemoryLimitTest, BuildAndSearchOverTheBudgetAreRefused) {
   const server::MemoryBudget& budget = test.server->memory_budget();
   const core::RowMatrix points = testing::NormalPoints(n, kDimension, 2);
   ASSERT_TRUE(testing::CreateIndex(stub, "target", spec).ok());
-  ASSERT_TRUE(Upload(stub, "target", points, 0, n, 500).ok());
+  ASSERT_TRUE(testing::UploadPoints(stub, "target", points, 0, n, 500).ok());
   ASSERT_EQ(budget.used(), upload_bytes);
 
   // Another index's points leave room for only half the build.
   const int64_t hog_points = (budget.limit() - upload_bytes - estimate / 2) / kPointBytes;
   const core::RowMatrix hog = testing::NormalPoints(hog_points, kDimension, 3);
   ASSERT_TRUE(testing::CreateIndex(stub, "hog", EuclideanSpec()).ok());
-  ASSERT_TRUE(Upload(stub, "hog", hog, 0, hog_points, 1000).ok());
+  ASSERT_TRUE(testing::UploadPoints(stub, "hog", hog, 0, hog_points, 1000).ok());
   const int64_t before = budget.used();
-  grpc::Status status = BuildIndex(stub, "target");
+  grpc::Status status = testing::BuildIndex(stub, "target");
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(status.error_message(), HasSubstr("--max_memory_bytes"));
   EXPECT_THAT(status.error_message(), HasSubstr("target"));
   EXPECT_EQ(budget.used(), before);
-  v1::IndexInfo info = GetIndex(stub, "target");
+  v1::IndexInfo info = testing::GetIndex(stub, "target");
   EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(info.num_points(), n);
   EXPECT_EQ(info.memory_bytes(), upload_bytes);
 
   // Deleting the other index frees exactly its memory, and the build then fits.
-  const int64_t hog_bytes = GetIndex(stub, "hog").memory_bytes();
+  const int64_t hog_bytes = testing::GetIndex(stub, "hog").memory_bytes();
   EXPECT_EQ(hog_bytes, hog_points * kPointBytes);
-  ASSERT_TRUE(DeleteIndex(stub, "hog").ok());
+  ASSERT_TRUE(testing::DeleteIndex(stub, "hog").ok());
   EXPECT_EQ(budget.used(), before - hog_bytes);
   info = testing::BuildAndWait(stub, "target");
   ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
@@ -231,17 +150,17 @@ TEST(MemoryLimitTest, BuildAndSearchOverTheBudgetAreRefused) {
   std::vector<int64_t> ids(n);
   for (int64_t i = 0; i < n; ++i) ids[i] = i;
   v1::SearchResponse response;
-  status = Search(stub, testing::IdSearch("target", 500, ids), &response);
+  status = testing::Search(stub, testing::IdSearch("target", 500, ids), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(status.error_message(), HasSubstr("--max_memory_bytes"));
   EXPECT_EQ(budget.used(), index_bytes);
   // A smaller answer fits; its reservation ends with the call.
-  status = Search(stub, testing::IdSearch("target", 10, ids), &response);
+  status = testing::Search(stub, testing::IdSearch("target", 10, ids), &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(response.num_queries(), n);
   EXPECT_EQ(budget.used(), index_bytes);
 
-  ASSERT_TRUE(DeleteIndex(stub, "target").ok());
+  ASSERT_TRUE(testing::DeleteIndex(stub, "target").ok());
   EXPECT_EQ(budget.used(), 0);
 }
 
@@ -264,23 +183,23 @@ TEST(MemoryLimitTest, MemoryBytesOfLoadingAndReadyIndexes) {
   int64_t total = 0;
   for (const Case& c : cases) {
     ASSERT_TRUE(testing::CreateIndex(stub, c.id, c.spec).ok());
-    EXPECT_EQ(GetIndex(stub, c.id).memory_bytes(), 0);
-    ASSERT_TRUE(Upload(stub, c.id, points, 0, n, 1000).ok());
-    EXPECT_EQ(GetIndex(stub, c.id).memory_bytes(), n * kPointBytes) << c.id;
+    EXPECT_EQ(testing::GetIndex(stub, c.id).memory_bytes(), 0);
+    ASSERT_TRUE(testing::UploadPoints(stub, c.id, points, 0, n, 1000).ok());
+    EXPECT_EQ(testing::GetIndex(stub, c.id).memory_bytes(), n * kPointBytes) << c.id;
     EXPECT_EQ(budget.used(), total + n * kPointBytes) << c.id;
     const v1::IndexInfo info = testing::BuildAndWait(stub, c.id);
     ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
     EXPECT_GE(info.memory_bytes(), c.lower_bound) << c.id;
     EXPECT_LE(info.memory_bytes(), BuildEstimate(c.spec, n)) << c.id;
-    EXPECT_EQ(GetIndex(stub, c.id).memory_bytes(), info.memory_bytes()) << c.id;
+    EXPECT_EQ(testing::GetIndex(stub, c.id).memory_bytes(), info.memory_bytes()) << c.id;
     total += info.memory_bytes();
     EXPECT_EQ(budget.used(), total) << c.id;
   }
   EXPECT_EQ(IndexedMemory(stub), total);
   for (const Case& c : cases) {
-    const int64_t bytes = GetIndex(stub, c.id).memory_bytes();
+    const int64_t bytes = testing::GetIndex(stub, c.id).memory_bytes();
     const int64_t before = budget.used();
-    ASSERT_TRUE(DeleteIndex(stub, c.id).ok());
+    ASSERT_TRUE(testing::DeleteIndex(stub, c.id).ok());
     EXPECT_EQ(before - budget.used(), bytes) << c.id;
   }
   EXPECT_EQ(budget.used(), 0);
@@ -320,7 +239,7 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
     for (int64_t i = 0; i < 64; ++i) ids.push_back((s * 613 + i * 59) % ref_n);
     searches.push_back(testing::IdSearch("ref", 5 + 5 * s, ids, s % 2 == 1));
     references.emplace_back();
-    EXPECT_TRUE(Search(stub, searches.back(), &references.back()).ok());
+    EXPECT_TRUE(testing::Search(stub, searches.back(), &references.back()).ok());
   }
   EXPECT_TRUE(testing::CreateIndex(stub, "shared", EuclideanSpec()).ok());
   const core::RowMatrix points = testing::NormalPoints(kRounds * kOwnUpload, kDimension, 6);
@@ -354,20 +273,22 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
         switch ((c + round) % 4) {
           case 0:
             if (record("UploadPoints " + own,
-                       Upload(stub, own, points, round * kOwnUpload, kOwnUpload, 250))) {
+                       testing::UploadPoints(stub, own, points, round * kOwnUpload, kOwnUpload,
+                                             250))) {
               points_in_own += kOwnUpload;
             }
             break;
           case 1:
             if (record("UploadPoints shared",
-                       Upload(stub, "shared", points, round * kOwnUpload, kSharedUpload, 100))) {
+                       testing::UploadPoints(stub, "shared", points, round * kOwnUpload,
+                                             kSharedUpload, 100))) {
               shared_points += kSharedUpload;
             }
             break;
           case 2: {
             const int s = (c * 7 + round) % static_cast<int>(searches.size());
             v1::SearchResponse response;
-            if (record("Search ref", Search(stub, searches[s], &response)) &&
+            if (record("Search ref", testing::Search(stub, searches[s], &response)) &&
                 !SameAnswer(response, references[s])) {
               fail(absl::StrCat("Search ref: search ", s, " answered differently"));
             }
@@ -375,21 +296,21 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
           }
           case 3: {
             grpc::Status status;
-            GetIndex(stub, round % 2 == 0 ? "ref" : own, &status);
+            testing::GetIndex(stub, round % 2 == 0 ? "ref" : own, &status);
             record("GetIndex", status);
             break;
           }
         }
       }
       if (points_in_own > 0) {
-        const grpc::Status status = BuildIndex(stub, own);
+        const grpc::Status status = testing::BuildIndex(stub, own);
         if (record("BuildIndex " + own, status)) {
-          const v1::IndexInfo info = AwaitBuilt(stub, own);
+          const v1::IndexInfo info = testing::AwaitBuilt(stub, own);
           if (info.state() != v1::INDEX_STATE_READY) {
             fail(absl::StrCat(own, ": build ended ", v1::IndexState_Name(info.state()), ": ",
                               info.error()));
           }
-        } else if (GetIndex(stub, own).state() != v1::INDEX_STATE_LOADING) {
+        } else if (testing::GetIndex(stub, own).state() != v1::INDEX_STATE_LOADING) {
           fail(absl::StrCat(own, ": a refused build left the index not LOADING"));
         }
       }
@@ -398,7 +319,7 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
         own_points[own] = points_in_own;
       }
       // A third of the clients delete their index: its memory must go back.
-      if (c % 3 == 0) record("DeleteIndex " + own, DeleteIndex(stub, own));
+      if (c % 3 == 0) record("DeleteIndex " + own, testing::DeleteIndex(stub, own));
     });
   }
   for (std::thread& client : clients) client.join();
@@ -406,11 +327,11 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
   // Every index holds what was acknowledged, and the budget holds exactly the indexes.
   for (const auto& [id, n] : own_points) {
     grpc::Status status;
-    const v1::IndexInfo info = GetIndex(stub, id, &status);
+    const v1::IndexInfo info = testing::GetIndex(stub, id, &status);
     if (status.error_code() == grpc::StatusCode::NOT_FOUND) continue;  // deleted
     EXPECT_EQ(info.num_points(), n) << id;
   }
-  const v1::IndexInfo shared = GetIndex(stub, "shared");
+  const v1::IndexInfo shared = testing::GetIndex(stub, "shared");
   EXPECT_EQ(shared.num_points(), shared_points.load());
   EXPECT_EQ(shared.memory_bytes(), shared_points.load() * kPointBytes);
   EXPECT_EQ(budget.used(), IndexedMemory(stub));
@@ -418,7 +339,7 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
   // The server still answers, exactly.
   for (size_t s = 0; s < searches.size(); ++s) {
     v1::SearchResponse response;
-    EXPECT_TRUE(Search(stub, searches[s], &response).ok());
+    EXPECT_TRUE(testing::Search(stub, searches[s], &response).ok());
     EXPECT_TRUE(SameAnswer(response, references[s])) << "search " << s;
   }
   std::printf("%lld calls OK, %lld refused (budget %lld bytes, %lld held at the end)\n",

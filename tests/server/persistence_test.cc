@@ -4,27 +4,23 @@
 // indexes and failed uploads leave nothing behind, a second server cannot share the directory,
 // a corrupt file fails its own index only, naming the file and leaving it in place, and so does
 // an index that does not fit --max_memory_bytes at start-up, until a server with more starts.
-#include <stdlib.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
 #include "tests/testing/random_points.h"
+#include "tests/testing/temp_dir.h"
 
 namespace rcknn {
 namespace {
@@ -34,12 +30,6 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 constexpr int kDimension = 3;
-// Every call waits at most this long: a hang fails the test instead of blocking it.
-constexpr absl::Duration kCallTimeout = absl::Seconds(60);
-
-void SetDeadline(grpc::ClientContext& context) {
-  context.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
-}
 
 v1::IndexSpec EuclideanSpec() {
   v1::IndexSpec spec;
@@ -55,85 +45,12 @@ v1::IndexSpec SuppliedSpec() {
   return spec;
 }
 
-// Rows [first, first + rows) of `points` as one upload stream in chunks of `chunk` rows; with
-// `factors`, the factor rows and residual variances of the same points go along.
-grpc::Status Upload(v1::Rcknn::Stub& stub, const std::string& id, const core::RowMatrix& points,
-                    int64_t first, int64_t rows, int64_t chunk,
-                    const core::RowMatrix* factors = nullptr,
-                    const std::vector<double>* variances = nullptr,
-                    v1::UploadPointsResponse* response = nullptr) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::UploadPointsResponse local;
-  auto writer = stub.UploadPoints(&context, response != nullptr ? response : &local);
-  const int64_t d = points.cols();
-  for (int64_t begin = first; begin < first + rows; begin += chunk) {
-    const int64_t end = std::min(first + rows, begin + chunk);
-    v1::UploadPointsRequest request;
-    request.set_index_id(id);
-    request.mutable_coordinates()->Add(points.data() + begin * d, points.data() + end * d);
-    if (factors != nullptr) {
-      const int64_t m = factors->cols();
-      request.mutable_factors()->Add(factors->data() + begin * m, factors->data() + end * m);
-      request.mutable_residual_variances()->Add(variances->data() + begin, variances->data() + end);
-    }
-    if (!writer->Write(request)) break;
-  }
-  writer->WritesDone();
-  return writer->Finish();
-}
-
-v1::IndexInfo GetIndex(v1::Rcknn::Stub& stub, const std::string& id,
-                       grpc::Status* status = nullptr) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::GetIndexRequest request;
-  request.set_index_id(id);
-  v1::IndexInfo info;
-  const grpc::Status got = stub.GetIndex(&context, request, &info);
-  if (status != nullptr) *status = got;
-  return info;
-}
-
-// WatchIndex until READY or FAILED (or the stream ends): the last IndexInfo.
-v1::IndexInfo AwaitBuilt(v1::Rcknn::Stub& stub, const std::string& id) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::GetIndexRequest request;
-  request.set_index_id(id);
-  auto reader = stub.WatchIndex(&context, request);
-  v1::IndexInfo info;
-  while (reader->Read(&info)) {
-  }
-  const grpc::Status status = reader->Finish();
-  if (!status.ok()) info.set_error("WatchIndex: " + status.error_message());
-  return info;
-}
-
 std::vector<std::string> ListIds(v1::Rcknn::Stub& stub) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   v1::ListIndexesResponse response;
-  EXPECT_TRUE(stub.ListIndexes(&context, v1::ListIndexesRequest(), &response).ok());
+  EXPECT_TRUE(testing::ListIndexes(stub, &response).ok());
   std::vector<std::string> ids;
   for (const v1::IndexInfo& info : response.indexes()) ids.push_back(info.index_id());
   return ids;
-}
-
-grpc::Status Search(v1::Rcknn::Stub& stub, const v1::SearchRequest& request,
-                    v1::SearchResponse* response) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  return stub.Search(&context, request, response);
-}
-
-grpc::Status DeleteIndex(v1::Rcknn::Stub& stub, const std::string& id) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::DeleteIndexRequest request;
-  request.set_index_id(id);
-  v1::DeleteIndexResponse response;
-  return stub.DeleteIndex(&context, request, &response);
 }
 
 // Searches of an index whose answers are compared across restarts: stored ids (plain and
@@ -164,7 +81,7 @@ Answers Answer(v1::Rcknn::Stub& stub, const std::vector<v1::SearchRequest>& prob
   Answers answers;
   for (const v1::SearchRequest& probe : probes) {
     v1::SearchResponse response;
-    const grpc::Status status = Search(stub, probe, &response);
+    const grpc::Status status = testing::Search(stub, probe, &response);
     EXPECT_TRUE(status.ok()) << probe.index_id() << ": " << status.error_message();
     if (!status.ok()) return Answers();
     answers.ids.insert(answers.ids.end(), response.neighbor_ids().begin(),
@@ -186,22 +103,12 @@ void ExpectIdentical(const Answers& got, const Answers& want, const std::string&
   }
 }
 
-std::string ReadBytes(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
-}
-
-void WriteBytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary | std::ios::trunc);
-  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 // Flips one bit of a payload byte (past the 48-byte header) and returns the new content.
 std::string FlipPayloadByte(const fs::path& path) {
-  std::string bytes = ReadBytes(path);
+  std::string bytes = testing::ReadBytes(path);
   EXPECT_GT(bytes.size(), 100u) << path;
   bytes[48 + (bytes.size() - 48) / 2] ^= 0x10;
-  WriteBytes(path, bytes);
+  EXPECT_TRUE(testing::WriteBytes(path, bytes)) << path;
   return bytes;
 }
 
@@ -216,16 +123,8 @@ std::set<std::string> FilesIn(const fs::path& dir) {
 
 class PersistenceTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::path(::testing::TempDir()) / "rcknn-persistence-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    data_dir_ = fs::path(pattern) / "data";  // the server creates it
-  }
-  void TearDown() override {
-    test_ = testing::TestServer();
-    std::error_code ignored;
-    fs::remove_all(data_dir_.parent_path(), ignored);
-  }
+  // Stops the server before the directory is removed.
+  void TearDown() override { test_ = testing::TestServer(); }
 
   server::ServerOptions Options() const {
     server::ServerOptions options;
@@ -241,7 +140,8 @@ class PersistenceTest : public ::testing::Test {
   v1::Rcknn::Stub& stub() { return *test_.stub; }
   fs::path IndexDir(const std::string& id) const { return data_dir_ / "indexes" / id; }
 
-  fs::path data_dir_;
+  testing::TempDir temp_dir_{"rcknn-persistence"};
+  const fs::path data_dir_ = temp_dir_.Path("data");  // the server creates it
   testing::TestServer test_;
 };
 
@@ -270,13 +170,13 @@ TEST_F(PersistenceTest, BuiltIndexesComeBackAnsweringBitForBit) {
     // Three uploads of uneven size, each in several chunks.
     for (auto [first, rows] : {std::pair<int64_t, int64_t>{0, 1000}, {1000, 1500}, {2500, 500}}) {
       const grpc::Status status =
-          Upload(stub(), c.id, points, first, rows, 400, c.supplied ? &factors : nullptr,
-                 c.supplied ? &variances : nullptr);
+          testing::UploadPoints(stub(), c.id, points, first, rows, 400,
+                                c.supplied ? &factors : nullptr, c.supplied ? &variances : nullptr);
       ASSERT_TRUE(status.ok()) << c.id << ": " << status.error_message();
     }
     const v1::IndexInfo info = testing::BuildAndWait(stub(), c.id);
     ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << c.id << ": " << info.error();
-    before.push_back(GetIndex(stub(), c.id));
+    before.push_back(testing::GetIndex(stub(), c.id));
     answers.push_back(Answer(stub(), Probes(c.id, n, !c.supplied)));
     EXPECT_TRUE(fs::exists(IndexDir(c.id) / "tree.rcknn")) << c.id;
     EXPECT_TRUE(fs::exists(IndexDir(c.id) / "upload-000003.rcknn")) << c.id;
@@ -287,9 +187,9 @@ TEST_F(PersistenceTest, BuiltIndexesComeBackAnsweringBitForBit) {
               ::testing::UnorderedElementsAre("computed", "supplied", "euclidean"));
   for (size_t i = 0; i < cases.size(); ++i) {
     const std::string& id = cases[i].id;
-    const v1::IndexInfo info = AwaitBuilt(stub(), id);
+    const v1::IndexInfo info = testing::AwaitBuilt(stub(), id);
     ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << id << ": " << info.error();
-    const v1::IndexInfo after = GetIndex(stub(), id);
+    const v1::IndexInfo after = testing::GetIndex(stub(), id);
     EXPECT_EQ(after.num_points(), n) << id;
     EXPECT_EQ(after.build_seconds(), before[i].build_seconds()) << id;
     EXPECT_EQ(after.factor_seconds(), before[i].factor_seconds()) << id;
@@ -300,7 +200,7 @@ TEST_F(PersistenceTest, BuiltIndexesComeBackAnsweringBitForBit) {
   }
   // A restored index is saved as it was: a second restart restores it again.
   Restart();
-  ASSERT_EQ(AwaitBuilt(stub(), "computed").state(), v1::INDEX_STATE_READY);
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "computed").state(), v1::INDEX_STATE_READY);
   ExpectIdentical(Answer(stub(), Probes("computed", n, true)), answers[0], "computed");
 }
 
@@ -310,16 +210,18 @@ TEST_F(PersistenceTest, LoadingIndexComesBackLoadingAndCanBeBuilt) {
   const core::RowMatrix points = testing::NormalPoints(n, kDimension, 31);
   const v1::IndexSpec spec = testing::ResidualSpec(kDimension, v1::KERNEL_MATERN52, 1.0, 0.8, 48);
   ASSERT_TRUE(testing::CreateIndex(stub(), "loading", spec).ok());
-  ASSERT_TRUE(Upload(stub(), "loading", points, 0, 1200, 500).ok());
-  ASSERT_TRUE(Upload(stub(), "loading", points, 1200, 800, 500).ok());
+  ASSERT_TRUE(testing::UploadPoints(stub(), "loading", points, 0, 1200, 500).ok());
+  ASSERT_TRUE(testing::UploadPoints(stub(), "loading", points, 1200, 800, 500).ok());
 
   Restart();
-  v1::IndexInfo info = GetIndex(stub(), "loading");
+  v1::IndexInfo info = testing::GetIndex(stub(), "loading");
   EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(info.num_points(), 2000);
   EXPECT_EQ(info.memory_bytes(), 2000 * kDimension * 8);
   v1::UploadPointsResponse uploaded;
-  ASSERT_TRUE(Upload(stub(), "loading", points, 2000, 1000, 500, nullptr, nullptr, &uploaded).ok());
+  ASSERT_TRUE(
+      testing::UploadPoints(stub(), "loading", points, 2000, 1000, 500, nullptr, nullptr, &uploaded)
+          .ok());
   EXPECT_EQ(uploaded.total_points(), n);
   EXPECT_TRUE(fs::exists(IndexDir("loading") / "upload-000003.rcknn"));
   info = testing::BuildAndWait(stub(), "loading");
@@ -345,7 +247,7 @@ TEST_F(PersistenceTest, LoadingIndexComesBackLoadingAndCanBeBuilt) {
     offset += queries * probe.k();
   }
   Restart();
-  ASSERT_EQ(AwaitBuilt(stub(), "loading").state(), v1::INDEX_STATE_READY);
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "loading").state(), v1::INDEX_STATE_READY);
   ExpectIdentical(Answer(stub(), probes), got, "loading");
 }
 
@@ -353,11 +255,11 @@ TEST_F(PersistenceTest, FailedUploadLeavesNoFile) {
   Restart();
   const core::RowMatrix points = testing::NormalPoints(600, kDimension, 41);
   ASSERT_TRUE(testing::CreateIndex(stub(), "partial", EuclideanSpec()).ok());
-  ASSERT_TRUE(Upload(stub(), "partial", points, 0, 300, 100).ok());
+  ASSERT_TRUE(testing::UploadPoints(stub(), "partial", points, 0, 300, 100).ok());
   {
     // Two good chunks, then one with a NaN: INVALID_ARGUMENT mid-stream.
     grpc::ClientContext context;
-    SetDeadline(context);
+    testing::SetDeadline(context);
     v1::UploadPointsResponse response;
     auto writer = stub().UploadPoints(&context, &response);
     for (int chunk = 0; chunk < 3; ++chunk) {
@@ -374,12 +276,14 @@ TEST_F(PersistenceTest, FailedUploadLeavesNoFile) {
   EXPECT_THAT(FilesIn(IndexDir("partial")),
               ::testing::ElementsAre("spec.rcknn", "upload-000001.rcknn"));
   Restart();
-  const v1::IndexInfo info = GetIndex(stub(), "partial");
+  const v1::IndexInfo info = testing::GetIndex(stub(), "partial");
   EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(info.num_points(), 300);
   // The next acknowledged upload takes the next number.
   v1::UploadPointsResponse uploaded;
-  ASSERT_TRUE(Upload(stub(), "partial", points, 300, 300, 100, nullptr, nullptr, &uploaded).ok());
+  ASSERT_TRUE(
+      testing::UploadPoints(stub(), "partial", points, 300, 300, 100, nullptr, nullptr, &uploaded)
+          .ok());
   EXPECT_EQ(uploaded.total_points(), 600);
   EXPECT_THAT(FilesIn(IndexDir("partial")),
               ::testing::ElementsAre("spec.rcknn", "upload-000001.rcknn", "upload-000002.rcknn"));
@@ -391,19 +295,19 @@ TEST_F(PersistenceTest, DeletedIndexesDoNotComeBack) {
   ASSERT_EQ(testing::CreateReadyIndex(stub(), "ready", EuclideanSpec(), points, 200).state(),
             v1::INDEX_STATE_READY);
   ASSERT_TRUE(testing::CreateIndex(stub(), "loading", EuclideanSpec()).ok());
-  ASSERT_TRUE(Upload(stub(), "loading", points, 0, 200, 100).ok());
+  ASSERT_TRUE(testing::UploadPoints(stub(), "loading", points, 0, 200, 100).ok());
   ASSERT_TRUE(testing::CreateIndex(stub(), "kept", EuclideanSpec()).ok());
   ASSERT_TRUE(fs::exists(IndexDir("ready")));
   ASSERT_TRUE(fs::exists(IndexDir("loading")));
-  ASSERT_TRUE(DeleteIndex(stub(), "ready").ok());
-  ASSERT_TRUE(DeleteIndex(stub(), "loading").ok());
+  ASSERT_TRUE(testing::DeleteIndex(stub(), "ready").ok());
+  ASSERT_TRUE(testing::DeleteIndex(stub(), "loading").ok());
   EXPECT_FALSE(fs::exists(IndexDir("ready")));
   EXPECT_FALSE(fs::exists(IndexDir("loading")));
   EXPECT_THAT(FilesIn(data_dir_ / "trash"), ::testing::IsEmpty());
   Restart();
   EXPECT_THAT(ListIds(stub()), ::testing::ElementsAre("kept"));
   grpc::Status status;
-  GetIndex(stub(), "ready", &status);
+  testing::GetIndex(stub(), "ready", &status);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
   // The id is free again.
   EXPECT_TRUE(testing::CreateIndex(stub(), "ready", EuclideanSpec()).ok());
@@ -437,8 +341,8 @@ TEST_F(PersistenceTest, CorruptFileFailsOnlyItsIndex) {
   const v1::IndexSpec spec = testing::ResidualSpec(kDimension, v1::KERNEL_RBF, 1.0, 1.0, 32);
   for (const char* id : {"good", "bad-upload", "bad-tree"}) {
     ASSERT_TRUE(testing::CreateIndex(stub(), id, spec).ok());
-    ASSERT_TRUE(Upload(stub(), id, points, 0, 1000, 500).ok());
-    ASSERT_TRUE(Upload(stub(), id, points, 1000, 500, 500).ok());
+    ASSERT_TRUE(testing::UploadPoints(stub(), id, points, 0, 1000, 500).ok());
+    ASSERT_TRUE(testing::UploadPoints(stub(), id, points, 1000, 500, 500).ok());
     ASSERT_EQ(testing::BuildAndWait(stub(), id).state(), v1::INDEX_STATE_READY) << id;
   }
   const std::vector<v1::SearchRequest> probes = Probes("good", n, true);
@@ -452,24 +356,24 @@ TEST_F(PersistenceTest, CorruptFileFailsOnlyItsIndex) {
   const std::string tree_bytes = FlipPayloadByte(bad_tree);
 
   Restart();
-  const v1::IndexInfo good = AwaitBuilt(stub(), "good");
+  const v1::IndexInfo good = testing::AwaitBuilt(stub(), "good");
   ASSERT_EQ(good.state(), v1::INDEX_STATE_READY) << good.error();
   ExpectIdentical(Answer(stub(), probes), want, "good");
   for (const auto& [id, file] :
        {std::pair<std::string, fs::path>{"bad-upload", bad_upload}, {"bad-tree", bad_tree}}) {
-    const v1::IndexInfo info = AwaitBuilt(stub(), id);
+    const v1::IndexInfo info = testing::AwaitBuilt(stub(), id);
     EXPECT_EQ(info.state(), v1::INDEX_STATE_FAILED) << id;
     EXPECT_THAT(info.error(), HasSubstr(file.filename().string())) << id;
     EXPECT_THAT(info.error(), HasSubstr("checksum")) << id;
     EXPECT_EQ(info.memory_bytes(), 0) << id;
     v1::SearchResponse response;
-    const grpc::Status status = Search(stub(), testing::IdSearch(id, 3, {0}), &response);
+    const grpc::Status status = testing::Search(stub(), testing::IdSearch(id, 3, {0}), &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << id;
     EXPECT_THAT(status.error_message(), HasSubstr("FAILED")) << id;
   }
   // Nothing of a FAILED index is removed or rewritten behind the operator's back.
-  EXPECT_EQ(ReadBytes(bad_upload), upload_bytes);
-  EXPECT_EQ(ReadBytes(bad_tree), tree_bytes);
+  EXPECT_EQ(testing::ReadBytes(bad_upload), upload_bytes);
+  EXPECT_EQ(testing::ReadBytes(bad_tree), tree_bytes);
   EXPECT_TRUE(fs::exists(IndexDir("bad-upload") / "upload-000002.rcknn"));
   EXPECT_TRUE(fs::exists(IndexDir("bad-tree") / "upload-000001.rcknn"));
   // Only the good index holds memory.
@@ -477,16 +381,16 @@ TEST_F(PersistenceTest, CorruptFileFailsOnlyItsIndex) {
 
   // A restart finds them FAILED again, for the same reasons.
   Restart();
-  EXPECT_EQ(AwaitBuilt(stub(), "bad-upload").state(), v1::INDEX_STATE_FAILED);
-  EXPECT_EQ(AwaitBuilt(stub(), "bad-tree").state(), v1::INDEX_STATE_FAILED);
-  ASSERT_EQ(AwaitBuilt(stub(), "good").state(), v1::INDEX_STATE_READY);
-  ASSERT_TRUE(DeleteIndex(stub(), "bad-upload").ok());
-  ASSERT_TRUE(DeleteIndex(stub(), "bad-tree").ok());
+  EXPECT_EQ(testing::AwaitBuilt(stub(), "bad-upload").state(), v1::INDEX_STATE_FAILED);
+  EXPECT_EQ(testing::AwaitBuilt(stub(), "bad-tree").state(), v1::INDEX_STATE_FAILED);
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "good").state(), v1::INDEX_STATE_READY);
+  ASSERT_TRUE(testing::DeleteIndex(stub(), "bad-upload").ok());
+  ASSERT_TRUE(testing::DeleteIndex(stub(), "bad-tree").ok());
   EXPECT_FALSE(fs::exists(IndexDir("bad-upload")));
   EXPECT_FALSE(fs::exists(IndexDir("bad-tree")));
   Restart();
   EXPECT_THAT(ListIds(stub()), ::testing::ElementsAre("good"));
-  ASSERT_EQ(AwaitBuilt(stub(), "good").state(), v1::INDEX_STATE_READY);
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "good").state(), v1::INDEX_STATE_READY);
   ExpectIdentical(Answer(stub(), probes), want, "good");
 }
 
@@ -497,7 +401,7 @@ TEST_F(PersistenceTest, IndexOverTheBudgetAtStartFailsAndComesBackWithMore) {
   ASSERT_EQ(testing::CreateReadyIndex(stub(), "big", EuclideanSpec(), points, 1000).state(),
             v1::INDEX_STATE_READY);
   ASSERT_TRUE(testing::CreateIndex(stub(), "small", EuclideanSpec()).ok());
-  ASSERT_TRUE(Upload(stub(), "small", points, 0, 100, 100).ok());
+  ASSERT_TRUE(testing::UploadPoints(stub(), "small", points, 0, 100, 100).ok());
   const std::vector<v1::SearchRequest> probes = Probes("big", n, true);
   const Answers want = Answer(stub(), probes);
   test_.server->Shutdown(absl::ZeroDuration());
@@ -507,10 +411,10 @@ TEST_F(PersistenceTest, IndexOverTheBudgetAtStartFailsAndComesBackWithMore) {
   server::ServerOptions options = Options();
   options.max_memory_bytes = 256 << 10;
   test_ = testing::StartTestServer(options);
-  const v1::IndexInfo big = AwaitBuilt(stub(), "big");
+  const v1::IndexInfo big = testing::AwaitBuilt(stub(), "big");
   EXPECT_EQ(big.state(), v1::INDEX_STATE_FAILED);
   EXPECT_THAT(big.error(), HasSubstr("--max_memory_bytes"));
-  const v1::IndexInfo small = GetIndex(stub(), "small");
+  const v1::IndexInfo small = testing::GetIndex(stub(), "small");
   EXPECT_EQ(small.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(small.num_points(), 100);
   EXPECT_EQ(test_.server->memory_budget().used(), small.memory_bytes());
@@ -518,7 +422,7 @@ TEST_F(PersistenceTest, IndexOverTheBudgetAtStartFailsAndComesBackWithMore) {
 
   // With the default budget it is READY again, answering as before.
   Restart();
-  ASSERT_EQ(AwaitBuilt(stub(), "big").state(), v1::INDEX_STATE_READY);
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "big").state(), v1::INDEX_STATE_READY);
   ExpectIdentical(Answer(stub(), probes), want, "big");
 }
 

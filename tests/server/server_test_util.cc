@@ -1,10 +1,12 @@
 #include "tests/server/server_test_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace rcknn::testing {
 
@@ -70,8 +72,13 @@ v1::IndexSpec ResidualSpec(int dimension, v1::KernelType type, double variance, 
   return spec;
 }
 
+void SetDeadline(grpc::ClientContext& context) {
+  context.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
+}
+
 grpc::Status CreateIndex(v1::Rcknn::Stub& stub, const std::string& id, const v1::IndexSpec& spec) {
   grpc::ClientContext context;
+  SetDeadline(context);
   v1::CreateIndexRequest request;
   request.set_index_id(id);
   *request.mutable_spec() = spec;
@@ -80,46 +87,101 @@ grpc::Status CreateIndex(v1::Rcknn::Stub& stub, const std::string& id, const v1:
 }
 
 grpc::Status UploadPoints(v1::Rcknn::Stub& stub, const std::string& id,
-                          const core::RowMatrix& points, int64_t chunk_points,
+                          const core::RowMatrix& points, int64_t first, int64_t rows,
+                          int64_t chunk_points, const core::RowMatrix* factors,
+                          const std::vector<double>* variances,
                           v1::UploadPointsResponse* response) {
   grpc::ClientContext context;
+  SetDeadline(context);
   v1::UploadPointsResponse local;
   if (response == nullptr) response = &local;
   auto writer = stub.UploadPoints(&context, response);
-  const int64_t n = points.rows();
   const int64_t d = points.cols();
-  for (int64_t first = 0; first < n; first += chunk_points) {
-    const int64_t rows = std::min(chunk_points, n - first);
+  for (int64_t begin = first; begin < first + rows; begin += chunk_points) {
+    const int64_t end = std::min(first + rows, begin + chunk_points);
     v1::UploadPointsRequest chunk;
-    if (first == 0) chunk.set_index_id(id);
-    chunk.mutable_coordinates()->Add(points.data() + first * d, points.data() + (first + rows) * d);
+    if (begin == first) chunk.set_index_id(id);
+    chunk.mutable_coordinates()->Add(points.data() + begin * d, points.data() + end * d);
+    if (factors != nullptr) {
+      const int64_t m = factors->cols();
+      chunk.mutable_factors()->Add(factors->data() + begin * m, factors->data() + end * m);
+      chunk.mutable_residual_variances()->Add(variances->data() + begin, variances->data() + end);
+    }
     if (!writer->Write(chunk)) break;
   }
   writer->WritesDone();
   return writer->Finish();
 }
 
-v1::IndexInfo BuildAndWait(v1::Rcknn::Stub& stub, const std::string& id) {
-  v1::IndexInfo info;
-  {
-    grpc::ClientContext context;
-    v1::BuildIndexRequest request;
-    request.set_index_id(id);
-    const grpc::Status status = stub.BuildIndex(&context, request, &info);
-    if (!status.ok()) {
-      info.set_error(absl::StrCat("BuildIndex: ", status.error_message()));
-      return info;
-    }
-  }
+grpc::Status UploadPoints(v1::Rcknn::Stub& stub, const std::string& id,
+                          const core::RowMatrix& points, int64_t chunk_points,
+                          v1::UploadPointsResponse* response) {
+  return UploadPoints(stub, id, points, 0, points.rows(), chunk_points, nullptr, nullptr, response);
+}
+
+v1::IndexInfo GetIndex(v1::Rcknn::Stub& stub, const std::string& id, grpc::Status* status) {
   grpc::ClientContext context;
+  SetDeadline(context);
+  v1::GetIndexRequest request;
+  request.set_index_id(id);
+  v1::IndexInfo info;
+  const grpc::Status got = stub.GetIndex(&context, request, &info);
+  if (status != nullptr) *status = got;
+  return info;
+}
+
+grpc::Status BuildIndex(v1::Rcknn::Stub& stub, const std::string& id) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::BuildIndexRequest request;
+  request.set_index_id(id);
+  v1::IndexInfo info;
+  return stub.BuildIndex(&context, request, &info);
+}
+
+v1::IndexInfo AwaitBuilt(v1::Rcknn::Stub& stub, const std::string& id) {
+  grpc::ClientContext context;
+  SetDeadline(context);
   v1::GetIndexRequest request;
   request.set_index_id(id);
   auto reader = stub.WatchIndex(&context, request);
+  v1::IndexInfo info;
   while (reader->Read(&info)) {
   }
   const grpc::Status status = reader->Finish();
   if (!status.ok()) info.set_error(absl::StrCat("WatchIndex: ", status.error_message()));
   return info;
+}
+
+v1::IndexInfo BuildAndWait(v1::Rcknn::Stub& stub, const std::string& id) {
+  if (const grpc::Status status = BuildIndex(stub, id); !status.ok()) {
+    v1::IndexInfo info;
+    info.set_error(absl::StrCat("BuildIndex: ", status.error_message()));
+    return info;
+  }
+  return AwaitBuilt(stub, id);
+}
+
+grpc::Status Search(v1::Rcknn::Stub& stub, const v1::SearchRequest& request,
+                    v1::SearchResponse* response) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  return stub.Search(&context, request, response);
+}
+
+grpc::Status ListIndexes(v1::Rcknn::Stub& stub, v1::ListIndexesResponse* response) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  return stub.ListIndexes(&context, v1::ListIndexesRequest(), response);
+}
+
+grpc::Status DeleteIndex(v1::Rcknn::Stub& stub, const std::string& id) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::DeleteIndexRequest request;
+  request.set_index_id(id);
+  v1::DeleteIndexResponse response;
+  return stub.DeleteIndex(&context, request, &response);
 }
 
 v1::IndexInfo CreateReadyIndex(v1::Rcknn::Stub& stub, const std::string& id,

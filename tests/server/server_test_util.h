@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "core/metric_space.h"
 #include "grpcpp/grpcpp.h"
 #include "rcknn/v1/rcknn.grpc.pb.h"
@@ -35,15 +36,52 @@ v1::IndexSpec SpecOf(const Dataset& set);
 v1::IndexSpec ResidualSpec(int dimension, v1::KernelType type, double variance, double lengthscale,
                            int64_t m, uint64_t seed = 1);
 
+// Every call made by the helpers below waits at most this long: a hang fails the test instead of
+// blocking it.
+inline constexpr absl::Duration kCallTimeout = absl::Seconds(60);
+
+// Sets the deadline of `context` to kCallTimeout from now.
+void SetDeadline(grpc::ClientContext& context);
+
 grpc::Status CreateIndex(v1::Rcknn::Stub& stub, const std::string& id, const v1::IndexSpec& spec);
 
-// Uploads `points` in chunks of `chunk_points` rows on one stream.
+// Uploads rows [first, first + rows) of `points` on one stream in chunks of `chunk_points` rows,
+// naming the index on the first chunk only. With `factors` (rows x m, row i for point i, same
+// first row as `points`) and `variances`, both or neither, the factor rows and residual
+// variances of the same points go along, for an index with factors_supplied.
+grpc::Status UploadPoints(v1::Rcknn::Stub& stub, const std::string& id,
+                          const core::RowMatrix& points, int64_t first, int64_t rows,
+                          int64_t chunk_points, const core::RowMatrix* factors = nullptr,
+                          const std::vector<double>* variances = nullptr,
+                          v1::UploadPointsResponse* response = nullptr);
+
+// Uploads all of `points` in chunks of `chunk_points` rows on one stream.
 grpc::Status UploadPoints(v1::Rcknn::Stub& stub, const std::string& id,
                           const core::RowMatrix& points, int64_t chunk_points,
                           v1::UploadPointsResponse* response = nullptr);
 
-// BuildIndex, then WatchIndex until READY or FAILED; returns the last IndexInfo.
+// The IndexInfo of `id`; the call's status goes to `status` when given (the returned IndexInfo
+// is empty unless it is OK).
+v1::IndexInfo GetIndex(v1::Rcknn::Stub& stub, const std::string& id,
+                       grpc::Status* status = nullptr);
+
+// BuildIndex alone: returns when the build has started (or was refused), not when it ends.
+grpc::Status BuildIndex(v1::Rcknn::Stub& stub, const std::string& id);
+
+// WatchIndex until the stream ends (the index is READY or FAILED): the last IndexInfo, with
+// "WatchIndex: <message>" in error() if the stream ended with an error.
+v1::IndexInfo AwaitBuilt(v1::Rcknn::Stub& stub, const std::string& id);
+
+// BuildIndex, then AwaitBuilt; returns the last IndexInfo, or one whose error() names the
+// failed BuildIndex call.
 v1::IndexInfo BuildAndWait(v1::Rcknn::Stub& stub, const std::string& id);
+
+grpc::Status Search(v1::Rcknn::Stub& stub, const v1::SearchRequest& request,
+                    v1::SearchResponse* response);
+
+grpc::Status ListIndexes(v1::Rcknn::Stub& stub, v1::ListIndexesResponse* response);
+
+grpc::Status DeleteIndex(v1::Rcknn::Stub& stub, const std::string& id);
 
 // Create + upload + build + wait; the final state must be READY (checked by the caller).
 v1::IndexInfo CreateReadyIndex(v1::Rcknn::Stub& stub, const std::string& id,
