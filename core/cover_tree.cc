@@ -522,7 +522,9 @@ absl::StatusOr<CoverTree> CoverTree::Load(SnapshotReader& reader, int64_t num_po
   RETURN_IF_ERROR(reader.ReadVector(&ring));
   if (ring.size() % 2 != 0) return reader.Corrupt("the tree's ring array has an odd length");
   tree.ring_.resize(ring.size() / 2);
-  std::memcpy(static_cast<void*>(tree.ring_.data()), ring.data(), ring.size() * sizeof(double));
+  if (!ring.empty()) {  // memcpy of null pointers is undefined even for 0 bytes
+    std::memcpy(static_cast<void*>(tree.ring_.data()), ring.data(), ring.size() * sizeof(double));
+  }
   // The checksum first: a corrupt file is reported as such, not as a broken tree.
   RETURN_IF_ERROR(reader.Finish());
   RETURN_IF_ERROR(tree.CheckStructure(reader));

@@ -247,7 +247,8 @@ void ExpectSameTree(const CoverTree& a, const CoverTree& b) {
   EXPECT_EQ(x.subtree_min_id, y.subtree_min_id);
   EXPECT_EQ(x.ring_offset, y.ring_offset);
   auto same_bits = [](const std::vector<double>& u, const std::vector<double>& v) {
-    return u.size() == v.size() && std::memcmp(u.data(), v.data(), u.size() * sizeof(double)) == 0;
+    return u.size() == v.size() &&
+           (u.empty() || std::memcmp(u.data(), v.data(), u.size() * sizeof(double)) == 0);
   };
   EXPECT_TRUE(same_bits(x.max_dist, y.max_dist));
   EXPECT_TRUE(same_bits(x.parent_dist, y.parent_dist));
