@@ -86,7 +86,7 @@ absl::StatusOr<std::string> ReadPemFile(absl::string_view flag, const std::strin
 
 // TLS (and mutual TLS) or plaintext credentials, with the token check when a token file is set.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
-    const ServerOptions& options) {
+    const ServerOptions& options, ServerMetrics* metrics) {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options.tls_cert_file.empty()) {
     credentials = grpc::InsecureServerCredentials();
@@ -108,7 +108,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   if (!options.auth_token_file.empty()) {
     absl::StatusOr<std::vector<AuthToken>> tokens = ReadTokenFile(options.auth_token_file);
     if (!tokens.ok()) return tokens.status();
-    credentials->SetAuthMetadataProcessor(std::make_shared<TokenAuthProcessor>(*std::move(tokens)));
+    // Refused calls never reach the RPC observer: counted here, with no handling time.
+    credentials->SetAuthMetadataProcessor(std::make_shared<TokenAuthProcessor>(
+        *std::move(tokens), [metrics](absl::string_view method, const grpc::Status& status) {
+          RCKNN_LOG(kDebug, method, " -> ", status.error_code(), ": ", status.error_message());
+          const auto [service, name] = SplitGrpcMethod(method);
+          metrics->RecordRpc(service, name, static_cast<int>(status.error_code()), 0.0);
+        }));
   }
   return credentials;
 }
@@ -149,14 +155,15 @@ int ResolveThreads(int requested) {
 
 absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOptions& options) {
   if (absl::Status status = ValidateOptions(options); !status.ok()) return status;
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials(options);
-  if (!credentials.ok()) return credentials.status();
   std::unique_ptr<RcknnServer> server(new RcknnServer());
   server->options_ = options;
   server->threads_ = ResolveThreads(options.threads);
   server->metrics_ = std::make_unique<ServerMetrics>();
   ServerMetrics* metrics = server->metrics_.get();
   InitializeRpcMethods(*metrics);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeCredentials(options, metrics);
+  if (!credentials.ok()) return credentials.status();
   if (!options.metrics_listen_address.empty()) {
     try {
       server->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen_address);

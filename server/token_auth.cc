@@ -112,6 +112,14 @@ grpc::Status TokenAuthProcessor::Process(const InputMetadata& auth_metadata,
   if (auto path = auth_metadata.find(":path"); path != auth_metadata.end()) {
     method = absl::string_view(path->second.data(), path->second.size());
   }
+  grpc::Status status = Check(method, auth_metadata, consumed_auth_metadata);
+  if (!status.ok() && on_refused_) on_refused_(method, status);
+  return status;
+}
+
+grpc::Status TokenAuthProcessor::Check(absl::string_view method,
+                                       const InputMetadata& auth_metadata,
+                                       OutputMetadata* consumed_auth_metadata) const {
   if (IsOpenMethod(method)) return grpc::Status::OK;
   auto header = auth_metadata.find("authorization");
   if (header == auth_metadata.end()) {

@@ -10,10 +10,12 @@
 // Answers: UNAUTHENTICATED for a missing, malformed or unknown token; PERMISSION_DENIED for a
 // read-only token on a write method (or on any method of rcknn.v1.Rcknn not named above).
 // grpc.health.v1.Health and server reflection stay open. Refused calls never reach the
-// handlers, so they do not pass through the RPC observer either.
+// handlers, so they do not pass through the RPC observer either: the processor reports them
+// itself (to the metrics) through its `on_refused` callback.
 #ifndef RCKNN_SERVER_TOKEN_AUTH_H_
 #define RCKNN_SERVER_TOKEN_AUTH_H_
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -45,7 +47,12 @@ bool IsOpenMethod(absl::string_view method);
 // token is compared, byte by byte, without early exit).
 class TokenAuthProcessor : public grpc::AuthMetadataProcessor {
  public:
-  explicit TokenAuthProcessor(std::vector<AuthToken> tokens) : tokens_(std::move(tokens)) {}
+  // Called for every refused call with its method ("/package.Service/Method", as the client
+  // sent it) and the refusal; on the gRPC thread that read the call.
+  using RefusalObserver = std::function<void(absl::string_view method, const grpc::Status&)>;
+
+  explicit TokenAuthProcessor(std::vector<AuthToken> tokens, RefusalObserver on_refused = nullptr)
+      : tokens_(std::move(tokens)), on_refused_(std::move(on_refused)) {}
 
   // Memory only: runs on the gRPC thread that reads the call.
   bool IsBlocking() const override { return false; }
@@ -55,7 +62,11 @@ class TokenAuthProcessor : public grpc::AuthMetadataProcessor {
                        OutputMetadata* response_metadata) override;
 
  private:
+  grpc::Status Check(absl::string_view method, const InputMetadata& auth_metadata,
+                     OutputMetadata* consumed_auth_metadata) const;
+
   const std::vector<AuthToken> tokens_;
+  const RefusalObserver on_refused_;
 };
 
 }  // namespace rcknn::server

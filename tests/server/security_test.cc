@@ -154,6 +154,12 @@ TEST_F(SecurityTest, MissingOrWrongTokenIsUnauthenticated) {
   EXPECT_EQ(stub->ListIndexes(&context, v1::ListIndexesRequest(), &response).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(List(*Connect(*server, "ca", false, "admin-token")).ok());
+  // Refused before any handler, yet counted: four refusals and one success.
+  const std::string text = server->metrics().TextExposition();
+  EXPECT_THAT(text, HasSubstr("grpc_server_handled_total{grpc_code=\"UNAUTHENTICATED\","
+                              "grpc_method=\"ListIndexes\",grpc_service=\"rcknn.v1.Rcknn\"} 4"));
+  EXPECT_THAT(text, HasSubstr("grpc_server_handled_total{grpc_code=\"OK\","
+                              "grpc_method=\"ListIndexes\",grpc_service=\"rcknn.v1.Rcknn\"} 1"));
 }
 
 TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
@@ -200,6 +206,9 @@ TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
     EXPECT_EQ(reader->DeleteIndex(&context, request, &response).error_code(),
               grpc::StatusCode::PERMISSION_DENIED);
   }
+  EXPECT_THAT(server->metrics().TextExposition(),
+              HasSubstr("grpc_server_handled_total{grpc_code=\"PERMISSION_DENIED\","
+                        "grpc_method=\"BuildIndex\",grpc_service=\"rcknn.v1.Rcknn\"} 1"));
   // The index is still there, and the admin token may delete it.
   grpc::ClientContext context;
   v1::DeleteIndexRequest request;
