@@ -1,4 +1,5 @@
-// rcknn-server: flags -> ServerOptions -> RcknnServer; SIGTERM / SIGINT shut it down gracefully.
+// rcknn-server: flags -> ServerOptions -> RcknnServer; SIGTERM / SIGINT shut it down gracefully,
+// SIGHUP re-reads --auth_token_file.
 #include <signal.h>
 
 #include <cstdio>
@@ -47,8 +48,9 @@ ABSL_FLAG(std::string, tls_client_ca, kDefaults.tls_client_ca_file,
           "needs --tls_cert)");
 ABSL_FLAG(std::string, auth_token_file, kDefaults.auth_token_file,
           "file of bearer tokens, one per line (`readonly <token>`: read-only; blank lines and # "
-          "comments ignored), read at start-up: every call but health checks and reflection "
-          "needs `authorization: Bearer <token>`; needs --tls_cert; empty: no token check");
+          "comments ignored), read at start-up and again on SIGHUP: every call but health checks "
+          "and reflection needs `authorization: Bearer <token>`; needs --tls_cert; empty: no "
+          "token check");
 ABSL_FLAG(std::string, data_dir, "./rcknn-data",
           "directory where indexes are persisted (spec, uploads, built tree; checksummed, "
           "written atomically) and reloaded from at start-up; empty: keep indexes in memory only");
@@ -102,6 +104,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto server = rcknn::server::RcknnServer::Start(options);
@@ -110,7 +113,14 @@ int main(int argc, char** argv) {
     return 1;
   }
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  for (;;) {
+    sigwait(&signals, &signal_number);
+    if (signal_number != SIGHUP) break;
+    // SIGHUP: re-read the token file; on an error the old tokens stay.
+    if (absl::Status status = (*server)->ReloadAuthTokens(); !status.ok()) {
+      RCKNN_LOG(kError, "SIGHUP: tokens not reloaded, the old ones stay: ", status.ToString());
+    }
+  }
   RCKNN_LOG(kInfo, "received ", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
   (*server)->Shutdown(options.shutdown_grace);
   return 0;

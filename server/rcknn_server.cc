@@ -86,7 +86,8 @@ absl::StatusOr<std::string> ReadPemFile(absl::string_view flag, const std::strin
 
 // TLS (and mutual TLS) or plaintext credentials, with the token check when a token file is set.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
-    const ServerOptions& options, ServerMetrics* metrics) {
+    const ServerOptions& options, ServerMetrics* metrics,
+    std::shared_ptr<TokenAuthProcessor>* auth) {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options.tls_cert_file.empty()) {
     credentials = grpc::InsecureServerCredentials();
@@ -109,12 +110,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
     absl::StatusOr<std::vector<AuthToken>> tokens = ReadTokenFile(options.auth_token_file);
     if (!tokens.ok()) return tokens.status();
     // Refused calls never reach the RPC observer: counted here, with no handling time.
-    credentials->SetAuthMetadataProcessor(std::make_shared<TokenAuthProcessor>(
+    *auth = std::make_shared<TokenAuthProcessor>(
         *std::move(tokens), [metrics](absl::string_view method, const grpc::Status& status) {
           RCKNN_LOG(kDebug, method, " -> ", status.error_code(), ": ", status.error_message());
           const auto [service, name] = SplitGrpcMethod(method);
           metrics->RecordRpc(service, name, static_cast<int>(status.error_code()), 0.0);
-        }));
+        });
+    credentials->SetAuthMetadataProcessor(*auth);
   }
   return credentials;
 }
@@ -162,7 +164,7 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   ServerMetrics* metrics = server->metrics_.get();
   InitializeRpcMethods(*metrics);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      MakeCredentials(options, metrics);
+      MakeCredentials(options, metrics, &server->auth_);
   if (!credentials.ok()) return credentials.status();
   if (!options.metrics_listen_address.empty()) {
     try {
@@ -242,6 +244,18 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
             ", memory limit ", server->budget_->limit(), " bytes",
             options.data_dir.empty() ? ", indexes in memory only (no --data_dir)" : "");
   return server;
+}
+
+absl::Status RcknnServer::ReloadAuthTokens() {
+  if (auth_ == nullptr) {
+    return absl::FailedPreconditionError("no --auth_token_file: there are no tokens to reload");
+  }
+  absl::StatusOr<std::vector<AuthToken>> tokens = ReadTokenFile(options_.auth_token_file);
+  if (!tokens.ok()) return tokens.status();
+  const size_t count = tokens->size();
+  auth_->SetTokens(*std::move(tokens));
+  RCKNN_LOG(kInfo, "reloaded ", count, " tokens from ", options_.auth_token_file);
+  return absl::OkStatus();
 }
 
 int64_t RcknnServer::searches_in_flight() const {

@@ -21,6 +21,7 @@
 #include "server/memory_budget.h"
 #include "server/server_metrics.h"
 #include "server/server_options.h"
+#include "server/token_auth.h"
 
 namespace rcknn::server {
 
@@ -52,6 +53,11 @@ class RcknnServer {
   // Search batches running or waiting on the pool (0 after Shutdown).
   int64_t searches_in_flight() const;
 
+  // Re-reads --auth_token_file and replaces the tokens for every later call (rcknn-server does
+  // this on SIGHUP). On any error (unreadable file, a malformed line, no token) the old tokens
+  // stay in force and the error is returned; FAILED_PRECONDITION without a token file.
+  absl::Status ReloadAuthTokens();
+
   // Graceful shutdown: health turns NOT_SERVING, new calls are refused, WatchIndex streams end,
   // in-flight calls get `grace` to finish before they are cancelled, builds are cancelled, and
   // the pool drains. Blocks until all of that is done. Thread-safe; later calls do nothing.
@@ -76,6 +82,7 @@ class RcknnServer {
   std::unique_ptr<RcknnService> service_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<TokenAuthProcessor> auth_;  // null without --auth_token_file
 
   mutable absl::Mutex shutdown_mutex_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mutex_) = false;

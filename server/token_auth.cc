@@ -117,6 +117,11 @@ grpc::Status TokenAuthProcessor::Process(const InputMetadata& auth_metadata,
   return status;
 }
 
+void TokenAuthProcessor::SetTokens(std::vector<AuthToken> tokens) {
+  absl::MutexLock lock(&mutex_);
+  tokens_ = std::move(tokens);
+}
+
 grpc::Status TokenAuthProcessor::Check(absl::string_view method,
                                        const InputMetadata& auth_metadata,
                                        OutputMetadata* consumed_auth_metadata) const {
@@ -133,12 +138,19 @@ grpc::Status TokenAuthProcessor::Check(absl::string_view method,
   }
   const absl::string_view presented = value.substr(kBearer.size());
   // Every token is compared, so the time does not tell which one matched.
-  const AuthToken* match = nullptr;
-  for (const AuthToken& token : tokens_) {
-    if (ConstantTimeEquals(presented, token.token) && match == nullptr) match = &token;
+  bool found = false;
+  bool read_only = false;
+  {
+    absl::ReaderMutexLock lock(&mutex_);
+    for (const AuthToken& token : tokens_) {
+      if (ConstantTimeEquals(presented, token.token) && !found) {
+        found = true;
+        read_only = token.read_only;
+      }
+    }
   }
-  if (match == nullptr) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown token");
-  if (match->read_only && !IsReadOnlyMethod(method)) {
+  if (!found) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown token");
+  if (read_only && !IsReadOnlyMethod(method)) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                         absl::StrCat("a read-only token may not call ", method));
   }

@@ -19,8 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/security/auth_metadata_processor.h"
 
 namespace rcknn::server {
@@ -43,8 +45,9 @@ bool IsReadOnlyMethod(absl::string_view method);
 // True for the methods open without a token (health checks, server reflection).
 bool IsOpenMethod(absl::string_view method);
 
-// Thread-safe: the tokens are fixed at construction. Compares tokens in constant time (every
-// token is compared, byte by byte, without early exit).
+// Thread-safe; SetTokens replaces the tokens for every later call (SIGHUP re-reads the token
+// file). Compares tokens in constant time (every token is compared, byte by byte, without early
+// exit).
 class TokenAuthProcessor : public grpc::AuthMetadataProcessor {
  public:
   // Called for every refused call with its method ("/package.Service/Method", as the client
@@ -61,11 +64,14 @@ class TokenAuthProcessor : public grpc::AuthMetadataProcessor {
                        OutputMetadata* consumed_auth_metadata,
                        OutputMetadata* response_metadata) override;
 
+  void SetTokens(std::vector<AuthToken> tokens);
+
  private:
   grpc::Status Check(absl::string_view method, const InputMetadata& auth_metadata,
                      OutputMetadata* consumed_auth_metadata) const;
 
-  const std::vector<AuthToken> tokens_;
+  mutable absl::Mutex mutex_;
+  std::vector<AuthToken> tokens_ ABSL_GUARDED_BY(mutex_);
   const RefusalObserver on_refused_;
 };
 

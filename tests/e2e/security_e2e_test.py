@@ -8,8 +8,10 @@ the server at start-up with a clear message and a non-zero exit.
                        --work_dir=DIR
 """
 import os
+import signal
 import subprocess
 import sys
+import time
 import unittest
 
 import grpc
@@ -126,6 +128,50 @@ class SecurityE2eTest(unittest.TestCase):
         anonymous = self.rcknn("list")
         self.assertEqual(anonymous.returncode, 1)
         self.assertIn("UNAUTHENTICATED", anonymous.stderr)
+
+
+class SighupTest(unittest.TestCase):
+    """SIGHUP re-reads --auth_token_file; a file that does not parse leaves the old tokens."""
+
+    def test_sighup_reloads_the_tokens(self):
+        tokens = os.path.join(ARGS["work_dir"], "sighup_tokens")
+        with open(tokens, "w") as f:
+            f.write("first-secret\n")
+        log = os.path.join(ARGS["work_dir"], "sighup_server.log")
+        server = rcknn_e2e.Server(
+            ARGS["server"], log, "--metrics_listen=", f"--tls_cert={cert('server.pem')}",
+            f"--tls_key={cert('server.key')}", f"--auth_token_file={tokens}")
+        self.addCleanup(server.kill)
+
+        def code(token):
+            stub = pb2_grpc.RcknnStub(rcknn_e2e.connect(server.address, tls_ca=cert("ca.pem"),
+                                                        token=token))
+            try:
+                stub.ListIndexes(pb2.ListIndexesRequest(), timeout=TIMEOUT)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                return error.code()
+
+        def hup_and_wait(line):
+            count = server.log().count(line)
+            server.process.send_signal(signal.SIGHUP)
+            deadline = time.time() + 10
+            while server.log().count(line) == count and time.time() < deadline:
+                time.sleep(0.01)
+            self.assertGreater(server.log().count(line), count, server.log())
+
+        self.assertEqual(code("first-secret"), grpc.StatusCode.OK)
+        with open(tokens, "w") as f:
+            f.write("second-secret\n")
+        hup_and_wait("reloaded 1 tokens")
+        self.assertEqual(code("second-secret"), grpc.StatusCode.OK)
+        self.assertEqual(code("first-secret"), grpc.StatusCode.UNAUTHENTICATED)
+        with open(tokens, "w") as f:
+            f.write("not a token line\n")
+        hup_and_wait("tokens not reloaded")
+        self.assertEqual(code("second-secret"), grpc.StatusCode.OK)
+        self.assertTrue(server.alive())
+        self.assertEqual(server.terminate(), 0)
 
 
 class StartUpTest(unittest.TestCase):

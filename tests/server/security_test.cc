@@ -2,6 +2,7 @@
 // test time by tests/server/make_test_certs.sh (Debian's openssl).
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -215,6 +216,37 @@ TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
   request.set_index_id("ro");
   v1::DeleteIndexResponse response;
   EXPECT_TRUE(admin->DeleteIndex(&context, request, &response).ok());
+}
+
+TEST_F(SecurityTest, ReloadedTokenFileReplacesTheTokens) {
+  server::ServerOptions options = TlsOptions(false, true);
+  options.auth_token_file = Path("tokens_reload");
+  WriteFile(options.auth_token_file, "old-token\nreadonly old-reader\n");
+  auto server = Start(options);
+  ASSERT_NE(server, nullptr);
+  EXPECT_TRUE(List(*Connect(*server, "ca", false, "old-token")).ok());
+  EXPECT_EQ(List(*Connect(*server, "ca", false, "new-token")).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+
+  WriteFile(options.auth_token_file, "new-token\n");
+  ASSERT_TRUE(server->ReloadAuthTokens().ok());
+  EXPECT_TRUE(List(*Connect(*server, "ca", false, "new-token")).ok());
+  EXPECT_EQ(List(*Connect(*server, "ca", false, "old-token")).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(List(*Connect(*server, "ca", false, "old-reader")).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+
+  // A file that does not parse, or none at all, is refused and the tokens in force stay.
+  WriteFile(options.auth_token_file, "# no token left\n");
+  EXPECT_EQ(server->ReloadAuthTokens().code(), absl::StatusCode::kInvalidArgument);
+  std::remove(options.auth_token_file.c_str());
+  EXPECT_EQ(server->ReloadAuthTokens().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(List(*Connect(*server, "ca", false, "new-token")).ok());
+
+  // Without a token file there is nothing to reload.
+  auto plain = Start(TlsOptions(false, false));
+  ASSERT_NE(plain, nullptr);
+  EXPECT_EQ(plain->ReloadAuthTokens().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(SecurityTest, HealthStaysOpenWithoutToken) {
