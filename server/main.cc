@@ -57,7 +57,7 @@ ABSL_FLAG(std::string, data_dir, "./rcknn-data",
 ABSL_FLAG(int64_t, max_memory_bytes, kDefaults.max_memory_bytes,
           "most bytes of uploaded points, indexes, builds and search answers held at once; "
           "uploads, builds and searches over it are refused with RESOURCE_EXHAUSTED; 0: 80% of "
-          "physical memory");
+          "physical memory or of the container's (cgroup) memory limit, whichever is lower");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
 
 int main(int argc, char** argv) {

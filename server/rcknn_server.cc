@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/descriptor.h"
@@ -143,12 +144,24 @@ std::string WithPort(const std::string& listen, int port) {
 
 }  // namespace
 
-int64_t ResolveMemoryLimit(int64_t requested) {
-  if (requested > 0) return requested;
+int64_t UsableMemoryBytes(const std::string& cgroup_root) {
   const int64_t pages = ::sysconf(_SC_PHYS_PAGES);
   const int64_t page_bytes = ::sysconf(_SC_PAGESIZE);
-  if (pages <= 0 || page_bytes <= 0) return std::numeric_limits<int64_t>::max();
-  return static_cast<int64_t>(0.8 * static_cast<double>(pages) * static_cast<double>(page_bytes));
+  int64_t usable = pages > 0 && page_bytes > 0 ? pages * page_bytes
+                                               : std::numeric_limits<int64_t>::max();
+  // A container's memory limit: cgroup v2, then v1 ("max" or a huge number when there is none).
+  for (const char* file : {"/memory.max", "/memory/memory.limit_in_bytes"}) {
+    std::ifstream in(cgroup_root + file);
+    std::string text;
+    int64_t limit = 0;
+    if (in >> text && absl::SimpleAtoi(text, &limit) && limit > 0) usable = std::min(usable, limit);
+  }
+  return usable;
+}
+
+int64_t ResolveMemoryLimit(int64_t requested, const std::string& cgroup_root) {
+  if (requested > 0) return requested;
+  return static_cast<int64_t>(0.8 * static_cast<double>(UsableMemoryBytes(cgroup_root)));
 }
 
 int ResolveThreads(int requested) {

@@ -91,6 +91,13 @@ class RcknnServer {
 // Arena threads for `requested` (0: every core).
 int ResolveThreads(int requested);
 
+// The memory this process may use: physical memory, or the memory limit of its cgroup (v2
+// <cgroup_root>/memory.max, v1 <cgroup_root>/memory/memory.limit_in_bytes) when that is lower,
+// as in a container started with a memory limit.
+int64_t UsableMemoryBytes(const std::string& cgroup_root = "/sys/fs/cgroup");
+// --max_memory_bytes for `requested` (0: 80% of UsableMemoryBytes).
+int64_t ResolveMemoryLimit(int64_t requested, const std::string& cgroup_root = "/sys/fs/cgroup");
+
 }  // namespace rcknn::server
 
 #endif  // RCKNN_SERVER_RCKNN_SERVER_H_

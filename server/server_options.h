@@ -32,7 +32,8 @@ struct ServerOptions {
   int64_t max_indexes = 256;
   int64_t max_queries_per_search = 1'000'000;  // per Search call and per SearchStream request
   // Bytes of uploaded points, indexes, builds and search answers held at once
-  // (server/memory_budget.h). 0: 80% of the machine's physical memory.
+  // (server/memory_budget.h). 0: 80% of the machine's physical memory, or of the container's
+  // memory limit (cgroup) when that is lower.
   int64_t max_memory_bytes = 0;
 
   // Transport security (SECURITY.md). Empty tls_cert_file: plaintext. Set, tls_key_file must

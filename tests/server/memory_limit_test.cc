@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "server/proto_conversion.h"
 #include "tests/server/server_test_util.h"
 #include "tests/testing/random_points.h"
+#include "tests/testing/temp_dir.h"
 
 namespace rcknn {
 namespace {
@@ -64,6 +66,29 @@ bool SameAnswer(const v1::SearchResponse& a, const v1::SearchResponse& b) {
          a.distances_size() == b.distances_size() &&
          std::memcmp(a.distances().data(), b.distances().data(),
                      sizeof(double) * a.distances_size()) == 0;
+}
+
+TEST(MemoryLimitTest, DefaultLimitFollowsTheContainersMemoryLimit) {
+  testing::TempDir cgroup;
+  const int64_t physical = server::UsableMemoryBytes(cgroup.path());  // no cgroup files here
+  ASSERT_GT(physical, 0);
+  EXPECT_EQ(server::ResolveMemoryLimit(12345, cgroup.path()), 12345);
+  EXPECT_EQ(server::ResolveMemoryLimit(0, cgroup.path()),
+            static_cast<int64_t>(0.8 * static_cast<double>(physical)));
+  // cgroup v1 without a limit (a huge number), then with one.
+  std::filesystem::create_directory(cgroup.Path("memory"));
+  ASSERT_TRUE(testing::WriteBytes(cgroup.Path("memory/memory.limit_in_bytes"),
+                                  "9223372036854771712\n"));
+  EXPECT_EQ(server::UsableMemoryBytes(cgroup.path()), physical);
+  ASSERT_TRUE(testing::WriteBytes(cgroup.Path("memory/memory.limit_in_bytes"), "1000000000\n"));
+  EXPECT_EQ(server::UsableMemoryBytes(cgroup.path()), std::min<int64_t>(physical, 1000000000));
+  // cgroup v2: "max" means no limit; a number is one.
+  ASSERT_TRUE(testing::WriteBytes(cgroup.Path("memory.max"), "max\n"));
+  EXPECT_EQ(server::UsableMemoryBytes(cgroup.path()), std::min<int64_t>(physical, 1000000000));
+  ASSERT_TRUE(testing::WriteBytes(cgroup.Path("memory.max"), "500000000\n"));
+  EXPECT_EQ(server::UsableMemoryBytes(cgroup.path()), std::min<int64_t>(physical, 500000000));
+  EXPECT_EQ(server::ResolveMemoryLimit(0, cgroup.path()),
+            static_cast<int64_t>(0.8 * static_cast<double>(std::min<int64_t>(physical, 500000000))));
 }
 
 TEST(MemoryLimitTest, UploadOverTheBudgetIsRefusedAndChangesNothing) {
