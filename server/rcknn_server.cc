@@ -13,6 +13,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -144,24 +146,48 @@ std::string WithPort(const std::string& listen, int port) {
 
 }  // namespace
 
-int64_t UsableMemoryBytes(const std::string& cgroup_root) {
+int64_t UsableMemoryBytes(const std::string& cgroup_root, const std::string& proc_self_cgroup) {
   const int64_t pages = ::sysconf(_SC_PHYS_PAGES);
   const int64_t page_bytes = ::sysconf(_SC_PAGESIZE);
   int64_t usable = pages > 0 && page_bytes > 0 ? pages * page_bytes
                                                : std::numeric_limits<int64_t>::max();
-  // A container's memory limit: cgroup v2, then v1 ("max" or a huge number when there is none).
-  for (const char* file : {"/memory.max", "/memory/memory.limit_in_bytes"}) {
-    std::ifstream in(cgroup_root + file);
+  // Lowers `usable` to the limit in `file` if it holds a number ("max", or a huge number, when
+  // there is no limit).
+  auto apply = [&usable](const std::string& file) {
+    std::ifstream in(file);
     std::string text;
     int64_t limit = 0;
     if (in >> text && absl::SimpleAtoi(text, &limit) && limit > 0) usable = std::min(usable, limit);
+  };
+  // This process's cgroup ("0::/system.slice/x.service" for v2, "N:memory:/path" for v1; "/" in
+  // a container with its own cgroup namespace), and every ancestor up to the root: a limit on an
+  // enclosing slice binds too.
+  std::ifstream lines(proc_self_cgroup);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const std::vector<std::string> fields = absl::StrSplit(line, absl::MaxSplits(':', 2));
+    if (fields.size() != 3) continue;
+    const bool v2 = fields[0] == "0" && fields[1].empty();
+    const bool v1 = absl::StrContains(absl::StrCat(",", fields[1], ","), ",memory,");
+    if (!v2 && !v1) continue;
+    std::string path = fields[2];
+    for (;;) {
+      if (v2) apply(absl::StrCat(cgroup_root, path == "/" ? "" : path, "/memory.max"));
+      if (v1) apply(absl::StrCat(cgroup_root, "/memory", path == "/" ? "" : path,
+                                 "/memory.limit_in_bytes"));
+      if (path.empty() || path == "/") break;
+      const size_t slash = path.rfind('/');
+      path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+    }
   }
   return usable;
 }
 
-int64_t ResolveMemoryLimit(int64_t requested, const std::string& cgroup_root) {
+int64_t ResolveMemoryLimit(int64_t requested, const std::string& cgroup_root,
+                           const std::string& proc_self_cgroup) {
   if (requested > 0) return requested;
-  return static_cast<int64_t>(0.8 * static_cast<double>(UsableMemoryBytes(cgroup_root)));
+  return static_cast<int64_t>(
+      0.8 * static_cast<double>(UsableMemoryBytes(cgroup_root, proc_self_cgroup)));
 }
 
 int ResolveThreads(int requested) {

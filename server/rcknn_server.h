@@ -91,12 +91,15 @@ class RcknnServer {
 // Arena threads for `requested` (0: every core).
 int ResolveThreads(int requested);
 
-// The memory this process may use: physical memory, or the memory limit of its cgroup (v2
-// <cgroup_root>/memory.max, v1 <cgroup_root>/memory/memory.limit_in_bytes) when that is lower,
-// as in a container started with a memory limit.
-int64_t UsableMemoryBytes(const std::string& cgroup_root = "/sys/fs/cgroup");
+// The memory this process may use: physical memory, or the lowest memory limit of its cgroup and
+// the cgroup's ancestors (v2 memory.max, v1 memory.limit_in_bytes, found through
+// `proc_self_cgroup` under `cgroup_root`) when that is lower: a container started with a memory
+// limit, or a systemd service with MemoryMax=.
+int64_t UsableMemoryBytes(const std::string& cgroup_root = "/sys/fs/cgroup",
+                          const std::string& proc_self_cgroup = "/proc/self/cgroup");
 // --max_memory_bytes for `requested` (0: 80% of UsableMemoryBytes).
-int64_t ResolveMemoryLimit(int64_t requested, const std::string& cgroup_root = "/sys/fs/cgroup");
+int64_t ResolveMemoryLimit(int64_t requested, const std::string& cgroup_root = "/sys/fs/cgroup",
+                           const std::string& proc_self_cgroup = "/proc/self/cgroup");
 
 }  // namespace rcknn::server
 

@@ -68,27 +68,45 @@ bool SameAnswer(const v1::SearchResponse& a, const v1::SearchResponse& b) {
                      sizeof(double) * a.distances_size()) == 0;
 }
 
-TEST(MemoryLimitTest, DefaultLimitFollowsTheContainersMemoryLimit) {
-  testing::TempDir cgroup;
-  const int64_t physical = server::UsableMemoryBytes(cgroup.path());  // no cgroup files here
+TEST(MemoryLimitTest, DefaultLimitFollowsTheCgroupMemoryLimit) {
+  namespace fs = std::filesystem;
+  testing::TempDir root;
+  const std::string self = root.Path("proc_self_cgroup");
+  auto usable = [&] { return server::UsableMemoryBytes(root.path(), self); };
+  const int64_t physical = usable();  // no cgroup files at all
   ASSERT_GT(physical, 0);
-  EXPECT_EQ(server::ResolveMemoryLimit(12345, cgroup.path()), 12345);
-  EXPECT_EQ(server::ResolveMemoryLimit(0, cgroup.path()),
+  EXPECT_EQ(server::ResolveMemoryLimit(12345, root.path(), self), 12345);
+  EXPECT_EQ(server::ResolveMemoryLimit(0, root.path(), self),
             static_cast<int64_t>(0.8 * static_cast<double>(physical)));
-  // cgroup v1 without a limit (a huge number), then with one.
-  std::filesystem::create_directory(cgroup.Path("memory"));
-  ASSERT_TRUE(testing::WriteBytes(cgroup.Path("memory/memory.limit_in_bytes"),
+
+  // cgroup v1: the process in /app/job; no limit there (a huge number), 1 GB on /app.
+  ASSERT_TRUE(testing::WriteBytes(self, "9:memory:/app/job\n8:pids:/app/job\n"));
+  fs::create_directories(root.Path("memory/app/job"));
+  ASSERT_TRUE(testing::WriteBytes(root.Path("memory/app/job/memory.limit_in_bytes"),
                                   "9223372036854771712\n"));
-  EXPECT_EQ(server::UsableMemoryBytes(cgroup.path()), physical);
-  ASSERT_TRUE(testing::WriteBytes(cgroup.Path("memory/memory.limit_in_bytes"), "1000000000\n"));
-  EXPECT_EQ(server::UsableMemoryBytes(cgroup.path()), std::min<int64_t>(physical, 1000000000));
-  // cgroup v2: "max" means no limit; a number is one.
-  ASSERT_TRUE(testing::WriteBytes(cgroup.Path("memory.max"), "max\n"));
-  EXPECT_EQ(server::UsableMemoryBytes(cgroup.path()), std::min<int64_t>(physical, 1000000000));
-  ASSERT_TRUE(testing::WriteBytes(cgroup.Path("memory.max"), "500000000\n"));
-  EXPECT_EQ(server::UsableMemoryBytes(cgroup.path()), std::min<int64_t>(physical, 500000000));
-  EXPECT_EQ(server::ResolveMemoryLimit(0, cgroup.path()),
-            static_cast<int64_t>(0.8 * static_cast<double>(std::min<int64_t>(physical, 500000000))));
+  EXPECT_EQ(usable(), physical);
+  ASSERT_TRUE(testing::WriteBytes(root.Path("memory/app/memory.limit_in_bytes"), "1000000000\n"));
+  EXPECT_EQ(usable(), std::min<int64_t>(physical, 1000000000));
+
+  // cgroup v2: a systemd service; "max" means no limit, MemoryMax= on the service binds, and so
+  // does a lower limit on its slice.
+  ASSERT_TRUE(testing::WriteBytes(self, "0::/system.slice/rcknn-server.service\n"));
+  fs::create_directories(root.Path("system.slice/rcknn-server.service"));
+  ASSERT_TRUE(testing::WriteBytes(root.Path("system.slice/rcknn-server.service/memory.max"),
+                                  "max\n"));
+  EXPECT_EQ(usable(), physical);
+  ASSERT_TRUE(testing::WriteBytes(root.Path("system.slice/rcknn-server.service/memory.max"),
+                                  "500000000\n"));
+  EXPECT_EQ(usable(), std::min<int64_t>(physical, 500000000));
+  ASSERT_TRUE(testing::WriteBytes(root.Path("system.slice/memory.max"), "400000000\n"));
+  EXPECT_EQ(usable(), std::min<int64_t>(physical, 400000000));
+  EXPECT_EQ(server::ResolveMemoryLimit(0, root.path(), self),
+            static_cast<int64_t>(0.8 * static_cast<double>(std::min<int64_t>(physical, 400000000))));
+
+  // A container with its own cgroup namespace sees itself at the root.
+  ASSERT_TRUE(testing::WriteBytes(self, "0::/\n"));
+  ASSERT_TRUE(testing::WriteBytes(root.Path("memory.max"), "300000000\n"));
+  EXPECT_EQ(usable(), std::min<int64_t>(physical, 300000000));
 }
 
 TEST(MemoryLimitTest, UploadOverTheBudgetIsRefusedAndChangesNothing) {
