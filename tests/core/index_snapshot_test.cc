@@ -26,6 +26,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tbb/task_arena.h"
+#include "tests/testing/index_cases.h"
 #include "tests/testing/random_points.h"
 #include "tests/testing/shared_data.h"
 #include "tests/testing/temp_dir.h"
@@ -50,77 +51,21 @@ using ::testing::HasSubstr;
 // ---------------------------------------------------------------------------------------------
 // Cases.
 
-struct Case {
-  std::string name;
-  Metric metric = Metric::kResidualCorrelation;
-  KernelType kernel = KernelType::kRbf;
-  double variance = 1.0;
-  std::vector<double> lengthscales = {1.0};
-  int d = 2;
-  int64_t n = 500;
-  int64_t m = 32;
-  double duplicates = 0.0;
-  bool factors_supplied = false;
-  double base = 1.5;
-  uint64_t seed = 1;
-};
-
-IndexSpec CaseSpec(const Case& c) {
-  IndexSpec spec;
-  spec.metric = c.metric;
-  spec.dimension = c.d;
-  spec.residual.kernel.type = c.kernel;
-  spec.residual.kernel.variance = c.variance;
-  spec.residual.kernel.lengthscales = c.lengthscales;
-  spec.residual.inducing_count = std::min(c.m, c.n);
-  spec.residual.inducing_seed = c.seed + 2;
-  spec.factors_supplied = c.factors_supplied;
-  spec.tree.base = c.base;
-  return spec;
-}
-
-RowMatrix CasePoints(const Case& c) {
-  RowMatrix points = testing::NormalPoints(c.n, c.d, c.seed);
-  testing::AddDuplicates(points, c.duplicates, c.seed + 1);
-  return points;
-}
+using Case = testing::IndexCase;
+using testing::CasePoints;
+using testing::CaseSpec;
 
 // The same data on every call (Build and Restore each consume one).
-IndexData CaseData(const Case& c) {
-  IndexData data;
-  data.points = CasePoints(c);
-  if (c.factors_supplied) {
-    // Factors computed by the library with other settings (a larger jitter), then supplied.
-    core::ResidualOptions options = CaseSpec(c).residual;
-    options.jitter = 1e-3;
-    absl::StatusOr<std::unique_ptr<core::ResidualSpace>> computed =
-        core::ResidualSpace::Create(data.points, options);
-    EXPECT_TRUE(computed.ok()) << computed.status();
-    if (computed.ok()) {
-      data.factors = (*computed)->v();
-      data.residual_variances = (*computed)->p();
-    }
-  }
-  return data;
+IndexData Data(const Case& c) {
+  absl::StatusOr<IndexData> data = testing::CaseData(c);
+  EXPECT_TRUE(data.ok()) << data.status();
+  return data.ok() ? *std::move(data) : IndexData();
 }
 
-// Query ids: the first and last ids, the middle one and random ones.
-std::vector<int64_t> QueryIds(int64_t n, uint64_t seed) {
-  std::vector<int64_t> ids = {0, n - 1, n / 2};
-  core::SplitMix64 rng(seed);
-  while (ids.size() < 40) ids.push_back(static_cast<int64_t>(rng.UniformBelow(n)));
-  return ids;
-}
+std::vector<int64_t> QueryIds(int64_t n, uint64_t seed) { return testing::CaseQueryIds(n, seed, 40); }
 
-// Out-of-sample points: random ones, a far one and copies of stored points.
 RowMatrix QueryPoints(const RowMatrix& stored, uint64_t seed) {
-  RowMatrix points = testing::NormalPoints(24, static_cast<int>(stored.cols()), seed);
-  core::SplitMix64 rng(seed + 1);
-  for (int64_t q = 0; q < points.rows(); q += 4) {
-    points.row(q) = stored.row(rng.UniformBelow(stored.rows()));
-  }
-  points.row(1) *= 10.0;
-  return points;
+  return testing::CaseQueryPoints(stored, 1.0, seed, 24);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +222,7 @@ class IndexSnapshotTest : public ::testing::Test {
 
   std::unique_ptr<KnnIndex> Build(const Case& c) {
     absl::StatusOr<std::unique_ptr<KnnIndex>> index =
-        KnnIndex::Build(CaseSpec(c), CaseData(c), &arena_);
+        KnnIndex::Build(CaseSpec(c), Data(c), &arena_);
     EXPECT_TRUE(index.ok()) << c.name << ": " << index.status();
     return index.ok() ? *std::move(index) : nullptr;
   }
@@ -291,7 +236,7 @@ class IndexSnapshotTest : public ::testing::Test {
     const absl::Status saved = SaveIndex(*built, path);
     ASSERT_TRUE(saved.ok()) << saved;
     absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
-        RestoreIndex(CaseSpec(c), CaseData(c), path, &arena_);
+        RestoreIndex(CaseSpec(c), Data(c), path, &arena_);
     ASSERT_TRUE(restored.ok()) << restored.status();
     const KnnIndex& index = **restored;
     ASSERT_EQ(index.size(), c.n);
@@ -431,7 +376,7 @@ TEST_F(IndexSnapshotTest, RestoresOnAnotherThreadCount) {
   tbb::task_arena three(3);
   for (tbb::task_arena* arena : {&one, &three, static_cast<tbb::task_arena*>(nullptr)}) {
     absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
-        RestoreIndex(CaseSpec(c), CaseData(c), path, arena);
+        RestoreIndex(CaseSpec(c), Data(c), path, arena);
     ASSERT_TRUE(restored.ok()) << restored.status();
     const std::vector<int64_t> ids = QueryIds(c.n, 82);
     QueryBatch batch;
@@ -464,14 +409,14 @@ TEST_F(IndexSnapshotTest, OtherPointsOrKernelAreDataLoss) {
       EXPECT_THAT(restored.status().message(), HasSubstr(path)) << what;
     };
     // One coordinate of one point, by one ulp.
-    IndexData moved = CaseData(c);
+    IndexData moved = Data(c);
     moved.points(123, 1) = std::nextafter(moved.points(123, 1), 1e9);
     expect_other_space(CaseSpec(c), std::move(moved), "one coordinate");
     if (c.factors_supplied) {
-      IndexData factors = CaseData(c);
+      IndexData factors = Data(c);
       factors.factors(7, 3) += 1e-12;
       expect_other_space(CaseSpec(c), std::move(factors), "one factor");
-      IndexData variances = CaseData(c);
+      IndexData variances = Data(c);
       variances.residual_variances(9) *= 1.0 + 1e-12;
       expect_other_space(CaseSpec(c), std::move(variances), "one residual variance");
     }
@@ -479,17 +424,17 @@ TEST_F(IndexSnapshotTest, OtherPointsOrKernelAreDataLoss) {
       // The kernel enters every distance, also with supplied V and p.
       IndexSpec other_variance = CaseSpec(c);
       other_variance.residual.kernel.variance *= 1.5;
-      expect_other_space(other_variance, CaseData(c), "kernel variance");
+      expect_other_space(other_variance, Data(c), "kernel variance");
       IndexSpec other_type = CaseSpec(c);
       other_type.residual.kernel.type = KernelType::kMatern32;
-      expect_other_space(other_type, CaseData(c), "kernel type");
+      expect_other_space(other_type, Data(c), "kernel type");
       IndexSpec other_lengthscale = CaseSpec(c);
       other_lengthscale.residual.kernel.lengthscales = {1.25};
-      expect_other_space(other_lengthscale, CaseData(c), "lengthscale");
+      expect_other_space(other_lengthscale, Data(c), "lengthscale");
     }
     // The unchanged data still restores after all that.
     absl::StatusOr<std::unique_ptr<KnnIndex>> again =
-        RestoreIndex(CaseSpec(c), CaseData(c), path, &arena_);
+        RestoreIndex(CaseSpec(c), Data(c), path, &arena_);
     EXPECT_TRUE(again.ok()) << again.status();
   }
 }
@@ -504,11 +449,11 @@ TEST_F(IndexSnapshotTest, MismatchedSpecSizeOrKindIsAnError) {
   IndexSpec other_base = CaseSpec(c);
   other_base.tree.base = 2.0;
   absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
-      RestoreIndex(other_base, CaseData(c), path, &arena_);
+      RestoreIndex(other_base, Data(c), path, &arena_);
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss) << restored.status();
   EXPECT_THAT(restored.status().message(), HasSubstr("base"));
 
-  IndexData fewer = CaseData(c);
+  IndexData fewer = Data(c);
   fewer.points.conservativeResize(199, 2);
   restored = RestoreIndex(CaseSpec(c), std::move(fewer), path, &arena_);
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss) << restored.status();
@@ -516,7 +461,7 @@ TEST_F(IndexSnapshotTest, MismatchedSpecSizeOrKindIsAnError) {
 
   IndexSpec wrong_dimension = CaseSpec(c);
   wrong_dimension.dimension = 3;
-  restored = RestoreIndex(wrong_dimension, CaseData(c), path, &arena_);
+  restored = RestoreIndex(wrong_dimension, Data(c), path, &arena_);
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kInvalidArgument) << restored.status();
 
   absl::StatusOr<std::unique_ptr<SnapshotReader>> reader =
@@ -550,7 +495,7 @@ TEST_F(IndexSnapshotTest, StructurallyBrokenTreeWithValidChecksumIsDataLoss) {
       if (extra) extra(**writer);
       EXPECT_TRUE((*writer)->Commit().ok());
     }
-    return RestoreIndex(CaseSpec(c), CaseData(c), path, &arena_);
+    return RestoreIndex(CaseSpec(c), Data(c), path, &arena_);
   };
 
   {
@@ -693,7 +638,7 @@ TEST_F(IndexSnapshotTest, ByteFlipsInASavedIndexAreDataLoss) {
       bytes[pos] = static_cast<char>(bytes[pos] ^ mask);
       EXPECT_TRUE(testing::WriteBytes(bad, bytes)) << bad;
       absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
-          RestoreIndex(CaseSpec(c), CaseData(c), bad, &arena_);
+          RestoreIndex(CaseSpec(c), Data(c), bad, &arena_);
       EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)
           << "byte " << pos << " ^ " << mask << " of " << good.size() << ": " << restored.status();
     }
@@ -703,7 +648,7 @@ TEST_F(IndexSnapshotTest, ByteFlipsInASavedIndexAreDataLoss) {
        {size_t{0}, size_t{47}, size_t{48}, size_t{100}, good.size() / 2, good.size() - 1}) {
     EXPECT_TRUE(testing::WriteBytes(bad, good.substr(0, length))) << bad;
     absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
-        RestoreIndex(CaseSpec(c), CaseData(c), bad, &arena_);
+        RestoreIndex(CaseSpec(c), Data(c), bad, &arena_);
     EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)
         << "length " << length << ": " << restored.status();
   }

@@ -25,6 +25,7 @@
 #include "core/residual_correlation.h"
 #include "gtest/gtest.h"
 #include "tbb/task_arena.h"
+#include "tests/testing/index_cases.h"
 #include "tests/testing/random_points.h"
 #include "tests/testing/shared_data.h"
 
@@ -178,85 +179,26 @@ void ExpectMatchesOracle(const std::string& path, const MetricSpace& space, cons
 // ---------------------------------------------------------------------------------------------
 // Cases.
 
-struct SearchCase {
-  std::string name;
-  Metric metric = Metric::kResidualCorrelation;
-  KernelType kernel = KernelType::kRbf;
-  double variance = 1.0;
-  std::vector<double> lengthscales = {1.0};
-  int d = 2;
-  int64_t n = 500;
-  int64_t m = 32;
-  double scale = 1.0;       // of the coordinates
-  double duplicates = 0.0;  // fraction of rows overwritten with copies of others
-  double grid = 0.0;        // > 0: coordinates snapped to this grid (coincident points)
-  bool factors_supplied = false;
-  double base = 1.5;
-  std::vector<int64_t> ks = {1, 10};
-  uint64_t seed = 1;
-};
-
-RowMatrix CasePoints(const SearchCase& c) {
-  RowMatrix points = testing::NormalPoints(c.n, c.d, c.seed, c.scale);
-  testing::AddDuplicates(points, c.duplicates, c.seed + 1);
-  if (c.grid > 0) testing::SnapToGrid(points, c.grid);
-  return points;
-}
-
-IndexSpec CaseSpec(const SearchCase& c) {
-  IndexSpec spec;
-  spec.metric = c.metric;
-  spec.dimension = c.d;
-  spec.residual.kernel.type = c.kernel;
-  spec.residual.kernel.variance = c.variance;
-  spec.residual.kernel.lengthscales = c.lengthscales;
-  spec.residual.inducing_count = std::min(c.m, c.n);
-  spec.residual.inducing_seed = c.seed + 2;
-  if (c.grid > 0) spec.residual.jitter = 1e-4;  // coincident inducing points need more jitter
-  spec.factors_supplied = c.factors_supplied;
-  spec.tree.base = c.base;
-  return spec;
-}
+using SearchCase = testing::IndexCase;
+using testing::CasePoints;
+using testing::CaseSpec;
 
 std::unique_ptr<KnnIndex> BuildIndex(const SearchCase& c, tbb::task_arena* arena) {
-  const IndexSpec spec = CaseSpec(c);
-  IndexData data;
-  data.points = CasePoints(c);
-  if (c.factors_supplied) {
-    // Factors computed by the library with other settings (a larger jitter), then supplied.
-    core::ResidualOptions options = spec.residual;
-    options.jitter = 1e-3;
-    absl::StatusOr<std::unique_ptr<core::ResidualSpace>> computed =
-        core::ResidualSpace::Create(data.points, options);
-    EXPECT_TRUE(computed.ok()) << computed.status();
-    if (!computed.ok()) return nullptr;
-    data.factors = (*computed)->v();
-    data.residual_variances = (*computed)->p();
-  }
-  absl::StatusOr<std::unique_ptr<KnnIndex>> index = KnnIndex::Build(spec, std::move(data), arena);
+  absl::StatusOr<IndexData> data = testing::CaseData(c);
+  EXPECT_TRUE(data.ok()) << data.status();
+  if (!data.ok()) return nullptr;
+  absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+      KnnIndex::Build(CaseSpec(c), *std::move(data), arena);
   EXPECT_TRUE(index.ok()) << index.status();
   return index.ok() ? *std::move(index) : nullptr;
 }
 
-// Query ids: the first and last ids, a few repeats and random ids.
 std::vector<int64_t> QueryIds(int64_t n, uint64_t seed, int64_t count) {
-  std::vector<int64_t> ids = {0, n - 1, n / 2};
-  core::SplitMix64 rng(seed);
-  while (static_cast<int64_t>(ids.size()) < count) {
-    ids.push_back(static_cast<int64_t>(rng.UniformBelow(n)));
-  }
-  ids.push_back(ids[3 % ids.size()]);  // a repeat
-  return ids;
+  return testing::CaseQueryIds(n, seed, count);
 }
 
-// Out-of-sample points: random ones, far-away ones and copies of stored points.
 RowMatrix QueryPoints(const RowMatrix& stored, double scale, uint64_t seed, int64_t count) {
-  const int64_t n = stored.rows();
-  RowMatrix points = testing::NormalPoints(count, static_cast<int>(stored.cols()), seed, scale);
-  core::SplitMix64 rng(seed + 1);
-  for (int64_t q = 0; q < count; q += 4) points.row(q) = stored.row(rng.UniformBelow(n));
-  points.row(1) *= 10.0;
-  return points;
+  return testing::CaseQueryPoints(stored, scale, seed, count);
 }
 
 enum class Path { kIndexSearch, kBruteForce, kPureWalk, kPureScan };
