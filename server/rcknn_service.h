@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "rcknn/v1/rcknn.grpc.pb.h"
+#include "server/blocking_executor.h"
 #include "server/index_registry.h"
 #include "server/index_store.h"
 #include "server/memory_budget.h"
@@ -55,6 +56,10 @@ class RcknnService final : public RawStreamingService {
   // uploads, FAILED ones with the reason, and built ones restored on the pool (BUILDING until
   // READY). Returns how many indexes were found.
   int64_t LoadStoredIndexes();
+
+  // Runs `job` on the service's threads for blocking work (disk writes), in submission order
+  // per thread; jobs still queued run before the service is destroyed.
+  void RunBlocking(std::function<void()> job) { blocking_.Submit(std::move(job)); }
 
   // Ends WatchIndex streams (UNAVAILABLE) so that a graceful shutdown does not wait on them.
   void BeginShutdown() { shutting_down_.store(true); }
@@ -111,6 +116,9 @@ class RcknnService final : public RawStreamingService {
   MemoryBudget* const budget_;
   IndexStore* const store_;
   std::atomic<bool> shutting_down_{false};
+  // Upload commits; several, so that one slow fsync does not hold every other upload. Last
+  // member: its destructor runs the remaining jobs while everything they use still exists.
+  BlockingExecutor blocking_{4};
 };
 
 }  // namespace rcknn::server

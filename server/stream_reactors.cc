@@ -41,10 +41,13 @@ void UploadPointsReactor::OnReadDone(bool ok) {
       FinishWith(absl::CancelledError("the upload was cancelled; nothing was applied"));
       return;
     }
-    v1::UploadPointsResponse response;
-    const absl::Status status = service_->FinishUpload(&state_, &response);
-    if (status.ok()) Serialize(response, response_);
-    FinishWith(status);
+    // Applying the upload commits its file (write + fsync): not on a gRPC callback thread.
+    service_->RunBlocking([this] {
+      v1::UploadPointsResponse response;
+      const absl::Status status = service_->FinishUpload(&state_, &response);
+      if (status.ok()) Serialize(response, response_);
+      FinishWith(status);  // last: the reactor may be deleted as soon as the call finishes
+    });
     return;
   }
   v1::UploadPointsRequest chunk;
