@@ -281,24 +281,14 @@ class IndexSnapshotTest : public ::testing::Test {
 
 Case Residual(std::string name, KernelType kernel, double lengthscale, int d, int64_t n, int64_t m,
               double base, uint64_t seed) {
-  Case c;
-  c.name = std::move(name);
-  c.kernel = kernel;
-  c.lengthscales = {lengthscale};
-  c.d = d;
-  c.n = n;
-  c.m = m;
+  Case c = testing::ResidualCase(std::move(name), kernel, lengthscale, d, n, m);
   c.base = base;
   c.seed = seed;
   return c;
 }
 
 Case Euclidean(std::string name, int d, int64_t n, double base, uint64_t seed) {
-  Case c;
-  c.name = std::move(name);
-  c.metric = Metric::kEuclidean;
-  c.d = d;
-  c.n = n;
+  Case c = testing::EuclideanCase(std::move(name), d, n);
   c.base = base;
   c.seed = seed;
   return c;

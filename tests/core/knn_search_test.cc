@@ -319,23 +319,11 @@ void CheckCase(const SearchCase& c, tbb::task_arena& arena) {
 
 SearchCase Residual(std::string name, KernelType kernel, double lengthscale, int d, int64_t n,
                     int64_t m) {
-  SearchCase c;
-  c.name = std::move(name);
-  c.kernel = kernel;
-  c.lengthscales = {lengthscale};
-  c.d = d;
-  c.n = n;
-  c.m = m;
-  return c;
+  return testing::ResidualCase(std::move(name), kernel, lengthscale, d, n, m);
 }
 
 SearchCase Euclidean(std::string name, int d, int64_t n) {
-  SearchCase c;
-  c.name = std::move(name);
-  c.metric = Metric::kEuclidean;
-  c.d = d;
-  c.n = n;
-  return c;
+  return testing::EuclideanCase(std::move(name), d, n);
 }
 
 class KnnSearchTest : public ::testing::Test {

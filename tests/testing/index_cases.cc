@@ -10,6 +10,27 @@
 
 namespace rcknn::testing {
 
+IndexCase ResidualCase(std::string name, core::KernelType kernel, double lengthscale, int d,
+                       int64_t n, int64_t m) {
+  IndexCase c;
+  c.name = std::move(name);
+  c.kernel = kernel;
+  c.lengthscales = {lengthscale};
+  c.d = d;
+  c.n = n;
+  c.m = m;
+  return c;
+}
+
+IndexCase EuclideanCase(std::string name, int d, int64_t n) {
+  IndexCase c;
+  c.name = std::move(name);
+  c.metric = core::Metric::kEuclidean;
+  c.d = d;
+  c.n = n;
+  return c;
+}
+
 core::IndexSpec CaseSpec(const IndexCase& c) {
   core::IndexSpec spec;
   spec.metric = c.metric;

@@ -33,6 +33,11 @@ struct IndexCase {
   uint64_t seed = 1;
 };
 
+// A residual-correlation case (one lengthscale) and a Euclidean one; other fields at defaults.
+IndexCase ResidualCase(std::string name, core::KernelType kernel, double lengthscale, int d,
+                       int64_t n, int64_t m);
+IndexCase EuclideanCase(std::string name, int d, int64_t n);
+
 // The spec: inducing points drawn with seed + 2 (min(m, n) of them), jitter 1e-4 on a grid
 // (coincident inducing points need more).
 core::IndexSpec CaseSpec(const IndexCase& c);
