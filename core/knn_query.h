@@ -1,4 +1,4 @@
-// The query contract shared by every search path (DESIGN.md section 3).
+// The query contract shared by every search path (docs/design.md section 3).
 //
 // A query returns its k nearest stored points by (distance, id) ascending: ties go to the smaller
 // id. Results are written to caller-owned row-major num_queries x k arrays; rows with fewer than
@@ -18,7 +18,7 @@
 namespace rcknn::core {
 
 // The slack used when pruning by a lower bound: a subtree is skipped only if its bound exceeds
-// the current k-th distance by more than this, so rounding (DESIGN.md section 3: about 1e-6 at
+// the current k-th distance by more than this, so rounding (docs/design.md section 3: about 1e-6 at
 // worst) never discards a true neighbour.
 inline constexpr double kPruneSlack = 1e-6;
 

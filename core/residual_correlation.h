@@ -1,5 +1,5 @@
 // The residual correlation distance of a Gaussian process after inducing points
-// (DESIGN.md section 2), and the MetricSpace that evaluates it.
+// (docs/design.md section 2), and the MetricSpace that evaluates it.
 //
 //   V = (L^-1 K(U, X))^T (n x m),  L = chol(K(U, U) + jitter * variance * I)
 //   p_i = max(variance - ||V_i||^2, kMinResidualVariance)

@@ -1,4 +1,4 @@
-# rcknn_metrics: the Prometheus metrics of DESIGN.md section 6 (server/server_metrics.h).
+# rcknn_metrics: the Prometheus metrics of docs/design.md section 6 (server/server_metrics.h).
 # Included from server/CMakeLists.txt; kept apart so the metrics build and test without gRPC.
 find_package(prometheus-cpp CONFIG REQUIRED)
 

@@ -1,7 +1,7 @@
 // The one place every RPC passes through on its way out: a gRPC server interceptor that sees
 // each call's method, final status code and latency, and hands them to the server's callback,
 // which logs them (debug level) and records grpc_server_handled_total and
-// grpc_server_handling_seconds (DESIGN.md section 6). Calls that gRPC's core refuses before any
+// grpc_server_handling_seconds (docs/design.md section 6). Calls that gRPC's core refuses before any
 // handler runs (a request over the message size limit, a call refused by the token check of
 // server/token_auth.h) do not pass through it.
 //

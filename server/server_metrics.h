@@ -1,4 +1,4 @@
-// The Prometheus metrics of DESIGN.md section 6, owned in one registry that the server exposes at
+// The Prometheus metrics of docs/design.md section 6, owned in one registry that the server exposes at
 // /metrics (prometheus::Exposer, on its own port) and that tests serialize directly.
 //
 // Every family is created once, in the constructor; label combinations that should read 0 before
@@ -8,7 +8,7 @@
 // cheap and thread-safe, and happens at most once per batch or per RPC: traversal counters reach
 // this class already merged (core::TraversalStats), never from inside a traversal loop.
 //
-// Families (names fixed by DESIGN.md; labels low-cardinality):
+// Families (names fixed by docs/design.md; labels low-cardinality):
 //   rcknn_queries_total, rcknn_distance_evaluations_total, rcknn_heap_pushes_total,
 //   rcknn_nodes_visited_total, rcknn_subtrees_pruned_total{reason="bound"|"predecessor"},
 //   rcknn_scanned_queries_total                         counters, summed over all searches

@@ -13,7 +13,7 @@ namespace rcknn::server {
 struct ServerOptions {
   // host:port to listen on; port 0 picks a free port (RcknnServer::port() tells which).
   std::string listen_address = "127.0.0.1:50051";
-  // host:port of the Prometheus endpoint (GET /metrics, DESIGN.md section 6); port 0 picks a
+  // host:port of the Prometheus endpoint (GET /metrics, docs/design.md section 6); port 0 picks a
   // free port (RcknnServer::metrics_port()). Empty: no endpoint (the metrics are still kept).
   std::string metrics_listen_address = "127.0.0.1:9464";
   // Size of the one query/build tbb::task_arena. 0: every core of the machine.

@@ -4,12 +4,12 @@
   search_single.bin   one query id of the gold workload, k = 50
   search_batch64.bin  the first 64 gold query ids, k = 50
 
-Both search the index named `gold` (the gold workload of DESIGN.md section 7, uploaded and built
-under that name). The query ids are gold's own (gold.query_ids.i64 in the shared data folder).
+Both search the index named `gold` (the gold workload of docs/design.md section 7, uploaded and built
+under that name). The query ids are gold's own (tests/data/gold.query_ids.i64).
 Python stubs are generated from proto/rcknn/v1/rcknn.proto with the system protoc into a
 temporary folder; needs Debian's protobuf-compiler and python3-protobuf.
 
-Usage: make_requests.py [--data-dir ../shared/data] [--out-dir deploy/ghz/requests]
+Usage: make_requests.py [--data-dir tests/data] [--out-dir deploy/ghz/requests]
 """
 
 import argparse
@@ -49,7 +49,7 @@ def read_query_ids(data_dir):
 
 def main():
     parser = argparse.ArgumentParser(description="Write the ghz request files.")
-    parser.add_argument("--data-dir", default=os.path.join(os.path.dirname(REPO), "shared", "data"),
+    parser.add_argument("--data-dir", default=os.path.join(REPO, "tests", "data"),
                         help="folder holding gold.query_ids.i64")
     parser.add_argument("--out-dir", default=os.path.join(HERE, "requests"))
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-// rcknn-bench: builds an index for one workload of DESIGN.md section 7, answers its queries with
+// rcknn-bench: builds an index for one workload of docs/design.md section 7, answers its queries with
 // the tree search and with the blocked brute force, checks every answer, and prints one JSON
 // object per line. With --snapshot_dir it also saves the built index there, restores it
 // (KnnIndex::Save / Restore), checks that the restored index answers the same queries bit for bit

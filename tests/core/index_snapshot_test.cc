@@ -645,7 +645,7 @@ TEST_F(IndexSnapshotTest, ByteFlipsInASavedIndexAreDataLoss) {
 }
 
 // The gold data set: built, saved and restored, the restored index answers the shipped queries
-// as shipped (DESIGN.md section 3) and bit for bit as the built one, in both modes.
+// as shipped (docs/design.md section 3) and bit for bit as the built one, in both modes.
 TEST_F(IndexSnapshotTest, GoldRoundTripAnswersAsShipped) {
   absl::StatusOr<testing::Dataset> set = testing::LoadDataset(testing::DefaultDataDir(), "gold");
   ASSERT_TRUE(set.ok()) << set.status();

@@ -1,4 +1,4 @@
-// Kernel values against the defining formulas of DESIGN.md section 2, written out independently
+// Kernel values against the defining formulas of docs/design.md section 2, written out independently
 // here, and the validation of kernel settings.
 #include "core/kernel.h"
 
@@ -21,7 +21,7 @@ using core::KernelType;
 constexpr KernelType kAllTypes[] = {KernelType::kRbf, KernelType::kMatern12, KernelType::kMatern32,
                                     KernelType::kMatern52};
 
-// f(r) of DESIGN.md section 2.
+// f(r) of docs/design.md section 2.
 double Shape(KernelType type, double r) {
   switch (type) {
     case KernelType::kRbf:

@@ -1,6 +1,6 @@
 // Exact k-NN on many seeded random cases: TreeKnnSearch (through KnnIndex::Search and directly,
 // as a pure walk, with the default fall-back and as a pure scan) and BruteForceKnn against a
-// naive oracle, compared by the rule of DESIGN.md section 3; determinism across thread counts;
+// naive oracle, compared by the rule of docs/design.md section 3; determinism across thread counts;
 // traversal counters; errors, cancellation and deadlines.
 #include "core/knn_search.h"
 
@@ -46,7 +46,7 @@ using core::TraversalStats;
 using core::TreeSearchOptions;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kTol = 1e-6;  // DESIGN.md section 3
+constexpr double kTol = 1e-6;  // docs/design.md section 3
 
 // ---------------------------------------------------------------------------------------------
 // The oracle.
@@ -61,7 +61,7 @@ RowMatrix AllDistances(const MetricSpace& space, const PointRows& rows) {
   return d;
 }
 
-// The k nearest by (distance, id) with the rules of DESIGN.md section 3 applied here by hand:
+// The k nearest by (distance, id) with the rules of docs/design.md section 3 applied here by hand:
 // a query by id excludes itself unless include_self; predecessor mode keeps only ids below the
 // query's; missing results are -1 / +inf.
 void NaiveKnn(const RowMatrix& dist, int64_t q, int64_t query_id, const KnnOptions& options,
@@ -105,7 +105,7 @@ Answer Oracle(const RowMatrix& dist, absl::Span<const int64_t> query_ids,
 // How far two correct evaluations of d(rows[q], j) may differ. d = sqrt(1 - |rho|) turns an
 // error e in rho into up to sqrt(e) near d = 0; e is bounded by about (m + 16) ulp of the
 // variance divided by sqrt(p_q p_j) (one length-m dot product and one kernel value). Far from 0,
-// and for the Euclidean metric, this is far below the 1e-6 of DESIGN.md section 3.
+// and for the Euclidean metric, this is far below the 1e-6 of docs/design.md section 3.
 double PairTolerance(const MetricSpace& space, const PointRows& rows, int64_t q, int64_t j) {
   const auto* residual = dynamic_cast<const core::ResidualSpace*>(&space);
   if (residual == nullptr) return kTol;
@@ -119,7 +119,7 @@ double PairTolerance(const MetricSpace& space, const PointRows& rows, int64_t q,
 // the reported distances. Where that fails, the row must still be exact when the returned ids
 // are re-measured through the oracle's path (RowToIds) and re-sorted, and each reported distance
 // must be within PairTolerance of its re-measured value: the difference is then the rounding of
-// the metric near 0, which the flat 1e-6 of DESIGN.md section 3 does not cover for tiny p. Each
+// the metric near 0, which the flat 1e-6 of docs/design.md section 3 does not cover for tiny p. Each
 // row must also be ascending by (distance, id).
 void ExpectMatchesOracle(const std::string& path, const MetricSpace& space, const PointRows& rows,
                          absl::Span<const int64_t> query_ids, const KnnOptions& options,
@@ -258,7 +258,7 @@ void CheckCase(const SearchCase& c, tbb::task_arena& arena) {
   ASSERT_EQ(index->size(), c.n);
   ASSERT_EQ(index->dimension(), c.d);
   // The tree stores distances measured by matrix products; CheckInvariants re-measures them
-  // with RowToIds. Its default slack, the 1e-6 of DESIGN.md, holds while residual variances stay
+  // with RowToIds. Its default slack, the 1e-6 of docs/design.md, holds while residual variances stay
   // above about jitter * s2 (those of the inducing points themselves). Where every point is
   // below that (random case 16: all p ~ 3e-7, points 1e-3 apart in 1-D), distances near 0 are
   // rounding noise of size sqrt(e) (see PairTolerance), and the check can only use that.

@@ -1,4 +1,4 @@
-// The residual correlation metric (DESIGN.md section 2): factors against an independent Eigen
+// The residual correlation metric (docs/design.md section 2): factors against an independent Eigen
 // computation, metric properties on random triples, agreement of every evaluation path,
 // out-of-sample points, supplied factors, reproducibility and input validation.
 #include "core/residual_correlation.h"
@@ -34,7 +34,7 @@ constexpr KernelType kAllTypes[] = {KernelType::kRbf, KernelType::kMatern12, Ker
                                     KernelType::kMatern52};
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// k(a, b) from the formulas of DESIGN.md section 2, independent of core::Kernel.
+// k(a, b) from the formulas of docs/design.md section 2, independent of core::Kernel.
 double RefKernel(const KernelSpec& spec, const double* a, const double* b, int d) {
   double r2 = 0.0;
   for (int t = 0; t < d; ++t) {
@@ -435,7 +435,7 @@ TEST(ResidualPathsTest, AllEvaluationPathsAgree) {
 // location with bit-identical factors), whatever their ids, wherever they fall in the blocks of
 // the factor computation, and whatever m is. Without that, their distance is
 // sqrt(rounding / p), up to 1e-5 when p is near jitter * s2, and differs between paths by more
-// than the 1e-6 of DESIGN.md section 3.
+// than the 1e-6 of docs/design.md section 3.
 TEST(ResidualPathsTest, ExactDuplicatesAreAtDistanceZeroOnEveryPath) {
   for (KernelType type : kAllTypes) {
     for (int64_t m : {64, 20}) {

@@ -1,5 +1,5 @@
-// The fixed data sets of ../shared/data answered by every search path, compared with the shipped
-// exact answers by the rule of DESIGN.md section 3.
+// The fixed data sets of tests/data answered by every search path, compared with the shipped
+// exact answers by the rule of docs/design.md section 3.
 #include "tests/testing/shared_data.h"
 
 #include <string>

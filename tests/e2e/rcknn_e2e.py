@@ -164,7 +164,7 @@ def read_array(path, typecode):
 
 
 class Dataset:
-    """One shipped data set of ../shared/data (see its manifest)."""
+    """One shipped data set of tests/data (see its manifest)."""
 
     def __init__(self, data_dir, name):
         prefix = os.path.join(data_dir, name + ".")
@@ -195,7 +195,7 @@ class Dataset:
 
 
 def compare_answers(ids, dists, ref_ids, ref_dists, k, tol=1e-6):
-    """'' if two num_queries x k answers agree (DESIGN.md section 3 with the information a client
+    """'' if two num_queries x k answers agree (docs/design.md section 3 with the information a client
     has): distances rank by rank within tol, padding alike, and ids equal except between
     candidates that tie within tol. Else the first difference."""
     assert len(ids) == len(ref_ids) and len(dists) == len(ref_dists)

@@ -1,4 +1,4 @@
-// rcknn-server-bench: what gRPC costs. Builds the gold workload (DESIGN.md section 7) both in the
+// rcknn-server-bench: what gRPC costs. Builds the gold workload (docs/design.md section 7) both in the
 // core library and in an in-process rcknn-server reached over loopback TCP through a real stub,
 // then alternates, round by round, the 1,024 gold queries (k = 50) as one core call and as one
 // Search call, and times single-query Search calls. Prints one JSON object.

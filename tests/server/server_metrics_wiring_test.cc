@@ -1,4 +1,4 @@
-// The server's Prometheus metrics (DESIGN.md section 6) after known workloads on an in-process
+// The server's Prometheus metrics (docs/design.md section 6) after known workloads on an in-process
 // server without an endpoint: the traversal counters equal the sums of the SearchStats the
 // client received, every finished RPC is counted with its code (errors and streams included),
 // the index and pool gauges follow the registry, and the exposition passes `promtool check

@@ -1,5 +1,5 @@
-// Loads the fixed data sets of ../shared/data (raw little-endian arrays described by
-// <name>.manifest.json) and compares answers with the rule of DESIGN.md section 3.
+// Loads the fixed data sets of tests/data (raw little-endian arrays described by
+// <name>.manifest.json) and compares answers with the rule of docs/design.md section 3.
 #ifndef RCKNN_TESTS_TESTING_SHARED_DATA_H_
 #define RCKNN_TESTS_TESTING_SHARED_DATA_H_
 
@@ -38,7 +38,7 @@ struct Dataset {
 
 absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& name);
 
-// DESIGN.md section 3: the sorted distance lists agree within `tol`, and the true distance
+// docs/design.md section 3: the sorted distance lists agree within `tol`, and the true distance
 // (measured in `space`) of every returned id is at most the reference k-th distance + tol.
 // Also checks the padding (-1 with +inf only), that no id repeats, and that every id
 // qualifies for the query (`query_id` -1 for out-of-sample queries). Returns "" when the row
