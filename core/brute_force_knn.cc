@@ -40,15 +40,20 @@ class FirstError {
 }  // namespace
 
 void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOptions& options,
-                    int64_t begin, int64_t end, std::vector<TopK>& tops, TraversalStats& stats) {
+                    int64_t begin, int64_t end, std::vector<TopK>& tops, TraversalStats& stats,
+                    absl::Span<const int64_t> id_bounds) {
   const int64_t nr = rows.size();
   const int64_t n = space.size();
   end = std::min(end, n);
   if (nr == 0 || begin >= end) return;
-  int64_t max_id = end;
-  if (options.predecessor_mode) {
-    max_id = 0;
-    for (int64_t id : rows.ids) max_id = std::max(max_id, id);
+  // Only ids below row_bound(i) qualify for row i.
+  const bool bounded = options.predecessor_mode || !id_bounds.empty();
+  auto row_bound = [&](int64_t i) {
+    return options.predecessor_mode ? rows.ids[i] : id_bounds[i];
+  };
+  if (bounded) {
+    int64_t max_id = 0;
+    for (int64_t i = 0; i < nr; ++i) max_id = std::max(max_id, row_bound(i));
     end = std::min(end, max_id);
   }
   thread_local std::vector<double> buffer;
@@ -61,8 +66,7 @@ void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOp
     const int64_t block_hi = std::min(end, block + count);
     for (int64_t i = 0; i < nr; ++i) {
       const int64_t query_id = rows.ids[i];
-      const int64_t hi =
-          options.predecessor_mode ? std::min(block_hi, query_id) : block_hi;
+      const int64_t hi = bounded ? std::min(block_hi, row_bound(i)) : block_hi;
       const double* d = buffer.data() + i * count - block;
       TopK& top = tops[i];
       double threshold = top.threshold();
@@ -136,7 +140,13 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
     block_tops.assign(num, TopK(options.k));
     TraversalStats& st = local_stats.local();
     const int64_t before = st.distance_evaluations;
-    BruteForceScan(space, *rows, options, part * chunk, (part + 1) * chunk, block_tops, st);
+    std::vector<int64_t> bounds;
+    if (!queries.by_id() && !queries.id_bounds.empty()) {
+      bounds.resize(num);
+      for (int64_t i = 0; i < num; ++i) bounds[i] = queries.id_bounds[order[first + i]];
+    }
+    BruteForceScan(space, *rows, options, part * chunk, (part + 1) * chunk, block_tops, st,
+                   bounds);
     task_evaluations[task] = (st.distance_evaluations - before) / num;
   });
   if (error.failed()) return error.status();

@@ -45,9 +45,11 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
 // The scan itself, on the calling thread: offers every qualifying stored point with id in
 // [begin, end) to tops[i], the k best of rows[i]. Points are evaluated in whole blocks of a
 // fixed grid of ids, so a pair's distance depends only on `rows` and that grid, never on how
-// callers split the id range between threads. tops.size() == rows.size().
+// callers split the id range between threads. tops.size() == rows.size(). `id_bounds`, if not
+// empty, has one entry per row: only ids below it qualify for that row (QueryBatch::id_bounds).
 void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOptions& options,
-                    int64_t begin, int64_t end, std::vector<TopK>& tops, TraversalStats& stats);
+                    int64_t begin, int64_t end, std::vector<TopK>& tops, TraversalStats& stats,
+                    absl::Span<const int64_t> id_bounds = {});
 
 }  // namespace rcknn::core
 

@@ -18,6 +18,11 @@ absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, i
     return absl::InvalidArgumentError("no queries: set query_ids or query_points");
   }
   if (batch.by_id()) {
+    if (!batch.id_bounds.empty()) {
+      return absl::InvalidArgumentError(
+          "id_bounds is for out-of-sample query_points; query ids bound themselves "
+          "(predecessor_mode)");
+    }
     for (size_t i = 0; i < batch.ids.size(); ++i) {
       if (batch.ids[i] < 0 || batch.ids[i] >= n) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -38,6 +43,13 @@ absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, i
     return absl::InvalidArgumentError(absl::StrCat("query_points holds ", batch.points.size(),
                                                    " values, not a multiple of the dimension ",
                                                    dimension));
+  }
+  if (!batch.id_bounds.empty() &&
+      batch.id_bounds.size() * static_cast<size_t>(dimension) != batch.points.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("id_bounds holds ", batch.id_bounds.size(),
+                                                   " values for ",
+                                                   batch.points.size() / dimension,
+                                                   " query points; give one per point"));
   }
   for (size_t i = 0; i < batch.points.size(); ++i) {
     if (!std::isfinite(batch.points[i])) {

@@ -34,8 +34,16 @@ struct KnnOptions {
 struct QueryBatch {
   absl::Span<const int64_t> ids;
   absl::Span<const double> points;  // num_points * dimension values
+  // Out-of-sample points only; empty: no bound. One per point: only stored ids j < id_bounds[q]
+  // qualify for point q (a value <= 0 leaves nothing, the row is all padding). What a shard of a
+  // sharded index needs to answer a predecessor query whose own point lives on another shard.
+  absl::Span<const int64_t> id_bounds;
 
   bool by_id() const { return points.empty(); }
+  // The bound of query q: ids below it qualify (no bound: the largest id + 1 never binds).
+  int64_t IdBound(int64_t q) const {
+    return id_bounds.empty() ? std::numeric_limits<int64_t>::max() : id_bounds[q];
+  }
 };
 
 inline int64_t NumQueries(const QueryBatch& batch, int dimension) {
@@ -45,7 +53,8 @@ inline int64_t NumQueries(const QueryBatch& batch, int dimension) {
 
 // INVALID_ARGUMENT naming the field: k < 1, ids out of [0, n), both or neither of ids and points,
 // a point count that is not a multiple of `dimension`, non-finite coordinates,
-// predecessor_mode or include_self with out-of-sample points.
+// predecessor_mode or include_self with out-of-sample points, id_bounds with query ids or with a
+// count other than one per point.
 absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, int64_t n,
                            int dimension);
 
@@ -95,9 +104,11 @@ class TopK {
   std::vector<std::pair<double, int64_t>> heap_;  // max-heap on (distance, id)
 };
 
-// Whether stored point `id` may be returned for a query with id `query_id` (-1: out-of-sample).
-inline bool Qualifies(int64_t id, int64_t query_id, const KnnOptions& options) {
-  if (query_id < 0) return true;
+// Whether stored point `id` may be returned for a query with id `query_id` (-1: out-of-sample,
+// whose candidates are the ids below `id_bound`).
+inline bool Qualifies(int64_t id, int64_t query_id, const KnnOptions& options,
+                      int64_t id_bound = std::numeric_limits<int64_t>::max()) {
+  if (query_id < 0) return id < id_bound;
   if (options.predecessor_mode) return id < query_id;
   return options.include_self || id != query_id;
 }

@@ -46,12 +46,15 @@ struct WalkScratch {
 };
 
 // One query's best-first walk. Returns false, leaving `top` incomplete, if the walk would
-// exceed `budget` evaluations.
+// exceed `budget` evaluations. `id_bound` is the out-of-sample query's QueryBatch::IdBound.
 bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows, int64_t row,
-          const KnnOptions& options, int64_t budget, TopK& top, WalkScratch& scratch,
-          TraversalStats& stats, int64_t& evaluations) {
+          const KnnOptions& options, int64_t id_bound, int64_t budget, TopK& top,
+          WalkScratch& scratch, TraversalStats& stats, int64_t& evaluations) {
   const int64_t query_id = rows.ids[row];
-  const bool pred = options.predecessor_mode;
+  // Predecessor mode and an id bound are one filter: only ids below `below` qualify, and a
+  // subtree whose minimum id is not below it holds no candidate.
+  const bool pred = options.predecessor_mode || (query_id < 0 && id_bound < tree.size());
+  const int64_t below = options.predecessor_mode ? query_id : id_bound;
   auto& heap = scratch.heap;
   heap.clear();
   auto& records = scratch.records;
@@ -62,7 +65,7 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
   double root_distance;
   space.RowToIds(rows, row, tree.points(0, 1), &root_distance);
   evaluations = 1;
-  if (Qualifies(tree.point(0), query_id, options)) top.Offer(root_distance, tree.point(0));
+  if (Qualifies(tree.point(0), query_id, options, id_bound)) top.Offer(root_distance, tree.point(0));
   if (tree.end_child(0) > tree.first_child(0)) {
     records.push_back({root_distance, -1});
     heap.push_back({std::max(0.0, root_distance - tree.max_dist(0)), 0, 0});
@@ -87,7 +90,7 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       path[j] = records[r].distance;
     }
     for (int64_t c = tree.first_child(entry.node); c < tree.end_child(entry.node); ++c) {
-      if (pred && tree.subtree_min_id(c) >= query_id) {
+      if (pred && tree.subtree_min_id(c) >= below) {
         ++stats.pruned_by_predecessor;
         continue;
       }
@@ -114,7 +117,7 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
     for (int64_t j = 0; j < count; ++j) {
       const double d = scratch.distances[j];
       const int64_t id = scratch.ids[j];
-      if (d <= top.threshold() && Qualifies(id, query_id, options)) top.Offer(d, id);
+      if (d <= top.threshold() && Qualifies(id, query_id, options, id_bound)) top.Offer(d, id);
     }
     for (int64_t j = 0; j < count; ++j) {
       const int64_t c = scratch.nodes[j];
@@ -200,13 +203,16 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
       for (int64_t i = 0; i < num; ++i) {
         top.Reset(options.k);
         const int64_t q = list[first + i];
-        const int64_t candidates = options.predecessor_mode ? rows.ids[i] : n;
+        const int64_t candidates =
+            options.predecessor_mode ? rows.ids[i]
+                                     : std::max<int64_t>(0, std::min(n, queries.IdBound(q)));
         const int64_t budget =
             search_options.scan_fraction >= 1.0
                 ? std::numeric_limits<int64_t>::max()
                 : std::max(kMinWalkBudget,
                            static_cast<int64_t>(search_options.scan_fraction * candidates));
-        if (Walk(tree, space, rows, i, options, budget, top, scratch, st, evaluations[q])) {
+        if (Walk(tree, space, rows, i, options, queries.IdBound(q), budget, top, scratch, st,
+                 evaluations[q])) {
           top.Write(out_ids + q * options.k, out_distances + q * options.k);
           walked[q] = 1;
         }

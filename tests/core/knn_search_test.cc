@@ -64,10 +64,13 @@ RowMatrix AllDistances(const MetricSpace& space, const PointRows& rows) {
 // The k nearest by (distance, id) with the rules of docs/design.md section 3 applied here by hand:
 // a query by id excludes itself unless include_self; predecessor mode keeps only ids below the
 // query's; missing results are -1 / +inf.
+// An out-of-sample query with an id bound keeps only ids below it.
 void NaiveKnn(const RowMatrix& dist, int64_t q, int64_t query_id, const KnnOptions& options,
-              int64_t* ids, double* dists) {
+              int64_t* ids, double* dists,
+              int64_t id_bound = std::numeric_limits<int64_t>::max()) {
   std::vector<std::pair<double, int64_t>> candidates;
   for (int64_t j = 0; j < dist.cols(); ++j) {
+    if (query_id < 0 && j >= id_bound) continue;
     if (query_id >= 0) {
       if (options.predecessor_mode && j >= query_id) continue;
       if (!options.predecessor_mode && !options.include_self && j == query_id) continue;
@@ -90,14 +93,15 @@ struct Answer {
 };
 
 Answer Oracle(const RowMatrix& dist, absl::Span<const int64_t> query_ids,
-              const KnnOptions& options) {
+              const KnnOptions& options, absl::Span<const int64_t> id_bounds = {}) {
   const int64_t nq = dist.rows();
   Answer a;
   a.ids.resize(nq * options.k);
   a.dists.resize(nq * options.k);
   for (int64_t q = 0; q < nq; ++q) {
     NaiveKnn(dist, q, query_ids.empty() ? -1 : query_ids[q], options, &a.ids[q * options.k],
-             &a.dists[q * options.k]);
+             &a.dists[q * options.k],
+             id_bounds.empty() ? std::numeric_limits<int64_t>::max() : id_bounds[q]);
   }
   return a;
 }
@@ -313,6 +317,37 @@ void CheckCase(const SearchCase& c, tbb::task_arena& arena) {
       ASSERT_TRUE(status.ok()) << PathName(path) << ": " << status;
       ExpectMatchesOracle(PathName(path) + " (query points)", space, *point_rows, {}, options, got,
                           oracle);
+    }
+  }
+
+  // The same points with a bound on candidate ids each (what a shard of a sharded index is
+  // asked): none, everything, and bounds across the id range, the edges included.
+  std::vector<int64_t> bounds(points.rows());
+  core::SplitMix64 rng(c.seed + 5);
+  for (int64_t q = 0; q < points.rows(); ++q) {
+    const int64_t edges[] = {0, -3, 1, c.n, c.n + 5, c.n - 1, c.n / 2};
+    bounds[q] = q < 7 ? edges[q] : static_cast<int64_t>(rng.UniformBelow(c.n + 1));
+  }
+  by_point.id_bounds = bounds;
+  for (int64_t k : c.ks) {
+    KnnOptions options;
+    options.k = k;
+    const Answer oracle = Oracle(point_dist, {}, options, bounds);
+    for (Path path : kAllPaths) {
+      Answer got;
+      const absl::Status status = RunSearch(*index, path, by_point, options, &arena, got);
+      ASSERT_TRUE(status.ok()) << PathName(path) << ": " << status;
+      ExpectMatchesOracle(PathName(path) + " (query points, id bounds)", space, *point_rows, {},
+                          options, got, oracle);
+      for (int64_t q = 0; q < points.rows(); ++q) {
+        for (int64_t r = 0; r < k; ++r) {
+          const int64_t id = got.ids[q * k + r];
+          if (id >= 0) ASSERT_LT(id, bounds[q]) << PathName(path) << " query " << q << " rank " << r;
+          // A row is padded exactly where fewer than k ids lie below the bound.
+          ASSERT_EQ(id < 0, r >= std::clamp<int64_t>(bounds[q], 0, c.n))
+              << PathName(path) << " query " << q << " rank " << r;
+        }
+      }
     }
   }
 }
@@ -778,6 +813,21 @@ TEST_F(KnnErrorTest, BadQueryPoints) {
     b.points = points;
     ExpectAll(b, KnnOptions(), absl::StatusCode::kInvalidArgument, "query_points");
   }
+}
+
+TEST_F(KnnErrorTest, IdBoundsNeedOnePerQueryPoint) {
+  const std::vector<int64_t> one = {5};
+  const std::vector<int64_t> three = {5, 6, 7};
+  QueryBatch points;
+  points.points = good_points_;  // two points of dimension 3
+  points.id_bounds = one;
+  ExpectAll(points, KnnOptions(), absl::StatusCode::kInvalidArgument, "id_bounds");
+  points.id_bounds = three;
+  ExpectAll(points, KnnOptions(), absl::StatusCode::kInvalidArgument, "id_bounds");
+  QueryBatch ids;
+  ids.ids = good_ids_;
+  ids.id_bounds = three;
+  ExpectAll(ids, KnnOptions(), absl::StatusCode::kInvalidArgument, "id_bounds");
 }
 
 TEST_F(KnnErrorTest, BothIdsAndPoints) {
