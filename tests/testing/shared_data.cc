@@ -110,6 +110,10 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& n
   return set;
 }
 
+bool DistancesAgree(double a, double b, double tol) {
+  return std::abs(a - b) <= tol || std::abs(a * a - b * b) <= tol;
+}
+
 std::string CompareRow(const core::MetricSpace& space, const core::PointRows& query_rows,
                        int64_t row, int64_t query_id, const core::KnnOptions& options,
                        const int64_t* ids, const double* dists, const double* ref_dists,
@@ -161,7 +165,7 @@ std::string CompareRow(const core::MetricSpace& space, const core::PointRows& qu
       }
       continue;
     }
-    if (std::abs(dists[j] - ref_dists[j]) > tol) {
+    if (!DistancesAgree(dists[j], ref_dists[j], tol)) {
       return absl::StrCat("rank ", j, ": distance ", dists[j], " vs reference ", ref_dists[j]);
     }
     ref_kth = ref_dists[j];
@@ -176,11 +180,11 @@ std::string CompareRow(const core::MetricSpace& space, const core::PointRows& qu
     }
     double truth;
     space.RowToIds(query_rows, row, absl::MakeConstSpan(&ids[j], 1), &truth);
-    if (truth > ref_kth + tol) {
+    if (truth > ref_kth && !DistancesAgree(truth, ref_kth, tol)) {
       return absl::StrCat("id ", ids[j], " is at distance ", truth, " > reference k-th ",
                           ref_kth);
     }
-    if (std::abs(truth - dists[j]) > tol) {
+    if (!DistancesAgree(truth, dists[j], tol)) {
       return absl::StrCat("id ", ids[j], ": reported ", dists[j], ", measured ", truth);
     }
   }

@@ -38,8 +38,14 @@ struct Dataset {
 
 absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& name);
 
-// docs/design.md section 3: the sorted distance lists agree within `tol`, and the true distance
-// (measured in `space`) of every returned id is at most the reference k-th distance + tol.
+// Two evaluations of one distance agree within `tol` if |a - b| <= tol or |a^2 - b^2| <= tol:
+// the second form compares 1 - |rho|, because d = sqrt(1 - |rho|) magnifies a rounding error e
+// of rho into up to sqrt(e) near d = 0 (with p near 1e-9 that exceeds any flat tol on d).
+bool DistancesAgree(double a, double b, double tol = 1e-6);
+
+// docs/design.md section 3: the sorted distance lists agree within `tol` (DistancesAgree), and the
+// true distance (measured in `space`) of every returned id is at most the reference k-th
+// distance, within `tol`.
 // Also checks the padding (-1 with +inf only), that no id repeats, and that every id
 // qualifies for the query (`query_id` -1 for out-of-sample queries). Returns "" when the row
 // matches, else a description of the first difference.
