@@ -31,7 +31,7 @@ struct ClientOptions {
   int64_t max_queries_per_request = 1'000'000;
   // Deadline of each call; infinite by default.
   absl::Duration timeout = absl::InfiniteDuration();
-  // TLS (server/SECURITY.section.md): contents of PEM files, not paths. tls_root_certs empty:
+  // TLS (docs/security.md): contents of PEM files, not paths. tls_root_certs empty:
   // the system's roots. tls_cert_chain and tls_private_key (both or neither): the client
   // certificate for mutual TLS.
   bool tls = false;

@@ -598,10 +598,14 @@ absl::Status SetSecurityOptions(ClientOptions* options) {
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
+  // --help lists this file's flags under the tool's name, not under the file's build path.
   absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "client/rcknn_main.cc");
+  usage.normalize_filename = [](absl::string_view file) {
+    if (absl::EndsWith(file, "client/rcknn_main.cc")) return std::string("rcknn");
+    return std::string(file.substr(std::min(file.find_first_not_of("./"), file.size())));
   };
+  usage.contains_help_flags = [](absl::string_view file) { return file == "rcknn"; };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() != 2) {

@@ -2,6 +2,7 @@
 // SIGHUP re-reads --auth_token_file.
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -66,11 +67,15 @@ int main(int argc, char** argv) {
       "correlation distance, over gRPC (service rcknn.v1.Rcknn).\n"
       "Usage: rcknn-server [--listen=127.0.0.1:50051] [--metrics_listen=127.0.0.1:9464] "
       "[--threads=N] [flags]");
-  // --help lists the flags of this file (Abseil's default expects a file named after the binary).
+  // --help lists this file's flags under the binary's name: Abseil's default expects a file named
+  // after the binary and heads the list with the file's build path ("Flags from ../server/...").
   absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "server/main.cc");
+  usage.normalize_filename = [](absl::string_view file) {
+    if (absl::EndsWith(file, "server/main.cc")) return std::string("rcknn-server");
+    return std::string(file.substr(std::min(file.find_first_not_of("./"), file.size())));
   };
+  usage.contains_help_flags = [](absl::string_view file) { return file == "rcknn-server"; };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
 

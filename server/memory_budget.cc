@@ -1,9 +1,11 @@
 #include "server/memory_budget.h"
 
+#include <iterator>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace rcknn::server {
 
@@ -59,6 +61,18 @@ absl::Status MemoryBudget::Grow(MemoryReservation& reservation, int64_t bytes,
   }
   reservation.bytes_ += bytes;
   return absl::OkStatus();
+}
+
+std::string FormatBytes(int64_t bytes) {
+  constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  if (bytes < 1024) return absl::StrCat(bytes, " bytes");
+  double value = static_cast<double>(bytes) / 1024;
+  int unit = 0;
+  while (value >= 1024 && unit + 1 < static_cast<int>(std::size(kUnits))) {
+    value /= 1024;
+    ++unit;
+  }
+  return absl::StrFormat("%.1f %s (%d bytes)", value, kUnits[unit], bytes);
 }
 
 }  // namespace rcknn::server

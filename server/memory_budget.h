@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -59,6 +60,10 @@ class MemoryBudget {
   const int64_t limit_;
   std::atomic<int64_t> used_{0};
 };
+
+// A byte count for people and for grep: "19.2 GiB (20615843840 bytes)" (binary units, one
+// decimal); below 1 KiB just "512 bytes".
+std::string FormatBytes(int64_t bytes);
 
 }  // namespace rcknn::server
 

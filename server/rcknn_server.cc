@@ -280,7 +280,7 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
             : options.tls_client_ca_file.empty() ? ", TLS"
                                                  : ", mutual TLS",
             options.auth_token_file.empty() ? "" : ", bearer tokens required",
-            ", memory limit ", server->budget_->limit(), " bytes",
+            ", memory limit ", FormatBytes(server->budget_->limit()),
             options.data_dir.empty() ? ", indexes in memory only (no --data_dir)" : "");
   return server;
 }

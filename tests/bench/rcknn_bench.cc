@@ -1,5 +1,5 @@
-// rcknn-bench: builds an index for one workload of docs/design.md section 7, answers its queries with
-// the tree search and with the blocked brute force, checks every answer, and prints one JSON
+// rcknn-bench: builds an index for one workload of docs/design.md section 7, answers its queries
+// with the tree search and with the blocked brute force, checks every answer, and prints one JSON
 // object per line. With --snapshot_dir it also saves the built index there, restores it
 // (KnnIndex::Save / Restore), checks that the restored index answers the same queries bit for bit
 // and prints a second line with the timings.
@@ -29,12 +29,14 @@
 #include "tbb/global_control.h"
 #include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
+#include "tests/testing/flags_usage.h"
 #include "tests/testing/shared_data.h"
 
 ABSL_FLAG(std::string, workload, "gold",
           "gold | gold-pred | vecchia-all | scale | dense | dense-pred | gemm");
 ABSL_FLAG(int, threads, 2, "worker threads (one tbb::task_arena of this size)");
-ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(), "directory of the shared data");
+ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(),
+          "directory of the fixed data sets (tests/data)");
 ABSL_FLAG(int64_t, scale_points, 1000000, "scale: number of generated points");
 ABSL_FLAG(int64_t, scale_queries, 10000, "scale: number of predecessor-mode queries");
 ABSL_FLAG(int64_t, scale_brute_sample, 200, "scale: queries timed with the brute force");
@@ -368,6 +370,12 @@ int RunGemm(int threads, tbb::task_arena& arena) {
 }  // namespace rcknn
 
 int main(int argc, char** argv) {
+  rcknn::testing::SetUpFlagsUsage(
+      "rcknn-bench", "tests/bench/rcknn_bench.cc",
+      "builds one workload's index, answers its queries with the tree search and the brute "
+      "force, checks every answer and prints one JSON line (docs/benchmarks.md).\n"
+      "Usage: rcknn-bench --workload=gold|gold-pred|vecchia-all|dense|dense-pred|scale|gemm "
+      "[--threads=2] [flags]");
   absl::ParseCommandLine(argc, argv);
   const int threads = absl::GetFlag(FLAGS_threads);
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <string>
 #include <thread>
@@ -19,6 +20,7 @@
 #include "core/knn_index.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/memory_budget.h"
 #include "server/proto_conversion.h"
 #include "tests/server/server_test_util.h"
 #include "tests/testing/random_points.h"
@@ -107,6 +109,20 @@ TEST(MemoryLimitTest, DefaultLimitFollowsTheCgroupMemoryLimit) {
   ASSERT_TRUE(testing::WriteBytes(self, "0::/\n"));
   ASSERT_TRUE(testing::WriteBytes(root.Path("memory.max"), "300000000\n"));
   EXPECT_EQ(usable(), std::min<int64_t>(physical, 300000000));
+}
+
+// The start-up line prints the limit for people and keeps the exact count for scripts.
+TEST(MemoryLimitTest, FormatBytesGivesBinaryUnitsAndTheExactCount) {
+  EXPECT_EQ(server::FormatBytes(0), "0 bytes");
+  EXPECT_EQ(server::FormatBytes(1023), "1023 bytes");
+  EXPECT_EQ(server::FormatBytes(1024), "1.0 KiB (1024 bytes)");
+  EXPECT_EQ(server::FormatBytes(1536), "1.5 KiB (1536 bytes)");
+  EXPECT_EQ(server::FormatBytes(int64_t{64} << 20), "64.0 MiB (67108864 bytes)");
+  EXPECT_EQ(server::FormatBytes(6442450944), "6.0 GiB (6442450944 bytes)");
+  EXPECT_EQ(server::FormatBytes(20615843840), "19.2 GiB (20615843840 bytes)");
+  EXPECT_EQ(server::FormatBytes(int64_t{3} << 40), "3.0 TiB (3298534883328 bytes)");
+  EXPECT_EQ(server::FormatBytes(std::numeric_limits<int64_t>::max()),
+            "8.0 EiB (9223372036854775807 bytes)");
 }
 
 TEST(MemoryLimitTest, UploadOverTheBudgetIsRefusedAndChangesNothing) {

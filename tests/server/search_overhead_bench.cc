@@ -1,5 +1,5 @@
-// rcknn-server-bench: what gRPC costs. Builds the gold workload (docs/design.md section 7) both in the
-// core library and in an in-process rcknn-server reached over loopback TCP through a real stub,
+// rcknn-server-bench: what gRPC costs. Builds the gold workload (docs/design.md section 7) both in
+// the core library and in an in-process rcknn-server reached over loopback TCP through a real stub,
 // then alternates, round by round, the 1,024 gold queries (k = 50) as one core call and as one
 // Search call, and times single-query Search calls. Prints one JSON object.
 //
@@ -17,12 +17,14 @@
 #include "core/knn_index.h"
 #include "server/logging.h"
 #include "tests/server/server_test_util.h"
+#include "tests/testing/flags_usage.h"
 #include "tests/testing/shared_data.h"
 
 ABSL_FLAG(int, threads, 2, "threads of the core arena and of the server pool");
 ABSL_FLAG(int, rounds, 7, "alternating timed rounds of the batch");
 ABSL_FLAG(int, latency_queries, 2000, "single-query Search calls timed");
-ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(), "the shared data sets");
+ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(),
+          "directory of the fixed data sets (tests/data)");
 ABSL_FLAG(bool, predecessor, false, "predecessor mode");
 
 namespace rcknn {
@@ -138,6 +140,12 @@ int Run() {
 }  // namespace rcknn
 
 int main(int argc, char** argv) {
+  rcknn::testing::SetUpFlagsUsage(
+      "rcknn-server-bench", "tests/server/search_overhead_bench.cc",
+      "gRPC overhead on gold: one Search call against one core-library call, alternated, and "
+      "single-query Search latency through a real stub, as JSON (docs/benchmarks.md).\n"
+      "Usage: rcknn-server-bench [--threads=2] [--rounds=7] [--latency_queries=2000] "
+      "[--predecessor]");
   absl::ParseCommandLine(argc, argv);
   rcknn::server::SetLogLevel(rcknn::server::LogLevel::kWarning);
   return rcknn::Run();
