@@ -115,31 +115,58 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
   const Kernel& k = space->kernel_;
 
   // Inducing points, scaled.
-  RowMatrix inducing;
+  space->scaled_.resize(n, d);
+  for (int64_t i = 0; i < n; ++i) k.Scale(space->points_.row(i).data(), space->scaled_.row(i).data());
+  if (options.lloyd_iterations < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("lloyd_iterations must be >= 0, got ",
+                                                   options.lloyd_iterations));
+  }
   if (options.inducing_points.has_value()) {
-    inducing = *options.inducing_points;
+    if (options.inducing_method != InducingMethod::kUniform) {
+      return absl::InvalidArgumentError(
+          "inducing_method: explicit inducing_points are given; a selection method would be "
+          "ignored");
+    }
+    const RowMatrix& inducing = *options.inducing_points;
     if (inducing.rows() < 1 || inducing.cols() != d) {
       return absl::InvalidArgumentError(absl::StrCat(
           "inducing_points: expected rows of ", d, " coordinates, got a ", inducing.rows(), " x ",
           inducing.cols(), " matrix"));
     }
     RETURN_IF_ERROR(CheckFinite(inducing, "inducing_points"));
+    space->inducing_scaled_.resize(inducing.rows(), d);
+    for (int64_t u = 0; u < inducing.rows(); ++u) {
+      k.Scale(inducing.row(u).data(), space->inducing_scaled_.row(u).data());
+    }
   } else {
     if (options.inducing_count < 1 || options.inducing_count > n) {
       return absl::InvalidArgumentError(absl::StrCat("inducing_count must be in [1, n = ", n,
                                                      "], got ", options.inducing_count));
     }
-    space->inducing_ids_ = SampleDistinct(n, options.inducing_count, options.inducing_seed);
-    inducing.resize(options.inducing_count, d);
+    switch (options.inducing_method) {
+      case InducingMethod::kUniform:
+        space->inducing_ids_ = SampleDistinct(n, options.inducing_count, options.inducing_seed);
+        break;
+      case InducingMethod::kKMeansPlusPlus: {
+        ASSIGN_OR_RETURN(space->inducing_ids_,
+                         KMeansPlusPlusSeeds(space->scaled_, options.inducing_count,
+                                             options.inducing_seed, arena));
+        std::sort(space->inducing_ids_.begin(), space->inducing_ids_.end());
+        break;
+      }
+    }
+    space->inducing_scaled_.resize(options.inducing_count, d);
     for (int64_t u = 0; u < options.inducing_count; ++u) {
-      inducing.row(u) = space->points_.row(space->inducing_ids_[u]);
+      space->inducing_scaled_.row(u) = space->scaled_.row(space->inducing_ids_[u]);
+    }
+    if (options.inducing_method == InducingMethod::kKMeansPlusPlus &&
+        options.lloyd_iterations > 0) {
+      space->inducing_scaled_ = LloydIterations(space->scaled_, std::move(space->inducing_scaled_),
+                                                options.lloyd_iterations, arena);
+      space->inducing_ids_.clear();
     }
   }
-  const int64_t m = inducing.rows();
-  space->inducing_scaled_.resize(m, d);
-  for (int64_t u = 0; u < m; ++u) k.Scale(inducing.row(u).data(), space->inducing_scaled_.row(u).data());
-  space->scaled_.resize(n, d);
-  for (int64_t i = 0; i < n; ++i) k.Scale(space->points_.row(i).data(), space->scaled_.row(i).data());
+  const int64_t m = space->inducing_scaled_.rows();
 
   // L = chol(K(U, U) + jitter * variance * I).
   Eigen::MatrixXd kuu(m, m);

@@ -26,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "tbb/task_arena.h"
+#include "core/inducing_points.h"
 #include "core/kernel.h"
 #include "core/metric_space.h"
 
@@ -45,10 +46,14 @@ inline double ResidualDistance(double kernel_value, double v_dot, double inv_sqr
 
 struct ResidualOptions {
   KernelSpec kernel;
-  // Inducing points drawn as `inducing_count` distinct data points with `inducing_seed`, unless
-  // `inducing_points` (row-major, dimension columns) is given.
+  // Inducing points chosen by `inducing_method` (`inducing_count` of them, from
+  // `inducing_seed`), unless `inducing_points` (row-major, dimension columns) is given.
+  // kUniform draws distinct data points; kKMeansPlusPlus seeds on the scaled coordinates and
+  // then runs `lloyd_iterations` Lloyd steps (core/inducing_points.h).
+  InducingMethod inducing_method = InducingMethod::kUniform;
   int64_t inducing_count = kDefaultInducingCount;
   uint64_t inducing_seed = 0;
+  int lloyd_iterations = kDefaultLloydIterations;
   std::optional<RowMatrix> inducing_points;
   double jitter = kDefaultJitter;
 };
@@ -59,8 +64,10 @@ using ProgressCallback = std::function<void(double)>;
 class ResidualSpace final : public MetricSpace {
  public:
   // Computes V and p for `points` (n x d, row-major). Runs on `arena` if given.
-  // INVALID_ARGUMENT: empty or non-finite points, bad kernel, inducing_count < 1 or > n,
-  // inducing points of the wrong shape or non-finite, negative or non-finite jitter.
+  // INVALID_ARGUMENT: empty or non-finite points, bad kernel, inducing_count < 1 or > n (or,
+  // for k-means++, more than the distinct locations), inducing points of the wrong shape or
+  // non-finite, inducing points given together with k-means++, lloyd_iterations < 0, negative
+  // or non-finite jitter.
   // FAILED_PRECONDITION: K(U, U) + jitter I is not positive definite.
   static absl::StatusOr<std::unique_ptr<ResidualSpace>> Create(
       RowMatrix points, const ResidualOptions& options, tbb::task_arena* arena = nullptr,
@@ -92,7 +99,9 @@ class ResidualSpace final : public MetricSpace {
   const RowMatrix& v() const { return v_; }           // n x m
   const Eigen::VectorXd& p() const { return p_; }     // n
   const RowMatrix& points() const { return points_; }  // n x d, as given
-  // Ids of the sampled inducing points (empty when they were given or factors were supplied).
+  // Ids of the inducing points when they are data points (uniform draw, or k-means++ without
+  // Lloyd steps), ascending; empty when they were given, moved by Lloyd steps, or factors were
+  // supplied.
   const std::vector<int64_t>& inducing_ids() const { return inducing_ids_; }
   bool factors_supplied() const { return !cholesky_.has_value(); }
 

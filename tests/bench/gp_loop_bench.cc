@@ -1,0 +1,211 @@
+// gp-loop-bench: the GP fitting loop's building blocks on the workloads of docs/design.md
+// section 7, one JSON object per line.
+//
+//   gp-loop-bench --workload=gold|dense|scale --mode=orderings [--threads=2]
+//     builds the index, then times every computed ordering (random, maximin in scaled
+//     coordinates, maximin under the residual correlation).
+//   gp-loop-bench --workload=gold|dense --mode=inducing [--lloyd=0,3,10]
+//     for each inducing-point choice (uniform draw, k-means++ with each Lloyd count): the
+//     residual variances p and the k-NN distances of the workload's query ids.
+#include <algorithm>
+#include <iostream>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "core/knn_index.h"
+#include "core/ordering.h"
+#include "core/random.h"
+#include "tbb/task_arena.h"
+#include "tests/testing/shared_data.h"
+
+ABSL_FLAG(std::string, workload, "gold", "gold | dense | scale");
+ABSL_FLAG(std::string, mode, "orderings", "orderings | inducing");
+ABSL_FLAG(int, threads, 2, "worker threads (one tbb::task_arena of this size)");
+ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(), "directory of the shared data");
+ABSL_FLAG(int64_t, scale_points, 1000000, "scale: number of generated points");
+ABSL_FLAG(std::string, methods, "random,maximin_euclidean,maximin_residual",
+          "orderings: comma-separated methods to time");
+ABSL_FLAG(std::string, lloyd, "0,3,10", "inducing: Lloyd iteration counts to compare");
+
+namespace rcknn {
+namespace {
+
+using core::KnnIndex;
+
+double Seconds(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
+struct Workload {
+  core::IndexSpec spec;  // inducing points by count and seed (not the shipped ones)
+  core::IndexData data;
+  std::vector<int64_t> query_ids;
+  int64_t k = 30;
+};
+
+absl::StatusOr<Workload> Load(const std::string& name) {
+  Workload w;
+  if (name == "scale") {
+    // The same points and kernel as rcknn-bench's scale workload.
+    const int64_t n = absl::GetFlag(FLAGS_scale_points);
+    core::SplitMix64 rng(20261123);
+    w.data.points.resize(n, 2);
+    for (int64_t i = 0; i < n; ++i) {
+      w.data.points(i, 0) = rng.Normal();
+      w.data.points(i, 1) = rng.Normal();
+    }
+    w.spec.dimension = 2;
+    w.spec.residual.kernel.type = core::KernelType::kRbf;
+    w.spec.residual.kernel.lengthscales = {0.5};
+    w.spec.residual.inducing_count = 256;
+    w.spec.residual.inducing_seed = 7;
+    for (int64_t q = 0; q < 1000; ++q) w.query_ids.push_back(rng.UniformBelow(n));
+    return w;
+  }
+  absl::StatusOr<testing::Dataset> set = testing::LoadDataset(absl::GetFlag(FLAGS_data_dir), name);
+  if (!set.ok()) return set.status();
+  w.spec = set->Spec();
+  w.spec.residual.inducing_points.reset();
+  w.spec.residual.inducing_count = static_cast<int64_t>(set->inducing_ids.size());
+  w.spec.residual.inducing_seed = 7;
+  w.data = set->Data();
+  w.query_ids = set->query_ids;
+  w.k = set->k;
+  return w;
+}
+
+int RunOrderings(const std::string& name, Workload w, tbb::task_arena& arena) {
+  const int64_t n = w.data.points.rows();
+  absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+      KnnIndex::Build(w.spec, std::move(w.data), &arena);
+  if (!index.ok()) {
+    std::cerr << index.status() << "\n";
+    return 1;
+  }
+  std::cout << absl::StrFormat(
+                   "{\"workload\":\"%s\",\"step\":\"build\",\"points\":%d,\"seconds\":%.3f}",
+                   name, n, Seconds(start))
+            << std::endl;
+  for (absl::string_view method : absl::StrSplit(absl::GetFlag(FLAGS_methods), ',')) {
+    core::OrderingRequest request;
+    if (method == "random") {
+      request.method = core::OrderingMethod::kRandom;
+    } else if (method == "maximin_euclidean") {
+      request.method = core::OrderingMethod::kMaximinEuclidean;
+    } else if (method == "maximin_residual") {
+      request.method = core::OrderingMethod::kMaximinResidual;
+    } else {
+      std::cerr << "unknown method " << method << "\n";
+      return 1;
+    }
+    start = absl::Now();
+    core::MaximinStats stats;
+    absl::StatusOr<std::vector<int64_t>> order =
+        core::ComputeOrdering(**index, request, &arena, nullptr, nullptr, &stats);
+    const double seconds = Seconds(start);
+    if (!order.ok()) {
+      std::cerr << order.status() << "\n";
+      return 1;
+    }
+    std::cout << absl::StrFormat(
+                     "{\"workload\":\"%s\",\"step\":\"ordering\",\"method\":\"%s\",\"points\":%d,"
+                     "\"seconds\":%.3f,\"distance_evaluations_per_point\":%.1f}",
+                     name, std::string(method), n, seconds,
+                     static_cast<double>(stats.distance_evaluations) / n)
+              << std::endl;
+  }
+  return 0;
+}
+
+double Quantile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(q * (v.size() - 1))];
+}
+
+int RunInducing(const std::string& name, const Workload& w, tbb::task_arena& arena) {
+  struct Choice {
+    std::string label;
+    core::InducingMethod method;
+    int lloyd;
+  };
+  std::vector<Choice> choices = {{"uniform", core::InducingMethod::kUniform, 0}};
+  for (absl::string_view count : absl::StrSplit(absl::GetFlag(FLAGS_lloyd), ',')) {
+    int lloyd = 0;
+    if (!absl::SimpleAtoi(count, &lloyd)) return 1;
+    choices.push_back({absl::StrFormat("kmeans++/lloyd=%d", lloyd),
+                       core::InducingMethod::kKMeansPlusPlus, lloyd});
+  }
+  for (const Choice& choice : choices) {
+    core::IndexSpec spec = w.spec;
+    spec.residual.inducing_method = choice.method;
+    spec.residual.lloyd_iterations = choice.lloyd;
+    core::IndexData data;
+    data.points = w.data.points;
+    const absl::Time start = absl::Now();
+    absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+        KnnIndex::Build(spec, std::move(data), &arena);
+    const double seconds = Seconds(start);
+    if (!index.ok()) {
+      std::cerr << index.status() << "\n";
+      return 1;
+    }
+    const auto& space = dynamic_cast<const core::ResidualSpace&>((*index)->space());
+    std::vector<double> p(space.p().data(), space.p().data() + space.p().size());
+    core::KnnOptions options;
+    options.k = w.k;
+    const int64_t nq = static_cast<int64_t>(w.query_ids.size());
+    std::vector<int64_t> ids(nq * w.k);
+    std::vector<double> dists(nq * w.k);
+    core::QueryBatch batch;
+    batch.ids = w.query_ids;
+    const absl::Status status =
+        (*index)->Search(batch, options, &arena, nullptr, ids.data(), dists.data());
+    if (!status.ok()) {
+      std::cerr << status << "\n";
+      return 1;
+    }
+    std::vector<double> first(nq), kth(nq);
+    for (int64_t q = 0; q < nq; ++q) {
+      first[q] = dists[q * w.k];
+      kth[q] = dists[q * w.k + w.k - 1];
+    }
+    std::cout << absl::StrFormat(
+                     "{\"workload\":\"%s\",\"step\":\"inducing\",\"choice\":\"%s\",\"m\":%d,"
+                     "\"build_seconds\":%.3f,\"factor_seconds\":%.3f,\"p_mean\":%.4g,"
+                     "\"p_median\":%.4g,\"p_min\":%.4g,\"p_max\":%.4g,\"nn1_median\":%.4f,"
+                     "\"nnk_median\":%.4f,\"nnk_mean\":%.4f,\"k\":%d}",
+                     name, choice.label, spec.residual.inducing_count, seconds,
+                     (*index)->timings().factor_seconds,
+                     std::accumulate(p.begin(), p.end(), 0.0) / p.size(), Quantile(p, 0.5),
+                     Quantile(p, 0.0), Quantile(p, 1.0), Quantile(first, 0.5),
+                     Quantile(kth, 0.5), std::accumulate(kth.begin(), kth.end(), 0.0) / nq,
+                     w.k)
+              << std::endl;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace rcknn
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  tbb::task_arena arena(absl::GetFlag(FLAGS_threads));
+  const std::string workload = absl::GetFlag(FLAGS_workload);
+  absl::StatusOr<rcknn::Workload> w = rcknn::Load(workload);
+  if (!w.ok()) {
+    std::cerr << w.status() << "\n";
+    return 1;
+  }
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode == "orderings") return rcknn::RunOrderings(workload, std::move(*w), arena);
+  if (mode == "inducing") return rcknn::RunInducing(workload, *w, arena);
+  std::cerr << "unknown --mode " << mode << "\n";
+  return 1;
+}
