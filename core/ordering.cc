@@ -1,5 +1,6 @@
 #include "core/ordering.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -266,6 +267,24 @@ absl::StatusOr<std::vector<int64_t>> ComputeOrdering(const KnnIndex& index,
     }
   }
   return absl::InvalidArgumentError("method: unknown ordering method");
+}
+
+absl::StatusOr<IndexOrdering> IndexOrdering::Create(const CoverTree& tree,
+                                                    std::vector<int64_t> permutation) {
+  IndexOrdering ordering;
+  ASSIGN_OR_RETURN(ordering.rank_, Ranks(permutation, tree.size()));
+  ordering.permutation_ = std::move(permutation);
+  const int64_t n = tree.size();
+  ordering.subtree_min_rank_.resize(n);
+  for (int64_t node = 0; node < n; ++node) {
+    ordering.subtree_min_rank_[node] = ordering.rank_[tree.point(node)];
+  }
+  // Breadth-first storage: every child comes after its parent.
+  for (int64_t node = n - 1; node > 0; --node) {
+    int64_t& parent = ordering.subtree_min_rank_[tree.parent(node)];
+    parent = std::min(parent, ordering.subtree_min_rank_[node]);
+  }
+  return ordering;
 }
 
 }  // namespace rcknn::core

@@ -91,6 +91,30 @@ absl::StatusOr<std::vector<int64_t>> ComputeOrdering(const KnnIndex& index,
                                                      const ProgressCallback& progress = nullptr,
                                                      MaximinStats* stats = nullptr);
 
+// An ordering attached to a built index, in the form predecessor mode needs: the rank of every
+// point, and per tree node the smallest rank in its subtree (the node-level bound that lets a
+// search skip a subtree holding no point earlier than the query). Immutable; thread-safe.
+class IndexOrdering {
+ public:
+  // Ranks(permutation, tree.size())'s errors.
+  static absl::StatusOr<IndexOrdering> Create(const CoverTree& tree,
+                                              std::vector<int64_t> permutation);
+
+  int64_t size() const { return static_cast<int64_t>(permutation_.size()); }
+  const std::vector<int64_t>& permutation() const { return permutation_; }  // rank -> id
+  const std::vector<int64_t>& rank() const { return rank_; }                // id -> rank
+  const std::vector<int64_t>& subtree_min_rank() const { return subtree_min_rank_; }  // node
+  int64_t memory_bytes() const {
+    return static_cast<int64_t>(3 * permutation_.size() * sizeof(int64_t));
+  }
+
+ private:
+  IndexOrdering() = default;
+  std::vector<int64_t> permutation_;
+  std::vector<int64_t> rank_;
+  std::vector<int64_t> subtree_min_rank_;
+};
+
 }  // namespace rcknn::core
 
 #endif  // RCKNN_CORE_ORDERING_H_

@@ -307,6 +307,26 @@ TEST(ComputeOrderingTest, SuppliedAndRandomAndErrors) {
   EXPECT_THAT(std::string(status.message()), HasSubstr("method"));
 }
 
+TEST(IndexOrderingTest, RanksAndSubtreeMinimumRanks) {
+  const std::unique_ptr<KnnIndex> index =
+      BuildCase(testing::ResidualCase("rbf", core::KernelType::kRbf, 0.7, 2, 200, 8));
+  const CoverTree& tree = index->tree();
+  const std::vector<int64_t> permutation = core::RandomPermutation(200, 5);
+  absl::StatusOr<core::IndexOrdering> ordering = core::IndexOrdering::Create(tree, permutation);
+  ASSERT_TRUE(ordering.ok()) << ordering.status();
+  EXPECT_EQ(ordering->permutation(), permutation);
+  for (int64_t r = 0; r < 200; ++r) EXPECT_EQ(ordering->rank()[permutation[r]], r);
+  // The minimum over each node's subtree, found by walking up from every node.
+  std::vector<int64_t> expected(200, std::numeric_limits<int64_t>::max());
+  for (int64_t node = 0; node < 200; ++node) {
+    const int64_t rank = ordering->rank()[tree.point(node)];
+    for (int64_t a = node; a >= 0; a = tree.parent(a)) expected[a] = std::min(expected[a], rank);
+  }
+  EXPECT_EQ(ordering->subtree_min_rank(), expected);
+  EXPECT_EQ(core::IndexOrdering::Create(tree, {0, 1}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ComputeOrderingTest, HonoursCancellation) {
   const std::unique_ptr<KnnIndex> index =
       BuildCase(testing::ResidualCase("rbf", core::KernelType::kRbf, 0.7, 2, 100, 8));
