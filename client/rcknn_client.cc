@@ -1,9 +1,11 @@
 #include "client/rcknn_client.h"
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 #include <utility>
 
+#include "absl/base/config.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
@@ -29,6 +31,40 @@ void AddStats(const v1::SearchStats& from, v1::SearchStats* to) {
                                          from.subtrees_pruned_by_predecessor());
   to->set_brute_force_queries(to->brute_force_queries() + from.brute_force_queries());
   to->set_search_seconds(to->search_seconds() + from.search_seconds());
+}
+
+// Copies the answer of `response` (raw or packed layout) into rows [first, first + its
+// num_queries) of `result`, whose arrays are already sized.
+absl::Status CopyAnswer(const v1::SearchResponse& response, int64_t first, SearchResult* result) {
+  const int64_t count = response.num_queries() * result->k;
+  if (response.k() != result->k || first < 0 ||
+      (first + response.num_queries()) * result->k > static_cast<int64_t>(result->ids.size())) {
+    return absl::DataLossError(absl::StrCat("an answer of ", response.num_queries(), " x ",
+                                            response.k(), " does not fit rows ", first, "..."));
+  }
+  int64_t* ids = result->ids.data() + first * result->k;
+  double* distances = result->distances.data() + first * result->k;
+  const auto raw_bytes = static_cast<size_t>(count) * 8;
+  if (response.neighbor_ids_raw().size() == raw_bytes &&
+      response.distances_raw().size() == raw_bytes && raw_bytes > 0) {
+    std::memcpy(ids, response.neighbor_ids_raw().data(), raw_bytes);
+    std::memcpy(distances, response.distances_raw().data(), raw_bytes);
+#if defined(ABSL_IS_BIG_ENDIAN)
+    for (char* bytes : {reinterpret_cast<char*>(ids), reinterpret_cast<char*>(distances)}) {
+      for (int64_t i = 0; i < count; ++i) std::reverse(bytes + 8 * i, bytes + 8 * (i + 1));
+    }
+#endif
+    return absl::OkStatus();
+  }
+  if (response.neighbor_ids_size() != count || response.distances_size() != count) {
+    return absl::DataLossError(absl::StrCat("an answer of ", response.num_queries(), " x ",
+                                            response.k(), " carries ", response.neighbor_ids_size(),
+                                            " ids and ", response.neighbor_ids_raw().size(),
+                                            " raw id bytes"));
+  }
+  std::copy(response.neighbor_ids().begin(), response.neighbor_ids().end(), ids);
+  std::copy(response.distances().begin(), response.distances().end(), distances);
+  return absl::OkStatus();
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options) {
@@ -219,6 +255,7 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
     request.set_k(query.k);
     request.set_predecessor_mode(query.predecessor_mode);
     request.set_include_self(query.include_self);
+    request.set_raw_answer(options_.raw_answers);
     if (by_id) {
       request.mutable_query_ids()->Add(query.ids.data() + first, query.ids.data() + first + count);
     } else {
@@ -231,6 +268,8 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
   SearchResult result;
   result.num_queries = nq;
   result.k = query.k;
+  result.ids.resize(static_cast<size_t>(nq * query.k));
+  result.distances.resize(static_cast<size_t>(nq * query.k));
   if (nq <= per_request) {
     grpc::ClientContext context;
     Prepare(&context);
@@ -239,16 +278,17 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
         !status.ok()) {
       return FromGrpc(status);
     }
-    result.ids.assign(response.neighbor_ids().begin(), response.neighbor_ids().end());
-    result.distances.assign(response.distances().begin(), response.distances().end());
+    if (response.num_queries() != nq) {
+      return absl::DataLossError(
+          absl::StrCat("the server answered ", response.num_queries(), " of ", nq, " queries"));
+    }
+    if (absl::Status copied = CopyAnswer(response, 0, &result); !copied.ok()) return copied;
     result.stats = response.stats();
     result.requests = 1;
     if (on_progress) on_progress(nq, nq);
     return result;
   }
 
-  result.ids.reserve(nq * query.k);
-  result.distances.reserve(nq * query.k);
   grpc::ClientContext context;
   Prepare(&context);
   auto stream = stub_->SearchStream(&context);
@@ -261,20 +301,23 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
     stream->WritesDone();
   });
   v1::SearchResponse response;
-  while (stream->Read(&response)) {
-    result.ids.insert(result.ids.end(), response.neighbor_ids().begin(),
-                      response.neighbor_ids().end());
-    result.distances.insert(result.distances.end(), response.distances().begin(),
-                            response.distances().end());
+  int64_t answered = 0;
+  absl::Status copied;
+  while (copied.ok() && stream->Read(&response)) {
+    copied = CopyAnswer(response, answered, &result);
+    answered += response.num_queries();
     AddStats(response.stats(), &result.stats);
     ++result.requests;
-    if (on_progress) on_progress(static_cast<int64_t>(result.ids.size()) / query.k, nq);
+    if (on_progress) on_progress(answered, nq);
   }
+  if (!copied.ok()) context.TryCancel();
   writer.join();
-  if (grpc::Status status = stream->Finish(); !status.ok()) return FromGrpc(status);
-  if (static_cast<int64_t>(result.ids.size()) != nq * query.k) {
-    return absl::DataLossError(
-        absl::StrCat("the stream answered ", result.ids.size() / query.k, " of ", nq, " queries"));
+  if (grpc::Status status = stream->Finish(); !status.ok() && copied.ok()) {
+    return FromGrpc(status);
+  }
+  if (!copied.ok()) return copied;
+  if (answered != nq) {
+    return absl::DataLossError(absl::StrCat("the stream answered ", answered, " of ", nq, " queries"));
   }
   return result;
 }

@@ -29,6 +29,10 @@ struct ClientOptions {
   int64_t upload_chunk_bytes = int64_t{4} << 20;
   // At most this many queries per request (the server's --max_queries_per_search).
   int64_t max_queries_per_request = 1'000'000;
+  // Ask for answers in the raw little-endian bytes layout (SearchRequest.raw_answer): decoding
+  // is one memcpy per array instead of a varint parse. Answers in the repeated fields (a server
+  // that predates the field) are read as well.
+  bool raw_answers = true;
   // Deadline of each call; infinite by default.
   absl::Duration timeout = absl::InfiniteDuration();
   // TLS (docs/security.md): contents of PEM files, not paths. tls_root_certs empty:

@@ -10,6 +10,7 @@ packages=(
   prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-yaml
+  python3-numpy python3-scipy python3-tqdm python3-venv python3-pip python3-setuptools python3-wheel
   prometheus
   clang-14 libfuzzer-14-dev openssl
 )

@@ -15,6 +15,7 @@
 #include "core/status_macros.h"
 #include "server/logging.h"
 #include "server/proto_conversion.h"
+#include "server/search_answer.h"
 #include "server/stream_reactors.h"
 
 namespace rcknn::server {
@@ -425,9 +426,12 @@ absl::Status RcknnService::RunSearch(const v1::SearchRequest& request, absl::Tim
         "; split the batch (SearchStream takes one batch per message)"));
   }
   // The answer must fit in one message: a double and a varint id per entry (-1 padding takes
-  // 10 bytes) plus a little framing.
+  // 10 bytes), or two 8-byte values in the raw layout, plus a little framing.
   const bool may_pad = request.predecessor_mode() || k >= n;
-  const double entry_bytes = 8.0 + (may_pad ? 10 : VarintBytes(static_cast<uint64_t>(n - 1)));
+  const double entry_bytes =
+      request.raw_answer()
+          ? 16.0
+          : 8.0 + (may_pad ? 10 : VarintBytes(static_cast<uint64_t>(n - 1)));
   const double answer_bytes =
       static_cast<double>(num_queries) * static_cast<double>(k) * entry_bytes + 256.0;
   if (answer_bytes > static_cast<double>(options_.max_message_bytes)) {
@@ -455,20 +459,19 @@ absl::Status RcknnService::RunSearch(const v1::SearchRequest& request, absl::Tim
   const int64_t size = num_queries * k;
   response->set_num_queries(num_queries);
   response->set_k(k);
-  response->mutable_neighbor_ids()->Resize(static_cast<int>(size), -1);
-  response->mutable_distances()->Resize(static_cast<int>(size),
-                                        std::numeric_limits<double>::infinity());
+  AnswerArrays answer = request.raw_answer() ? RawAnswerArrays(size, response)
+                                             : PackedAnswerArrays(size, response);
   core::TraversalStats stats;
   std::vector<int64_t> per_query_evaluations(static_cast<size_t>(num_queries));
   const absl::Time start = absl::Now();
   absl::Status status = pool_->Search(*index, batch, options, deadline, is_cancelled,
-                                      response->mutable_neighbor_ids()->mutable_data(),
-                                      response->mutable_distances()->mutable_data(), &stats,
+                                      answer.ids, answer.distances, &stats,
                                       absl::MakeSpan(per_query_evaluations));
   if (!status.ok()) {
     response->Clear();
     return status;
   }
+  FinishAnswerArrays(&answer);
   // Once per batch, from the merged stats: never from inside the search.
   metrics_->RecordSearch(stats, per_query_evaluations);
   FillSearchStats(stats, absl::ToDoubleSeconds(absl::Now() - start), response->mutable_stats());

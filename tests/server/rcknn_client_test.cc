@@ -3,6 +3,7 @@
 // on one SearchStream, whose concatenated answers equal one big request's.
 #include "client/rcknn_client.h"
 
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -92,6 +93,71 @@ TEST(RcknnClientTest, UploadBuildAndSearchInManyRequests) {
   auto listed = client.ListIndexes();
   ASSERT_TRUE(listed.ok());
   EXPECT_TRUE(listed->empty());
+}
+
+// SearchRequest.raw_answer: the server fills neighbor_ids_raw / distances_raw (little-endian
+// int64 / float64) and leaves the repeated fields empty; the client decodes either layout into
+// the same bits, in one request or split over a SearchStream.
+TEST(RcknnClientTest, RawAnswersEqualPackedOnes) {
+  server::ServerOptions options;
+  options.max_message_bytes = 256 << 10;
+  testing::TestServer test = testing::StartTestServer(options);
+  client::ClientOptions raw_options;
+  raw_options.target = test.server->address();
+  raw_options.max_message_bytes = options.max_message_bytes;
+  client::ClientOptions packed_options = raw_options;
+  packed_options.raw_answers = false;
+  client::RcknnClient raw_client(raw_options);
+  client::RcknnClient packed_client(packed_options);
+
+  const int64_t n = 3000;
+  const core::RowMatrix points = testing::NormalPoints(n, 2, 31);
+  ASSERT_TRUE(
+      raw_client.CreateIndex("r", testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 0.5, 64)).ok());
+  ASSERT_TRUE(raw_client
+                  .UploadPoints("r", client::PointsView{
+                                         absl::MakeConstSpan(points.data(), points.size()), 2})
+                  .ok());
+  ASSERT_TRUE(raw_client.BuildIndex("r").ok());
+  ASSERT_TRUE(raw_client.WaitForIndex("r").ok());
+
+  std::vector<int64_t> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  for (const int64_t count : {int64_t{50}, n}) {
+    client::SearchQuery query;
+    query.index_id = "r";
+    query.k = 15;
+    query.ids = absl::MakeConstSpan(ids.data(), static_cast<size_t>(count));
+    query.predecessor_mode = true;
+    auto raw = raw_client.Search(query);
+    auto packed = packed_client.Search(query);
+    ASSERT_TRUE(raw.ok()) << raw.status();
+    ASSERT_TRUE(packed.ok()) << packed.status();
+    EXPECT_EQ(raw->requests, packed->requests);
+    EXPECT_EQ(raw->requests > 1, count == n);
+    EXPECT_EQ(raw->ids, packed->ids);
+    EXPECT_EQ(raw->distances, packed->distances);  // bit for bit (+inf padding included)
+  }
+
+  grpc::ClientContext context;
+  v1::SearchRequest request = testing::IdSearch("r", 15, {0, 7, 2999}, true);
+  request.set_raw_answer(true);
+  v1::SearchResponse response;
+  ASSERT_TRUE(test.stub->Search(&context, request, &response).ok());
+  EXPECT_EQ(response.neighbor_ids_size(), 0);
+  EXPECT_EQ(response.distances_size(), 0);
+  ASSERT_EQ(response.neighbor_ids_raw().size(), 3u * 15 * 8);
+  ASSERT_EQ(response.distances_raw().size(), 3u * 15 * 8);
+  // Query 0 has no predecessor: its row is padding; bytes are little-endian.
+  const auto* bytes = reinterpret_cast<const unsigned char*>(response.neighbor_ids_raw().data());
+  for (int b = 0; b < 8; ++b) EXPECT_EQ(bytes[b], 0xff);
+  const auto* dists = reinterpret_cast<const unsigned char*>(response.distances_raw().data());
+  EXPECT_EQ(dists[7], 0x7f);  // +inf = 0x7ff0000000000000, most significant byte last
+  EXPECT_EQ(dists[6], 0xf0);
+  int64_t first_of_7;
+  std::memcpy(&first_of_7, response.neighbor_ids_raw().data() + 15 * 8, 8);
+  EXPECT_GE(first_of_7, 0);
+  EXPECT_LT(first_of_7, 7);
 }
 
 }  // namespace
