@@ -191,6 +191,8 @@ class IndexApiTest(unittest.TestCase):
         # A stored point's own coordinates, asked out-of-sample, find it at distance ~0.
         out_ids, out_dists = index.search(SMALL.points[SMALL.query_ids], SMALL.k)
         assert_answers(self, out_ids, out_dists, ids, dists)
+        none_ids, none_dists = index.neighbors(4, ids=np.zeros(0, dtype=np.int32))
+        self.assertEqual((none_ids.shape, none_dists.shape), ((0, 4), (0, 4)))
         self.assertEqual(index.state, "READY")
         self.assertEqual(self.client.index("small").num_points, SMALL.n)
 

@@ -223,6 +223,8 @@ class Client:
         per_request = self._queries_per_request(k, d)
         firsts = range(0, nq, per_request)
         stats: Dict[str, float] = {"requests": 0}
+        if nq == 0:
+            return out_ids, out_dists, stats
 
         def request(first: int) -> Any:
             count = min(per_request, nq - first)
