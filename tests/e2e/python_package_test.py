@@ -177,6 +177,8 @@ class IndexApiTest(unittest.TestCase):
                 assert_answers(self, ids, dists, data.knn_ids, data.knn_dists)
                 ids, dists = index.neighbors(data.k, ids=list(data.query_ids), predecessor=True)
                 assert_answers(self, ids, dists, data.pred_ids, data.pred_dists)
+                if data is not SMALL:
+                    continue  # every point of dense: minutes on a loaded 2-core machine
                 # Every point (ids=None): the rows of the query ids are the same answers.
                 ids, dists = index.neighbors(data.k, predecessor=True)
                 self.assertEqual(ids.shape, (data.n, data.k))
