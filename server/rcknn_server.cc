@@ -20,6 +20,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/listen_probe.h"
 #include "server/logging.h"
 #include "server/rpc_observer.h"
 #include "server/token_auth.h"
@@ -124,6 +125,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   return credentials;
 }
 
+// Server reflection in both versions: gRPC's plugin serves v1alpha, ReflectionV1Service v1.
+constexpr const char* kReflectionServices[] = {"grpc.reflection.v1alpha.ServerReflection",
+                                               "grpc.reflection.v1.ServerReflection"};
+
 // Every method of the services the server registers, named ahead of their first call.
 void InitializeRpcMethods(ServerMetrics& metrics) {
   for (const char* service : {"rcknn.v1.Rcknn", "grpc.health.v1.Health"}) {
@@ -134,7 +139,9 @@ void InitializeRpcMethods(ServerMetrics& metrics) {
       metrics.InitializeRpcMethod(service, descriptor->method(i)->name());
     }
   }
-  metrics.InitializeRpcMethod("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo");
+  for (const char* service : kReflectionServices) {
+    metrics.InitializeRpcMethod(service, "ServerReflectionInfo");
+  }
 }
 
 // "host:port" -> "host:<port>".
@@ -209,9 +216,11 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
     try {
       server->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen_address);
     } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ",
-                                                 options.metrics_listen_address,
-                                                 " (--metrics_listen): ", e.what()));
+      // prometheus-cpp says only "null context ... Possible problem binding to port".
+      const std::string cause = ProbeListenAddress(options.metrics_listen_address);
+      return absl::UnavailableError(absl::StrCat(
+          "cannot serve metrics on ", options.metrics_listen_address, " (--metrics_listen): ",
+          cause.empty() ? e.what() : cause));
     }
     server->exposer_->RegisterCollectable(metrics->registry());
     const std::vector<int> ports = server->exposer_->GetListeningPorts();
@@ -240,10 +249,16 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen_address, *credentials, &port);
+  // gRPC sets SO_REUSEPORT by default: a second server on a taken port would then share it and
+  // get half of the calls. Refuse the port instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());
   builder.RegisterService(server->health_.get());
+  server->reflection_v1_ = std::make_unique<ReflectionV1Service>(std::vector<std::string>{
+      "rcknn.v1.Rcknn", "grpc.health.v1.Health", kReflectionServices[0], kReflectionServices[1]});
+  builder.RegisterService(server->reflection_v1_.get());
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
   observers.push_back(std::make_unique<RpcObserverFactory>(
       [metrics](absl::string_view method, const grpc::Status& status, absl::Duration latency) {
@@ -257,11 +272,13 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   builder.experimental().SetInterceptorCreators(std::move(observers));
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || port == 0) {
-    // gRPC says only that the port could not be added; with TLS the usual cause is a
-    // certificate or key it could not use.
+    // gRPC says only that the port could not be added. A probe bind names a taken port; failing
+    // that, with TLS the usual cause is a certificate or key gRPC could not use.
+    const std::string cause = ProbeListenAddress(options.listen_address);
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on ", options.listen_address, " (--listen)",
-        options.tls_cert_file.empty()
+        cause.empty() ? "" : absl::StrCat(": ", cause),
+        !cause.empty() || options.tls_cert_file.empty()
             ? ""
             : "; or gRPC could not use the TLS certificate and key (--tls_cert, --tls_key: are "
               "they PEM, and does the key match the certificate?)"));

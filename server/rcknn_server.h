@@ -1,7 +1,7 @@
 // The assembled server: the rcknn.v1.Rcknn service, grpc.health.v1.Health, server reflection
-// (v1alpha, what gRPC 1.51 ships), the RPC observer, the query pool, the index registry and the
-// Prometheus metrics (one ServerMetrics, served at /metrics when metrics_listen_address is set),
-// configured from one ServerOptions.
+// (v1alpha, what gRPC 1.51 ships, and v1: server/reflection_v1_service.h), the RPC observer, the
+// query pool, the index registry and the Prometheus metrics (one ServerMetrics, served at
+// /metrics when metrics_listen_address is set), configured from one ServerOptions.
 #ifndef RCKNN_SERVER_RCKNN_SERVER_H_
 #define RCKNN_SERVER_RCKNN_SERVER_H_
 
@@ -16,6 +16,7 @@
 #include "server/health_service.h"
 #include "server/index_registry.h"
 #include "server/query_pool.h"
+#include "server/reflection_v1_service.h"
 #include "server/rcknn_service.h"
 #include "server/index_store.h"
 #include "server/memory_budget.h"
@@ -32,7 +33,8 @@ class RcknnServer {
   // say so). FAILED_PRECONDITION if another server holds the data directory.
   // INVALID_ARGUMENT for options out of range or inconsistent, an empty TLS file or a malformed
   // token file; NOT_FOUND / PERMISSION_DENIED for a TLS or token file that cannot be read;
-  // UNAVAILABLE if the address cannot be bound.
+  // UNAVAILABLE if listen_address or metrics_listen_address cannot be bound; "address in use"
+  // when another process holds the port (ports are never shared: no SO_REUSEPORT).
   static absl::StatusOr<std::unique_ptr<RcknnServer>> Start(const ServerOptions& options);
 
   // Shuts down with no grace if Shutdown was not called.
@@ -81,6 +83,7 @@ class RcknnServer {
   std::unique_ptr<IndexRegistry> registry_;
   std::unique_ptr<RcknnService> service_;
   std::unique_ptr<HealthService> health_;
+  std::unique_ptr<ReflectionV1Service> reflection_v1_;
   std::unique_ptr<grpc::Server> server_;
   std::shared_ptr<TokenAuthProcessor> auth_;  // null without --auth_token_file
 
