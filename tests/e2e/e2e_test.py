@@ -32,7 +32,8 @@ class EndToEndTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.set = rcknn_e2e.Dataset(ARGS["data_dir"], "small")
-        cls.server = rcknn_e2e.Server(ARGS["server"], os.path.join(ARGS["work_dir"], "server.log"))
+        cls.server = rcknn_e2e.start_server(cls, ARGS["server"],
+                                            os.path.join(ARGS["work_dir"], "server.log"))
         cls.channel = connect(cls.server.address)
         cls.stub = pb2_grpc.RcknnStub(cls.channel)
         info = cls.stub.CreateIndex(pb2.CreateIndexRequest(index_id="small",
@@ -172,4 +173,4 @@ class ShutdownTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(argv=[sys.argv[0]], verbosity=2)
+    rcknn_e2e.main()

@@ -29,7 +29,8 @@ class LoadTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         os.makedirs(ARGS["work_dir"], exist_ok=True)
-        cls.server = rcknn_e2e.Server(ARGS["server"], os.path.join(ARGS["work_dir"], "server.log"))
+        cls.server = rcknn_e2e.start_server(cls, ARGS["server"],
+                                            os.path.join(ARGS["work_dir"], "server.log"))
         points = os.path.join(ARGS["work_dir"], "points.f64")
         cls.rcknn("gen", "--n=4096", "--dim=3", "--seed=3", f"--output={points}")
         cls.rcknn("create", "--index=gold", "--dim=3", "--kernel=rbf", "--variance=1",
@@ -115,4 +116,4 @@ class LoadTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(argv=sys.argv[:1])
+    rcknn_e2e.main()

@@ -47,8 +47,9 @@ class MalformedInputTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.set = rcknn_e2e.Dataset(ARGS["data_dir"], "small")
-        cls.server = rcknn_e2e.Server(ARGS["server"], os.path.join(ARGS["work_dir"], "server.log"),
-                                      f"--max_message_bytes={MAX_MESSAGE}")
+        cls.server = rcknn_e2e.start_server(cls, ARGS["server"],
+                                            os.path.join(ARGS["work_dir"], "server.log"),
+                                            f"--max_message_bytes={MAX_MESSAGE}")
         cls.channel = grpc.insecure_channel(cls.server.address, options=[
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20)])
@@ -294,4 +295,4 @@ class MalformedInputTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(argv=[sys.argv[0]], verbosity=2)
+    rcknn_e2e.main()

@@ -105,8 +105,8 @@ class PrometheusEndToEndTest(unittest.TestCase):
     def setUp(self):
         work_dir = ARGS["work_dir"]
         os.makedirs(work_dir, exist_ok=True)
-        self.server = rcknn_e2e.Server(ARGS["server"], os.path.join(work_dir, "server.log"))
-        self.addCleanup(self.server.kill)
+        self.server = rcknn_e2e.start_server(self, ARGS["server"],
+                                             os.path.join(work_dir, "server.log"))
         self.assertIsNotNone(self.server.metrics_address, self.server.log())
         config_path = os.path.join(work_dir, "prometheus.yml")
         with open(config_path, "w") as f:
@@ -214,4 +214,4 @@ class PrometheusEndToEndTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(argv=sys.argv[:1])
+    rcknn_e2e.main()

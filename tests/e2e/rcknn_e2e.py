@@ -5,6 +5,7 @@ Only Debian's python3-grpcio and python3-protobuf are used: no C++ code of this 
 the client.
 """
 import array
+import atexit
 import collections
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 
 import grpc
 
@@ -34,11 +36,20 @@ def generate_stubs(proto_dir, out_dir):
     return rcknn_pb2, rcknn_pb2_grpc
 
 
+# Every Server this process started, for main()'s check that none outlives the tests.
+_STARTED = []
+
+
 class Server:
     """rcknn-server on 127.0.0.1 with ports picked by the kernel (--listen=127.0.0.1:0, and
     --metrics_listen=127.0.0.1:0 unless a flag says otherwise; metrics_address is then
     "127.0.0.1:port", else None). Its log goes to a file (a pipe nobody reads could fill and
-    block it)."""
+    block it).
+
+    A test must stop every server it starts on every path, failures in set-up included: start
+    it with start_server (which registers the cleanup), or use it as a context manager
+    (`with Server(...) as server:`), or stop it in a finally block. main() fails the run if one
+    is still running when the tests end."""
 
     def __init__(self, binary, log_path, *flags):
         self.log_path = log_path
@@ -52,6 +63,7 @@ class Server:
             [binary, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", "--threads=2",
              *flags],
             stdout=self.log_file, stderr=subprocess.STDOUT)
+        _STARTED.append(self)
         self.address = None
         self.metrics_address = None
         deadline = time.time() + 30
@@ -82,10 +94,53 @@ class Server:
         return code
 
     def kill(self):
+        """SIGKILL if still running, then waits. Harmless on a stopped server."""
         if self.alive():
             self.process.kill()
             self.process.wait()
         self.log_file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+        return False
+
+
+def start_server(owner, *args):
+    """Server(*args), killed by a cleanup of `owner` on every path: `owner` is a TestCase (a
+    per-test cleanup) or, from setUpClass, its class (a class cleanup, which runs even when
+    setUpClass fails after this call). Stopping it earlier (terminate) is fine."""
+    server = Server(*args)
+    if isinstance(owner, type):
+        owner.addClassCleanup(server.kill)
+    else:
+        owner.addCleanup(server.kill)
+    return server
+
+
+def _kill_leftovers():
+    """Servers still running: killed; returns them."""
+    leftovers = [server for server in _STARTED if server.alive()]
+    for server in leftovers:
+        server.kill()
+    return leftovers
+
+
+# Last resort when a script dies before main() (an exception at import, say).
+atexit.register(_kill_leftovers)
+
+
+def main():
+    """unittest.main for an e2e script; the run fails if a server it started is still running
+    after the tests (a missing cleanup), and such servers are killed."""
+    program = unittest.main(argv=sys.argv[:1], verbosity=2, exit=False)
+    leftovers = _kill_leftovers()
+    for server in leftovers:
+        print(f"rcknn_e2e: rcknn-server pid {server.process.pid} (log {server.log_path}) was "
+              "still running after the tests: a test did not stop it", file=sys.stderr)
+    sys.exit(0 if program.result.wasSuccessful() and not leftovers else 1)
 
 
 def make_test_certs(source_dir, out_dir):

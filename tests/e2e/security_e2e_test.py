@@ -38,8 +38,8 @@ class SecurityE2eTest(unittest.TestCase):
             f.write("# e2e tokens\nadmin-secret\n\nreadonly reader-secret\n")
         with open(READER_TOKEN_FILE, "w") as f:
             f.write("# the reader\nreader-secret\n")
-        cls.server = rcknn_e2e.Server(
-            ARGS["server"], os.path.join(ARGS["work_dir"], "server.log"),
+        cls.server = rcknn_e2e.start_server(
+            cls, ARGS["server"], os.path.join(ARGS["work_dir"], "server.log"),
             f"--tls_cert={cert('server.pem')}", f"--tls_key={cert('server.key')}",
             f"--tls_client_ca={cert('ca.pem')}", f"--auth_token_file={TOKENS}")
         cls.set = rcknn_e2e.Dataset(ARGS["data_dir"], "small")
@@ -138,10 +138,9 @@ class SighupTest(unittest.TestCase):
         with open(tokens, "w") as f:
             f.write("first-secret\n")
         log = os.path.join(ARGS["work_dir"], "sighup_server.log")
-        server = rcknn_e2e.Server(
-            ARGS["server"], log, "--metrics_listen=", f"--tls_cert={cert('server.pem')}",
+        server = rcknn_e2e.start_server(
+            self, ARGS["server"], log, "--metrics_listen=", f"--tls_cert={cert('server.pem')}",
             f"--tls_key={cert('server.key')}", f"--auth_token_file={tokens}")
-        self.addCleanup(server.kill)
 
         def code(token):
             stub = pb2_grpc.RcknnStub(rcknn_e2e.connect(server.address, tls_ca=cert("ca.pem"),
@@ -197,4 +196,4 @@ class StartUpTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(argv=sys.argv[:1], verbosity=2)
+    rcknn_e2e.main()
