@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -38,7 +39,8 @@
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "address of rcknn-server");
 ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20,
-          "the server's --max_message_bytes: requests are split to stay under it");
+          "the server's --max_message_bytes: the channel's send and receive limit, and uploads "
+          "and searches are split so that every request and answer stays under it");
 ABSL_FLAG(double, timeout, 0, "deadline of each call in seconds (0: none)");
 ABSL_FLAG(std::string, tls_ca, "",
           "PEM CA certificates to verify the server with: connect over TLS (empty: plaintext)");
@@ -616,6 +618,13 @@ int Main(int argc, char** argv) {
   ClientOptions options;
   options.target = absl::GetFlag(FLAGS_server);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  // gRPC takes the channel's limits as an int; the server accepts the same range.
+  if (options.max_message_bytes < 1024 ||
+      options.max_message_bytes > std::numeric_limits<int>::max()) {
+    std::fprintf(stderr, "rcknn: --max_message_bytes must be in [1024, %d], got %" PRId64 "\n",
+                 std::numeric_limits<int>::max(), options.max_message_bytes);
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_timeout) > 0) {
     options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout));
   }

@@ -23,6 +23,7 @@
 #include "core/ordering.h"
 #include "core/random.h"
 #include "tbb/task_arena.h"
+#include "tests/testing/flags_usage.h"
 #include "tests/testing/shared_data.h"
 
 ABSL_FLAG(std::string, workload, "gold", "gold | dense | scale");
@@ -195,6 +196,12 @@ int RunInducing(const std::string& name, const Workload& w, tbb::task_arena& are
 }  // namespace rcknn
 
 int main(int argc, char** argv) {
+  rcknn::testing::SetUpFlagsUsage(
+      "gp-loop-bench", "tests/bench/gp_loop_bench.cc",
+      "the GP fitting loop's building blocks (orderings, inducing-point choices) on a workload, "
+      "one JSON object per line.\n"
+      "Usage: gp-loop-bench --workload=gold|dense|scale --mode=orderings|inducing [--threads=2] "
+      "[flags]");
   absl::ParseCommandLine(argc, argv);
   tbb::task_arena arena(absl::GetFlag(FLAGS_threads));
   const std::string workload = absl::GetFlag(FLAGS_workload);
