@@ -29,7 +29,8 @@
 ABSL_FLAG(std::string, workload, "gold", "gold | dense | scale");
 ABSL_FLAG(std::string, mode, "orderings", "orderings | inducing");
 ABSL_FLAG(int, threads, 2, "worker threads (one tbb::task_arena of this size)");
-ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(), "directory of the shared data");
+ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(),
+          "directory of the fixed data sets (tests/data)");
 ABSL_FLAG(int64_t, scale_points, 1000000, "scale: number of generated points");
 ABSL_FLAG(std::string, methods, "random,maximin_euclidean,maximin_residual",
           "orderings: comma-separated methods to time");

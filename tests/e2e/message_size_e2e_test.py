@@ -3,7 +3,7 @@
 
 - the `rcknn` tool with the server's --max_message_bytes uploads and searches through a server
   whose limit is far below the data (64 KiB): uploads go in several chunks, a search of every
-  point is split into many requests, and the answers equal those of single small requests;
+  point is split into many requests, and the answers agree with those of single small requests;
 - the tool with a larger limit than the server's is refused with RESOURCE_EXHAUSTED (gRPC's
   own message for the upload, the server's answer-size check naming --max_message_bytes for the
   search); an out-of-range --max_message_bytes is a usage error (exit 2);
@@ -57,7 +57,7 @@ class ToolUnderASmallServerLimit(unittest.TestCase):
             f"--max_message_bytes={SMALL_LIMIT}")
         create_small(cls.server.address, SMALL_LIMIT)
 
-    def test_search_of_every_point_is_split_and_equals_single_requests(self):
+    def test_search_of_every_point_is_split_and_agrees_with_single_requests(self):
         prefix = os.path.join(ARGS["work_dir"], "all")
         result = run_rcknn(self.server.address, "search-all", "--index=small", f"--k={K}",
                            "--predecessor", f"--output={prefix}", limit=SMALL_LIMIT)
@@ -76,9 +76,12 @@ class ToolUnderASmallServerLimit(unittest.TestCase):
             self.assertEqual(one.returncode, 0, one.stderr)
             self.assertIn("(1 request,", one.stdout)
             row = slice(query * K, (query + 1) * K)
-            self.assertEqual(list(rcknn_e2e.read_array(single + ".ids.i64", "q")), list(ids[row]))
-            self.assertEqual(list(rcknn_e2e.read_array(single + ".dists.f64", "d")),
-                             list(dists[row]))
+            # By the rule of docs/design.md section 3, not bit for bit: a query answered alone
+            # and the same query in a batch can take different evaluation paths.
+            self.assertEqual(rcknn_e2e.compare_answers(
+                rcknn_e2e.read_array(single + ".ids.i64", "q"),
+                rcknn_e2e.read_array(single + ".dists.f64", "d"), ids[row], dists[row], K), "",
+                f"query {query}")
 
     def test_a_tool_limit_above_the_server_limit_is_refused(self):
         points = os.path.join(ARGS["data_dir"], "small.points.f64")
