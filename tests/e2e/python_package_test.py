@@ -75,6 +75,10 @@ def tearDownModule():  # pylint: disable=invalid-name
     stop_servers()
 
 
+# ctest's timeout sends SIGTERM: exit through atexit, which stops the servers.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
 class Data:
     """A shipped data set as numpy arrays (see tests/data/*.manifest.json)."""
 
@@ -419,6 +423,41 @@ class ErrorTest(unittest.TestCase):
         started = time.time()
         self.assertEqual(self.ready.neighbors(3, ids=[5])[0].shape, (1, 3))
         self.assertLess(time.time() - started, 10)
+
+
+    def test_ctrl_c_during_vecchia_neighbors_deletes_the_temporary_index(self):
+        server = start_server("ctrl-c")  # no point limit
+        client = rcknn.connect(server.address, timeout=60)
+        self.addCleanup(client.close)
+        script = (
+            "import sys, numpy as np, rcknn\n"
+            "points = np.random.default_rng(3).normal(size=(40000, 2))\n"
+            "try:\n"
+            "    rcknn.vecchia_neighbors(points, 200, kernel=rcknn.RBF(1.0, 0.5), inducing=512,\n"
+            "                            server=sys.argv[1])\n"
+            "except KeyboardInterrupt:\n"
+            "    print('interrupted', flush=True)\n")
+        child = subprocess.Popen([sys.executable, "-c", script, server.address],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            # Interrupt once the temporary index exists on the server.
+            deadline = time.time() + 60
+            while time.time() < deadline and not any(
+                    info.index_id.startswith("vecchia-tmp-")
+                    for info in client.list_indexes()):
+                time.sleep(0.02)
+            self.assertTrue(any(info.index_id.startswith("vecchia-tmp-")
+                                for info in client.list_indexes()))
+            time.sleep(0.5)
+            child.send_signal(signal.SIGINT)
+            out, _ = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        self.assertIn("interrupted", out)
+        self.assertEqual([info.index_id for info in client.list_indexes()
+                          if info.index_id.startswith("vecchia-tmp-")], [])
 
 
 @contextlib.contextmanager
