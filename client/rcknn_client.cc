@@ -235,7 +235,8 @@ absl::Status RcknnClient::DeleteIndex(const std::string& index_id) {
 int64_t RcknnClient::QueriesPerRequest(int64_t k, int dimension) const {
   const int64_t budget = options_.max_message_bytes - kFramingBytes;
   const int64_t query_bytes = dimension > 0 ? 8 * dimension : kQueryIdBytes;
-  const int64_t by_answer = budget / (std::max<int64_t>(k, 1) * kAnswerEntryBytes);
+  // Divided, not multiplied: k is the caller's int64 and k x entry bytes may overflow.
+  const int64_t by_answer = budget / kAnswerEntryBytes / std::max<int64_t>(k, 1);
   const int64_t by_request = budget / query_bytes;
   return std::max<int64_t>(1, std::min({by_answer, by_request, options_.max_queries_per_request}));
 }
@@ -268,8 +269,17 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
   SearchResult result;
   result.num_queries = nq;
   result.k = query.k;
-  result.ids.resize(static_cast<size_t>(nq * query.k));
-  result.distances.resize(static_cast<size_t>(nq * query.k));
+  // The answer's arrays are sized once the server has accepted k (its first answer): nq x k may
+  // overflow for a huge k, and such a search is refused by the server naming k.
+  auto size_answer = [&]() -> absl::Status {
+    int64_t entries = 0;
+    if (__builtin_mul_overflow(nq, query.k, &entries)) {
+      return absl::DataLossError("the server accepted a k whose answer cannot be held");
+    }
+    result.ids.resize(static_cast<size_t>(entries));
+    result.distances.resize(static_cast<size_t>(entries));
+    return absl::OkStatus();
+  };
   if (nq <= per_request) {
     grpc::ClientContext context;
     Prepare(&context);
@@ -282,6 +292,7 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
       return absl::DataLossError(
           absl::StrCat("the server answered ", response.num_queries(), " of ", nq, " queries"));
     }
+    if (absl::Status sized = size_answer(); !sized.ok()) return sized;
     if (absl::Status copied = CopyAnswer(response, 0, &result); !copied.ok()) return copied;
     result.stats = response.stats();
     result.requests = 1;
@@ -304,7 +315,8 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
   int64_t answered = 0;
   absl::Status copied;
   while (copied.ok() && stream->Read(&response)) {
-    copied = CopyAnswer(response, answered, &result);
+    if (result.requests == 0) copied = size_answer();
+    if (copied.ok()) copied = CopyAnswer(response, answered, &result);
     answered += response.num_queries();
     AddStats(response.stats(), &result.stats);
     ++result.requests;

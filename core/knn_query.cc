@@ -9,13 +9,13 @@ namespace rcknn::core {
 absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, int64_t n,
                            int dimension) {
   if (options.k < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("k must be >= 1, got ", options.k));
+    return absl::InvalidArgumentError(absl::StrCat("k: must be >= 1, got ", options.k));
   }
   if (!batch.ids.empty() && !batch.points.empty()) {
-    return absl::InvalidArgumentError("query_ids and query_points are both set; give one");
+    return absl::InvalidArgumentError("query_ids, query_points: both are set; give exactly one");
   }
   if (batch.ids.empty() && batch.points.empty()) {
-    return absl::InvalidArgumentError("no queries: set query_ids or query_points");
+    return absl::InvalidArgumentError("query_ids, query_points: neither is set; give exactly one");
   }
   if (batch.by_id()) {
     if (!batch.id_bounds.empty()) {

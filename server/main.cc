@@ -31,6 +31,13 @@ ABSL_FLAG(int, threads, kDefaults.threads,
 ABSL_FLAG(int64_t, slice_queries, kDefaults.slice_queries,
           "queries per slice of a Search batch: a worker finishes its slice before it serves a "
           "newly arrived batch; larger slices run big batches a little faster");
+ABSL_FLAG(int64_t, max_queued_queries, kDefaults.max_queued_queries,
+          "admission control: most queries waiting to start on the query pool; a Search (or "
+          "SearchStream message) beyond it is refused at once with RESOURCE_EXHAUSTED; 0: 2 "
+          "slices per pool thread (2 x --threads x --slice_queries)");
+ABSL_FLAG(int, io_threads, kDefaults.io_threads,
+          "threads for blocking disk I/O (committing specs, uploads and built trees, deleting "
+          "indexes) with --data_dir");
 ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes,
           "largest gRPC message received or sent, in bytes (requests and answers)");
 ABSL_FLAG(int64_t, max_points_per_index, kDefaults.max_points_per_index,
@@ -91,6 +98,8 @@ int main(int argc, char** argv) {
   options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.slice_queries = absl::GetFlag(FLAGS_slice_queries);
+  options.max_queued_queries = absl::GetFlag(FLAGS_max_queued_queries);
+  options.io_threads = absl::GetFlag(FLAGS_io_threads);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.max_points_per_index = absl::GetFlag(FLAGS_max_points_per_index);
   options.max_indexes = absl::GetFlag(FLAGS_max_indexes);

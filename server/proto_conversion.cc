@@ -72,21 +72,6 @@ absl::Status ValidateIndexId(absl::string_view id, absl::string_view field) {
 }
 
 
-absl::Status ValidateSearchRequest(const v1::SearchRequest& request) {
-  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
-  if (request.k() < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("k: must be >= 1, got ", request.k()));
-  }
-  const bool by_id = !request.query_ids().empty();
-  const bool by_point = !request.query_points().empty();
-  if (by_id == by_point) {
-    return absl::InvalidArgumentError(
-        by_id ? "query_ids, query_points: both are set; give exactly one"
-              : "query_ids, query_points: neither is set; give exactly one");
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexSpec* normalized) {
   core::IndexSpec out;
   *normalized = spec;

@@ -25,10 +25,6 @@ inline constexpr int kMaxDimension = 65536;
 // 1..kMaxIndexIdLength characters from [A-Za-z0-9._-].
 absl::Status ValidateIndexId(absl::string_view id, absl::string_view field = "index_id");
 
-// The checks on a SearchRequest that need no index: the index id, k >= 1, and exactly one of
-// query_ids and query_points. INVALID_ARGUMENT naming the field.
-absl::Status ValidateSearchRequest(const v1::SearchRequest& request);
-
 // Validates `spec` and returns its core form. `*normalized` receives the spec as the server
 // reports it: jitter filled in when unset.
 absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexSpec* normalized);

@@ -5,7 +5,7 @@
 #include <new>
 #include <utility>
 
-#include "absl/synchronization/notification.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/cancellation.h"
 
@@ -16,23 +16,18 @@ namespace {
 // slices) and enqueues its successor, so that a build or a nested parallel loop whose thread
 // picked the task up while waiting gets its thread back.
 constexpr absl::Duration kWorkerTurn = absl::Milliseconds(10);
-// How often a waiting caller looks at its cancellation predicate.
-constexpr absl::Duration kCancelPoll = absl::Milliseconds(5);
 
 }  // namespace
 
 struct QueryPool::Job {
-  const core::KnnIndex* index = nullptr;
-  core::QueryBatch queries;
-  core::KnnOptions options;
+  SearchJob spec;
+  SearchDone done;
   int dimension = 0;
   int64_t num_queries = 0;
   int64_t slice_queries = 0;
   int64_t num_slices = 0;
-  int64_t* out_ids = nullptr;
-  double* out_distances = nullptr;
-  absl::Span<int64_t> per_query_evaluations;
-  std::unique_ptr<core::Cancellation> cancellation;
+  int64_t first_slice_queries = 0;  // counted in State::queued_queries until it starts
+  std::shared_ptr<core::Cancellation> cancellation;
   std::atomic<bool> failed{false};  // a slice failed: the others stop
 
   // Guarded by the pool's State::mutex.
@@ -40,12 +35,18 @@ struct QueryPool::Job {
   int64_t finished_slices = 0;
   absl::Status status;
   core::TraversalStats stats;
-  absl::Notification done;
 };
 
-QueryPool::QueryPool(int threads, int64_t slice_queries)
+int64_t QueryPool::DefaultMaxQueuedQueries(int threads, int64_t slice_queries) {
+  return kQueuedSlicesPerThread * std::max(1, threads) * std::max<int64_t>(1, slice_queries);
+}
+
+QueryPool::QueryPool(int threads, int64_t slice_queries, int64_t max_queued_queries)
     : threads_(std::max(1, threads)),
       slice_queries_(std::max<int64_t>(1, slice_queries)),
+      max_queued_queries_(max_queued_queries > 0
+                              ? max_queued_queries
+                              : DefaultMaxQueuedQueries(threads_, slice_queries_)),
       parallelism_(tbb::global_control::max_allowed_parallelism,
                    std::max<size_t>(static_cast<size_t>(threads_) + 1,
                                     tbb::global_control::active_value(
@@ -76,48 +77,52 @@ void QueryPool::Run(std::function<void()> work) {
   });
 }
 
-absl::Status QueryPool::Search(const core::KnnIndex& index, const core::QueryBatch& queries,
-                               const core::KnnOptions& options, absl::Time deadline,
-                               const std::function<bool()>& is_cancelled, int64_t* out_ids,
-                               double* out_distances, core::TraversalStats* stats,
-                               absl::Span<int64_t> per_query_evaluations) {
+absl::StatusOr<QueryPool::CancelHandle> QueryPool::Submit(SearchJob spec, SearchDone done) {
   auto job = std::make_shared<Job>();
-  job->index = &index;
-  job->queries = queries;
-  job->options = options;
-  job->dimension = index.dimension();
-  job->num_queries = core::NumQueries(queries, job->dimension);
+  job->dimension = spec.index->dimension();
+  job->num_queries = core::NumQueries(spec.queries, job->dimension);
   job->slice_queries = slice_queries_;
   job->num_slices = (job->num_queries + job->slice_queries - 1) / job->slice_queries;
-  job->out_ids = out_ids;
-  job->out_distances = out_distances;
-  job->per_query_evaluations = per_query_evaluations;
-  job->cancellation = std::make_unique<core::Cancellation>(deadline);
-  if (job->num_slices == 0) return absl::OkStatus();
-  {
-    absl::MutexLock lock(&state_->mutex);
-    ++state_->jobs_in_flight;
-    state_->queue.push_back(job);
-    // A worker task per slice, up to the arena's threads. Not capped by the tasks already
-    // running: those may be deep in another batch's slices, and this batch's own task can then
-    // start on a thread that finishes a piece of work (the arena serves enqueued tasks before
-    // it steals).
-    for (int64_t s = 0; s < std::min<int64_t>(job->num_slices, threads_); ++s) {
-      StartWorkerLocked(state_, &arena_);
-    }
-  }
-  bool cancelled = false;
-  while (!job->done.WaitForNotificationWithTimeout(kCancelPoll)) {
-    if (!cancelled && is_cancelled && is_cancelled()) {
-      job->cancellation->Cancel();
-      cancelled = true;
-    }
-  }
+  job->first_slice_queries = std::min(job->num_queries, job->slice_queries);
+  job->cancellation = std::make_shared<core::Cancellation>(spec.deadline);
+  job->spec = std::move(spec);
+  job->done = std::move(done);
+  CancelHandle handle(job->cancellation);
   absl::MutexLock lock(&state_->mutex);
-  --state_->jobs_in_flight;
-  if (!job->status.ok()) return job->status;
-  if (stats != nullptr) stats->Merge(job->stats);
-  return absl::OkStatus();
+  if (state_->queued_queries > 0 &&
+      state_->queued_queries + job->first_slice_queries > max_queued_queries_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the server is overloaded: ", state_->queued_queries,
+        " queries are waiting to start, the limit is --max_queued_queries = ",
+        max_queued_queries_, "; retry later, or with fewer clients"));
+  }
+  ++state_->jobs_in_flight;
+  if (job->num_slices == 0) {
+    // Nothing to search: complete on the pool like any other batch, never on this thread.
+    ++state_->pending_runs;
+    arena_.enqueue([state = state_, job] {
+      job->done(absl::OkStatus(), job->stats);
+      absl::MutexLock lock(&state->mutex);
+      --state->jobs_in_flight;
+      --state->pending_runs;
+    });
+    return handle;
+  }
+  state_->queued_queries += job->first_slice_queries;
+  state_->queue.push_back(job);
+  // A worker task per slice, up to the arena's threads. Not capped by the tasks already
+  // running: those may be deep in another batch's slices, and this batch's own task can then
+  // start on a thread that finishes a piece of work (the arena serves enqueued tasks before
+  // it steals).
+  for (int64_t s = 0; s < std::min<int64_t>(job->num_slices, threads_); ++s) {
+    StartWorkerLocked(state_, &arena_);
+  }
+  return handle;
+}
+
+int64_t QueryPool::queued_queries() const {
+  absl::MutexLock lock(&state_->mutex);
+  return state_->queued_queries;
 }
 
 int64_t QueryPool::jobs_in_flight() const {
@@ -155,6 +160,7 @@ void QueryPool::WorkerLoop(const std::shared_ptr<State>& state, tbb::task_arena*
       if (it == state->queue.end()) it = state->queue.begin();
       job = *it;
       state->queue.erase(it);
+      if (job->next_slice == 0) state->queued_queries -= job->first_slice_queries;
       slice = job->next_slice++;
       // A job with slices left goes to the back of the line.
       if (job->next_slice < job->num_slices) state->queue.push_back(job);
@@ -162,13 +168,23 @@ void QueryPool::WorkerLoop(const std::shared_ptr<State>& state, tbb::task_arena*
     core::TraversalStats slice_stats;
     absl::Status slice_status;
     RunSlice(*job, slice, slice_stats, slice_status);
-    absl::MutexLock lock(&state->mutex);
-    if (!slice_status.ok() && job->status.ok()) {
-      job->status = std::move(slice_status);
-      job->failed.store(true);
+    bool last = false;
+    {
+      absl::MutexLock lock(&state->mutex);
+      if (!slice_status.ok() && job->status.ok()) {
+        job->status = std::move(slice_status);
+        job->failed.store(true);
+      }
+      job->stats.Merge(slice_stats);
+      last = ++job->finished_slices == job->num_slices;
     }
-    job->stats.Merge(slice_stats);
-    if (++job->finished_slices == job->num_slices) job->done.Notify();
+    if (last) {
+      // Outside the lock: the callback may submit the next batch of its stream. This worker
+      // still counts as running, so the pool outlives the callback.
+      job->done(job->status, job->stats);
+      absl::MutexLock lock(&state->mutex);
+      --state->jobs_in_flight;
+    }
   }
 }
 
@@ -180,21 +196,22 @@ void QueryPool::RunSlice(Job& job, int64_t slice, core::TraversalStats& stats,
   const int64_t first = slice * job.slice_queries;
   const int64_t num = std::min(job.slice_queries, job.num_queries - first);
   core::QueryBatch part;
-  if (job.queries.by_id()) {
-    part.ids = job.queries.ids.subspan(first, num);
+  const SearchJob& spec = job.spec;
+  if (spec.queries.by_id()) {
+    part.ids = spec.queries.ids.subspan(first, num);
   } else {
-    part.points = job.queries.points.subspan(first * job.dimension, num * job.dimension);
+    part.points = spec.queries.points.subspan(first * job.dimension, num * job.dimension);
   }
-  const int64_t k = job.options.k;
+  const int64_t k = spec.options.k;
   absl::Span<int64_t> evaluations;
-  if (!job.per_query_evaluations.empty()) {
-    evaluations = job.per_query_evaluations.subspan(first, num);
+  if (!spec.per_query_evaluations.empty()) {
+    evaluations = spec.per_query_evaluations.subspan(first, num);
   }
   // Already inside the arena: core's parallel loops nest here, and idle workers steal them.
   try {
-    status = job.index->Search(part, job.options, /*arena=*/nullptr, job.cancellation.get(),
-                               job.out_ids + first * k, job.out_distances + first * k, &stats,
-                               evaluations);
+    status = spec.index->Search(part, spec.options, /*arena=*/nullptr, job.cancellation.get(),
+                                spec.out_ids + first * k, spec.out_distances + first * k, &stats,
+                                evaluations);
   } catch (const std::bad_alloc&) {
     status = absl::ResourceExhaustedError("the search ran out of memory");
   }

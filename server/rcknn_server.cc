@@ -49,8 +49,14 @@ absl::Status ValidateOptions(const ServerOptions& options) {
        {std::pair<absl::string_view, int64_t>{"max_points_per_index", options.max_points_per_index},
         {"max_indexes", options.max_indexes},
         {"slice_queries", options.slice_queries},
-        {"max_queries_per_search", options.max_queries_per_search}}) {
+        {"max_queries_per_search", options.max_queries_per_search},
+        {"io_threads", options.io_threads}}) {
     if (absl::Status status = positive(flag, value); !status.ok()) return status;
+  }
+  if (options.max_queued_queries < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_queued_queries must be >= 0 (0: 2 slices per thread), got ",
+        options.max_queued_queries));
   }
   if (options.max_memory_bytes < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -232,7 +238,8 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
     if (!store.ok()) return store.status();
     server->store_ = *std::move(store);
   }
-  server->pool_ = std::make_unique<QueryPool>(server->threads_, options.slice_queries);
+  server->pool_ = std::make_unique<QueryPool>(server->threads_, options.slice_queries,
+                                              options.max_queued_queries);
   metrics->SetPoolThreads(server->pool_->threads());
   server->registry_ = std::make_unique<IndexRegistry>(options.max_indexes);
   server->service_ = std::make_unique<RcknnService>(options, server->registry_.get(),
@@ -318,6 +325,11 @@ int64_t RcknnServer::searches_in_flight() const {
   // The pool lives until Shutdown, which waits for every search.
   absl::MutexLock lock(&shutdown_mutex_);
   return pool_ == nullptr ? 0 : pool_->jobs_in_flight();
+}
+
+int64_t RcknnServer::queued_queries() const {
+  absl::MutexLock lock(&shutdown_mutex_);
+  return pool_ == nullptr ? 0 : pool_->queued_queries();
 }
 
 RcknnServer::~RcknnServer() { Shutdown(absl::ZeroDuration()); }

@@ -54,6 +54,8 @@ class RcknnServer {
   const ServerMetrics& metrics() const { return *metrics_; }
   // Search batches running or waiting on the pool (0 after Shutdown).
   int64_t searches_in_flight() const;
+  // Queries waiting to start on the pool (admission control, --max_queued_queries).
+  int64_t queued_queries() const;
 
   // Re-reads --auth_token_file and replaces the tokens for every later call (rcknn-server does
   // this on SIGHUP). On any error (unreadable file, a malformed line, no token) the old tokens

@@ -159,7 +159,19 @@ ServerMetrics::ServerMetrics()
           "Bytes reserved against --max_memory_bytes: indexes, uploads and builds in progress, "
           "search answers.")),
       memory_limit_bytes_(AddGauge(*registry_, "rcknn_memory_limit_bytes",
-                                   "The --max_memory_bytes limit.")) {}
+                                   "The --max_memory_bytes limit.")),
+      rejected_family_(prometheus::BuildCounter()
+                           .Name("rcknn_search_rejected_total")
+                           .Help("Search requests (or SearchStream messages) refused before they "
+                                 "ran, by reason: queue_full (--max_queued_queries) or memory "
+                                 "(--max_memory_bytes).")
+                           .Register(*registry_)),
+      rejected_queue_full_(rejected_family_.Add({{"reason", "queue_full"}})),
+      rejected_memory_(rejected_family_.Add({{"reason", "memory"}})) {}
+
+void ServerMetrics::RecordSearchRejected(absl::string_view reason) {
+  (reason == "memory" ? rejected_memory_ : rejected_queue_full_).Increment();
+}
 
 void ServerMetrics::RecordSearch(const core::TraversalStats& merged,
                                  absl::Span<const int64_t> per_query_evaluations) {

@@ -21,6 +21,8 @@
 //   rcknn_index_points, rcknn_index_memory_bytes        gauges, totals over all indexes
 //   rcknn_query_pool_threads                            gauge
 //   rcknn_memory_reserved_bytes, rcknn_memory_limit_bytes  gauges, the --max_memory_bytes budget
+//   rcknn_search_rejected_total{reason="queue_full"|"memory"}  counter, searches refused before
+//                                                       they ran (admission control, memory)
 //
 // grpc_service / grpc_method take the names of the RPCs the server handles. A client can send any
 // method name, so at most kMaxRpcMethods distinct (service, method) pairs get their own series;
@@ -96,6 +98,10 @@ class ServerMetrics {
   // kMaxRpcMethods.
   void InitializeRpcMethod(absl::string_view service, absl::string_view method);
 
+  // One search request refused before it ran: `reason` "queue_full" (--max_queued_queries) or
+  // "memory" (--max_memory_bytes).
+  void RecordSearchRejected(absl::string_view reason);
+
   // One successful index build and its wall time in seconds. Failed builds show up in
   // rcknn_indexes{state="failed"} instead.
   void RecordBuild(double seconds);
@@ -170,6 +176,9 @@ class ServerMetrics {
   prometheus::Gauge& pool_threads_;
   prometheus::Gauge& memory_reserved_bytes_;
   prometheus::Gauge& memory_limit_bytes_;
+  prometheus::Family<prometheus::Counter>& rejected_family_;
+  prometheus::Counter& rejected_queue_full_;
+  prometheus::Counter& rejected_memory_;
 };
 
 }  // namespace rcknn::server

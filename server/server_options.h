@@ -21,6 +21,13 @@ struct ServerOptions {
   // Queries per slice of a Search batch (see QueryPool): larger runs a big batch a little
   // faster, smaller lets a small batch overtake a big one sooner.
   int64_t slice_queries = 512;
+  // Admission control: most queries waiting to start on the pool (see QueryPool::Submit); a
+  // search beyond it is refused at once with RESOURCE_EXHAUSTED. 0: QueryPool's default,
+  // QueryPool::kQueuedSlicesPerThread slices per thread.
+  int64_t max_queued_queries = 0;
+  // Threads of the one executor for blocking disk I/O: spec, upload and tree file commits and
+  // deletes. More than one, so that one slow fsync does not hold every other write.
+  int io_threads = 4;
 
   // Where indexes are persisted (server/index_store.h) and reloaded from at start. Empty: kept
   // in memory only (rcknn-server's --data_dir defaults to ./rcknn-data).

@@ -41,12 +41,22 @@ void UploadPointsReactor::OnReadDone(bool ok) {
       FinishWith(absl::CancelledError("the upload was cancelled; nothing was applied"));
       return;
     }
-    // Applying the upload commits its file (write + fsync): not on a gRPC callback thread.
-    service_->RunBlocking([this] {
-      v1::UploadPointsResponse response;
-      const absl::Status status = service_->FinishUpload(&state_, &response);
-      if (status.ok()) Serialize(response, response_);
-      FinishWith(status);  // last: the reactor may be deleted as soon as the call finishes
+    if (state_.entry == nullptr) {
+      FinishWith(absl::InvalidArgumentError(
+          "index_id: the stream carried no chunk; the first chunk must name the index"));
+      return;
+    }
+    // Applying the upload commits its file (write + fsync): on the I/O executor.
+    service_->index_service().RunBlocking([this] {
+      const absl::StatusOr<UploadResult> result =
+          service_->index_service().FinishUpload(&state_);
+      if (result.ok()) {
+        v1::UploadPointsResponse response;
+        response.set_points_received(result->points_received);
+        response.set_total_points(result->total_points);
+        Serialize(response, response_);
+      }
+      FinishWith(result.status());  // last: the reactor may be deleted once the call finishes
     });
     return;
   }
@@ -69,18 +79,9 @@ void UploadPointsReactor::FinishWith(const absl::Status& status) {
 
 SearchStreamReactor::SearchStreamReactor(RcknnService* service,
                                          grpc::CallbackServerContext* context)
-    : service_(service), context_(context) {
-  // Under the lock: the worker starts by taking it, so worker_ is assigned before it can finish
-  // the call (and OnDone look at worker_).
+    : service_(service), context_(context), deadline_(DeadlineOf(*context)) {
   absl::MutexLock lock(&mutex_);
-  MaybeReadLocked();
-  worker_ = std::thread([this] { Work(); });
-}
-
-void SearchStreamReactor::MaybeReadLocked() {
-  if (reading_ || reads_done_ || static_cast<int>(queue_.size()) >= kReadAhead) return;
-  reading_ = true;
-  StartRead(&in_);
+  ProgressLocked();
 }
 
 void SearchStreamReactor::OnReadDone(bool ok) {
@@ -88,97 +89,104 @@ void SearchStreamReactor::OnReadDone(bool ok) {
   reading_ = false;
   if (!ok) {
     reads_done_ = true;
-    return;
+  } else {
+    v1::SearchRequest request;
+    if (absl::Status status = Parse(in_, &request, absl::StrCat("request ", received_));
+        !status.ok()) {
+      read_error_ = status;
+      reads_done_ = true;
+    } else {
+      ++received_;
+      queue_.push_back(std::move(request));
+    }
   }
-  v1::SearchRequest request;
-  if (absl::Status status = Parse(in_, &request, absl::StrCat("request ", received_));
-      !status.ok()) {
-    read_error_ = status;
-    reads_done_ = true;
-    return;
-  }
-  ++received_;
-  queue_.push_back(std::move(request));
-  MaybeReadLocked();
+  ProgressLocked();
 }
 
 void SearchStreamReactor::OnWriteDone(bool ok) {
   absl::MutexLock lock(&mutex_);
   writing_ = false;
-  if (!ok) write_failed_ = true;
+  if (!ok) cancelled_ = true;  // nothing more reaches the client
+  ProgressLocked();
 }
 
 void SearchStreamReactor::OnCancel() {
   absl::MutexLock lock(&mutex_);
   cancelled_ = true;
+  handle_.Cancel();
+  ProgressLocked();
 }
 
-void SearchStreamReactor::OnDone() {
-  // Finish is the worker's last act, but OnDone may run before the worker has returned from it,
-  // or on the worker itself.
-  if (worker_.get_id() == std::this_thread::get_id()) {
-    worker_.detach();
-  } else {
-    worker_.join();
+void SearchStreamReactor::SearchDone(absl::Status status) {
+  absl::MutexLock lock(&mutex_);
+  searching_ = false;
+  if (status.ok()) {
+    answered_ = std::make_unique<grpc::ByteBuffer>();
+    Serialize(*response_, answered_.get());
+  } else if (error_.ok()) {
+    error_ = WithPrefix(status, absl::StrCat("request ", started_ - 1, ": "));
   }
-  delete this;
+  response_.reset();
+  request_.reset();
+  ProgressLocked();
 }
 
-void SearchStreamReactor::Work() {
-  const absl::Time deadline = DeadlineOf(*context_);
-  auto is_cancelled = [this] {
-    absl::MutexLock lock(&mutex_);
-    return cancelled_;
-  };
-  for (int64_t number = 0;; ++number) {
-    v1::SearchRequest request;
-    bool end = false;
-    absl::Status end_status;
+void SearchStreamReactor::ProgressLocked() {
+  for (;;) {
+    if (finished_) return;
+    // The answer of the last search goes out once the previous write is done.
+    if (answered_ != nullptr && !writing_ && !cancelled_) {
+      out_ = std::move(*answered_);
+      answered_.reset();
+      writing_ = true;
+      StartWrite(&out_);
+    }
+    const bool busy = starting_ || searching_;
+    // The end: the first error, a cancel, or every request answered. Not while a search may
+    // still call back (it references the reactor) or a write is in flight.
+    const bool failed = !error_.ok() || cancelled_;
+    const bool all_answered = reads_done_ && queue_.empty() && answered_ == nullptr;
+    if ((failed || all_answered) && !busy && !writing_) {
+      finished_ = true;
+      Finish(ToGrpcStatus(cancelled_        ? absl::CancelledError("the stream was cancelled")
+                          : !error_.ok() ? error_
+                                         : read_error_));
+      return;
+    }
+    if (!reading_ && !reads_done_ && static_cast<int>(queue_.size()) < kReadAhead) {
+      reading_ = true;
+      StartRead(&in_);
+    }
+    // The next search: one at a time, and not before the previous answer has left.
+    if (failed || busy || answered_ != nullptr || queue_.empty()) return;
+    request_ = std::make_unique<v1::SearchRequest>(std::move(queue_.front()));
+    queue_.pop_front();
+    response_ = std::make_unique<v1::SearchResponse>();
+    ++started_;
+    starting_ = true;
+    const v1::SearchRequest* request = request_.get();
+    v1::SearchResponse* response = response_.get();
+    absl::StatusOr<QueryPool::CancelHandle> handle;
     {
-      absl::MutexLock lock(&mutex_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        return !queue_.empty() || reads_done_ || cancelled_ || write_failed_;
-      };
-      mutex_.Await(absl::Condition(&ready));
-      if (cancelled_ || write_failed_) {
-        // Nothing more reaches the client; finish so that the call can end.
-        end = true;
-        end_status = absl::CancelledError("the stream was cancelled");
-      } else if (queue_.empty()) {
-        end = true;  // every request was answered; OK unless the last read was garbage
-        end_status = read_error_;
-      } else {
-        request = std::move(queue_.front());
-        queue_.pop_front();
-        MaybeReadLocked();
-      }
+      // The service may take a while (validation) and must not run under the lock; the call
+      // cannot finish meanwhile (starting_), so the reactor stays alive.
+      mutex_.Unlock();
+      handle = service_->StartSearch(*request, deadline_, response,
+                                     [this](absl::Status status) { SearchDone(std::move(status)); });
+      mutex_.Lock();
     }
-    if (end) {
-      FinishWith(end_status);
-      return;
+    starting_ = false;
+    if (handle.ok()) {
+      handle_ = *std::move(handle);
+      // SearchDone may already have run; searching_ is set only if it has not.
+      if (response_.get() == response) searching_ = true;
+      if (cancelled_) handle_.Cancel();
+    } else {
+      error_ = WithPrefix(handle.status(), absl::StrCat("request ", started_ - 1, ": "));
+      response_.reset();
+      request_.reset();
     }
-    v1::SearchResponse response;
-    const absl::Status status = service_->RunSearch(request, deadline, is_cancelled, &response);
-    if (!status.ok()) {
-      FinishWith(WithPrefix(status, absl::StrCat("request ", number, ": ")));
-      return;
-    }
-    absl::MutexLock lock(&mutex_);
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return !writing_; };
-    mutex_.Await(absl::Condition(&idle));
-    Serialize(response, &out_);
-    writing_ = true;
-    StartWrite(&out_);
   }
-}
-
-void SearchStreamReactor::FinishWith(const absl::Status& status) {
-  {
-    absl::MutexLock lock(&mutex_);
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return !writing_; };
-    mutex_.Await(absl::Condition(&idle));
-  }
-  Finish(ToGrpcStatus(status));
 }
 
 }  // namespace rcknn::server

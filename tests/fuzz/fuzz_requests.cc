@@ -1,6 +1,8 @@
 // libFuzzer target: arbitrary bytes as each rcknn.v1 request message, through the validation and
-// conversion the handlers of server/rcknn_service.cc run (server/proto_conversion.h and
-// core::ValidateQuery), and accepted searches through a small prebuilt core::KnnIndex.
+// conversion the handlers of server/rcknn_service.cc run (server/proto_conversion.h) and the
+// search plan of the index service (server/search_plan.h: validation against the index and
+// overflow-checked answer sizes), and accepted searches through a small prebuilt
+// core::KnnIndex.
 //
 // Every rejection must be an absl::Status: a crash, an escaping exception, an ASan or UBSan report
 // or a broken invariant (checked with FuzzCheck, which aborts) is a finding. Input format:
@@ -11,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -25,6 +28,7 @@
 #include "google/protobuf/stubs/logging.h"
 #include "rcknn/v1/rcknn.pb.h"
 #include "server/proto_conversion.h"
+#include "server/search_plan.h"
 #include "tbb/task_arena.h"
 
 namespace rcknn::fuzz {
@@ -192,16 +196,42 @@ void FuzzIndexId(const std::string& id) {
             "accepted id of bad length");
 }
 
-// Search: the handler's request checks (ValidateSearchRequest), core::ValidateQuery against the prebuilt index, and the
-// search itself when the request is accepted and small.
+// The number N in "<prefix>N bytes" of `message`, or -1 if the message says "<prefix>more than
+// ..." (a size past int64), or -2 if it holds no such phrase.
+__int128 ReportedBytes(absl::string_view message, absl::string_view prefix) {
+  const size_t at = message.find(prefix);
+  if (at == absl::string_view::npos) return -2;
+  absl::string_view rest = message.substr(at + prefix.size());
+  if (absl::StartsWith(rest, "more than ")) return -1;
+  __int128 value = 0;
+  size_t digits = 0;
+  while (digits < rest.size() && rest[digits] >= '0' && rest[digits] <= '9') {
+    value = value * 10 + (rest[digits] - '0');
+    if (value > (__int128{1} << 100)) return -2;
+    ++digits;
+  }
+  if (digits == 0 || !absl::StartsWith(rest.substr(digits), " bytes")) return -2;
+  return value;
+}
+
+// A size as the plan must report it: exact when it fits int64, else "more than".
+__int128 Expected(__int128 bytes) {
+  return bytes > std::numeric_limits<int64_t>::max() ? -1 : bytes;
+}
+
+// Search: the handler's check (the index id) and the service's search plan (server/search_plan.h)
+// against the prebuilt index, with the default limits or small ones (variant bit 1), in the
+// packed or the raw answer layout (bit 2), then
+// the search itself when the request is accepted and small. The plan's sizes, and every size a
+// rejection states, must equal exact (128-bit) arithmetic: a huge k must never wrap.
 void FuzzSearch(const v1::SearchRequest& request, int variant) {
   Fixture& fixture = GetFixture();
   const core::KnnIndex& index = (variant & 1) != 0 ? *fixture.euclidean : *fixture.residual;
   const int64_t n = index.size();
   const int dimension = index.dimension();
 
-  const absl::Status handler_status = server::ValidateSearchRequest(request);
-  if (!handler_status.ok()) CheckRejection(handler_status);
+  const absl::Status id_status = server::ValidateIndexId(request.index_id());
+  if (!id_status.ok()) CheckRejection(id_status);
 
   core::QueryBatch batch;
   batch.ids = absl::MakeConstSpan(request.query_ids().data(), request.query_ids().size());
@@ -210,28 +240,72 @@ void FuzzSearch(const v1::SearchRequest& request, int variant) {
   options.k = request.k();
   options.include_self = request.include_self();
   options.predecessor_mode = request.predecessor_mode();
+  server::SearchLimits limits;
+  if ((variant & 2) != 0) {
+    limits.max_message_bytes = 4096;
+    limits.max_queries_per_search = 8;
+  }
+  // Bit 2 of the variant: the raw answer layout (SearchRequest.raw_answer).
+  const server::AnswerLayout layout =
+      (variant & 4) != 0 ? server::AnswerLayout::kRaw : server::AnswerLayout::kPacked;
+  const absl::StatusOr<server::SearchPlan> plan =
+      server::PlanSearch(batch, options, n, dimension, limits, layout);
   const absl::Status valid = core::ValidateQuery(batch, options, n, dimension);
+  FuzzCheck(valid.ok() || (!plan.ok() && plan.status() == valid),
+            "the plan accepted what ValidateQuery rejects");
   if (!valid.ok()) {
     CheckRejection(valid);
     FuzzCheck(valid.code() == absl::StatusCode::kInvalidArgument,
               "ValidateQuery rejection is not INVALID_ARGUMENT");
     return;
   }
-  // The handler's own checks are a subset of ValidateQuery's, besides the index id.
-  FuzzCheck(handler_status.ok() || absl::StartsWith(handler_status.message(), "index_id"),
-            "ValidateQuery accepted what ValidateSearchRequest rejects");
-  const int64_t num_queries = core::NumQueries(batch, dimension);
-  if (!handler_status.ok() || options.k > kMaxSearchK || num_queries > kMaxSearchQueries) return;
+  const __int128 num_queries = core::NumQueries(batch, dimension);
+  const __int128 k = options.k;
+  // Packed: 8 bytes of distance and a varint id of at most 10 bytes (-1 padding), fewer when
+  // every id is below n; raw: 16.
+  const __int128 entry = server::AnswerEntryBytes(n, options.k, options.predecessor_mode, layout);
+  FuzzCheck(layout == server::AnswerLayout::kRaw ? entry == 16 : entry >= 9 && entry <= 18,
+            "an entry size out of range");
+  const __int128 query_bytes = k * entry + server::kAnswerFramingBytes;
+  const __int128 answer_bytes = num_queries * k * entry + server::kAnswerFramingBytes;
+  if (!plan.ok()) {
+    CheckRejection(plan.status());
+    FuzzCheck(plan.status().code() == absl::StatusCode::kResourceExhausted,
+              "a valid query's plan rejection is not RESOURCE_EXHAUSTED");
+    const absl::string_view message = plan.status().message();
+    if (absl::StartsWith(message, "k: ")) {
+      FuzzCheck(query_bytes > limits.max_message_bytes, "k refused though one answer fits");
+      FuzzCheck(ReportedBytes(message, "an answer of ") == Expected(query_bytes),
+                "the size reported for k is wrong");
+    } else if (absl::StartsWith(message, "the answer (")) {
+      FuzzCheck(query_bytes <= limits.max_message_bytes, "the size of k was not named");
+      FuzzCheck(answer_bytes > limits.max_message_bytes, "answer refused though it fits");
+      FuzzCheck(ReportedBytes(message, "would take ") == Expected(answer_bytes),
+                "the answer size reported is wrong");
+    } else {
+      FuzzCheck(absl::StrContains(message, "--max_queries_per_search") &&
+                    num_queries > limits.max_queries_per_search,
+                "an unexpected plan rejection");
+    }
+    return;
+  }
+  FuzzCheck(plan->num_queries == num_queries && plan->k == k, "the plan's shape is wrong");
+  FuzzCheck(plan->answer_entries == num_queries * k, "the plan's entries are wrong");
+  FuzzCheck(plan->message_bytes == answer_bytes && answer_bytes <= limits.max_message_bytes,
+            "the plan's message size is wrong");
+  FuzzCheck(plan->memory_bytes == num_queries * k * 16 + num_queries * 8,
+            "the plan's memory is wrong");
+  if (!id_status.ok() || options.k > kMaxSearchK || plan->num_queries > kMaxSearchQueries) return;
 
-  const int64_t size = num_queries * options.k;
+  const int64_t size = plan->answer_entries;
   std::vector<int64_t> ids(static_cast<size_t>(size), -2);
   std::vector<double> distances(static_cast<size_t>(size), -1.0);
-  std::vector<int64_t> evaluations(static_cast<size_t>(num_queries));
+  std::vector<int64_t> evaluations(static_cast<size_t>(plan->num_queries));
   core::TraversalStats stats;
   const absl::Status searched = index.Search(batch, options, &fixture.arena, nullptr, ids.data(),
                                              distances.data(), &stats, absl::MakeSpan(evaluations));
   FuzzCheck(searched.ok(), "a validated search failed");
-  for (int64_t q = 0; q < num_queries; ++q) {
+  for (int64_t q = 0; q < plan->num_queries; ++q) {
     const int64_t query_id = batch.by_id() ? batch.ids[q] : -1;
     for (int64_t j = 0; j < options.k; ++j) {
       const int64_t id = ids[q * options.k + j];

@@ -2,6 +2,7 @@
 // variants), in the input format of fuzz_requests.h. Usage: rcknn_fuzz_write_seeds <dir>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <string>
 
 #include "rcknn/v1/rcknn.pb.h"
@@ -94,6 +95,13 @@ bool WriteAll(const std::string& dir) {
     request.set_k(kIndexPoints + 2);
     for (int i = 0; i < 2 * kIndexDimension; ++i) request.add_query_points(0.2 * i - 0.3);
     ok &= Write(dir, "search_points", RequestKind::kSearch, 1, request);
+    // Answer sizes past int64 (k = 2^62, int64 max), with the default and the small limits.
+    request.set_k(int64_t{1} << 62);
+    ok &= Write(dir, "search_huge_k", RequestKind::kSearch, 0, request);
+    request.set_k(std::numeric_limits<int64_t>::max());
+    ok &= Write(dir, "search_max_k", RequestKind::kSearch, 3, request);
+    request.set_k(200);
+    ok &= Write(dir, "search_k_over_small_limit", RequestKind::kSearch, 2, request);
   }
   return ok;
 }

@@ -32,6 +32,13 @@ TestServer StartTestServer(server::ServerOptions options) {
   return test;
 }
 
+std::unique_ptr<client::RcknnClient> MakeClient(const TestServer& server,
+                                                client::ClientOptions options) {
+  options.target = server.server->address();
+  if (options.timeout > kCallTimeout) options.timeout = kCallTimeout;
+  return std::make_unique<client::RcknnClient>(options, server.channel);
+}
+
 v1::IndexSpec SpecOf(const Dataset& set) {
   v1::IndexSpec spec;
   spec.set_metric(v1::METRIC_RESIDUAL_CORRELATION);

@@ -4,10 +4,16 @@
 
 #include <cstdint>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/time/time.h"
+#include "client/rcknn_client.h"
+#include "gmock/gmock.h"
 #include "core/metric_space.h"
 #include "grpcpp/grpcpp.h"
 #include "rcknn/v1/rcknn.grpc.pb.h"
@@ -28,6 +34,62 @@ struct TestServer {
 // Aborts the test program if the server cannot start.
 TestServer StartTestServer(server::ServerOptions options = {});
 
+// Every call made by the helpers below, and by the clients of MakeClient, waits at most this
+// long: a hang fails the test instead of blocking it.
+inline constexpr absl::Duration kCallTimeout = absl::Seconds(60);
+
+// A client library instance on the test server's address, with kCallTimeout on every call
+// (unless `options.timeout` is set shorter) and no message size limit of its own beyond the
+// server's default.
+std::unique_ptr<client::RcknnClient> MakeClient(const TestServer& server,
+                                                client::ClientOptions options = {});
+
+// The status of a call, whatever form it comes in.
+inline absl::Status StatusOf(const absl::Status& status) { return status; }
+template <typename T>
+absl::Status StatusOf(const absl::StatusOr<T>& value) {
+  return value.status();
+}
+inline absl::Status StatusOf(const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+// StatusIs(code, substring): matches an absl::Status, absl::StatusOr<T> or grpc::Status with
+// that code whose message contains `substring`.
+class StatusIsMatcher {
+ public:
+  StatusIsMatcher(absl::StatusCode code, std::string substring)
+      : code_(code), substring_(std::move(substring)) {}
+
+  template <typename T>
+  bool MatchAndExplain(const T& value, ::testing::MatchResultListener* listener) const {
+    const absl::Status status = StatusOf(value);
+    *listener << "whose status is " << status;
+    return status.code() == code_ && absl::StrContains(status.message(), substring_);
+  }
+  void DescribeTo(std::ostream* os) const {
+    *os << "has code " << absl::StatusCodeToString(code_) << " and a message containing \""
+        << substring_ << "\"";
+  }
+  void DescribeNegationTo(std::ostream* os) const {
+    *os << "does not have code " << absl::StatusCodeToString(code_)
+        << " or a message containing \"" << substring_ << "\"";
+  }
+
+ private:
+  absl::StatusCode code_;
+  std::string substring_;
+};
+
+inline ::testing::PolymorphicMatcher<StatusIsMatcher> StatusIs(absl::StatusCode code,
+                                                               std::string substring = "") {
+  return ::testing::MakePolymorphicMatcher(StatusIsMatcher(code, std::move(substring)));
+}
+inline ::testing::PolymorphicMatcher<StatusIsMatcher> StatusIs(grpc::StatusCode code,
+                                                               std::string substring = "") {
+  return StatusIs(static_cast<absl::StatusCode>(code), std::move(substring));
+}
+
 // The spec of a shipped data set, with its inducing points given explicitly so that the answers
 // equal the shipped ones.
 v1::IndexSpec SpecOf(const Dataset& set);
@@ -35,10 +97,6 @@ v1::IndexSpec SpecOf(const Dataset& set);
 // A residual-correlation spec with `m` inducing points drawn with `seed`.
 v1::IndexSpec ResidualSpec(int dimension, v1::KernelType type, double variance, double lengthscale,
                            int64_t m, uint64_t seed = 1);
-
-// Every call made by the helpers below waits at most this long: a hang fails the test instead of
-// blocking it.
-inline constexpr absl::Duration kCallTimeout = absl::Seconds(60);
 
 // Sets the deadline of `context` to kCallTimeout from now.
 void SetDeadline(grpc::ClientContext& context);

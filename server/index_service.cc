@@ -1,0 +1,357 @@
+#include "server/index_service.h"
+
+#include <new>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/status_macros.h"
+#include "server/logging.h"
+#include "server/proto_conversion.h"
+
+namespace rcknn::server {
+
+IndexService::IndexService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool,
+                           ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store)
+    : options_(options),
+      registry_(registry),
+      pool_(pool),
+      metrics_(metrics),
+      budget_(budget),
+      store_(store),
+      io_(std::max(1, options.io_threads)) {}
+
+void IndexService::UpdateIndexGauges() {
+  IndexStateCounts counts;
+  int64_t points = 0;
+  int64_t memory_bytes = 0;
+  for (const std::shared_ptr<IndexEntry>& entry : registry_->List()) {
+    const IndexSnapshot snapshot = entry->Snapshot();
+    switch (snapshot.state) {
+      case IndexState::kLoading:
+        ++counts.loading;
+        break;
+      case IndexState::kBuilding:
+        ++counts.building;
+        break;
+      case IndexState::kReady:
+        ++counts.ready;
+        break;
+      case IndexState::kFailed:
+        ++counts.failed;
+        break;
+    }
+    points += snapshot.num_points;
+    memory_bytes += snapshot.memory_bytes;
+  }
+  metrics_->SetIndexCounts(counts);
+  metrics_->SetIndexTotals(points, memory_bytes);
+  metrics_->SetMemory(budget_->used(), budget_->limit());
+}
+
+absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::CreateIndex(const std::string& id,
+                                                                      v1::IndexSpec reported,
+                                                                      core::IndexSpec spec) {
+  auto entry = std::make_shared<IndexEntry>(id, std::move(reported), std::move(spec));
+  RETURN_IF_ERROR(registry_->Add(entry));
+  if (store_ != nullptr) {
+    if (absl::Status status = store_->CreateIndex(entry->id(), entry->spec()); !status.ok()) {
+      (void)registry_->Remove(entry->id());
+      return status;
+    }
+  }
+  RCKNN_LOG(kInfo, "created index ", entry->id());
+  UpdateIndexGauges();
+  return entry;
+}
+
+absl::Status IndexService::BeginUpload(const std::string& index_id, UploadState* state) {
+  ASSIGN_OR_RETURN(state->entry, registry_->Get(index_id));
+  const IndexSnapshot snapshot = state->entry->Snapshot();
+  if (snapshot.state != IndexState::kLoading) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("index ", state->entry->id(), " is ", IndexStateName(snapshot.state),
+                     "; points can only be uploaded before BuildIndex"));
+  }
+  state->existing = snapshot.num_points;
+  state->staged.factor_columns = state->entry->factor_columns();
+  const v1::IndexSpec& spec = state->entry->spec();
+  if (state->staged.factor_columns == 0 && spec.factors_supplied() && spec.has_inducing_count()) {
+    state->staged.factor_columns = spec.inducing_count();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status IndexService::ReserveChunk(UploadState* state, int64_t rows, int64_t values) {
+  const IndexEntry& entry = *state->entry;
+  // Each term is bounded by the message size limit, the sum by the points limit checked here.
+  const int64_t total = state->existing + state->staged.num_points + rows;
+  if (total > options_.max_points_per_index) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "index ", entry.id(), " would hold ", total,
+        " points, over the limit --max_points_per_index = ", options_.max_points_per_index));
+  }
+  const std::optional<int64_t> bytes =
+      CheckedMul(values, static_cast<int64_t>(sizeof(double)));
+  if (!bytes.has_value()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the upload to index ", entry.id(), " is too large"));
+  }
+  return budget_->Grow(state->memory, *bytes, absl::StrCat("the upload to index ", entry.id()));
+}
+
+absl::StatusOr<UploadResult> IndexService::FinishUpload(UploadState* state) {
+  const int64_t received = state->staged.num_points;
+  IndexEntry::PersistUpload persist;
+  if (store_ != nullptr) {
+    persist = [this, id = state->entry->id()](const PointBatch& batch, int64_t sequence) {
+      return store_->WriteUpload(id, sequence, batch);
+    };
+  }
+  ASSIGN_OR_RETURN(const int64_t total,
+                   state->entry->Append(std::move(state->staged), options_.max_points_per_index,
+                                        persist, std::move(state->memory)));
+  UpdateIndexGauges();
+  RCKNN_LOG(kDebug, "index ", state->entry->id(), ": received ", received, " points in ",
+            state->chunks, " chunks, ", total, " in total");
+  return UploadResult{received, total};
+}
+
+absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::BuildIndex(const std::string& index_id) {
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(index_id));
+  core::IndexSpec spec;
+  MemoryReservation build_memory;
+  ASSIGN_OR_RETURN(core::IndexData data,
+                   entry->BeginBuild(BuildCheck(*entry, "building", &spec, &build_memory)));
+  RCKNN_LOG(kInfo, "building index ", entry->id(), " over ", data.points.rows(), " points");
+  StartBuild(entry, std::move(spec), std::move(data), std::move(build_memory), /*restore=*/false);
+  UpdateIndexGauges();
+  return entry;
+}
+
+std::function<absl::Status(int64_t)> IndexService::BuildCheck(const IndexEntry& entry,
+                                                              absl::string_view verb,
+                                                              core::IndexSpec* spec,
+                                                              MemoryReservation* memory) {
+  return [this, &entry, verb, spec, memory](int64_t n) {
+    ASSIGN_OR_RETURN(*spec,
+                     SpecForBuild(entry.core_spec(), entry.spec().has_inducing_count(), n));
+    ASSIGN_OR_RETURN(*memory, budget_->Reserve(core::KnnIndex::EstimateBuildBytes(*spec, n),
+                                               absl::StrCat(verb, " index ", entry.id())));
+    return absl::OkStatus();
+  };
+}
+
+void IndexService::StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec spec,
+                              core::IndexData data, MemoryReservation build_memory,
+                              bool restore) {
+  // std::function needs a copyable callable: the data and the reservation travel in shared_ptrs.
+  auto shared_data = std::make_shared<core::IndexData>(std::move(data));
+  auto shared_memory = std::make_shared<MemoryReservation>(std::move(build_memory));
+  tbb::task_arena* arena = pool_->arena();
+  pool_->Run([this, entry, spec = std::move(spec), shared_data, shared_memory, arena,
+              restore]() mutable {
+    absl::StatusOr<std::unique_ptr<core::KnnIndex>> index;
+    double build_seconds = -1.0;
+    auto progress = [raw = entry.get()](double f) { raw->SetBuildProgress(f); };
+    try {
+      if (restore) {
+        index = store_->RestoreTree(entry->id(), entry->uploads(), spec, std::move(*shared_data),
+                                    arena, entry->build_cancellation(), progress, &build_seconds);
+      } else {
+        index = core::KnnIndex::Build(spec, std::move(*shared_data), arena,
+                                      entry->build_cancellation(), progress);
+      }
+    } catch (const std::bad_alloc&) {
+      index = absl::ResourceExhaustedError("the build ran out of memory");
+    }
+    shared_data.reset();
+    if (restore || !index.ok() || store_ == nullptr) {
+      PublishBuild(entry, std::move(index), build_seconds, std::move(*shared_memory), restore);
+      return;
+    }
+    // Durable before READY: a crash from here on finds either this whole file or none. The
+    // write blocks on the disk, so it leaves the pool for the I/O executor.
+    auto built = std::make_shared<std::unique_ptr<core::KnnIndex>>(*std::move(index));
+    io_.Submit([this, entry, built, shared_memory] {
+      // The duration is taken once, so that the file and GetIndex report the same one.
+      const double seconds = entry->Snapshot().build_seconds;
+      const absl::Status saved = entry->RunWrite(
+          [&] { return store_->WriteTree(entry->id(), entry->uploads(), seconds, **built); });
+      absl::StatusOr<std::unique_ptr<core::KnnIndex>> result = std::move(*built);
+      if (!saved.ok() && !entry->deleted()) {
+        result = absl::Status(saved.code(), absl::StrCat("the index was built but could not be "
+                                                         "saved in --data_dir: ",
+                                                         saved.message()));
+      }
+      PublishBuild(entry, std::move(result), seconds, std::move(*shared_memory),
+                   /*restore=*/false);
+    });
+  });
+}
+
+void IndexService::PublishBuild(const std::shared_ptr<IndexEntry>& entry,
+                                absl::StatusOr<std::unique_ptr<core::KnnIndex>> index,
+                                double build_seconds, MemoryReservation build_memory,
+                                bool restore) {
+  entry->FinishBuild(std::move(index), build_seconds, std::move(build_memory));
+  const IndexSnapshot snapshot = entry->Snapshot();
+  if (snapshot.state == IndexState::kReady && !restore) {
+    metrics_->RecordBuild(snapshot.build_seconds);
+  }
+  UpdateIndexGauges();
+  if (snapshot.state == IndexState::kReady) {
+    RCKNN_LOG(kInfo, "index ", entry->id(), restore ? " restored" : " built",
+              ", READY: ", snapshot.num_points, " points");
+  } else if (!entry->deleted()) {
+    RCKNN_LOG(kWarning, "index ", entry->id(), " FAILED: ", snapshot.error);
+  }
+}
+
+int64_t IndexService::LoadStoredIndexes() {
+  if (store_ == nullptr) return 0;
+  std::vector<StoredIndex> stored = store_->LoadAll();
+  for (StoredIndex& found : stored) {
+    v1::IndexSpec normalized;
+    absl::StatusOr<core::IndexSpec> spec = absl::DataLossError("the spec could not be read");
+    if (found.status.ok()) {
+      spec = ToCoreSpec(found.spec, &normalized);
+      if (!spec.ok()) {
+        found.status = absl::DataLossError(
+            absl::StrCat("the saved spec is not valid: ", spec.status().message()));
+      }
+    }
+    auto entry = std::make_shared<IndexEntry>(
+        found.id, spec.ok() ? std::move(normalized) : found.spec,
+        spec.ok() ? *std::move(spec) : core::IndexSpec());
+    if (absl::Status added = registry_->Add(entry, /*enforce_limit=*/false); !added.ok()) {
+      RCKNN_LOG(kError, "--data_dir: index ", found.id, " not loaded: ", added.message());
+      continue;
+    }
+    absl::Status status = found.status;
+    for (PointBatch& batch : found.uploads) {
+      if (!status.ok()) break;
+      const int64_t bytes = static_cast<int64_t>(
+          (batch.coordinates.size() + batch.factors.size() + batch.residual_variances.size()) *
+          sizeof(double));
+      absl::StatusOr<MemoryReservation> memory =
+          budget_->Reserve(bytes, absl::StrCat("loading index ", found.id));
+      status = memory.status();
+      if (status.ok()) {
+        status = entry->Append(std::move(batch), options_.max_points_per_index, nullptr,
+                               *std::move(memory))
+                     .status();
+      }
+    }
+    if (status.ok() && found.has_tree) {
+      core::IndexSpec build_spec;
+      MemoryReservation build_memory;
+      absl::StatusOr<core::IndexData> data =
+          entry->BeginBuild(BuildCheck(*entry, "restoring", &build_spec, &build_memory));
+      status = data.status();
+      if (status.ok()) {
+        RCKNN_LOG(kInfo, "--data_dir: restoring index ", found.id, " (", entry->Snapshot().num_points,
+                  " points)");
+        StartBuild(entry, std::move(build_spec), *std::move(data), std::move(build_memory),
+                   /*restore=*/true);
+      }
+    }
+    if (!status.ok()) {
+      entry->MarkFailed(status);
+      RCKNN_LOG(kError, "--data_dir: index ", found.id, " FAILED: ", status.ToString(),
+                " (its files are kept; DeleteIndex removes them)");
+    } else if (!found.has_tree) {
+      RCKNN_LOG(kInfo, "--data_dir: loaded index ", found.id, " (LOADING, ",
+                entry->Snapshot().num_points, " points in ", found.uploads.size(), " uploads)");
+    }
+  }
+  UpdateIndexGauges();
+  return static_cast<int64_t>(stored.size());
+}
+
+absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::GetIndex(
+    const std::string& index_id) const {
+  return registry_->Get(index_id);
+}
+
+std::vector<std::shared_ptr<IndexEntry>> IndexService::ListIndexes() const {
+  return registry_->List();
+}
+
+absl::Status IndexService::DeleteIndex(const std::string& index_id) {
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> removed, registry_->Remove(index_id));
+  UpdateIndexGauges();
+  if (store_ != nullptr) {
+    // No write of the entry is under way once RunWrite returns: a later one sees it deleted.
+    const absl::Status status = removed->RunWrite(
+        [&] { return store_->DeleteIndex(index_id); }, /*even_if_deleted=*/true);
+    if (!status.ok()) {
+      RCKNN_LOG(kError, "index ", index_id, " deleted, but not its files: ", status.ToString());
+      return absl::Status(status.code(),
+                          absl::StrCat("index ", index_id,
+                                       " was deleted, but its files in --data_dir could not be "
+                                       "removed and it will come back at the next start: ",
+                                       status.message()));
+    }
+  }
+  RCKNN_LOG(kInfo, "deleted index ", index_id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<QueryPool::CancelHandle> IndexService::StartSearch(const SearchCall& call,
+                                                                  const AnswerAllocator& allocate,
+                                                                  SearchCallback done) {
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(call.index_id));
+  ASSIGN_OR_RETURN(std::shared_ptr<const core::KnnIndex> index, entry->ReadyIndex());
+  SearchLimits limits;
+  limits.max_queries_per_search = options_.max_queries_per_search;
+  limits.max_message_bytes = options_.max_message_bytes;
+  ASSIGN_OR_RETURN(const SearchPlan plan, PlanSearch(call.queries, call.options, index->size(),
+                                                     index->dimension(), limits, call.layout));
+  absl::StatusOr<MemoryReservation> memory =
+      budget_->Reserve(plan.memory_bytes, "the answer of this search");
+  if (!memory.ok()) {
+    metrics_->RecordSearchRejected(kRejectedMemory);
+    return memory.status();
+  }
+
+  // What lives until the callback: the reservation and the per-query counts.
+  struct Running {
+    MemoryReservation memory;
+    std::vector<int64_t> per_query_evaluations;
+    absl::Time start;
+  };
+  auto running = std::make_shared<Running>();
+  running->memory = *std::move(memory);
+  running->per_query_evaluations.resize(static_cast<size_t>(plan.num_queries));
+  const AnswerBuffers answer = allocate(plan.num_queries, plan.k);
+
+  QueryPool::SearchJob job;
+  job.index = std::move(index);
+  job.queries = call.queries;
+  job.options = call.options;
+  job.deadline = call.deadline;
+  job.out_ids = answer.ids;
+  job.out_distances = answer.distances;
+  job.per_query_evaluations = absl::MakeSpan(running->per_query_evaluations);
+  running->start = absl::Now();
+  absl::StatusOr<QueryPool::CancelHandle> handle = pool_->Submit(
+      std::move(job), [this, running, done = std::move(done)](
+                          absl::Status status, const core::TraversalStats& stats) {
+        SearchOutcome outcome;
+        outcome.seconds = absl::ToDoubleSeconds(absl::Now() - running->start);
+        if (status.ok()) {
+          outcome.stats = stats;
+          // Once per batch, from the merged stats: never from inside the search.
+          metrics_->RecordSearch(stats, running->per_query_evaluations);
+        }
+        done(std::move(status), outcome);
+        // The answer's memory is released after the caller is done with it.
+      });
+  if (!handle.ok() && absl::IsResourceExhausted(handle.status())) {
+    metrics_->RecordSearchRejected(kRejectedQueueFull);
+  }
+  return handle;
+}
+
+}  // namespace rcknn::server

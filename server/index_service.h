@@ -1,0 +1,174 @@
+// The index service under the gRPC adapters of server/rcknn_service.h: what each RPC does, in
+// core and server types, with absl::Status results. It knows no transport: the adapters
+// validate and convert requests (server/proto_conversion.h), call this class, map its status and
+// fill the response.
+//
+// Threads: nothing here blocks a caller on the query pool or on the disk. Searches run on the
+// QueryPool and report through a callback; every blocking disk operation (spec writes, upload
+// commits, tree writes, deletes) runs on the one I/O executor (--io_threads), in calls that
+// either take a callback or are documented to block (they are called from that executor).
+#ifndef RCKNN_SERVER_INDEX_SERVICE_H_
+#define RCKNN_SERVER_INDEX_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "core/knn_index.h"
+#include "core/knn_query.h"
+#include "core/traversal_stats.h"
+#include "rcknn/v1/rcknn.pb.h"
+#include "server/blocking_executor.h"
+#include "server/index_registry.h"
+#include "server/index_store.h"
+#include "server/memory_budget.h"
+#include "server/query_pool.h"
+#include "server/search_plan.h"
+#include "server/server_metrics.h"
+#include "server/server_options.h"
+
+namespace rcknn::server {
+
+// Points of one upload stream, checked chunk by chunk and applied when it ends.
+struct UploadState {
+  std::shared_ptr<IndexEntry> entry;  // set by BeginUpload
+  PointBatch staged;
+  MemoryReservation memory;  // covers `staged`
+  int64_t existing = 0;      // points in the index when the stream started
+  int64_t chunks = 0;
+};
+
+struct UploadResult {
+  int64_t points_received = 0;
+  int64_t total_points = 0;
+};
+
+// One search, in core types. The spans must stay valid until the search's callback has run.
+struct SearchCall {
+  std::string index_id;  // validated by the caller
+  core::QueryBatch queries;
+  core::KnnOptions options;
+  absl::Time deadline = absl::InfiniteFuture();
+  // How the transport will carry the answer: sizes the check against --max_message_bytes.
+  AnswerLayout layout = AnswerLayout::kPacked;
+};
+
+// Where the answer goes: called once the search is accepted, with its shape; returns
+// num_queries x k row-major arrays that stay valid until the callback has run.
+struct AnswerBuffers {
+  int64_t* ids = nullptr;
+  double* distances = nullptr;
+};
+using AnswerAllocator = std::function<AnswerBuffers(int64_t num_queries, int64_t k)>;
+
+struct SearchOutcome {
+  core::TraversalStats stats;  // merged over the batch
+  double seconds = 0.0;        // from acceptance to the end
+};
+// Called once, on a pool thread; must not block.
+using SearchCallback = std::function<void(absl::Status status, const SearchOutcome& outcome)>;
+
+// Why searches were refused before they ran (rcknn_search_rejected_total{reason}).
+inline constexpr absl::string_view kRejectedQueueFull = "queue_full";
+inline constexpr absl::string_view kRejectedMemory = "memory";
+
+class IndexService {
+ public:
+  // `registry`, `pool`, `metrics`, `budget` and `store` (null: nothing is persisted) must
+  // outlive the service. The I/O executor has options.io_threads threads.
+  IndexService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool,
+               ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store);
+  // Runs the I/O jobs still queued (which may finish builds), then returns.
+  ~IndexService() = default;
+
+  const ServerOptions& options() const { return options_; }
+
+  // Registers every index found in the store (start-up, before serving): LOADING ones with their
+  // uploads, FAILED ones with the reason, and built ones restored on the pool (BUILDING until
+  // READY). Returns how many indexes were found.
+  int64_t LoadStoredIndexes();
+
+  // Runs `job` on the I/O executor (FIFO over io_threads threads).
+  void RunBlocking(std::function<void()> job) { io_.Submit(std::move(job)); }
+
+  // WatchIndex streams end (UNAVAILABLE) once this is set, so a graceful shutdown does not wait
+  // on them.
+  void BeginShutdown() { shutting_down_.store(true); }
+  bool shutting_down() const { return shutting_down_.load(); }
+
+  // Blocking (disk): run it on the I/O executor. Registers index `id` with its validated spec
+  // (`reported`: the spec as GetIndex reports it and the store keeps it) and commits the spec.
+  // ALREADY_EXISTS, RESOURCE_EXHAUSTED naming --max_indexes, the store's errors.
+  absl::StatusOr<std::shared_ptr<IndexEntry>> CreateIndex(const std::string& id,
+                                                          v1::IndexSpec reported,
+                                                          core::IndexSpec spec);
+
+  // The first chunk of an upload stream: finds the index (NOT_FOUND), which must be LOADING
+  // (FAILED_PRECONDITION), and sets up `state`.
+  absl::Status BeginUpload(const std::string& index_id, UploadState* state);
+  // Before a chunk of `rows` points and `values` doubles is staged: RESOURCE_EXHAUSTED naming
+  // --max_points_per_index or the memory limit.
+  absl::Status ReserveChunk(UploadState* state, int64_t rows, int64_t values);
+  // Blocking (disk): run it on the I/O executor. Applies the stream (its file is committed
+  // first).
+  absl::StatusOr<UploadResult> FinishUpload(UploadState* state);
+
+  // Starts the build of `index_id` on the pool; returns the entry, now BUILDING.
+  absl::StatusOr<std::shared_ptr<IndexEntry>> BuildIndex(const std::string& index_id);
+
+  absl::StatusOr<std::shared_ptr<IndexEntry>> GetIndex(const std::string& index_id) const;
+  std::vector<std::shared_ptr<IndexEntry>> ListIndexes() const;
+
+  // Blocking (disk): run it on the I/O executor. Removes the index and then its files.
+  absl::Status DeleteIndex(const std::string& index_id);
+
+  // Validates `call` against its index (once: server/search_plan.h), sizes and reserves the
+  // answer, asks `allocate` for its buffers and queues it on the pool. On success `done` will
+  // be called once, on a pool thread (never on this one), and the returned handle cancels the
+  // search; the search metrics are recorded before `done` runs. On error (NOT_FOUND,
+  // FAILED_PRECONDITION, INVALID_ARGUMENT, RESOURCE_EXHAUSTED for the limits, the memory budget
+  // or a full queue) nothing was allocated or queued and `done` is never called.
+  absl::StatusOr<QueryPool::CancelHandle> StartSearch(const SearchCall& call,
+                                                      const AnswerAllocator& allocate,
+                                                      SearchCallback done);
+
+ private:
+  // Sets the gauges of index states, points and memory from the registry; called after every
+  // change of them.
+  void UpdateIndexGauges();
+  // The check BeginBuild runs for BuildIndex and for start-up restores (`verb`: "building" or
+  // "restoring", for the error): sets `spec` for the index's n points and reserves the build's
+  // memory in `memory`.
+  std::function<absl::Status(int64_t)> BuildCheck(const IndexEntry& entry, absl::string_view verb,
+                                                  core::IndexSpec* spec, MemoryReservation* memory);
+  // Runs the build (or, with `restore`, the restore from the store) of `entry` on the pool; a
+  // new tree is then written on the I/O executor, and the result published. `build_memory` is
+  // released when it ends.
+  void StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec spec, core::IndexData data,
+                  MemoryReservation build_memory, bool restore);
+  // Publishes a finished build (FinishBuild, metrics, gauges, log).
+  void PublishBuild(const std::shared_ptr<IndexEntry>& entry,
+                    absl::StatusOr<std::unique_ptr<core::KnnIndex>> index, double build_seconds,
+                    MemoryReservation build_memory, bool restore);
+
+  const ServerOptions options_;
+  IndexRegistry* const registry_;
+  QueryPool* const pool_;
+  ServerMetrics* const metrics_;
+  MemoryBudget* const budget_;
+  IndexStore* const store_;
+  std::atomic<bool> shutting_down_{false};
+  // Last member: its destructor runs the remaining jobs while everything they use still exists.
+  BlockingExecutor io_;
+};
+
+}  // namespace rcknn::server
+
+#endif  // RCKNN_SERVER_INDEX_SERVICE_H_

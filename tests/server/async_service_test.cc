@@ -1,0 +1,270 @@
+// The asynchronous service core against an in-process server, through the client library where
+// it serves: answer sizes for any k (no overflow), admission control (--max_queued_queries) for
+// Search and SearchStream, no thread per stream, and the option checks of --io_threads and
+// --max_queued_queries.
+#include <dirent.h>
+
+#include <cstdint>
+#include <future>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/server/server_test_util.h"
+#include "tests/testing/random_points.h"
+
+namespace rcknn {
+namespace {
+
+using testing::StatusIs;
+using ::testing::HasSubstr;
+
+constexpr int64_t kPoints = 4096;
+
+std::vector<int64_t> Range(int64_t begin, int64_t end) {
+  std::vector<int64_t> ids(end - begin);
+  std::iota(ids.begin(), ids.end(), begin);
+  return ids;
+}
+
+template <typename Condition>
+bool WaitFor(Condition condition, absl::Duration timeout = absl::Seconds(30)) {
+  const absl::Time end = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > end) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// Threads of this process (the server is in-process).
+int ThreadCount() {
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return -1;
+  int count = 0;
+  while (dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] != '.') ++count;
+  }
+  closedir(dir);
+  return count;
+}
+
+v1::IndexSpec Spec() { return testing::ResidualSpec(3, v1::KERNEL_RBF, 1.0, 1.0, 256, 3); }
+
+client::SearchQuery IdQuery(const std::vector<int64_t>& ids, int64_t k) {
+  client::SearchQuery query;
+  query.index_id = "idx";
+  query.k = k;
+  query.ids = ids;
+  return query;
+}
+
+TEST(AsyncServiceTest, HugeKIsRefusedNamingKWithTheRightSize) {
+  testing::TestServer server = testing::StartTestServer();
+  std::unique_ptr<client::RcknnClient> client = testing::MakeClient(server);
+  ASSERT_TRUE(client->CreateIndex("idx", Spec()).ok());
+  const core::RowMatrix points = testing::NormalPoints(kPoints, 3, 5);
+  ASSERT_TRUE(client->UploadPoints("idx", {absl::MakeConstSpan(points.data(), points.size()), 3})
+                  .ok());
+  ASSERT_TRUE(client->BuildIndex("idx").ok());
+  absl::StatusOr<v1::IndexInfo> info = client->WaitForIndex("idx");
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->state(), v1::INDEX_STATE_READY) << info->error();
+
+  const std::vector<int64_t> one = {7};
+  const std::vector<int64_t> two = {7, 8};
+  // k x 18 bytes per entry overflows int64 for both: the size is "more than" int64 can hold.
+  const std::string past_int64 =
+      absl::StrCat("more than ", std::numeric_limits<int64_t>::max(), " bytes");
+  for (int64_t k : {int64_t{1} << 62, std::numeric_limits<int64_t>::max()}) {
+    SCOPED_TRACE(k);
+    EXPECT_THAT(client->Search(IdQuery(one, k)),
+                StatusIs(absl::StatusCode::kResourceExhausted, absl::StrCat("k: ", k)));
+    EXPECT_THAT(client->Search(IdQuery(one, k)),
+                StatusIs(absl::StatusCode::kResourceExhausted, past_int64));
+    // Two queries go on one SearchStream (the client sends one query per request for such k).
+    EXPECT_THAT(client->Search(IdQuery(two, k)),
+                StatusIs(absl::StatusCode::kResourceExhausted, "request 0: k: "));
+  }
+  // A k whose answer fits int64 but not a message: its size, exactly (k >= n: 18 bytes an entry,
+  // plus 256 of framing), and no advice about the number of queries.
+  const absl::StatusOr<client::SearchResult> large = client->Search(IdQuery(one, 100'000'000));
+  EXPECT_THAT(large, StatusIs(absl::StatusCode::kResourceExhausted,
+                              "an answer of 1800000256 bytes for a single query"));
+  EXPECT_THAT(large, StatusIs(absl::StatusCode::kResourceExhausted, "--max_message_bytes"));
+  EXPECT_THAT(large.status().message(), ::testing::Not(HasSubstr("fewer queries")));
+  // Many queries with k < n (10 bytes an entry): the whole answer's size, with the advice about
+  // queries. The raw stub, since the client library would split the batch.
+  v1::SearchRequest request = testing::IdSearch("idx", 2000, Range(0, 4000));
+  v1::SearchResponse response;
+  const grpc::Status status = testing::Search(*server.stub, request, &response);
+  EXPECT_THAT(status, StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                               "the answer (4000 queries x k = 2000) would take 80000256 bytes"));
+  EXPECT_THAT(status, StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "fewer queries"));
+  // A k the answer can hold still works.
+  absl::StatusOr<client::SearchResult> fine = client->Search(IdQuery(one, 5000));
+  ASSERT_TRUE(fine.ok()) << fine.status();
+  EXPECT_EQ(fine->ids.size(), 5000u);
+  EXPECT_EQ(fine->ids[kPoints - 1], -1);  // padding past the other n - 1 points
+}
+
+// One pool thread and one slice per batch, so that a running batch holds the pool for seconds and
+// what arrives meanwhile waits to start.
+class AdmissionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server::ServerOptions options;
+    options.threads = 1;
+    options.slice_queries = 16384;
+    options.max_queued_queries = 64;
+    server_ = new testing::TestServer(testing::StartTestServer(options));
+    const v1::IndexInfo info = testing::CreateReadyIndex(
+        *server_->stub, "idx", Spec(), testing::NormalPoints(16384, 3, 11), 4096);
+    ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
+  }
+  static void TearDownTestSuite() { delete server_; }
+
+  // Starts a search of every id that holds the pool until `context` is cancelled.
+  std::future<grpc::Status> Occupy(grpc::ClientContext* context) {
+    testing::SetDeadline(*context);
+    auto search = std::async(std::launch::async, [context] {
+      v1::SearchResponse response;
+      return server_->stub->Search(context, testing::IdSearch("idx", 30, Range(0, 16384)),
+                                   &response);
+    });
+    EXPECT_TRUE(WaitFor([] {
+      return server_->server->searches_in_flight() == 1 && server_->server->queued_queries() == 0;
+    }));
+    return search;
+  }
+
+  static std::string Rejected(absl::string_view reason) {
+    const std::string text = server_->server->metrics().TextExposition();
+    const std::string series =
+        absl::StrCat("rcknn_search_rejected_total{reason=\"", reason, "\"} ");
+    const size_t at = text.find(series);
+    if (at == std::string::npos) return "absent";
+    const size_t value = at + series.size();
+    return text.substr(value, text.find('\n', value) - value);
+  }
+
+  static testing::TestServer* server_;
+};
+
+testing::TestServer* AdmissionTest::server_ = nullptr;
+
+TEST_F(AdmissionTest, SearchBeyondTheQueueBoundIsRefusedAtOnce) {
+  EXPECT_EQ(Rejected("queue_full"), "0");
+  grpc::ClientContext running;
+  std::future<grpc::Status> occupied = Occupy(&running);
+  // 40 queries wait to start (under the bound of 64); the next 40 would exceed it.
+  grpc::ClientContext waiting;
+  testing::SetDeadline(waiting);
+  auto queued = std::async(std::launch::async, [&waiting] {
+    v1::SearchResponse response;
+    return server_->stub->Search(&waiting, testing::IdSearch("idx", 5, Range(0, 40)), &response);
+  });
+  ASSERT_TRUE(WaitFor([] { return server_->server->queued_queries() == 40; }));
+  std::unique_ptr<client::RcknnClient> client = testing::MakeClient(*server_);
+  const std::vector<int64_t> ids = Range(100, 140);
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(client->Search(IdQuery(ids, 5)),
+              StatusIs(absl::StatusCode::kResourceExhausted, "--max_queued_queries = 64"));
+  // Refused without waiting for the pool, which stays busy for seconds.
+  EXPECT_EQ(server_->server->searches_in_flight(), 2);
+  std::printf("refused in %.2f ms\n", absl::ToDoubleMilliseconds(absl::Now() - start));
+  // A SearchStream request is refused the same way, and the stream ends naming it.
+  const std::vector<int64_t> many = Range(0, 80);
+  client::ClientOptions small;
+  small.max_queries_per_request = 40;
+  std::unique_ptr<client::RcknnClient> streaming = testing::MakeClient(*server_, small);
+  EXPECT_THAT(streaming->Search(IdQuery(many, 5)),
+              StatusIs(absl::StatusCode::kResourceExhausted, "request 0: the server is overloaded"));
+  // A batch that fits under the bound is still admitted: 64 - 40 = 24.
+  grpc::ClientContext fits;
+  testing::SetDeadline(fits);
+  auto admitted = std::async(std::launch::async, [&fits] {
+    v1::SearchResponse response;
+    return server_->stub->Search(&fits, testing::IdSearch("idx", 5, Range(0, 24)), &response);
+  });
+  ASSERT_TRUE(WaitFor([] { return server_->server->queued_queries() == 64; }));
+  EXPECT_EQ(Rejected("queue_full"), "2");
+
+  // Cancelling the running batch frees the pool: the waiting ones then run and succeed.
+  running.TryCancel();
+  EXPECT_THAT(occupied.get(), StatusIs(grpc::StatusCode::CANCELLED));
+  EXPECT_TRUE(queued.get().ok());
+  EXPECT_TRUE(admitted.get().ok());
+  EXPECT_TRUE(client->Search(IdQuery(ids, 5)).ok());
+  EXPECT_EQ(server_->server->queued_queries(), 0);
+}
+
+TEST_F(AdmissionTest, ABatchLargerThanTheBoundRunsWhenNothingWaits) {
+  // 100 queries > the bound of 64, admitted because nothing waits to start.
+  std::unique_ptr<client::RcknnClient> client = testing::MakeClient(*server_);
+  const std::vector<int64_t> ids = Range(0, 100);
+  absl::StatusOr<client::SearchResult> result = client->Search(IdQuery(ids, 5));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->num_queries, 100);
+}
+
+TEST(AsyncServiceTest, StreamsTakeNoThreadEach) {
+  testing::TestServer server = testing::StartTestServer();
+  ASSERT_EQ(testing::CreateReadyIndex(*server.stub, "idx", Spec(),
+                                      testing::NormalPoints(2000, 3, 5), 1000)
+                .state(),
+            v1::INDEX_STATE_READY);
+  // Warm up: one stream answered, so that gRPC's own threads exist before counting.
+  std::unique_ptr<client::RcknnClient> client = testing::MakeClient(server);
+  client::ClientOptions one_per_request;
+  one_per_request.max_queries_per_request = 1;
+  ASSERT_TRUE(testing::MakeClient(server, one_per_request)
+                  ->Search(IdQuery({1, 2, 3}, 5))
+                  .ok());
+  const int before = ThreadCount();
+  constexpr int kStreams = 64;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::SearchRequest, v1::SearchResponse>>>
+      streams;
+  for (int s = 0; s < kStreams; ++s) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    testing::SetDeadline(*contexts.back());
+    streams.push_back(server.stub->SearchStream(contexts.back().get()));
+    // One answered request each: the stream is open on the server, its reactor idle.
+    ASSERT_TRUE(streams.back()->Write(testing::IdSearch("idx", 5, {s})));
+    v1::SearchResponse response;
+    ASSERT_TRUE(streams.back()->Read(&response));
+    EXPECT_EQ(response.neighbor_ids_size(), 5);
+  }
+  const int during = ThreadCount();
+  EXPECT_LT(during - before, kStreams / 4) << before << " threads before, " << during << " with "
+                                           << kStreams << " open streams";
+  for (auto& stream : streams) {
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+}
+
+TEST(AsyncServiceTest, OptionsAreChecked) {
+  server::ServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  options.metrics_listen_address.clear();
+  options.io_threads = 0;
+  EXPECT_THAT(server::RcknnServer::Start(options).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "--io_threads"));
+  options.io_threads = 2;
+  options.max_queued_queries = -1;
+  EXPECT_THAT(server::RcknnServer::Start(options).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "--max_queued_queries"));
+}
+
+}  // namespace
+}  // namespace rcknn
