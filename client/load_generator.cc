@@ -23,6 +23,7 @@ constexpr int kPercentages[] = {10, 25, 50, 75, 90, 95, 99};
 
 // One worker's results, merged at the end (no lock on the request path).
 struct WorkerResults {
+  int64_t calls = 0;
   std::vector<int64_t> latencies_ns;
   std::map<std::string, int64_t> codes;
   std::map<std::string, int64_t> errors;
@@ -169,7 +170,10 @@ absl::StatusOr<LoadReport> RunLoad(RcknnClient& client, const LoadOptions& optio
           sent = absl::Now();
           status = client.stub().GetIndex(&context, get, &response);
         }
-        out.latencies_ns.push_back(absl::ToInt64Nanoseconds(absl::Now() - sent));
+        ++out.calls;
+        if (status.ok() || !options.latency_of_ok_only) {
+          out.latencies_ns.push_back(absl::ToInt64Nanoseconds(absl::Now() - sent));
+        }
         const std::string code = GoCodeName(static_cast<int>(status.error_code()));
         ++out.codes[code];
         if (!status.ok()) {
@@ -185,12 +189,12 @@ absl::StatusOr<LoadReport> RunLoad(RcknnClient& client, const LoadOptions& optio
   LoadReport report;
   std::vector<int64_t> latencies;
   for (const WorkerResults& r : results) {
+    report.count += r.calls;
     latencies.insert(latencies.end(), r.latencies_ns.begin(), r.latencies_ns.end());
     for (const auto& [code, count] : r.codes) report.status_code_distribution[code] += count;
     for (const auto& [error, count] : r.errors) report.error_distribution[error] += count;
   }
   std::sort(latencies.begin(), latencies.end());
-  report.count = static_cast<int64_t>(latencies.size());
   report.total_ns = total_ns;
   if (!latencies.empty()) {
     long double sum = 0;

@@ -41,6 +41,9 @@ struct LoadOptions {
   std::vector<LoadMixEntry> mix = {LoadMixEntry{}};
   uint64_t seed = 1;
   absl::Duration timeout = absl::InfiniteDuration();  // deadline of each call
+  // The latency fields (average, fastest, slowest, distribution) cover only the calls answered
+  // OK; count, rps and the code distribution still cover every call.
+  bool latency_of_ok_only = false;
 };
 
 // ghz's JSON report: durations in nanoseconds.

@@ -91,6 +91,9 @@ ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(),
 ABSL_FLAG(double, rps, 0, "load: target requests per second over all workers (0: no limit)");
 ABSL_FLAG(int64_t, batch, 1, "load: query ids per Search request");
 ABSL_FLAG(std::string, mix, "search:1", "load: weighted calls, e.g. search:9,get_index:1");
+ABSL_FLAG(std::string, latency_of, "all",
+          "load: calls whose latencies the report's distribution covers: all, or ok (only calls "
+          "answered OK, e.g. the accepted ones under admission control); count and rps cover all");
 
 namespace rcknn::client {
 namespace {
@@ -114,7 +117,7 @@ constexpr char kUsage[] = R"(rcknn [--server=HOST:PORT] <command> [flags]
   bench      --index=ID --k=K [--ids_file=FILE | --queries=1024] [--repeat=5] [--latency_queries=2000]
              single-query latency p50/p99 and the queries/s of one batched Search, as JSON
   load       --index=ID --k=K (--total=N | --duration=30s) [--concurrency=1] [--rps=0]
-             [--batch=1] [--mix=search:1[,get_index:W]] [--seed=1]
+             [--batch=1] [--mix=search:1[,get_index:W]] [--seed=1] [--latency_of=all|ok]
              closed-loop load of random query ids; a JSON report with ghz's fields
 
 Every command: [--timeout=S] [--tls_ca=CA.pem [--tls_cert=CLIENT.pem --tls_key=CLIENT.key]]
@@ -529,6 +532,11 @@ absl::Status Load(RcknnClient& client) {
   options.batch = absl::GetFlag(FLAGS_batch);
   options.seed = absl::GetFlag(FLAGS_seed);
   options.timeout = client.options().timeout;
+  const std::string latency_of = absl::GetFlag(FLAGS_latency_of);
+  if (latency_of != "all" && latency_of != "ok") {
+    return absl::InvalidArgumentError("--latency_of must be all or ok");
+  }
+  options.latency_of_ok_only = latency_of == "ok";
   auto mix = ParseLoadMix(absl::GetFlag(FLAGS_mix));
   if (!mix.ok()) return mix.status();
   options.mix = *std::move(mix);

@@ -345,8 +345,10 @@ absl::StatusOr<QueryPool::CancelHandle> IndexService::StartSearch(const SearchCa
           // Once per batch, from the merged stats: never from inside the search.
           metrics_->RecordSearch(stats, running->per_query_evaluations);
         }
+        // Released before the client can see the answer (as when the search ran on the
+        // caller's thread): a client that sees the answer sees the budget without it.
+        running->memory.Release();
         done(std::move(status), outcome);
-        // The answer's memory is released after the caller is done with it.
       });
   if (!handle.ok() && absl::IsResourceExhausted(handle.status())) {
     metrics_->RecordSearchRejected(kRejectedQueueFull);

@@ -201,6 +201,9 @@ void QueryPool::RunSlice(Job& job, int64_t slice, core::TraversalStats& stats,
     part.ids = spec.queries.ids.subspan(first, num);
   } else {
     part.points = spec.queries.points.subspan(first * job.dimension, num * job.dimension);
+    if (!spec.queries.id_bounds.empty()) {
+      part.id_bounds = spec.queries.id_bounds.subspan(first, num);
+    }
   }
   const int64_t k = spec.options.k;
   absl::Span<int64_t> evaluations;

@@ -294,6 +294,18 @@ TEST(ServerMetricsTest, ConcurrentRecordingLosesNothing) {
   EXPECT_EQ(handled, static_cast<double>(kThreads * kRounds));
 }
 
+TEST(ServerMetricsTest, RejectedSearchesAreCountedByReason) {
+  ServerMetrics metrics;
+  // Both reasons read 0 before the first refusal.
+  EXPECT_EQ(CounterValue(metrics, "rcknn_search_rejected_total", {{"reason", "queue_full"}}), 0.0);
+  EXPECT_EQ(CounterValue(metrics, "rcknn_search_rejected_total", {{"reason", "memory"}}), 0.0);
+  metrics.RecordSearchRejected("queue_full");
+  metrics.RecordSearchRejected("queue_full");
+  metrics.RecordSearchRejected("memory");
+  EXPECT_EQ(CounterValue(metrics, "rcknn_search_rejected_total", {{"reason", "queue_full"}}), 2.0);
+  EXPECT_EQ(CounterValue(metrics, "rcknn_search_rejected_total", {{"reason", "memory"}}), 1.0);
+}
+
 TEST(ServerMetricsTest, TextExpositionNamesEveryFamilyWithItsType) {
   ServerMetrics metrics;
   metrics.RecordSearch(Stats(1, 5, 1, 1, 0, 0, 0), std::vector<int64_t>{5});

@@ -88,6 +88,7 @@ TEST_F(ConcurrencyTest, SearchesOnOneIndexWhileAnotherBuilds) {
   ASSERT_TRUE(
       testing::UploadPoints(stub(), "building", testing::NormalPoints(20000, 3, 12), 5000).ok());
   grpc::ClientContext build_context;
+  testing::SetDeadline(build_context);
   v1::BuildIndexRequest build;
   build.set_index_id("building");
   v1::IndexInfo info;
@@ -96,6 +97,7 @@ TEST_F(ConcurrencyTest, SearchesOnOneIndexWhileAnotherBuilds) {
 
   auto state = [this] {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::GetIndexRequest request;
     request.set_index_id("building");
     v1::IndexInfo info;
@@ -129,6 +131,7 @@ TEST_F(ConcurrencyTest, SearchesOnOneIndexWhileAnotherBuilds) {
   v1::SearchResponse response;
   EXPECT_TRUE(Search(testing::IdSearch("building", 5, {0, 19999}), &response).ok());
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::DeleteIndexRequest request;
   request.set_index_id("building");
   v1::DeleteIndexResponse deleted;
@@ -153,6 +156,7 @@ TEST_F(ConcurrencyTest, DeleteIndexWhileSearchesAreInFlight) {
   ASSERT_TRUE(WaitFor([] { return server_->server->searches_in_flight() >= 2; }));
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::DeleteIndexRequest request;
     request.set_index_id("doomed");
     v1::DeleteIndexResponse deleted;
@@ -190,6 +194,7 @@ TEST_F(ConcurrencyTest, DeadlineExpiresMidBatch) {
 
 TEST_F(ConcurrencyTest, ClientCancellationFreesThePool) {
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   auto search = std::async(std::launch::async, [&] {
     v1::SearchResponse response;
     return stub().Search(&context, testing::IdSearch("heavy", kHeavyK, Range(0, kHeavyPoints)),
@@ -208,6 +213,7 @@ TEST_F(ConcurrencyTest, ClientCancellationFreesThePool) {
 
 TEST_F(ConcurrencyTest, SmallSearchIsNotQueuedBehindALargeBatch) {
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   std::atomic<bool> large_done{false};
   auto large = std::async(std::launch::async, [&] {
     v1::SearchResponse response;
@@ -242,6 +248,7 @@ TEST(ShutdownTest, GracefulShutdownFinishesInFlightSearches) {
             v1::INDEX_STATE_READY);
   auto search = std::async(std::launch::async, [&] {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::SearchResponse response;
     grpc::Status status =
         test.stub->Search(&context, testing::IdSearch("heavy", kHeavyK, Range(0, 4096)), &response);
@@ -271,6 +278,7 @@ TEST(ShutdownTest, GraceExpiryCancelsSearchesAndBuilds) {
           .ok());
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::BuildIndexRequest build;
     build.set_index_id("building");
     v1::IndexInfo info;
@@ -278,6 +286,7 @@ TEST(ShutdownTest, GraceExpiryCancelsSearchesAndBuilds) {
   }
   auto search = std::async(std::launch::async, [&] {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::SearchResponse response;
     return test.stub->Search(&context, testing::IdSearch("heavy", kHeavyK, Range(0, 8192)),
                              &response);

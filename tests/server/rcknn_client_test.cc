@@ -21,6 +21,8 @@ TEST(RcknnClientTest, UploadBuildAndSearchInManyRequests) {
   testing::TestServer test = testing::StartTestServer(options);
 
   client::ClientOptions client_options;
+
+  client_options.timeout = testing::kCallTimeout;
   client_options.target = test.server->address();
   client_options.max_message_bytes = options.max_message_bytes;
   client_options.upload_chunk_bytes = 32 << 10;
@@ -62,6 +64,7 @@ TEST(RcknnClientTest, UploadBuildAndSearchInManyRequests) {
   std::vector<double> ref_dists;
   for (int64_t first = 0; first < n; first += 100) {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::SearchResponse part;
     const std::vector<int64_t> part_ids(ids.begin() + first, ids.begin() + first + 100);
     ASSERT_TRUE(

@@ -54,6 +54,7 @@ class RcknnServiceTest : public ::testing::Test {
 
   grpc::Status Search(const v1::SearchRequest& request, v1::SearchResponse* response) {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     return stub().Search(&context, request, response);
   }
 
@@ -193,6 +194,7 @@ TEST_F(RcknnServiceTest, SearchStreamAnswersEveryRequestInOrder) {
     requests.push_back(testing::IdSearch(kSmall, 1 + r % 9, ids, r % 2 == 1));
   }
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   auto stream = stub().SearchStream(&context);
   for (const v1::SearchRequest& request : requests) ASSERT_TRUE(stream->Write(request));
   stream->WritesDone();
@@ -218,6 +220,7 @@ TEST_F(RcknnServiceTest, SearchStreamAnswersEveryRequestInOrder) {
 
 TEST_F(RcknnServiceTest, SearchStreamEndsWithTheFirstError) {
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   auto stream = stub().SearchStream(&context);
   ASSERT_TRUE(stream->Write(testing::IdSearch(kSmall, 3, {1, 2})));
   stream->Write(testing::IdSearch(kSmall, 0, {1, 2}));  // k = 0
@@ -234,6 +237,7 @@ TEST_F(RcknnServiceTest, SearchStreamEndsWithTheFirstError) {
 TEST_F(RcknnServiceTest, GetListWatchAndDelete) {
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::GetIndexRequest request;
     request.set_index_id(kSmall);
     v1::IndexInfo info;
@@ -250,6 +254,7 @@ TEST_F(RcknnServiceTest, GetListWatchAndDelete) {
       testing::CreateIndex(stub(), "temp", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 8)).ok());
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::ListIndexesResponse list;
     ASSERT_TRUE(stub().ListIndexes(&context, v1::ListIndexesRequest(), &list).ok());
     std::vector<std::string> ids;
@@ -259,6 +264,7 @@ TEST_F(RcknnServiceTest, GetListWatchAndDelete) {
   {
     // A READY index: WatchIndex sends its state once and ends.
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::GetIndexRequest request;
     request.set_index_id(kSmall);
     auto reader = stub().WatchIndex(&context, request);
@@ -271,12 +277,14 @@ TEST_F(RcknnServiceTest, GetListWatchAndDelete) {
   }
   for (grpc::StatusCode expected : {grpc::StatusCode::OK, grpc::StatusCode::NOT_FOUND}) {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::DeleteIndexRequest request;
     request.set_index_id("temp");
     v1::DeleteIndexResponse response;
     EXPECT_EQ(stub().DeleteIndex(&context, request, &response).error_code(), expected);
   }
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::GetIndexRequest request;
   request.set_index_id("temp");
   v1::IndexInfo info;
@@ -291,6 +299,7 @@ TEST_F(RcknnServiceTest, WatchIndexFollowsABuildToReady) {
   ASSERT_TRUE(testing::UploadPoints(stub(), "watched", points, 256).ok());
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::BuildIndexRequest request;
     request.set_index_id("watched");
     v1::IndexInfo info;
@@ -299,6 +308,7 @@ TEST_F(RcknnServiceTest, WatchIndexFollowsABuildToReady) {
     EXPECT_EQ(info.num_points(), 3000);
   }
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::GetIndexRequest request;
   request.set_index_id("watched");
   auto reader = stub().WatchIndex(&context, request);
@@ -319,6 +329,7 @@ TEST_F(RcknnServiceTest, WatchIndexFollowsABuildToReady) {
   v1::SearchResponse response;
   ASSERT_TRUE(Search(testing::IdSearch("watched", 4, {10, 20}), &response).ok());
   grpc::ClientContext delete_context;
+  testing::SetDeadline(delete_context);
   v1::DeleteIndexRequest delete_request;
   delete_request.set_index_id("watched");
   v1::DeleteIndexResponse deleted;
@@ -336,6 +347,7 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
   EXPECT_THAT(status.error_message(), HasSubstr("READY"));
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::BuildIndexRequest request;
     request.set_index_id(kSmall);
     v1::IndexInfo info;
@@ -357,6 +369,7 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
   EXPECT_THAT(status.error_message(), HasSubstr("LOADING"));
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::BuildIndexRequest request;
     request.set_index_id("loading");
     v1::IndexInfo info;
@@ -368,6 +381,7 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
   ASSERT_TRUE(testing::UploadPoints(stub(), "loading", testing::NormalPoints(3, 2, 2), 2).ok());
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::BuildIndexRequest request;
     request.set_index_id("loading");
     v1::IndexInfo info;
@@ -376,6 +390,7 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
     EXPECT_THAT(status.error_message(), HasSubstr("spec.inducing_count"));
   }
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::DeleteIndexRequest request;
   request.set_index_id("loading");
   v1::DeleteIndexResponse deleted;
@@ -388,6 +403,7 @@ TEST_F(RcknnServiceTest, UploadStreamIsAppliedWhole) {
           .ok());
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::UploadPointsResponse response;
     auto writer = stub().UploadPoints(&context, &response);
     v1::UploadPointsRequest chunk;
@@ -413,6 +429,7 @@ TEST_F(RcknnServiceTest, UploadStreamIsAppliedWhole) {
   EXPECT_EQ(response.points_received(), 5);
   EXPECT_EQ(response.total_points(), 12);
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::DeleteIndexRequest request;
   request.set_index_id("atomic");
   v1::DeleteIndexResponse deleted;
@@ -428,6 +445,7 @@ TEST_F(RcknnServiceTest, FactorsSuppliedIndexAnswersLikeComputedFactors) {
   ASSERT_TRUE(testing::CreateIndex(stub(), "factors", spec).ok());
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::UploadPointsResponse response;
     auto writer = stub().UploadPoints(&context, &response);
     const int64_t m = space.v().cols();
@@ -472,6 +490,7 @@ TEST_F(RcknnServiceTest, FactorsSuppliedIndexAnswersLikeComputedFactors) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(status.error_message(), HasSubstr("query_points"));
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::DeleteIndexRequest delete_request;
   delete_request.set_index_id("factors");
   v1::DeleteIndexResponse deleted;
@@ -568,6 +587,7 @@ TEST_F(RcknnServiceTest, MalformedRequestsNameTheField) {
   for (const BadCase& c : cases) {
     SCOPED_TRACE(c.name);
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     grpc::Status status;
     if (c.create) {
       v1::CreateIndexRequest request;
@@ -587,6 +607,7 @@ TEST_F(RcknnServiceTest, MalformedRequestsNameTheField) {
   }
   // Nothing was created.
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::GetIndexRequest request;
   request.set_index_id("never-created");
   v1::IndexInfo info;
@@ -636,6 +657,7 @@ TEST_F(RcknnServiceTest, MalformedUploadChunksNameTheField) {
   for (const ChunkCase& c : cases) {
     SCOPED_TRACE(c.name);
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::UploadPointsResponse response;
     auto writer = stub().UploadPoints(&context, &response);
     v1::UploadPointsRequest chunk;
@@ -650,12 +672,14 @@ TEST_F(RcknnServiceTest, MalformedUploadChunksNameTheField) {
   }
   for (const char* id : {"chunks", "chunks-f"}) {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::GetIndexRequest request;
     request.set_index_id(id);
     v1::IndexInfo info;
     ASSERT_TRUE(stub().GetIndex(&context, request, &info).ok());
     EXPECT_EQ(info.num_points(), 0) << id;
     grpc::ClientContext delete_context;
+    testing::SetDeadline(delete_context);
     v1::DeleteIndexRequest delete_request;
     delete_request.set_index_id(id);
     v1::DeleteIndexResponse deleted;
@@ -695,6 +719,7 @@ TEST(RcknnServerLimitsTest, EachLimitAnswersResourceExhaustedNamingIt) {
   v1::SearchResponse response;
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     status = stub.Search(&context, testing::IdSearch("b", 5, ids), &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
     EXPECT_THAT(status.error_message(), HasSubstr("--max_queries_per_search"));
@@ -703,6 +728,7 @@ TEST(RcknnServerLimitsTest, EachLimitAnswersResourceExhaustedNamingIt) {
     // 50 queries x k = 500: about 500 KB of answer, over 64 KiB.
     ids.resize(50);
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     status = stub.Search(&context, testing::IdSearch("b", 500, ids), &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
     EXPECT_THAT(status.error_message(), HasSubstr("--max_message_bytes"));
@@ -710,11 +736,13 @@ TEST(RcknnServerLimitsTest, EachLimitAnswersResourceExhaustedNamingIt) {
   {
     // A k so large that num_queries x k overflows is refused the same way.
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     status = stub.Search(&context, testing::IdSearch("b", std::numeric_limits<int64_t>::max(), ids),
                          &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   }
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   EXPECT_TRUE(stub.Search(&context, testing::IdSearch("b", 5, ids), &response).ok());
 }
 
@@ -747,6 +775,7 @@ TEST(RcknnServerUploadTest, TwoHundredThousandPointsInManyChunks) {
     request.mutable_query_points()->Add(points.row(id).data(), points.row(id).data() + 2);
   v1::SearchResponse answer;
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   ASSERT_TRUE(stub.Search(&context, request, &answer).ok());
   for (size_t i = 0; i < probe.size(); ++i) {
     EXPECT_EQ(answer.neighbor_ids(i), probe[i]);

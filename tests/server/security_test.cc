@@ -111,6 +111,7 @@ TEST_F(SecurityTest, TlsHandshakeAndSearch) {
   const v1::IndexInfo info = CreateReadyIndex(*stub, "tls", SmallSpec(), NormalPoints(200, 2, 5));
   ASSERT_EQ(info.state(), v1::INDEX_STATE_READY);
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::SearchResponse response;
   ASSERT_TRUE(stub->Search(&context, IdSearch("tls", 5, {0, 1, 2}), &response).ok());
   EXPECT_EQ(response.neighbor_ids_size(), 15);
@@ -150,6 +151,7 @@ TEST_F(SecurityTest, MissingOrWrongTokenIsUnauthenticated) {
   // Not the bearer scheme.
   auto stub = v1::Rcknn::NewStub(Connect(*server, "ca", false));
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   context.AddMetadata("authorization", "admin-token");
   v1::ListIndexesResponse response;
   EXPECT_EQ(stub->ListIndexes(&context, v1::ListIndexesRequest(), &response).error_code(),
@@ -173,12 +175,14 @@ TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
   auto reader = v1::Rcknn::NewStub(Connect(*server, "ca", false, "reader-token"));
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::SearchResponse response;
     ASSERT_TRUE(reader->Search(&context, IdSearch("ro", 5, {3}), &response).ok());
     EXPECT_EQ(response.neighbor_ids_size(), 5);
   }
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::IndexInfo info;
     v1::GetIndexRequest request;
     request.set_index_id("ro");
@@ -193,6 +197,7 @@ TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
             grpc::StatusCode::PERMISSION_DENIED);
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::BuildIndexRequest request;
     request.set_index_id("ro");
     v1::IndexInfo info;
@@ -201,6 +206,7 @@ TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
   }
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::DeleteIndexRequest request;
     request.set_index_id("ro");
     v1::DeleteIndexResponse response;
@@ -212,6 +218,7 @@ TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
                         "grpc_method=\"BuildIndex\",grpc_service=\"rcknn.v1.Rcknn\"} 1"));
   // The index is still there, and the admin token may delete it.
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::DeleteIndexRequest request;
   request.set_index_id("ro");
   v1::DeleteIndexResponse response;
@@ -254,6 +261,7 @@ TEST_F(SecurityTest, HealthStaysOpenWithoutToken) {
   ASSERT_NE(server, nullptr);
   auto health = grpc::health::v1::Health::NewStub(Connect(*server, "ca", false));
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   grpc::health::v1::HealthCheckResponse response;
   ASSERT_TRUE(health->Check(&context, grpc::health::v1::HealthCheckRequest(), &response).ok());
   EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
@@ -263,6 +271,7 @@ TEST_F(SecurityTest, ClientLibrarySendsTlsAndToken) {
   auto server = Start(TlsOptions(/*client_ca=*/true, /*tokens=*/true));
   ASSERT_NE(server, nullptr);
   client::ClientOptions options;
+  options.timeout = testing::kCallTimeout;
   options.target = server->address();
   options.tls = true;
   options.tls_root_certs = ReadFile(Path("ca.pem"));

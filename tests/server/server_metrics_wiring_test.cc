@@ -91,6 +91,7 @@ TEST_F(ServerMetricsWiringTest, TraversalCountersEqualTheStatsReturnedToClients)
   int searches = 0;
   for (int r = 0; r < 6; ++r) {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::SearchResponse response;
     ASSERT_TRUE(test_.stub
                     ->Search(&context,
@@ -104,6 +105,7 @@ TEST_F(ServerMetricsWiringTest, TraversalCountersEqualTheStatsReturnedToClients)
   int streams = 0;
   for (int s = 0; s < 2; ++s) {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     auto stream = test_.stub->SearchStream(&context);
     for (int r = 0; r < 5; ++r) {
       ASSERT_TRUE(stream->Write(testing::IdSearch(kIndex, 5, QueryIds(2 + 11 * r, 100 + r, kPoints),
@@ -154,6 +156,7 @@ TEST_F(ServerMetricsWiringTest, ErrorsAreCountedWithTheirCodes) {
   int invalid = 0;
   for (int i = 0; i < 3; ++i) {  // unknown index
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::SearchResponse response;
     const grpc::Status status =
         test_.stub->Search(&context, testing::IdSearch("absent", 3, {1}), &response);
@@ -162,6 +165,7 @@ TEST_F(ServerMetricsWiringTest, ErrorsAreCountedWithTheirCodes) {
   }
   {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::GetIndexRequest request;
     request.set_index_id("absent");
     v1::IndexInfo info;
@@ -170,6 +174,7 @@ TEST_F(ServerMetricsWiringTest, ErrorsAreCountedWithTheirCodes) {
   }
   for (int i = 0; i < 2; ++i) {  // k = 0
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::SearchResponse response;
     const grpc::Status status =
         test_.stub->Search(&context, testing::IdSearch(kIndex, 0, {1}), &response);
@@ -178,6 +183,7 @@ TEST_F(ServerMetricsWiringTest, ErrorsAreCountedWithTheirCodes) {
   }
   {  // a stream that fails on its second message: the answered batch still counts
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     auto stream = test_.stub->SearchStream(&context);
     ASSERT_TRUE(stream->Write(testing::IdSearch(kIndex, 3, {1, 2})));
     stream->Write(testing::IdSearch(kIndex, 0, {1, 2}));
@@ -227,6 +233,7 @@ TEST_F(ServerMetricsWiringTest, IndexAndPoolGaugesFollowTheRegistry) {
   EXPECT_EQ(SeriesValue(text, "rcknn_index_points"), kPoints + 100);
 
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::DeleteIndexRequest request;
   request.set_index_id(kIndex);
   v1::DeleteIndexResponse response;
@@ -235,6 +242,7 @@ TEST_F(ServerMetricsWiringTest, IndexAndPoolGaugesFollowTheRegistry) {
   EXPECT_EQ(SeriesValue(text, "rcknn_indexes{state=\"ready\"}"), 0);
   EXPECT_EQ(SeriesValue(text, "rcknn_index_points"), 100);
   grpc::ClientContext get_context;
+  testing::SetDeadline(get_context);
   v1::GetIndexRequest get;
   get.set_index_id("second");
   v1::IndexInfo second;
@@ -245,10 +253,12 @@ TEST_F(ServerMetricsWiringTest, IndexAndPoolGaugesFollowTheRegistry) {
 TEST_F(ServerMetricsWiringTest, ExpositionPassesPromtool) {
   for (int r = 0; r < 3; ++r) {
     grpc::ClientContext context;
+    testing::SetDeadline(context);
     v1::SearchResponse response;
     test_.stub->Search(&context, testing::IdSearch(kIndex, 4, QueryIds(10, r, kPoints)), &response);
   }
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::SearchResponse response;
   test_.stub->Search(&context, testing::IdSearch("absent", 4, {1}), &response);
 
