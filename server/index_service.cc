@@ -250,8 +250,8 @@ int64_t IndexService::LoadStoredIndexes() {
           entry->BeginBuild(BuildCheck(*entry, "restoring", &build_spec, &build_memory));
       status = data.status();
       if (status.ok()) {
-        RCKNN_LOG(kInfo, "--data_dir: restoring index ", found.id, " (", entry->Snapshot().num_points,
-                  " points)");
+        RCKNN_LOG(kInfo, "--data_dir: restoring index ", found.id, " (",
+                  entry->Snapshot().num_points, " points)");
         StartBuild(entry, std::move(build_spec), *std::move(data), std::move(build_memory),
                    /*restore=*/true);
       }

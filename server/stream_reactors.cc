@@ -171,8 +171,9 @@ void SearchStreamReactor::ProgressLocked() {
       // The service may take a while (validation) and must not run under the lock; the call
       // cannot finish meanwhile (starting_), so the reactor stays alive.
       mutex_.Unlock();
-      handle = service_->StartSearch(*request, deadline_, response,
-                                     [this](absl::Status status) { SearchDone(std::move(status)); });
+      handle = service_->StartSearch(
+          *request, deadline_, response,
+          [this](absl::Status status) { SearchDone(std::move(status)); });
       mutex_.Lock();
     }
     starting_ = false;

@@ -187,7 +187,8 @@ TEST_F(AdmissionTest, SearchBeyondTheQueueBoundIsRefusedAtOnce) {
   small.max_queries_per_request = 40;
   std::unique_ptr<client::RcknnClient> streaming = testing::MakeClient(*server_, small);
   EXPECT_THAT(streaming->Search(IdQuery(many, 5)),
-              StatusIs(absl::StatusCode::kResourceExhausted, "request 0: the server is overloaded"));
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       "request 0: the server is overloaded"));
   // A batch that fits under the bound is still admitted: 64 - 40 = 24.
   grpc::ClientContext fits;
   testing::SetDeadline(fits);

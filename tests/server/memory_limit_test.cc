@@ -141,8 +141,8 @@ TEST(MemoryLimitTest, UploadOverTheBudgetIsRefusedAndChangesNothing) {
 
   // 50,000 points (1.2 MB) in chunks of 1,000: refused at the chunk that crosses the limit.
   const grpc::Status status = testing::UploadPoints(*test.stub, "a", points, 2000, 50000, 1000);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("--max_memory_bytes"));
+  EXPECT_THAT(status,
+              testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_memory_bytes"));
   EXPECT_THAT(status.error_message(), HasSubstr("index a"));
   EXPECT_EQ(budget.used(), held);
   const v1::IndexInfo info = testing::GetIndex(*test.stub, "a");
@@ -182,8 +182,8 @@ TEST(MemoryLimitTest, BuildAndSearchOverTheBudgetAreRefused) {
   ASSERT_TRUE(testing::UploadPoints(stub, "hog", hog, 0, hog_points, 1000).ok());
   const int64_t before = budget.used();
   grpc::Status status = testing::BuildIndex(stub, "target");
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("--max_memory_bytes"));
+  EXPECT_THAT(status,
+              testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_memory_bytes"));
   EXPECT_THAT(status.error_message(), HasSubstr("target"));
   EXPECT_EQ(budget.used(), before);
   v1::IndexInfo info = testing::GetIndex(stub, "target");
@@ -210,8 +210,8 @@ TEST(MemoryLimitTest, BuildAndSearchOverTheBudgetAreRefused) {
   for (int64_t i = 0; i < n; ++i) ids[i] = i;
   v1::SearchResponse response;
   status = testing::Search(stub, testing::IdSearch("target", 500, ids), &response);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("--max_memory_bytes"));
+  EXPECT_THAT(status,
+              testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_memory_bytes"));
   EXPECT_EQ(budget.used(), index_bytes);
   // A smaller answer fits; its reservation ends with the call.
   status = testing::Search(stub, testing::IdSearch("target", 10, ids), &response);

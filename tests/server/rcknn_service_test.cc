@@ -230,8 +230,7 @@ TEST_F(RcknnServiceTest, SearchStreamEndsWithTheFirstError) {
   EXPECT_EQ(response.num_queries(), 2);
   EXPECT_FALSE(stream->Read(&response));
   const grpc::Status status = stream->Finish();
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(status.error_message(), HasSubstr("request 1: k"));
+  EXPECT_THAT(status, testing::StatusIs(grpc::StatusCode::INVALID_ARGUMENT, "request 1: k"));
 }
 
 TEST_F(RcknnServiceTest, GetListWatchAndDelete) {
@@ -343,8 +342,7 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
   // Uploading to or building a READY index: FAILED_PRECONDITION.
   const core::RowMatrix points = testing::NormalPoints(10, 2, 1);
   grpc::Status status = testing::UploadPoints(stub(), kSmall, points, 5);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_THAT(status.error_message(), HasSubstr("READY"));
+  EXPECT_THAT(status, testing::StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "READY"));
   {
     grpc::ClientContext context;
     testing::SetDeadline(context);
@@ -365,8 +363,7 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
       testing::CreateIndex(stub(), "loading", testing::ResidualSpec(2, v1::KERNEL_RBF, 1, 1, 4))
           .ok());
   status = Search(testing::IdSearch("loading", 3, {1}), &response);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_THAT(status.error_message(), HasSubstr("LOADING"));
+  EXPECT_THAT(status, testing::StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "LOADING"));
   {
     grpc::ClientContext context;
     testing::SetDeadline(context);
@@ -374,8 +371,7 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
     request.set_index_id("loading");
     v1::IndexInfo info;
     status = stub().BuildIndex(&context, request, &info);
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-    EXPECT_THAT(status.error_message(), HasSubstr("no points"));
+    EXPECT_THAT(status, testing::StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "no points"));
   }
   // inducing_count above the number of points: INVALID_ARGUMENT at BuildIndex, still LOADING.
   ASSERT_TRUE(testing::UploadPoints(stub(), "loading", testing::NormalPoints(3, 2, 2), 2).ok());
@@ -386,8 +382,8 @@ TEST_F(RcknnServiceTest, LifecycleErrors) {
     request.set_index_id("loading");
     v1::IndexInfo info;
     status = stub().BuildIndex(&context, request, &info);
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("spec.inducing_count"));
+    EXPECT_THAT(status,
+                testing::StatusIs(grpc::StatusCode::INVALID_ARGUMENT, "spec.inducing_count"));
   }
   grpc::ClientContext context;
   testing::SetDeadline(context);
@@ -415,8 +411,7 @@ TEST_F(RcknnServiceTest, UploadStreamIsAppliedWhole) {
     writer->Write(chunk);
     writer->WritesDone();
     const grpc::Status status = writer->Finish();
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("coordinates"));
+    EXPECT_THAT(status, testing::StatusIs(grpc::StatusCode::INVALID_ARGUMENT, "coordinates"));
     EXPECT_THAT(status.error_message(), HasSubstr("point 3, column 1"));
   }
   v1::UploadPointsResponse response;
@@ -487,8 +482,7 @@ TEST_F(RcknnServiceTest, FactorsSuppliedIndexAnswersLikeComputedFactors) {
   request.set_k(3);
   Append(request.mutable_query_points(), {0.1, 0.2});
   const grpc::Status status = Search(request, &supplied);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_THAT(status.error_message(), HasSubstr("query_points"));
+  EXPECT_THAT(status, testing::StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "query_points"));
   grpc::ClientContext context;
   testing::SetDeadline(context);
   v1::DeleteIndexRequest delete_request;
@@ -699,17 +693,15 @@ TEST(RcknnServerLimitsTest, EachLimitAnswersResourceExhaustedNamingIt) {
   ASSERT_TRUE(testing::CreateIndex(stub, "a", spec).ok());
   ASSERT_TRUE(testing::CreateIndex(stub, "b", spec).ok());
   grpc::Status status = testing::CreateIndex(stub, "c", spec);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("--max_indexes"));
+  EXPECT_THAT(status, testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_indexes"));
 
   // 1,001 points in small chunks: over --max_points_per_index, and nothing is applied.
   status = testing::UploadPoints(stub, "a", testing::NormalPoints(1001, 2, 1), 100);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("--max_points_per_index"));
+  EXPECT_THAT(status,
+              testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_points_per_index"));
   // One chunk above 64 KiB: gRPC itself refuses it, naming the limit in bytes.
   status = testing::UploadPoints(stub, "a", testing::NormalPoints(5000, 2, 1), 5000);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("larger than max"));
+  EXPECT_THAT(status, testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "larger than max"));
   EXPECT_THAT(status.error_message(), HasSubstr("65536"));
 
   ASSERT_TRUE(testing::UploadPoints(stub, "b", testing::NormalPoints(1000, 2, 2), 250).ok());
@@ -721,8 +713,9 @@ TEST(RcknnServerLimitsTest, EachLimitAnswersResourceExhaustedNamingIt) {
     grpc::ClientContext context;
     testing::SetDeadline(context);
     status = stub.Search(&context, testing::IdSearch("b", 5, ids), &response);
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-    EXPECT_THAT(status.error_message(), HasSubstr("--max_queries_per_search"));
+    EXPECT_THAT(status,
+                testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                  "--max_queries_per_search"));
   }
   {
     // 50 queries x k = 500: about 500 KB of answer, over 64 KiB.
@@ -730,8 +723,8 @@ TEST(RcknnServerLimitsTest, EachLimitAnswersResourceExhaustedNamingIt) {
     grpc::ClientContext context;
     testing::SetDeadline(context);
     status = stub.Search(&context, testing::IdSearch("b", 500, ids), &response);
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-    EXPECT_THAT(status.error_message(), HasSubstr("--max_message_bytes"));
+    EXPECT_THAT(status,
+                testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_message_bytes"));
   }
   {
     // A k so large that num_queries x k overflows is refused the same way.
