@@ -94,11 +94,16 @@ TEST(AsyncServiceTest, HugeKIsRefusedNamingKWithTheRightSize) {
     EXPECT_THAT(client->Search(IdQuery(two, k)),
                 StatusIs(absl::StatusCode::kResourceExhausted, "request 0: k: "));
   }
-  // A k whose answer fits int64 but not a message: its size, exactly (k >= n: 18 bytes an entry,
-  // plus 256 of framing), and no advice about the number of queries.
+  // A k whose answer fits int64 but not a message: its size, exactly, and no advice about the
+  // number of queries. The client library asks for the raw layout (16 bytes an entry, plus 256
+  // of framing); the packed one takes 18 when k >= n (a padding id of -1 is a 10-byte varint).
   const absl::StatusOr<client::SearchResult> large = client->Search(IdQuery(one, 100'000'000));
   EXPECT_THAT(large, StatusIs(absl::StatusCode::kResourceExhausted,
-                              "an answer of 1800000256 bytes for a single query"));
+                              "an answer of 1600000256 bytes for a single query"));
+  v1::SearchResponse packed;
+  EXPECT_THAT(testing::Search(*server.stub, testing::IdSearch("idx", 100'000'000, one), &packed),
+              StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       "an answer of 1800000256 bytes for a single query"));
   EXPECT_THAT(large, StatusIs(absl::StatusCode::kResourceExhausted, "--max_message_bytes"));
   EXPECT_THAT(large.status().message(), ::testing::Not(HasSubstr("fewer queries")));
   // Many queries with k < n (10 bytes an entry): the whole answer's size, with the advice about
