@@ -94,7 +94,7 @@ class ToolUnderASmallServerLimit(unittest.TestCase):
         search = run_rcknn(self.server.address, "search-all", "--index=small", f"--k={K}")
         self.assertEqual(search.returncode, 1)
         self.assertIn("RESOURCE_EXHAUSTED", search.stderr)
-        self.assertIn(f"would exceed --max_message_bytes = {SMALL_LIMIT}", search.stderr)
+        self.assertIn(f"over --max_message_bytes = {SMALL_LIMIT}", search.stderr)
 
     def test_an_out_of_range_limit_is_a_usage_error(self):
         for limit in (100, 1 << 32):

@@ -44,7 +44,7 @@ _QUERY_ID_BYTES = 10
 _VALUE_BYTES = 9  # a packed double, with slack for the length prefixes
 
 # Messages that name a smaller message limit: gRPC's own ("Received message larger than max
-# (N vs. M)") and the server's ("... would exceed --max_message_bytes = M").
+# (N vs. M)") and the server's ("... over --max_message_bytes = M").
 _LIMIT_PATTERNS = (re.compile(r"larger than max \(\d+ vs\. (\d+)\)"),
                    re.compile(r"--max_message_bytes = (\d+)"))
 
