@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <system_error>
 #include <utility>
 
@@ -91,14 +92,17 @@ absl::StatusOr<PointBatch> ReadUpload(const std::string& path, absl::string_view
 
 }  // namespace
 
-IndexStore::IndexStore(std::string data_dir, int lock_fd)
-    : data_dir_(std::move(data_dir)), lock_fd_(lock_fd) {}
+IndexStore::IndexStore(std::string data_dir, int lock_fd, std::string testonly_pause_dir)
+    : data_dir_(std::move(data_dir)),
+      lock_fd_(lock_fd),
+      testonly_pause_dir_(std::move(testonly_pause_dir)) {}
 
 IndexStore::~IndexStore() {
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
-absl::StatusOr<std::unique_ptr<IndexStore>> IndexStore::Open(const std::string& data_dir) {
+absl::StatusOr<std::unique_ptr<IndexStore>> IndexStore::Open(
+    const std::string& data_dir, const std::string& testonly_pause_before_commit) {
   std::error_code error;
   for (const char* sub : {"indexes", "trash"}) {
     fs::create_directories(fs::path(data_dir) / sub, error);
@@ -125,7 +129,7 @@ absl::StatusOr<std::unique_ptr<IndexStore>> IndexStore::Open(const std::string& 
     RCKNN_LOG(kWarning, "cannot write the pid into ", lock_path, ": ", std::strerror(errno));
   }
   RETURN_IF_ERROR(core::SyncDirectory(data_dir));
-  return std::unique_ptr<IndexStore>(new IndexStore(data_dir, fd));
+  return std::unique_ptr<IndexStore>(new IndexStore(data_dir, fd, testonly_pause_before_commit));
 }
 
 std::string IndexStore::IndexDir(absl::string_view id) const {
@@ -259,6 +263,16 @@ absl::Status IndexStore::CreateIndex(absl::string_view id, const v1::IndexSpec& 
   return writer->Commit();
 }
 
+void IndexStore::PauseBeforeCommit(absl::string_view id, const std::string& file) const {
+  if (testonly_pause_dir_.empty()) return;
+  const std::string marker = (fs::path(testonly_pause_dir_) / absl::StrCat(id, ".", file)).string();
+  RCKNN_LOG(kWarning, "--testonly_pause_before_commit: ", id, "/", file,
+            " written to its temporary name; waiting for ", marker, ".resume");
+  { std::ofstream paused(marker + ".paused"); }
+  std::error_code error;
+  while (!fs::exists(marker + ".resume", error)) absl::SleepFor(absl::Milliseconds(2));
+}
+
 absl::Status IndexStore::WriteUpload(absl::string_view id, int64_t sequence,
                                      const PointBatch& batch) {
   ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
@@ -272,6 +286,7 @@ absl::Status IndexStore::WriteUpload(absl::string_view id, int64_t sequence,
   writer->WriteVector(batch.coordinates);
   writer->WriteVector(batch.factors);
   writer->WriteVector(batch.residual_variances);
+  PauseBeforeCommit(id, UploadFile(sequence));
   return writer->Commit();
 }
 
@@ -284,6 +299,7 @@ absl::Status IndexStore::WriteTree(absl::string_view id, int64_t uploads, double
   writer->WriteValue<int64_t>(uploads);
   writer->WriteValue<double>(build_seconds);
   index.Save(*writer);
+  PauseBeforeCommit(id, kTreeFile);
   return writer->Commit();
 }
 

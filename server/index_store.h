@@ -51,7 +51,15 @@ class IndexStore {
  public:
   // Creates `data_dir` (and its subdirectories) if needed and locks it: FAILED_PRECONDITION if
   // another process holds the lock, UNAVAILABLE if the directory cannot be used.
-  static absl::StatusOr<std::unique_ptr<IndexStore>> Open(const std::string& data_dir);
+  //
+  // Test-only: with `testonly_pause_before_commit` (a directory), every upload and tree file,
+  // once written to its temporary name, waits before its commit: the store creates
+  // <dir>/<id>.<file>.paused (for example "up.upload-000003.rcknn.paused") and waits until
+  // <dir>/<id>.<file>.resume exists. Crash tests kill the server there, inside the commit
+  // window, deterministically. Never set in production: a paused commit blocks its thread
+  // (and a graceful shutdown) until resumed.
+  static absl::StatusOr<std::unique_ptr<IndexStore>> Open(
+      const std::string& data_dir, const std::string& testonly_pause_before_commit = "");
   ~IndexStore();
 
   const std::string& data_dir() const { return data_dir_; }
@@ -79,12 +87,14 @@ class IndexStore {
   absl::Status DeleteIndex(absl::string_view id);
 
  private:
-  IndexStore(std::string data_dir, int lock_fd);
+  IndexStore(std::string data_dir, int lock_fd, std::string testonly_pause_dir);
+  void PauseBeforeCommit(absl::string_view id, const std::string& file) const;
   std::string IndexDir(absl::string_view id) const;
   StoredIndex LoadIndex(const std::string& id);
 
   const std::string data_dir_;
   const int lock_fd_;
+  const std::string testonly_pause_dir_;
 };
 
 }  // namespace rcknn::server

@@ -16,6 +16,7 @@
 #include "server/logging.h"
 #include "server/rcknn_server.h"
 #include "server/server_options.h"
+#include "server/testonly_flags.h"
 
 namespace {
 const rcknn::server::ServerOptions kDefaults;
@@ -111,6 +112,7 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  options.testonly_pause_before_commit = absl::GetFlag(FLAGS_testonly_pause_before_commit);
 
   // Block the shutdown signals before any thread starts, so that every thread inherits the mask
   // and only sigwait below receives them.

@@ -234,7 +234,8 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
   }
   server->budget_ = std::make_unique<MemoryBudget>(ResolveMemoryLimit(options.max_memory_bytes));
   if (!options.data_dir.empty()) {
-    absl::StatusOr<std::unique_ptr<IndexStore>> store = IndexStore::Open(options.data_dir);
+    absl::StatusOr<std::unique_ptr<IndexStore>> store =
+        IndexStore::Open(options.data_dir, options.testonly_pause_before_commit);
     if (!store.ok()) return store.status();
     server->store_ = *std::move(store);
   }

@@ -55,6 +55,10 @@ struct ServerOptions {
 
   // On shutdown, in-flight calls get this long to finish before they are cancelled.
   absl::Duration shutdown_grace = absl::Seconds(10);
+
+  // Test-only (--testonly_pause_before_commit, not in --help): a directory through which crash
+  // tests pause upload and tree commits (IndexStore::Open). Empty: no pause.
+  std::string testonly_pause_before_commit;
 };
 
 }  // namespace rcknn::server
