@@ -99,8 +99,7 @@ Answers RunSearch(const KnnIndex& index, const std::vector<int64_t>& query_ids,
 // Checks answers.rows against reference distances (num x k); returns the number of mismatches.
 int64_t CountMismatches(const KnnIndex& index, const std::vector<int64_t>& query_ids,
                         const KnnOptions& options, const Answers& got,
-                        const std::vector<double>& ref_dists, int64_t first, int64_t num,
-                        const std::vector<int64_t>* ref_ids = nullptr) {
+                        const std::vector<double>& ref_dists, int64_t first, int64_t num) {
   int64_t bad = 0;
   for (int64_t start = first; start < first + num; start += 4096) {
     const int64_t count = std::min<int64_t>(4096, first + num - start);
@@ -110,8 +109,7 @@ int64_t CountMismatches(const KnnIndex& index, const std::vector<int64_t>& query
       const int64_t q = start + i;
       const std::string diff = testing::CompareRow(
           index.space(), rows, i, query_ids[q], options, &got.ids[q * options.k],
-          &got.dists[q * options.k], &ref_dists[(q - first) * options.k], 1e-6,
-          ref_ids == nullptr ? nullptr : &(*ref_ids)[(q - first) * options.k]);
+          &got.dists[q * options.k], &ref_dists[(q - first) * options.k]);
       if (!diff.empty()) {
         if (bad < 3) std::cerr << "query " << q << " (id " << query_ids[q] << "): " << diff << "\n";
         ++bad;
@@ -268,7 +266,7 @@ int RunShared(const std::string& workload, int threads, tbb::task_arena& arena) 
   const Answers brute = RunSearch(**index, query_ids, options, arena, /*brute=*/true);
   int64_t bad;
   if (workload == "vecchia-all") {
-    bad = CountMismatches(**index, query_ids, options, tree, brute.dists, 0, nq, &brute.ids);
+    bad = CountMismatches(**index, query_ids, options, tree, brute.dists, 0, nq);
   } else {
     bad = CountMismatches(**index, query_ids, options, tree,
                           options.predecessor_mode ? set->pred_dists : set->knn_dists, 0, nq);
@@ -319,12 +317,11 @@ int RunScale(int threads, tbb::task_arena& arena) {
   std::vector<int64_t> sample_ids(query_ids.begin(), query_ids.begin() + sample);
   const Answers timed = RunSearch(**index, sample_ids, options, arena, /*brute=*/true);
   int64_t bad =
-      CountMismatches(**index, query_ids, options, tree, timed.dists, 0, sample, &timed.ids);
+      CountMismatches(**index, query_ids, options, tree, timed.dists, 0, sample);
   if (absl::GetFlag(FLAGS_scale_check_all) && nq > sample) {
     std::vector<int64_t> rest(query_ids.begin() + sample, query_ids.end());
     const Answers check = RunSearch(**index, rest, options, arena, /*brute=*/true);
-    bad += CountMismatches(**index, query_ids, options, tree, check.dists, sample, nq - sample,
-                           &check.ids);
+    bad += CountMismatches(**index, query_ids, options, tree, check.dists, sample, nq - sample);
   }
   const bool all_checked = absl::GetFlag(FLAGS_scale_check_all) || nq == sample;
   Print("scale", threads, n, nq, options.k, **index, tree, sample / timed.seconds,

@@ -90,9 +90,9 @@ class MalformedInputTest(unittest.TestCase):
         self.assertTrue(self.server.alive(), self.server.log())
         self.assertEqual(self.index_infos(), self.infos)
         answer = self.search_victim()
-        self.assertEqual(rcknn_e2e.compare_answers(
-            list(answer.neighbor_ids), list(answer.distances), list(self.reference.neighbor_ids),
-            list(self.reference.distances), self.set.k, 1e-9), "")
+        # The same query gets the same bits every time (docs/design.md section 3).
+        self.assertEqual(list(answer.neighbor_ids), list(self.reference.neighbor_ids))
+        self.assertEqual(list(answer.distances), list(self.reference.distances))
         self.assertEqual(rcknn_e2e.compare_answers(
             list(answer.neighbor_ids), list(answer.distances), list(self.set.knn_ids),
             list(self.set.knn_dists), self.set.k), "")

@@ -249,27 +249,55 @@ class Dataset:
             inducing_points=inducing)
 
 
-def compare_answers(ids, dists, ref_ids, ref_dists, k, tol=1e-6):
-    """'' if two num_queries x k answers agree (docs/design.md section 3 with the information a client
-    has): distances rank by rank within tol, padding alike, and ids equal except between
-    candidates that tie within tol. Else the first difference."""
-    assert len(ids) == len(ref_ids) and len(dists) == len(ref_dists)
+TOL = 1e-6  # docs/design.md section 3
+
+
+def distances_agree(a, b, tol=TOL):
+    """Two evaluations of one distance agree (docs/design.md section 3; the twin of
+    testing::DistancesAgree): |a - b| <= tol or |a^2 - b^2| <= tol, the second form because
+    d = sqrt(1 - |rho|) magnifies the rounding of rho near d = 0."""
+    return a == b or abs(a - b) <= tol or abs(a * a - b * b) <= tol
+
+
+def compare_answers(ids, dists, ref_ids, ref_dists, k, tol=TOL):
+    """'' if a num_queries x k answer agrees with a reference by the rule of docs/design.md
+    section 3, with what a client knows (the twin of testing::CompareAnswers): per row, the
+    distances agree rank by rank (distances_agree), padding (-1, +inf) sits where the
+    reference's does, no id repeats, and every returned id's distance is the reference's
+    distance for it when the reference returned it too, and at most the reference's k-th
+    distance otherwise (rule 2, with the reported distance standing for the true one). Else the
+    first difference."""
+    assert len(ids) == len(ref_ids) == len(dists) == len(ref_dists)
+    inf = float("inf")
     for q in range(len(ids) // k):
         row = slice(q * k, (q + 1) * k)
         a_ids, a_d, b_ids, b_d = ids[row], dists[row], ref_ids[row], ref_dists[row]
+        kth = -inf
         for j in range(k):
-            a_inf, b_inf = a_d[j] == float("inf"), b_d[j] == float("inf")
-            if a_inf != b_inf or (not a_inf and abs(a_d[j] - b_d[j]) > tol):
-                return f"query {q} rank {j}: distance {a_d[j]} vs {b_d[j]}"
-            if a_inf:
-                if a_ids[j] != -1:
-                    return f"query {q} rank {j}: padding id {a_ids[j]}"
+            if (a_ids[j] == -1) != (b_d[j] == inf):
+                return f"query {q} rank {j}: id {a_ids[j]} ({a_d[j]}) vs reference {b_d[j]}"
+            if a_ids[j] == -1:
+                if a_d[j] != inf:
+                    return f"query {q} rank {j}: padding id -1 with distance {a_d[j]}"
                 continue
-            if a_ids[j] != b_ids[j]:
-                tied = abs(a_d[j] - b_d[k - 1]) <= tol or any(
-                    b_ids[t] == a_ids[j] and abs(b_d[t] - a_d[j]) <= tol for t in range(k))
-                if not tied:
-                    return f"query {q} rank {j}: id {a_ids[j]} vs {b_ids[j]}"
+            if not distances_agree(a_d[j], b_d[j], tol):
+                return f"query {q} rank {j}: distance {a_d[j]} vs reference {b_d[j]}"
+            kth = b_d[j]
+        reference = {i: d for i, d in zip(b_ids, b_d) if i != -1}
+        seen = set()
+        for j in range(k):
+            if a_ids[j] == -1:
+                continue
+            if a_ids[j] in seen:
+                return f"query {q}: id {a_ids[j]} repeats"
+            seen.add(a_ids[j])
+            if a_ids[j] in reference:
+                if not distances_agree(a_d[j], reference[a_ids[j]], tol):
+                    return (f"query {q} id {a_ids[j]}: distance {a_d[j]}, reference "
+                            f"{reference[a_ids[j]]}")
+            elif a_d[j] > kth and not distances_agree(a_d[j], kth, tol):
+                return (f"query {q} rank {j}: id {a_ids[j]} at {a_d[j]} beyond the reference "
+                        f"k-th {kth}")
     return ""
 
 

@@ -116,7 +116,7 @@ TEST_F(ConcurrencyTest, SearchesOnOneIndexWhileAnotherBuilds) {
         if (!Search(testing::IdSearch("heavy", kHeavyK, ids), &response).ok() ||
             !testing::CompareAnswers(response.neighbor_ids().data(), response.distances().data(),
                                      reference.neighbor_ids().data(), reference.distances().data(),
-                                     64, kHeavyK, 1e-9)
+                                     64, kHeavyK)
                  .empty()) {
           ++failures;
         }
@@ -172,7 +172,7 @@ TEST_F(ConcurrencyTest, DeleteIndexWhileSearchesAreInFlight) {
     EXPECT_EQ(answer.num_queries(), 4096);
     EXPECT_EQ(testing::CompareAnswers(answer.neighbor_ids().data(), answer.distances().data(),
                                       reference.neighbor_ids().data(), reference.distances().data(),
-                                      64, kHeavyK, 1e-6),
+                                      64, kHeavyK),
               "");
   }
 }

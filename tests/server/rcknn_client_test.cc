@@ -73,7 +73,7 @@ TEST(RcknnClientTest, UploadBuildAndSearchInManyRequests) {
     ref_dists.insert(ref_dists.end(), part.distances().begin(), part.distances().end());
   }
   EXPECT_EQ(testing::CompareAnswers(split->ids.data(), split->distances.data(), ref_ids.data(),
-                                    ref_dists.data(), n, 20, 1e-6),
+                                    ref_dists.data(), n, 20),
             "");
 
   // Out-of-sample points are split the same way.

@@ -131,7 +131,7 @@ TEST_F(RcknnServiceTest, SmallBatchMatchesCoreRankByRank) {
     std::vector<double> dists;
     CoreSearch(batch, options, &ids, &dists);
     EXPECT_EQ(testing::CompareAnswers(response.neighbor_ids().data(), response.distances().data(),
-                                      ids.data(), dists.data(), 20, 7, 1e-9),
+                                      ids.data(), dists.data(), 20, 7),
               "");
     for (size_t q = 0; q < query_ids.size(); ++q) {
       if (include_self) {
@@ -210,7 +210,7 @@ TEST_F(RcknnServiceTest, SearchStreamAnswersEveryRequestInOrder) {
     ASSERT_EQ(response.neighbor_ids_size(), unary.neighbor_ids_size());
     EXPECT_EQ(testing::CompareAnswers(response.neighbor_ids().data(), response.distances().data(),
                                       unary.neighbor_ids().data(), unary.distances().data(),
-                                      unary.num_queries(), unary.k(), 1e-9),
+                                      unary.num_queries(), unary.k()),
               "")
         << "response " << index - 1;
   }

@@ -91,7 +91,7 @@ int Run() {
     if (mismatch.empty()) {
       mismatch =
           testing::CompareAnswers(response.neighbor_ids().data(), response.distances().data(),
-                                  ids.data(), dists.data(), nq, knn.k, 1e-6);
+                                  ids.data(), dists.data(), nq, knn.k);
     }
   }
 

@@ -216,28 +216,4 @@ v1::SearchRequest IdSearch(const std::string& id, int64_t k, const std::vector<i
   return request;
 }
 
-std::string CompareAnswers(const int64_t* ids_a, const double* dists_a, const int64_t* ids_b,
-                           const double* dists_b, int64_t num_queries, int64_t k, double tol) {
-  auto close = [tol](double a, double b) { return a == b || std::abs(a - b) <= tol; };
-  for (int64_t q = 0; q < num_queries; ++q) {
-    const int64_t* ia = ids_a + q * k;
-    const int64_t* ib = ids_b + q * k;
-    const double* da = dists_a + q * k;
-    const double* db = dists_b + q * k;
-    for (int64_t j = 0; j < k; ++j) {
-      if (!close(da[j], db[j])) {
-        return absl::StrCat("query ", q, " rank ", j, ": distance ", da[j], " vs ", db[j]);
-      }
-      if (ia[j] == ib[j]) continue;
-      // A tie: the id must sit in the other row at a distance within tol, or tie with its end.
-      bool tied = close(da[j], db[k - 1]);
-      for (int64_t t = 0; t < k && !tied; ++t) tied = ib[t] == ia[j] && close(db[t], da[j]);
-      if (!tied) {
-        return absl::StrCat("query ", q, " rank ", j, ": id ", ia[j], " vs ", ib[j]);
-      }
-    }
-  }
-  return "";
-}
-
 }  // namespace rcknn::testing

@@ -149,13 +149,6 @@ v1::IndexInfo CreateReadyIndex(v1::Rcknn::Stub& stub, const std::string& id,
 v1::SearchRequest IdSearch(const std::string& id, int64_t k, const std::vector<int64_t>& ids,
                            bool predecessor_mode = false);
 
-// "" if two answers of num_queries x k agree: distances within `tol` rank by rank (padding
-// equal), and ids equal except where two candidates tie within `tol`. Else the first difference.
-// (Distances of one pair may differ in the last bits between two evaluations, docs/design.md
-// section 3, so answers are compared this way rather than bit by bit.)
-std::string CompareAnswers(const int64_t* ids_a, const double* dists_a, const int64_t* ids_b,
-                           const double* dists_b, int64_t num_queries, int64_t k,
-                           double tol = 1e-9);
 
 }  // namespace rcknn::testing
 

@@ -8,6 +8,7 @@
 #include <regex>
 #include <sstream>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
@@ -111,46 +112,14 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& n
 }
 
 bool DistancesAgree(double a, double b, double tol) {
-  return std::abs(a - b) <= tol || std::abs(a * a - b * b) <= tol;
+  return a == b || std::abs(a - b) <= tol || std::abs(a * a - b * b) <= tol;
 }
 
 std::string CompareRow(const core::MetricSpace& space, const core::PointRows& query_rows,
                        int64_t row, int64_t query_id, const core::KnnOptions& options,
                        const int64_t* ids, const double* dists, const double* ref_dists,
-                       double tol, const int64_t* ref_ids) {
+                       double tol) {
   const int64_t k = options.k;
-  if (ref_ids != nullptr) {
-    // Re-measure both answers through one path and re-sort them (rounding may swap near-ties);
-    // then apply the rule to the re-measured values.
-    auto measure = [&](const int64_t* row_ids) {
-      std::vector<std::pair<double, int64_t>> out(k, {std::numeric_limits<double>::infinity(), -1});
-      for (int64_t j = 0; j < k; ++j) {
-        if (row_ids[j] >= 0 && row_ids[j] < space.size()) {
-          out[j].second = row_ids[j];
-          space.RowToIds(query_rows, row, absl::MakeConstSpan(&row_ids[j], 1), &out[j].first);
-        }
-      }
-      std::sort(out.begin(), out.end());
-      return out;
-    };
-    const auto got = measure(ids);
-    const auto ref = measure(ref_ids);
-    for (int64_t j = 0; j < k; ++j) {
-      // The reported values come from the other path: they agree only up to its rounding.
-      if (!(std::abs(dists[j] - got[j].first) <= 1e-3) && dists[j] != got[j].first) {
-        return absl::StrCat("rank ", j, ": reported ", dists[j], ", re-measured ", got[j].first);
-      }
-    }
-    std::vector<int64_t> got_ids(k);
-    std::vector<double> got_dists(k), ref_dists_measured(k);
-    for (int64_t j = 0; j < k; ++j) {
-      got_ids[j] = got[j].second;
-      got_dists[j] = got[j].first;
-      ref_dists_measured[j] = ref[j].first;
-    }
-    return CompareRow(space, query_rows, row, query_id, options, got_ids.data(), got_dists.data(),
-                      ref_dists_measured.data(), tol);
-  }
   double ref_kth = -1.0;
   for (int64_t j = 0; j < k; ++j) {
     const bool got_pad = ids[j] < 0;
@@ -186,6 +155,56 @@ std::string CompareRow(const core::MetricSpace& space, const core::PointRows& qu
     }
     if (!DistancesAgree(truth, dists[j], tol)) {
       return absl::StrCat("id ", ids[j], ": reported ", dists[j], ", measured ", truth);
+    }
+  }
+  return "";
+}
+
+std::string CompareAnswers(const int64_t* ids, const double* dists, const int64_t* ref_ids,
+                           const double* ref_dists, int64_t num_queries, int64_t k, double tol) {
+  for (int64_t q = 0; q < num_queries; ++q) {
+    const int64_t* a_ids = ids + q * k;
+    const double* a_d = dists + q * k;
+    const int64_t* b_ids = ref_ids + q * k;
+    const double* b_d = ref_dists + q * k;
+    double kth = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < k; ++j) {
+      if ((a_ids[j] == -1) != std::isinf(b_d[j])) {
+        return absl::StrCat("query ", q, " rank ", j, ": id ", a_ids[j], " (", a_d[j],
+                            ") vs reference ", b_d[j]);
+      }
+      if (a_ids[j] == -1) {
+        if (!std::isinf(a_d[j]) || a_d[j] < 0) {
+          return absl::StrCat("query ", q, " rank ", j, ": padding id -1 with distance ", a_d[j]);
+        }
+        continue;
+      }
+      if (!DistancesAgree(a_d[j], b_d[j], tol)) {
+        return absl::StrCat("query ", q, " rank ", j, ": distance ", a_d[j], " vs reference ",
+                            b_d[j]);
+      }
+      kth = b_d[j];
+    }
+    absl::flat_hash_map<int64_t, double> reference;
+    for (int64_t j = 0; j < k; ++j) {
+      if (b_ids[j] != -1) reference.emplace(b_ids[j], b_d[j]);
+    }
+    absl::flat_hash_set<int64_t> seen;
+    for (int64_t j = 0; j < k; ++j) {
+      if (a_ids[j] == -1) continue;
+      if (!seen.insert(a_ids[j]).second) {
+        return absl::StrCat("query ", q, ": id ", a_ids[j], " repeats");
+      }
+      const auto it = reference.find(a_ids[j]);
+      if (it != reference.end()) {
+        if (!DistancesAgree(a_d[j], it->second, tol)) {
+          return absl::StrCat("query ", q, " id ", a_ids[j], ": distance ", a_d[j],
+                              ", reference ", it->second);
+        }
+      } else if (a_d[j] > kth && !DistancesAgree(a_d[j], kth, tol)) {
+        return absl::StrCat("query ", q, " rank ", j, ": id ", a_ids[j], " at ", a_d[j],
+                            " beyond the reference k-th ", kth);
+      }
     }
   }
   return "";

@@ -43,21 +43,28 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& n
 // of rho into up to sqrt(e) near d = 0 (with p near 1e-9 that exceeds any flat tol on d).
 bool DistancesAgree(double a, double b, double tol = 1e-6);
 
-// docs/design.md section 3: the sorted distance lists agree within `tol` (DistancesAgree), and the
-// true distance (measured in `space`) of every returned id is at most the reference k-th
-// distance, within `tol`.
-// Also checks the padding (-1 with +inf only), that no id repeats, and that every id
-// qualifies for the query (`query_id` -1 for out-of-sample queries). Returns "" when the row
-// matches, else a description of the first difference.
-//
-// With `ref_ids` (the reference answer's ids), both answers' distances are first re-measured
-// through one path (space.RowToIds), so that two correct evaluations of the same pair that round
-// differently (a matrix product and a dot product; at p near 1e-9 they can differ by more than
-// tol) are compared as equals.
+// The comparison rule of docs/design.md section 3, the one every test and benchmark uses (with
+// its twin rcknn_e2e.compare_answers in Python), in two forms: CompareRow with the metric space,
+// CompareAnswers with what a client holds. Both return "" when the answers agree, else a
+// description of the first difference.
+
+// One row of an answer against the reference distances of its query: the distances agree rank by
+// rank (DistancesAgree; padding, id -1 with +inf, exactly where the reference pads), and the true
+// distance (measured in `space`) of every returned id agrees with the reported one and is at
+// most the reference k-th distance (or agrees with it). Also checks that no id repeats and that
+// every id qualifies for the query (`query_id` -1 for out-of-sample queries).
 std::string CompareRow(const core::MetricSpace& space, const core::PointRows& query_rows,
                        int64_t row, int64_t query_id, const core::KnnOptions& options,
                        const int64_t* ids, const double* dists, const double* ref_dists,
-                       double tol = 1e-6, const int64_t* ref_ids = nullptr);
+                       double tol = 1e-6);
+
+// Two num_queries x k answers, without the metric space: the same rule with the reported
+// distances standing for the true ones. Per row, the distances agree rank by rank (padding
+// alike), no id repeats, and every id the reference returned too has the reference's distance
+// for it, any other id a distance at most the reference k-th one.
+std::string CompareAnswers(const int64_t* ids, const double* dists, const int64_t* ref_ids,
+                           const double* ref_dists, int64_t num_queries, int64_t k,
+                           double tol = 1e-6);
 
 }  // namespace rcknn::testing
 
