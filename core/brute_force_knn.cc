@@ -47,7 +47,9 @@ void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOp
   end = std::min(end, n);
   if (nr == 0 || begin >= end) return;
   // Only ids below row_bound(i) qualify for row i.
-  const bool bounded = options.predecessor_mode || !id_bounds.empty();
+  // (Under an ordering the qualifying ids are not a prefix: Qualifies filters them instead.)
+  const bool bounded =
+      (options.predecessor_mode && options.rank.empty()) || !id_bounds.empty();
   auto row_bound = [&](int64_t i) {
     return options.predecessor_mode ? rows.ids[i] : id_bounds[i];
   };

@@ -17,6 +17,17 @@ absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, i
   if (batch.ids.empty() && batch.points.empty()) {
     return absl::InvalidArgumentError("query_ids, query_points: neither is set; give exactly one");
   }
+  if (!options.rank.empty() || !options.subtree_min_rank.empty()) {
+    if (!options.predecessor_mode) {
+      return absl::InvalidArgumentError("ordering: an ordering applies to predecessor_mode only");
+    }
+    if (static_cast<int64_t>(options.rank.size()) != n ||
+        static_cast<int64_t>(options.subtree_min_rank.size()) != n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ordering: ranks for ", options.rank.size(), " points and ",
+          options.subtree_min_rank.size(), " tree nodes, the index holds ", n));
+    }
+  }
   if (batch.by_id()) {
     if (!batch.id_bounds.empty()) {
       return absl::InvalidArgumentError(

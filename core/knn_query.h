@@ -28,6 +28,16 @@ struct KnnOptions {
   bool include_self = false;
   // Queries by id only: only ids j < i qualify; query 0 gets nothing.
   bool predecessor_mode = false;
+  // Predecessor mode under an ordering (core/ordering.h, IndexOrdering): j qualifies for query
+  // i iff rank[j] < rank[i], so the query at rank 0 gets nothing. subtree_min_rank[node] is the
+  // smallest rank in the subtree of that node of the tree the search walks (unused by the
+  // brute force). Both empty: the ids themselves are the ranks. Set both or neither, n entries
+  // each, only with predecessor_mode.
+  absl::Span<const int64_t> rank;
+  absl::Span<const int64_t> subtree_min_rank;
+
+  // The key predecessor mode compares: the rank under the ordering, or the id.
+  int64_t PredecessorKey(int64_t id) const { return rank.empty() ? id : rank[id]; }
 };
 
 // Either stored ids or out-of-sample points (row-major, `dimension` values each), not both.
@@ -54,7 +64,8 @@ inline int64_t NumQueries(const QueryBatch& batch, int dimension) {
 // INVALID_ARGUMENT naming the field: k < 1, ids out of [0, n), both or neither of ids and points,
 // a point count that is not a multiple of `dimension`, non-finite coordinates,
 // predecessor_mode or include_self with out-of-sample points, id_bounds with query ids or with a
-// count other than one per point.
+// count other than one per point, rank / subtree_min_rank without predecessor_mode or not of n
+// entries each.
 absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, int64_t n,
                            int dimension);
 
@@ -109,7 +120,7 @@ class TopK {
 inline bool Qualifies(int64_t id, int64_t query_id, const KnnOptions& options,
                       int64_t id_bound = std::numeric_limits<int64_t>::max()) {
   if (query_id < 0) return id < id_bound;
-  if (options.predecessor_mode) return id < query_id;
+  if (options.predecessor_mode) return options.PredecessorKey(id) < options.PredecessorKey(query_id);
   return options.include_self || id != query_id;
 }
 

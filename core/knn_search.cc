@@ -54,7 +54,9 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
   // Predecessor mode and an id bound are one filter: only ids below `below` qualify, and a
   // subtree whose minimum id is not below it holds no candidate.
   const bool pred = options.predecessor_mode || (query_id < 0 && id_bound < tree.size());
-  const int64_t below = options.predecessor_mode ? query_id : id_bound;
+  const int64_t below = options.predecessor_mode ? options.PredecessorKey(query_id) : id_bound;
+  // Under an ordering the keys are ranks, bounded per subtree by their minimum.
+  const bool by_rank = options.predecessor_mode && !options.rank.empty();
   auto& heap = scratch.heap;
   heap.clear();
   auto& records = scratch.records;
@@ -90,7 +92,7 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       path[j] = records[r].distance;
     }
     for (int64_t c = tree.first_child(entry.node); c < tree.end_child(entry.node); ++c) {
-      if (pred && tree.subtree_min_id(c) >= below) {
+      if (pred && (by_rank ? options.subtree_min_rank[c] : tree.subtree_min_id(c)) >= below) {
         ++stats.pruned_by_predecessor;
         continue;
       }
@@ -204,7 +206,7 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
         top.Reset(options.k);
         const int64_t q = list[first + i];
         const int64_t candidates =
-            options.predecessor_mode ? rows.ids[i]
+            options.predecessor_mode ? options.PredecessorKey(rows.ids[i])
                                      : std::max<int64_t>(0, std::min(n, queries.IdBound(q)));
         const int64_t budget =
             search_options.scan_fraction >= 1.0

@@ -91,6 +91,8 @@ std::string SnapshotKindName(SnapshotKind kind) {
       return "upload";
     case SnapshotKind::kTree:
       return "tree";
+    case SnapshotKind::kOrdering:
+      return "ordering";
   }
   return absl::StrCat("unknown kind ", static_cast<uint32_t>(kind));
 }

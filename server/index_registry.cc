@@ -141,11 +141,30 @@ void IndexEntry::FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> ind
   build_seconds_ = build_seconds >= 0.0 ? build_seconds
                                         : absl::ToDoubleSeconds(absl::Now() - build_start_);
   if (index.ok()) {
+    // Orderings restored from disk come back with their index, or the index fails.
+    for (StoredOrdering& stored : stored_orderings_) {
+      absl::StatusOr<core::IndexOrdering> ordering =
+          core::IndexOrdering::Create((*index)->tree(), std::move(stored.permutation));
+      if (!ordering.ok()) {
+        index = absl::DataLossError(absl::StrCat("ordering \"", stored.name,
+                                                 "\" does not fit the index: ",
+                                                 ordering.status().message()));
+        break;
+      }
+      orderings_[stored.name] = std::make_shared<const NamedOrdering>(
+          NamedOrdering{stored.name, stored.method, stored.seconds, *std::move(ordering)});
+    }
+    stored_orderings_.clear();
+  }
+  if (index.ok()) {
     index_ = std::shared_ptr<const core::KnnIndex>(std::move(index).value());
     state_ = IndexState::kReady;
     build_progress_.store(1.0);
-    memory_.Resize(index_->memory_bytes());
+    int64_t bytes = index_->memory_bytes();
+    for (const auto& [name, ordering] : orderings_) bytes += ordering->ordering.memory_bytes();
+    memory_.Resize(bytes);
   } else {
+    orderings_.clear();
     error_ = index.status().ToString();
     state_ = IndexState::kFailed;
     memory_.Release();
@@ -206,6 +225,9 @@ IndexSnapshot IndexEntry::Snapshot() const {
       break;
     case IndexState::kReady: {
       snapshot.memory_bytes = index_->memory_bytes();
+      for (const auto& [name, ordering] : orderings_) {
+        snapshot.memory_bytes += ordering->ordering.memory_bytes();
+      }
       snapshot.timings = index_->timings();
       if (const auto* space = dynamic_cast<const core::ResidualSpace*>(&index_->space())) {
         snapshot.inducing_count = space->v().cols();
@@ -234,12 +256,61 @@ absl::Status IndexEntry::RunWrite(const std::function<absl::Status()>& write,
   return write();
 }
 
+void IndexEntry::SetStoredOrderings(std::vector<StoredOrdering> orderings) {
+  absl::MutexLock lock(&mutex_);
+  stored_orderings_ = std::move(orderings);
+}
+
+absl::Status IndexEntry::AddOrdering(std::shared_ptr<const NamedOrdering> ordering,
+                                     MemoryReservation memory) {
+  absl::MutexLock lock(&mutex_);
+  if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
+  if (state_ != IndexState::kReady) {
+    return absl::FailedPreconditionError(absl::StrCat("index ", id_, " is ",
+                                                      IndexStateName(state_), ", not READY"));
+  }
+  if (orderings_.contains(ordering->name)) {
+    return absl::AlreadyExistsError(absl::StrCat("name: index ", id_,
+                                                 " already has an ordering named \"",
+                                                 ordering->name, "\""));
+  }
+  orderings_[ordering->name] = std::move(ordering);
+  ordering_memory_.push_back(std::move(memory));
+  ++version_;
+  return absl::OkStatus();
+}
+
+bool IndexEntry::HasOrdering(absl::string_view name) const {
+  absl::MutexLock lock(&mutex_);
+  return orderings_.contains(name);
+}
+
+absl::StatusOr<std::shared_ptr<const NamedOrdering>> IndexEntry::FindOrdering(
+    absl::string_view name) const {
+  absl::MutexLock lock(&mutex_);
+  const auto it = orderings_.find(name);
+  if (it == orderings_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("ordering: index ", id_, " has no ordering named \"", name, "\""));
+  }
+  return it->second;
+}
+
+std::vector<std::string> IndexEntry::OrderingNames() const {
+  absl::MutexLock lock(&mutex_);
+  std::vector<std::string> names;
+  for (const auto& [name, ordering] : orderings_) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 void IndexEntry::MarkDeleted() {
   build_cancellation_.Cancel();
   absl::MutexLock lock(&mutex_);
   deleted_ = true;
   loading_ = PointBatch();
   memory_.Release();
+  ordering_memory_.clear();
   ++version_;
 }
 

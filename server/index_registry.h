@@ -25,6 +25,7 @@
 #include "absl/time/time.h"
 #include "core/cancellation.h"
 #include "core/knn_index.h"
+#include "core/ordering.h"
 #include "rcknn/v1/rcknn.pb.h"
 #include "server/memory_budget.h"
 
@@ -54,6 +55,22 @@ struct IndexSnapshot {
   core::BuildTimings timings;
   int64_t inducing_count = 0;  // READY residual indexes: the m in use
   uint64_t version = 0;        // changes with every state change and every applied upload
+};
+
+// An ordering kept with a READY index (ComputeOrdering), found by name from searches.
+struct NamedOrdering {
+  std::string name;
+  core::OrderingMethod method = core::OrderingMethod::kSupplied;
+  double seconds = 0.0;  // to compute and store it
+  core::IndexOrdering ordering;
+};
+
+// An ordering as --data_dir keeps it, attached again when the index is restored.
+struct StoredOrdering {
+  std::string name;
+  core::OrderingMethod method = core::OrderingMethod::kSupplied;
+  double seconds = 0.0;
+  std::vector<int64_t> permutation;
 };
 
 // One index. Thread-safe.
@@ -117,6 +134,21 @@ class IndexEntry {
   // runs. NOT_FOUND without running it once the entry is deleted, unless `even_if_deleted`.
   absl::Status RunWrite(const std::function<absl::Status()>& write, bool even_if_deleted = false);
 
+  // Orderings read from --data_dir at start-up, attached by FinishBuild when the restored index
+  // is published (so that a client who sees READY finds them). One that is not a permutation
+  // of the index's points makes the index FAILED instead.
+  void SetStoredOrderings(std::vector<StoredOrdering> orderings);
+  // Keeps `ordering` (over this entry's READY index) and `memory` (its reservation).
+  // FAILED_PRECONDITION unless READY; ALREADY_EXISTS if the name is taken; NOT_FOUND once
+  // deleted.
+  absl::Status AddOrdering(std::shared_ptr<const NamedOrdering> ordering,
+                           MemoryReservation memory = {});
+  bool HasOrdering(absl::string_view name) const;
+  // NOT_FOUND naming the field "ordering" if the index has no ordering of that name.
+  absl::StatusOr<std::shared_ptr<const NamedOrdering>> FindOrdering(absl::string_view name) const;
+  // Ascending.
+  std::vector<std::string> OrderingNames() const;
+
   // Called by the registry when the entry is removed: pending uploads and builds stop.
   void MarkDeleted();
   bool deleted() const;
@@ -142,6 +174,10 @@ class IndexEntry {
   double build_seconds_ ABSL_GUARDED_BY(mutex_) = 0.0;
   std::string error_ ABSL_GUARDED_BY(mutex_);
   std::shared_ptr<const core::KnnIndex> index_ ABSL_GUARDED_BY(mutex_);
+  std::vector<StoredOrdering> stored_orderings_ ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_map<std::string, std::shared_ptr<const NamedOrdering>> orderings_
+      ABSL_GUARDED_BY(mutex_);
+  std::vector<MemoryReservation> ordering_memory_ ABSL_GUARDED_BY(mutex_);
 };
 
 // Index id -> entry. The lock is held only to find, insert or remove a pointer.

@@ -244,6 +244,7 @@ int64_t IndexService::LoadStoredIndexes() {
       }
     }
     if (status.ok() && found.has_tree) {
+      entry->SetStoredOrderings(std::move(found.orderings));
       core::IndexSpec build_spec;
       MemoryReservation build_memory;
       absl::StatusOr<core::IndexData> data =
@@ -303,10 +304,41 @@ absl::StatusOr<QueryPool::CancelHandle> IndexService::StartSearch(const SearchCa
                                                                   SearchCallback done) {
   ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(call.index_id));
   ASSIGN_OR_RETURN(std::shared_ptr<const core::KnnIndex> index, entry->ReadyIndex());
+  // An ordering: predecessor mode by rank, and optionally ranks in place of ids on the wire.
+  core::QueryBatch queries = call.queries;
+  core::KnnOptions options = call.options;
+  std::shared_ptr<const NamedOrdering> ordering;
+  auto ranked_ids = std::make_shared<std::vector<int64_t>>();
+  if (!call.ordering.empty()) {
+    if (!options.predecessor_mode && !call.ids_are_ranks) {
+      return absl::InvalidArgumentError(
+          "ordering: applies to predecessor_mode or ids_are_ranks; set one of them");
+    }
+    ASSIGN_OR_RETURN(ordering, entry->FindOrdering(call.ordering));
+    if (options.predecessor_mode) {
+      options.rank = ordering->ordering.rank();
+      options.subtree_min_rank = ordering->ordering.subtree_min_rank();
+    }
+    if (call.ids_are_ranks && queries.by_id()) {
+      const int64_t n = index->size();
+      ranked_ids->resize(queries.ids.size());
+      for (size_t i = 0; i < queries.ids.size(); ++i) {
+        const int64_t rank = queries.ids[i];
+        if (rank < 0 || rank >= n) {
+          return absl::InvalidArgumentError(absl::StrCat("query_ids[", i, "] = ", rank,
+                                                         " is not a rank in [0, ", n, ")"));
+        }
+        (*ranked_ids)[i] = ordering->ordering.permutation()[rank];
+      }
+      queries.ids = *ranked_ids;
+    }
+  } else if (call.ids_are_ranks) {
+    return absl::InvalidArgumentError("ids_are_ranks: needs an ordering");
+  }
   SearchLimits limits;
   limits.max_queries_per_search = options_.max_queries_per_search;
   limits.max_message_bytes = options_.max_message_bytes;
-  ASSIGN_OR_RETURN(const SearchPlan plan, PlanSearch(call.queries, call.options, index->size(),
+  ASSIGN_OR_RETURN(const SearchPlan plan, PlanSearch(queries, options, index->size(),
                                                      index->dimension(), limits, call.layout));
   absl::StatusOr<MemoryReservation> memory =
       budget_->Reserve(plan.memory_bytes, "the answer of this search");
@@ -328,16 +360,24 @@ absl::StatusOr<QueryPool::CancelHandle> IndexService::StartSearch(const SearchCa
 
   QueryPool::SearchJob job;
   job.index = std::move(index);
-  job.queries = call.queries;
-  job.options = call.options;
+  job.queries = queries;
+  job.options = options;
   job.deadline = call.deadline;
   job.out_ids = answer.ids;
   job.out_distances = answer.distances;
   job.per_query_evaluations = absl::MakeSpan(running->per_query_evaluations);
   running->start = absl::Now();
+  const bool answer_in_ranks = ordering != nullptr && call.ids_are_ranks;
   absl::StatusOr<QueryPool::CancelHandle> handle = pool_->Submit(
-      std::move(job), [this, running, done = std::move(done)](
+      std::move(job), [this, running, done = std::move(done), ordering, ranked_ids, answer,
+                       answer_in_ranks, entries = plan.answer_entries](
                           absl::Status status, const core::TraversalStats& stats) {
+        if (status.ok() && answer_in_ranks) {
+          const std::vector<int64_t>& rank = ordering->ordering.rank();
+          for (int64_t j = 0; j < entries; ++j) {
+            if (answer.ids[j] >= 0) answer.ids[j] = rank[answer.ids[j]];
+          }
+        }
         SearchOutcome outcome;
         outcome.seconds = absl::ToDoubleSeconds(absl::Now() - running->start);
         if (status.ok()) {
@@ -354,6 +394,87 @@ absl::StatusOr<QueryPool::CancelHandle> IndexService::StartSearch(const SearchCa
     metrics_->RecordSearchRejected(kRejectedQueueFull);
   }
   return handle;
+}
+
+absl::Status IndexService::StartComputeOrdering(const v1::ComputeOrderingRequest& request,
+                                               std::shared_ptr<core::Cancellation> cancellation,
+                                               v1::Ordering* response,
+                                               std::function<void(absl::Status)> done) {
+  ASSIGN_OR_RETURN(core::OrderingRequest core_request, ToCoreOrderingRequest(request));
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(request.index_id()));
+  ASSIGN_OR_RETURN(std::shared_ptr<const core::KnnIndex> index, entry->ReadyIndex());
+  if (entry->HasOrdering(request.name())) {
+    return absl::AlreadyExistsError(absl::StrCat("name: index ", request.index_id(),
+                                                 " already has an ordering named \"",
+                                                 request.name(), "\""));
+  }
+  const int64_t n = index->size();
+  // The answer carries the whole permutation (a varint per id): refuse before computing what
+  // cannot be sent.
+  int varint_bytes = 1;
+  for (uint64_t v = static_cast<uint64_t>(n - 1); v >= 0x80; v >>= 7) ++varint_bytes;
+  const double answer_bytes = static_cast<double>(n) * varint_bytes + 256.0;
+  if (answer_bytes > static_cast<double>(options_.max_message_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the ordering of ", n, " points (about ", static_cast<int64_t>(answer_bytes),
+        " bytes) would exceed --max_message_bytes = ", options_.max_message_bytes));
+  }
+  // The kept ordering (permutation, ranks, subtree minimum ranks) plus the maximin walk's
+  // per-point arrays while it runs (distances, heap, positions, tree-node maps), and for the
+  // scaled-coordinate maximin a Euclidean copy of the coordinates and its tree.
+  const int64_t kept_bytes = 3 * n * static_cast<int64_t>(sizeof(int64_t));
+  ASSIGN_OR_RETURN(MemoryReservation reserved,
+                   budget_->Reserve(kept_bytes + 6 * n * static_cast<int64_t>(sizeof(int64_t)) +
+                                        core::KnnIndex::EstimateBuildBytes(index->spec(), n),
+                                    "computing this ordering"));
+  auto memory = std::make_shared<MemoryReservation>(std::move(reserved));
+  const absl::Time start = absl::Now();
+  const std::string name = request.name();
+  pool_->Run([this, entry, index, core_request, cancellation, memory, start, name, response,
+              done = std::move(done)]() mutable {
+    absl::StatusOr<std::vector<int64_t>> permutation =
+        core::ComputeOrdering(*index, core_request, pool_->arena(), cancellation.get());
+    if (!permutation.ok()) {
+      done(permutation.status());
+      return;
+    }
+    absl::StatusOr<core::IndexOrdering> ordering =
+        core::IndexOrdering::Create(index->tree(), *permutation);
+    if (!ordering.ok()) {
+      done(ordering.status());
+      return;
+    }
+    auto stored = std::make_shared<StoredOrdering>(
+        StoredOrdering{name, core_request.method, 0.0, *std::move(permutation)});
+    stored->seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    auto named = std::make_shared<const NamedOrdering>(
+        NamedOrdering{stored->name, stored->method, stored->seconds, *std::move(ordering)});
+    const int64_t kept = named->ordering.memory_bytes();
+    // The commit blocks on the disk.
+    io_.Submit([this, entry, stored, named, memory, kept, response, done = std::move(done)] {
+      memory->Resize(kept);
+      const absl::Status status = entry->RunWrite([&]() -> absl::Status {
+        if (entry->HasOrdering(stored->name)) {
+          return absl::AlreadyExistsError(absl::StrCat("name: index ", entry->id(),
+                                                       " already has an ordering named \"",
+                                                       stored->name, "\""));
+        }
+        if (store_ != nullptr) RETURN_IF_ERROR(store_->WriteOrdering(entry->id(), *stored));
+        return entry->AddOrdering(named, std::move(*memory));
+      });
+      if (status.ok()) {
+        UpdateIndexGauges();
+        response->set_index_id(entry->id());
+        response->set_name(stored->name);
+        response->set_method(ToProto(stored->method));
+        response->mutable_permutation()->Assign(stored->permutation.begin(),
+                                                stored->permutation.end());
+        response->set_seconds(stored->seconds);
+      }
+      done(status);
+    });
+  });
+  return absl::OkStatus();
 }
 
 }  // namespace rcknn::server

@@ -56,6 +56,9 @@ struct SearchCall {
   core::QueryBatch queries;
   core::KnnOptions options;
   absl::Time deadline = absl::InfiniteFuture();
+  // SearchRequest.ordering (empty: none) and ids_are_ranks.
+  std::string ordering;
+  bool ids_are_ranks = false;
   // How the transport will carry the answer: sizes the check against --max_message_bytes.
   AnswerLayout layout = AnswerLayout::kPacked;
 };
@@ -135,6 +138,18 @@ class IndexService {
   // search; the search metrics are recorded before `done` runs. On error (NOT_FOUND,
   // FAILED_PRECONDITION, INVALID_ARGUMENT, RESOURCE_EXHAUSTED for the limits, the memory budget
   // or a full queue) nothing was allocated or queued and `done` is never called.
+  // Validates `request` (server/proto_conversion.h) against its index (NOT_FOUND,
+  // FAILED_PRECONDITION unless READY, ALREADY_EXISTS for a taken name, RESOURCE_EXHAUSTED when
+  // the permutation would not fit one message or the memory budget), then computes the ordering
+  // on the pool (one worker for a maximin walk), commits it to the store on the I/O executor,
+  // keeps it with the index and fills `response`. On success `done` is called once, from a
+  // pool or I/O thread; on error nothing was started and `done` is never called.
+  // `cancellation` stops the computation.
+  absl::Status StartComputeOrdering(const v1::ComputeOrderingRequest& request,
+                                    std::shared_ptr<core::Cancellation> cancellation,
+                                    v1::Ordering* response,
+                                    std::function<void(absl::Status)> done);
+
   absl::StatusOr<QueryPool::CancelHandle> StartSearch(const SearchCall& call,
                                                       const AnswerAllocator& allocate,
                                                       SearchCallback done);

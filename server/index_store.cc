@@ -30,6 +30,7 @@ namespace fs = std::filesystem;
 constexpr char kSpecFile[] = "spec.rcknn";
 constexpr char kTreeFile[] = "tree.rcknn";
 constexpr char kUploadPrefix[] = "upload-";
+constexpr char kOrderingPrefix[] = "ordering-";
 constexpr char kSuffix[] = ".rcknn";
 constexpr char kTempSuffix[] = ".tmp";
 
@@ -88,6 +89,32 @@ absl::StatusOr<PointBatch> ReadUpload(const std::string& path, absl::string_view
     return reader->Corrupt("array lengths do not match the point count");
   }
   return batch;
+}
+
+std::string OrderingFile(absl::string_view name) {
+  return absl::StrCat(kOrderingPrefix, name, kSuffix);
+}
+
+absl::StatusOr<StoredOrdering> ReadOrdering(const std::string& path, absl::string_view id,
+                                            absl::string_view name) {
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotReader> reader,
+                   core::SnapshotReader::Open(path, core::SnapshotKind::kOrdering));
+  RETURN_IF_ERROR(CheckOwner(*reader, id));
+  StoredOrdering ordering;
+  uint32_t method = 0;
+  RETURN_IF_ERROR(reader->ReadString(&ordering.name, 1024));
+  RETURN_IF_ERROR(reader->ReadValue(&method));
+  RETURN_IF_ERROR(reader->ReadValue(&ordering.seconds));
+  RETURN_IF_ERROR(reader->ReadVector(&ordering.permutation));
+  RETURN_IF_ERROR(reader->Finish());
+  if (ordering.name != name) {
+    return reader->Corrupt(absl::StrCat("holds ordering \"", ordering.name, "\", not ", name));
+  }
+  if (method > static_cast<uint32_t>(core::OrderingMethod::kMaximinResidual)) {
+    return reader->Corrupt(absl::StrCat("unknown ordering method ", method));
+  }
+  ordering.method = static_cast<core::OrderingMethod>(method);
+  return ordering;
 }
 
 }  // namespace
@@ -172,6 +199,7 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
   index.id = id;
   const fs::path dir = IndexDir(id);
   std::vector<int64_t> sequences;
+  std::vector<std::string> ordering_names;
   bool has_spec = false;
   std::error_code error;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, error)) {
@@ -188,6 +216,15 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
       has_spec = true;
     } else if (name == kTreeFile) {
       index.has_tree = true;
+    } else if (absl::StartsWith(name, kOrderingPrefix) && absl::EndsWith(name, kSuffix) &&
+               name.size() > sizeof(kOrderingPrefix) - 1 + sizeof(kSuffix) - 1 &&
+               ValidateIndexId(name.substr(sizeof(kOrderingPrefix) - 1,
+                                           name.size() - (sizeof(kOrderingPrefix) - 1) -
+                                               (sizeof(kSuffix) - 1)))
+                   .ok()) {
+      ordering_names.push_back(name.substr(
+          sizeof(kOrderingPrefix) - 1,
+          name.size() - (sizeof(kOrderingPrefix) - 1) - (sizeof(kSuffix) - 1)));
     } else if (int64_t sequence = 0;
                absl::StartsWith(name, kUploadPrefix) && absl::EndsWith(name, kSuffix) &&
                absl::SimpleAtoi(name.substr(sizeof(kUploadPrefix) - 1,
@@ -241,6 +278,22 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
   if (index.has_tree && sequences.empty()) {
     index.status = absl::DataLossError(
         absl::StrCat((dir / kTreeFile).string(), ": a built index without any upload file"));
+    return index;
+  }
+  if (!ordering_names.empty() && !index.has_tree) {
+    index.status = absl::DataLossError(absl::StrCat(
+        (dir / OrderingFile(ordering_names[0])).string(), ": an ordering of an unbuilt index"));
+    return index;
+  }
+  std::sort(ordering_names.begin(), ordering_names.end());
+  for (const std::string& name : ordering_names) {
+    absl::StatusOr<StoredOrdering> ordering =
+        ReadOrdering((dir / OrderingFile(name)).string(), id, name);
+    if (!ordering.ok()) {
+      index.status = ordering.status();
+      return index;
+    }
+    index.orderings.push_back(*std::move(ordering));
   }
   return index;
 }
@@ -300,6 +353,20 @@ absl::Status IndexStore::WriteTree(absl::string_view id, int64_t uploads, double
   writer->WriteValue<double>(build_seconds);
   index.Save(*writer);
   PauseBeforeCommit(id, kTreeFile);
+  return writer->Commit();
+}
+
+absl::Status IndexStore::WriteOrdering(absl::string_view id, const StoredOrdering& ordering) {
+  RETURN_IF_ERROR(ValidateIndexId(ordering.name, "name"));
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
+                   core::SnapshotWriter::Create(
+                       (fs::path(IndexDir(id)) / OrderingFile(ordering.name)).string(),
+                       core::SnapshotKind::kOrdering));
+  writer->WriteString(id);
+  writer->WriteString(ordering.name);
+  writer->WriteValue<uint32_t>(static_cast<uint32_t>(ordering.method));
+  writer->WriteValue<double>(ordering.seconds);
+  writer->WriteVector(ordering.permutation);
   return writer->Commit();
 }
 

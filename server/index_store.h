@@ -8,6 +8,10 @@
 //   <data_dir>/indexes/<id>/upload-NNNNNN.rcknn one per acknowledged UploadPoints stream, 1, 2, ...
 //   <data_dir>/indexes/<id>/tree.rcknn          the built index (core::KnnIndex::Save), written
 //                                               before the index is reported READY
+//   <data_dir>/indexes/<id>/ordering-<name>.rcknn  one per ordering (ComputeOrdering), written
+//                                               before the ordering is reported: the owner id,
+//                                               the name, the method (u32), the seconds
+//                                               (f64) and the permutation (i64 array)
 //   <data_dir>/trash/                           deleted indexes on their way out
 //
 // An upload is acknowledged only after its file is committed, and a tree file names how many
@@ -42,6 +46,7 @@ struct StoredIndex {
   v1::IndexSpec spec;
   std::vector<PointBatch> uploads;  // in upload order
   bool has_tree = false;
+  std::vector<StoredOrdering> orderings;  // ordered by name
   // Not OK if any file of the index is missing, corrupt, truncated, of another version or of
   // another index: the index is then reported FAILED with this reason.
   absl::Status status;
@@ -83,6 +88,8 @@ class IndexStore {
       absl::string_view id, int64_t uploads, const core::IndexSpec& spec, core::IndexData data,
       tbb::task_arena* arena, const core::Cancellation* cancellation,
       const core::ProgressCallback& progress, double* build_seconds);
+  // Commits an ordering of the index (its name follows the rule of index ids).
+  absl::Status WriteOrdering(absl::string_view id, const StoredOrdering& ordering);
   // Removes the index's directory: moved to the trash in one rename (durable), then deleted.
   absl::Status DeleteIndex(absl::string_view id);
 

@@ -102,6 +102,12 @@ absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexS
         return Invalid("spec.factors_supplied", "is not used by METRIC_EUCLIDEAN");
       }
       if (spec.has_jitter()) return Invalid("spec.jitter", "is not used by METRIC_EUCLIDEAN");
+      if (spec.has_inducing_method()) {
+        return Invalid("spec.inducing_method", "is not used by METRIC_EUCLIDEAN");
+      }
+      if (spec.has_lloyd_iterations()) {
+        return Invalid("spec.lloyd_iterations", "is not used by METRIC_EUCLIDEAN");
+      }
       return out;
     }
     case v1::METRIC_UNSPECIFIED:
@@ -171,7 +177,100 @@ absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexS
     normalized->set_jitter(core::kDefaultJitter);
   }
   out.factors_supplied = spec.factors_supplied();
+
+  // The selection method: unset means the uniform draw, as before the field existed; the
+  // reported spec says which one was used.
+  v1::InducingMethod method =
+      spec.has_inducing_method() ? spec.inducing_method() : v1::INDUCING_METHOD_UNIFORM;
+  switch (method) {
+    case v1::INDUCING_METHOD_UNIFORM:
+      out.residual.inducing_method = core::InducingMethod::kUniform;
+      break;
+    case v1::INDUCING_METHOD_KMEANS_PLUSPLUS:
+      out.residual.inducing_method = core::InducingMethod::kKMeansPlusPlus;
+      break;
+    case v1::INDUCING_METHOD_UNSPECIFIED:
+      return Invalid("spec.inducing_method",
+                     "INDUCING_METHOD_UNSPECIFIED; leave it unset for the uniform draw, or choose "
+                     "INDUCING_METHOD_UNIFORM or INDUCING_METHOD_KMEANS_PLUSPLUS");
+    default:
+      return Invalid("spec.inducing_method", absl::StrCat("unknown InducingMethod value ", method));
+  }
+  if (spec.has_inducing_method() &&
+      (spec.factors_supplied() || !spec.inducing_points().empty())) {
+    return Invalid("spec.inducing_method",
+                   spec.factors_supplied() ? "cannot be combined with factors_supplied"
+                                           : "cannot be combined with explicit inducing_points");
+  }
+  if (spec.has_lloyd_iterations()) {
+    if (method != v1::INDUCING_METHOD_KMEANS_PLUSPLUS) {
+      return Invalid("spec.lloyd_iterations", "needs INDUCING_METHOD_KMEANS_PLUSPLUS");
+    }
+    if (spec.lloyd_iterations() < 0 || spec.lloyd_iterations() > kMaxLloydIterations) {
+      return Invalid("spec.lloyd_iterations",
+                     absl::StrCat("must be in [0, ", kMaxLloydIterations, "], got ",
+                                  spec.lloyd_iterations()));
+    }
+    out.residual.lloyd_iterations = spec.lloyd_iterations();
+  }
+  if (!spec.factors_supplied() && spec.inducing_points().empty()) {
+    normalized->set_inducing_method(method);
+    if (method == v1::INDUCING_METHOD_KMEANS_PLUSPLUS) {
+      normalized->set_lloyd_iterations(out.residual.lloyd_iterations);
+    }
+  }
   return out;
+}
+
+absl::StatusOr<core::OrderingRequest> ToCoreOrderingRequest(
+    const v1::ComputeOrderingRequest& request) {
+  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
+  RETURN_IF_ERROR(ValidateIndexId(request.name(), "name"));
+  core::OrderingRequest out;
+  switch (request.method()) {
+    case v1::ORDERING_METHOD_SUPPLIED:
+      out.method = core::OrderingMethod::kSupplied;
+      break;
+    case v1::ORDERING_METHOD_RANDOM:
+      out.method = core::OrderingMethod::kRandom;
+      break;
+    case v1::ORDERING_METHOD_MAXIMIN_EUCLIDEAN:
+      out.method = core::OrderingMethod::kMaximinEuclidean;
+      break;
+    case v1::ORDERING_METHOD_MAXIMIN_RESIDUAL:
+      out.method = core::OrderingMethod::kMaximinResidual;
+      break;
+    case v1::ORDERING_METHOD_UNSPECIFIED:
+      return Invalid("method",
+                     "ORDERING_METHOD_UNSPECIFIED; choose ORDERING_METHOD_SUPPLIED, _RANDOM, "
+                     "_MAXIMIN_EUCLIDEAN or _MAXIMIN_RESIDUAL");
+    default:
+      return Invalid("method", absl::StrCat("unknown OrderingMethod value ", request.method()));
+  }
+  if (out.method != core::OrderingMethod::kRandom && request.seed() != 0) {
+    return Invalid("seed", "is used by ORDERING_METHOD_RANDOM only");
+  }
+  if (out.method == core::OrderingMethod::kSupplied) {
+    out.permutation.assign(request.permutation().begin(), request.permutation().end());
+  } else if (!request.permutation().empty()) {
+    return Invalid("permutation", "is used by ORDERING_METHOD_SUPPLIED only");
+  }
+  out.seed = request.seed();
+  return out;
+}
+
+v1::OrderingMethod ToProto(core::OrderingMethod method) {
+  switch (method) {
+    case core::OrderingMethod::kSupplied:
+      return v1::ORDERING_METHOD_SUPPLIED;
+    case core::OrderingMethod::kRandom:
+      return v1::ORDERING_METHOD_RANDOM;
+    case core::OrderingMethod::kMaximinEuclidean:
+      return v1::ORDERING_METHOD_MAXIMIN_EUCLIDEAN;
+    case core::OrderingMethod::kMaximinResidual:
+      return v1::ORDERING_METHOD_MAXIMIN_RESIDUAL;
+  }
+  return v1::ORDERING_METHOD_UNSPECIFIED;
 }
 
 absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
@@ -290,6 +389,7 @@ void FillIndexInfo(const IndexEntry& entry, v1::IndexInfo* info) {
   info->set_memory_bytes(snapshot.memory_bytes);
   info->set_factor_seconds(snapshot.timings.factor_seconds);
   info->set_tree_seconds(snapshot.timings.tree_seconds);
+  for (std::string& name : entry.OrderingNames()) info->add_orderings(std::move(name));
 }
 
 void FillSearchStats(const core::TraversalStats& stats, double seconds, v1::SearchStats* out) {

@@ -11,6 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "core/knn_index.h"
+#include "core/ordering.h"
 #include "core/traversal_stats.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
@@ -21,6 +22,8 @@ namespace rcknn::server {
 
 inline constexpr int kMaxIndexIdLength = 128;
 inline constexpr int kMaxDimension = 65536;
+// Lloyd steps cost O(n m d) each; more than this is a mistake rather than a refinement.
+inline constexpr int kMaxLloydIterations = 1000;
 
 // 1..kMaxIndexIdLength characters from [A-Za-z0-9._-].
 absl::Status ValidateIndexId(absl::string_view id, absl::string_view field = "index_id");
@@ -39,6 +42,12 @@ absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool i
 // (0: inferred from this chunk).
 absl::Status AppendUploadChunk(const v1::UploadPointsRequest& chunk, const core::IndexSpec& spec,
                                int64_t chunk_number, int64_t first_id, PointBatch* staged);
+
+// Validates a ComputeOrderingRequest that needs no index: the index id, the name (the rule of
+// index ids), the method, and seed / permutation only with the methods that use them.
+absl::StatusOr<core::OrderingRequest> ToCoreOrderingRequest(
+    const v1::ComputeOrderingRequest& request);
+v1::OrderingMethod ToProto(core::OrderingMethod method);
 
 v1::IndexState ToProto(IndexState state);
 void FillIndexInfo(const IndexEntry& entry, v1::IndexInfo* info);

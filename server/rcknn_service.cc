@@ -67,7 +67,46 @@ class SearchReactor final : public grpc::ServerUnaryReactor {
   bool cancelled_ ABSL_GUARDED_BY(mutex_) = false;
 };
 
+// Unary ComputeOrdering: started by the handler, finished by the service's callback (after the
+// computation on the pool and the commit on the I/O executor), whichever step comes last; a
+// client cancel or the deadline stops the computation at its next check.
+class ComputeOrderingReactor final : public grpc::ServerUnaryReactor {
+ public:
+  ComputeOrderingReactor(IndexService* service, grpc::CallbackServerContext* context,
+                         const v1::ComputeOrderingRequest* request, v1::Ordering* response)
+      : cancellation_(std::make_shared<core::Cancellation>(DeadlineOf(*context))) {
+    const absl::Status started =
+        service->StartComputeOrdering(*request, cancellation_, response, [this](absl::Status status) {
+          result_ = std::move(status);
+          Step();
+        });
+    if (!started.ok()) {
+      Finish(ToGrpcStatus(started));  // the callback never runs
+      return;
+    }
+    Step();
+  }
+
+  void OnCancel() override { cancellation_->Cancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  void Step() {
+    if (steps_.fetch_sub(1, std::memory_order_acq_rel) == 1) Finish(ToGrpcStatus(result_));
+  }
+
+  const std::shared_ptr<core::Cancellation> cancellation_;
+  std::atomic<int> steps_{2};
+  absl::Status result_;
+};
+
 }  // namespace
+
+grpc::ServerUnaryReactor* RcknnService::ComputeOrdering(grpc::CallbackServerContext* context,
+                                                        const v1::ComputeOrderingRequest* request,
+                                                        v1::Ordering* response) {
+  return new ComputeOrderingReactor(&service_, context, request, response);
+}
 
 grpc::ServerUnaryReactor* RcknnService::CreateIndex(grpc::CallbackServerContext* context,
                                                     const v1::CreateIndexRequest* request,
@@ -227,6 +266,8 @@ absl::StatusOr<QueryPool::CancelHandle> RcknnService::StartSearch(
   call.options.k = request.k();
   call.options.include_self = request.include_self();
   call.options.predecessor_mode = request.predecessor_mode();
+  call.ordering = request.ordering();
+  call.ids_are_ranks = request.ids_are_ranks();
   call.deadline = deadline;
   call.layout = request.raw_answer() ? AnswerLayout::kRaw : AnswerLayout::kPacked;
   // Packed fields or raw bytes (server/search_answer.h), written in place by the search; the

@@ -34,7 +34,8 @@ namespace rcknn::server {
 using AsyncRcknnService = v1::Rcknn::WithRawCallbackMethod_UploadPoints<
     v1::Rcknn::WithRawCallbackMethod_SearchStream<v1::Rcknn::WithCallbackMethod_Search<
         v1::Rcknn::WithCallbackMethod_CreateIndex<
-            v1::Rcknn::WithCallbackMethod_DeleteIndex<v1::Rcknn::Service>>>>>;
+            v1::Rcknn::WithCallbackMethod_DeleteIndex<
+                v1::Rcknn::WithCallbackMethod_ComputeOrdering<v1::Rcknn::Service>>>>>>;
 
 class RcknnService final : public AsyncRcknnService {
  public:
@@ -68,6 +69,9 @@ class RcknnService final : public AsyncRcknnService {
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
                                    const v1::SearchRequest* request,
                                    v1::SearchResponse* response) override;
+  grpc::ServerUnaryReactor* ComputeOrdering(grpc::CallbackServerContext* context,
+                                            const v1::ComputeOrderingRequest* request,
+                                            v1::Ordering* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SearchStream(
       grpc::CallbackServerContext* context) override;
 

@@ -9,14 +9,17 @@
 #include <utility>
 #include <vector>
 
+#include "core/brute_force_knn.h"
 #include "core/cover_tree_range_search.h"
 #include "core/euclidean_space.h"
 #include "core/knn_index.h"
+#include "core/knn_search.h"
 #include "core/random.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/index_cases.h"
 #include "tests/testing/random_points.h"
+#include "tests/testing/shared_data.h"
 
 namespace rcknn {
 namespace {
@@ -336,6 +339,139 @@ TEST(ComputeOrderingTest, HonoursCancellation) {
   request.method = OrderingMethod::kMaximinResidual;
   EXPECT_EQ(core::ComputeOrdering(*index, request, nullptr, &cancellation).status().code(),
             absl::StatusCode::kCancelled);
+}
+
+// The k nearest points earlier than `query` in `rank`, by (distance, id), from every
+// distance evaluated one by one: written without the search library's filters.
+void NaivePredecessors(const MetricSpace& space, const std::vector<int64_t>& rank, int64_t query,
+                       int64_t k, int64_t* ids, double* dists) {
+  std::vector<std::pair<double, int64_t>> all;
+  for (int64_t j = 0; j < space.size(); ++j) {
+    if (rank[j] < rank[query]) all.emplace_back(Distance(space, query, j), j);
+  }
+  std::sort(all.begin(), all.end());
+  for (int64_t t = 0; t < k; ++t) {
+    const bool have = t < static_cast<int64_t>(all.size());
+    ids[t] = have ? all[t].second : -1;
+    dists[t] = have ? all[t].first : std::numeric_limits<double>::infinity();
+  }
+}
+
+TEST(PredecessorUnderOrderingTest, EveryPathEqualsTheBruteForceUnderTheOrdering) {
+  tbb::task_arena arena(2);
+  for (const testing::IndexCase& c : Cases()) {
+    SCOPED_TRACE(c.name);
+    const std::unique_ptr<KnnIndex> index = BuildCase(c);
+    const MetricSpace& space = index->space();
+    const int64_t n = space.size();
+    std::vector<int64_t> reversed(n);
+    for (int64_t i = 0; i < n; ++i) reversed[i] = n - 1 - i;
+    OrderingRequest maximin;
+    maximin.method = c.metric == core::Metric::kEuclidean ? OrderingMethod::kMaximinEuclidean
+                                                          : OrderingMethod::kMaximinResidual;
+    const std::vector<std::pair<std::string, std::vector<int64_t>>> orderings = {
+        {"random", core::RandomPermutation(n, 11)},
+        {"reversed", reversed},
+        {"maximin", *core::ComputeOrdering(*index, maximin)}};
+    std::vector<int64_t> query_ids(n);
+    for (int64_t i = 0; i < n; ++i) query_ids[i] = i;
+    core::QueryBatch batch;
+    batch.ids = query_ids;
+    const core::PointRows rows = space.Gather(query_ids);
+    for (const auto& [name, permutation] : orderings) {
+      absl::StatusOr<core::IndexOrdering> ordering =
+          core::IndexOrdering::Create(index->tree(), permutation);
+      ASSERT_TRUE(ordering.ok());
+      for (int64_t k : {int64_t{1}, int64_t{10}}) {
+        core::KnnOptions options;
+        options.k = k;
+        options.predecessor_mode = true;
+        options.rank = ordering->rank();
+        options.subtree_min_rank = ordering->subtree_min_rank();
+        std::vector<int64_t> ref_ids(n * k);
+        std::vector<double> ref_dists(n * k);
+        for (int64_t q = 0; q < n; ++q) {
+          NaivePredecessors(space, ordering->rank(), q, k, &ref_ids[q * k], &ref_dists[q * k]);
+        }
+        // The index's search, the walk that never falls back, the scan, and the brute force.
+        for (int path = 0; path < 4; ++path) {
+          SCOPED_TRACE(::testing::Message() << name << " k=" << k << " path=" << path);
+          std::vector<int64_t> ids(n * k);
+          std::vector<double> dists(n * k);
+          core::TreeSearchOptions search;
+          search.scan_fraction = path == 1 ? 1.0 : 0.0;
+          absl::Status status;
+          if (path == 0) {
+            status = index->Search(batch, options, &arena, nullptr, ids.data(), dists.data());
+          } else if (path <= 2) {
+            status = core::TreeKnnSearch(index->tree(), space, batch, options, search, &arena,
+                                         nullptr, ids.data(), dists.data());
+          } else {
+            status = core::BruteForceKnn(space, batch, options, &arena, nullptr, ids.data(),
+                                         dists.data());
+          }
+          ASSERT_TRUE(status.ok()) << status;
+          int failures = 0;
+          for (int64_t q = 0; q < n && failures < 3; ++q) {
+            const std::string diff =
+                testing::CompareRow(space, rows, q, q, options, &ids[q * k], &dists[q * k],
+                                    &ref_dists[q * k], 1e-6, &ref_ids[q * k]);
+            if (!diff.empty()) {
+              ++failures;
+              ADD_FAILURE() << "query " << q << " (rank " << ordering->rank()[q] << "): " << diff;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(PredecessorUnderOrderingTest, IdentityOrderingIsPlainPredecessorMode) {
+  const std::unique_ptr<KnnIndex> index =
+      BuildCase(testing::ResidualCase("rbf", core::KernelType::kRbf, 0.7, 2, 300, 16));
+  const int64_t n = index->size();
+  std::vector<int64_t> identity(n);
+  for (int64_t i = 0; i < n; ++i) identity[i] = i;
+  absl::StatusOr<core::IndexOrdering> ordering = core::IndexOrdering::Create(index->tree(), identity);
+  ASSERT_TRUE(ordering.ok());
+  core::QueryBatch batch;
+  batch.ids = identity;
+  core::KnnOptions plain;
+  plain.k = 7;
+  plain.predecessor_mode = true;
+  core::KnnOptions ranked = plain;
+  ranked.rank = ordering->rank();
+  ranked.subtree_min_rank = ordering->subtree_min_rank();
+  std::vector<int64_t> ids_a(n * 7), ids_b(n * 7);
+  std::vector<double> d_a(n * 7), d_b(n * 7);
+  ASSERT_TRUE(index->Search(batch, plain, nullptr, nullptr, ids_a.data(), d_a.data()).ok());
+  ASSERT_TRUE(index->Search(batch, ranked, nullptr, nullptr, ids_b.data(), d_b.data()).ok());
+  EXPECT_EQ(ids_a, ids_b);
+  EXPECT_EQ(d_a, d_b);
+}
+
+TEST(PredecessorUnderOrderingTest, RanksAreValidated) {
+  const std::unique_ptr<KnnIndex> index =
+      BuildCase(testing::ResidualCase("rbf", core::KernelType::kRbf, 0.7, 2, 50, 8));
+  absl::StatusOr<core::IndexOrdering> ordering =
+      core::IndexOrdering::Create(index->tree(), core::RandomPermutation(50, 1));
+  ASSERT_TRUE(ordering.ok());
+  const std::vector<int64_t> query = {3};
+  core::QueryBatch batch;
+  batch.ids = query;
+  core::KnnOptions options;
+  options.k = 3;
+  options.rank = ordering->rank();
+  options.subtree_min_rank = ordering->subtree_min_rank();
+  std::vector<int64_t> ids(3);
+  std::vector<double> dists(3);
+  EXPECT_EQ(index->Search(batch, options, nullptr, nullptr, ids.data(), dists.data()).code(),
+            absl::StatusCode::kInvalidArgument);  // without predecessor_mode
+  options.predecessor_mode = true;
+  options.subtree_min_rank = options.subtree_min_rank.subspan(1);
+  EXPECT_EQ(index->Search(batch, options, nullptr, nullptr, ids.data(), dists.data()).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
