@@ -212,6 +212,17 @@ absl::StatusOr<v1::IndexInfo> RcknnClient::GetIndex(const std::string& index_id)
   return info;
 }
 
+absl::StatusOr<v1::Ordering> RcknnClient::ComputeOrdering(
+    const v1::ComputeOrderingRequest& request) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::Ordering ordering;
+  if (grpc::Status status = stub_->ComputeOrdering(&context, request, &ordering); !status.ok()) {
+    return FromGrpc(status);
+  }
+  return ordering;
+}
+
 absl::StatusOr<std::vector<v1::IndexInfo>> RcknnClient::ListIndexes() {
   grpc::ClientContext context;
   Prepare(&context);
@@ -256,6 +267,8 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
     request.set_k(query.k);
     request.set_predecessor_mode(query.predecessor_mode);
     request.set_include_self(query.include_self);
+    request.set_ordering(query.ordering);
+    request.set_ids_are_ranks(query.ids_are_ranks);
     request.set_raw_answer(options_.raw_answers);
     if (by_id) {
       request.mutable_query_ids()->Add(query.ids.data() + first, query.ids.data() + first + count);

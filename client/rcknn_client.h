@@ -64,6 +64,9 @@ struct SearchQuery {
   PointsView points;
   bool predecessor_mode = false;
   bool include_self = false;
+  // SearchRequest.ordering and ids_are_ranks (empty / false: upload order, ids).
+  std::string ordering;
+  bool ids_are_ranks = false;
 };
 
 // Progress of a long call: `done` of `total` rows (points uploaded, queries answered).
@@ -105,6 +108,8 @@ class RcknnClient {
   absl::StatusOr<v1::IndexInfo> GetIndex(const std::string& index_id);
   absl::StatusOr<std::vector<v1::IndexInfo>> ListIndexes();
   absl::Status DeleteIndex(const std::string& index_id);
+  // ComputeOrdering; the answer carries the permutation (rank -> id).
+  absl::StatusOr<v1::Ordering> ComputeOrdering(const v1::ComputeOrderingRequest& request);
 
   // Any number of queries. One request goes as a unary Search; more go on one SearchStream.
   // `on_progress` (optional) is called after each answer, with the queries answered so far.

@@ -66,6 +66,19 @@ ABSL_FLAG(int64_t, inducing, 0, "create: number of inducing points (0: server de
 ABSL_FLAG(uint64_t, inducing_seed, 0, "create: seed of the inducing point draw");
 ABSL_FLAG(std::string, inducing_points, "", "create: file of explicit inducing points");
 ABSL_FLAG(double, jitter, -1, "create: jitter (negative: server default 1e-6)");
+ABSL_FLAG(std::string, inducing_method, "",
+          "create: uniform | kmeans++ (k-means++ seeding on the scaled coordinates; empty: the "
+          "server's default, uniform)");
+ABSL_FLAG(int, lloyd, -1, "create: Lloyd steps after k-means++ (negative: server default 0)");
+ABSL_FLAG(std::string, name, "", "order: name of the ordering");
+ABSL_FLAG(std::string, method, "maximin_residual",
+          "order: random | maximin_euclidean | maximin_residual | supplied (--input: ids by rank)");
+ABSL_FLAG(uint64_t, ordering_seed, 0, "order: seed of the random ordering");
+ABSL_FLAG(std::string, ordering, "",
+          "search, search-all: predecessor mode under this ordering of the index");
+ABSL_FLAG(bool, ranks, false,
+          "search, search-all: with --ordering, query ids and answers are ranks in it "
+          "(search-all: row r is the point at rank r)");
 // upload / search input
 ABSL_FLAG(std::string, input, "", "upload: file of points (CSV or raw float64 with --dim)");
 ABSL_FLAG(std::string, format, "", "csv | f64 (default: by file extension, .csv is CSV)");
@@ -104,15 +117,18 @@ constexpr char kUsage[] = R"(rcknn [--server=HOST:PORT] <command> [flags]
              N(0,1) points (a gold-like data set)
   create     --index=ID --dim=D [--metric=residual|euclidean] [--kernel=rbf|matern12|matern32|matern52]
              [--variance=1] [--lengthscale=1[,l2,...]] [--inducing=512] [--inducing_seed=0]
-             [--inducing_points=FILE] [--jitter=1e-6]
+             [--inducing_points=FILE] [--jitter=1e-6] [--inducing_method=uniform|kmeans++ [--lloyd=0]]
   upload     --index=ID --input=FILE [--format=csv|f64] [--dim=D]
   build      --index=ID [--wait=true]
   status     --index=ID
   list
   delete     --index=ID
+  order      --index=ID --name=NAME [--method=maximin_residual|maximin_euclidean|random|supplied]
+             [--ordering_seed=0] [--input=FILE (supplied: ids by rank)] [--output=FILE]
+             computes an ordering kept with the index; writes its permutation (rank -> id)
   search     --index=ID --k=K (--ids=1,2,3 | --ids_file=FILE | --points=FILE [--dim=D])
-             [--predecessor] [--include_self] [--output=PREFIX] [--print=3]
-  search-all --index=ID --k=K [--predecessor] [--output=PREFIX] [--print=3]
+             [--predecessor] [--include_self] [--ordering=NAME [--ranks]] [--output=PREFIX] [--print=3]
+  search-all --index=ID --k=K [--predecessor] [--ordering=NAME [--ranks]] [--output=PREFIX] [--print=3]
              every stored point as a query: the Vecchia neighbour matrix
   bench      --index=ID --k=K [--ids_file=FILE | --queries=1024] [--repeat=5] [--latency_queries=2000]
              single-query latency p50/p99 and the queries/s of one batched Search, as JSON
@@ -227,6 +243,17 @@ absl::Status Create(RcknnClient& client) {
     if (absl::GetFlag(FLAGS_inducing) > 0) spec.set_inducing_count(absl::GetFlag(FLAGS_inducing));
     spec.set_inducing_seed(absl::GetFlag(FLAGS_inducing_seed));
     if (absl::GetFlag(FLAGS_jitter) >= 0) spec.set_jitter(absl::GetFlag(FLAGS_jitter));
+    const std::string inducing_method = absl::GetFlag(FLAGS_inducing_method);
+    if (inducing_method == "uniform") {
+      spec.set_inducing_method(v1::INDUCING_METHOD_UNIFORM);
+    } else if (inducing_method == "kmeans++") {
+      spec.set_inducing_method(v1::INDUCING_METHOD_KMEANS_PLUSPLUS);
+    } else if (!inducing_method.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("create: --inducing_method must be uniform or kmeans++, got ",
+                       inducing_method));
+    }
+    if (absl::GetFlag(FLAGS_lloyd) >= 0) spec.set_lloyd_iterations(absl::GetFlag(FLAGS_lloyd));
     const std::string inducing_file = absl::GetFlag(FLAGS_inducing_points);
     if (!inducing_file.empty()) {
       auto format = ParseFileFormat(absl::GetFlag(FLAGS_format), inducing_file);
@@ -423,7 +450,51 @@ SearchQuery BaseQuery() {
   query.k = absl::GetFlag(FLAGS_k);
   query.predecessor_mode = absl::GetFlag(FLAGS_predecessor);
   query.include_self = absl::GetFlag(FLAGS_include_self);
+  query.ordering = absl::GetFlag(FLAGS_ordering);
+  query.ids_are_ranks = absl::GetFlag(FLAGS_ranks);
   return query;
+}
+
+absl::Status Order(RcknnClient& client) {
+  if (absl::Status status = RequireIndex(); !status.ok()) return status;
+  v1::ComputeOrderingRequest request;
+  request.set_index_id(absl::GetFlag(FLAGS_index));
+  request.set_name(absl::GetFlag(FLAGS_name));
+  const std::string method = absl::GetFlag(FLAGS_method);
+  v1::OrderingMethod value;
+  if (!v1::OrderingMethod_Parse(absl::StrCat("ORDERING_METHOD_", absl::AsciiStrToUpper(method)),
+                                &value) ||
+      value == v1::ORDERING_METHOD_UNSPECIFIED) {
+    return absl::InvalidArgumentError(absl::StrCat("order: unknown --method ", method));
+  }
+  request.set_method(value);
+  request.set_seed(absl::GetFlag(FLAGS_ordering_seed));
+  const std::string input = absl::GetFlag(FLAGS_input);
+  if (!input.empty()) {
+    auto format = ParseFileFormat(absl::GetFlag(FLAGS_format), input);
+    if (!format.ok()) return format.status();
+    auto ids = ReadIds(input, *format);
+    if (!ids.ok()) return ids.status();
+    request.mutable_permutation()->Add(ids->begin(), ids->end());
+  }
+  auto ordering = client.ComputeOrdering(request);
+  if (!ordering.ok()) return ordering.status();
+  std::printf("%s/%s: %s, %d points, %.3f s\n", ordering->index_id().c_str(),
+              ordering->name().c_str(), v1::OrderingMethod_Name(ordering->method()).c_str(),
+              ordering->permutation_size(), ordering->seconds());
+  const std::string output = absl::GetFlag(FLAGS_output);
+  if (output.empty()) return absl::OkStatus();
+  auto format = ParseFileFormat(absl::GetFlag(FLAGS_format), output);
+  if (!format.ok()) return format.status();
+  const std::vector<int64_t> permutation(ordering->permutation().begin(),
+                                         ordering->permutation().end());
+  if (absl::Status s = WriteIds(output, *format, permutation.data(),
+                                static_cast<int64_t>(permutation.size()), 1);
+      !s.ok()) {
+    return s;
+  }
+  std::printf("wrote %s\n", output.c_str());
+  return absl::OkStatus();
 }
 
 absl::Status Search(RcknnClient& client) {
@@ -656,6 +727,8 @@ int Main(int argc, char** argv) {
     status = List(client);
   } else if (command == "delete") {
     status = Delete(client);
+  } else if (command == "order") {
+    status = Order(client);
   } else if (command == "search") {
     status = Search(client);
   } else if (command == "search-all") {

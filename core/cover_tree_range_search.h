@@ -16,7 +16,9 @@ namespace rcknn::core {
 
 // Reusable buffers of one range search (one per thread).
 struct RangeSearchScratch {
-  std::vector<std::pair<int64_t, double>> stack;  // (node, d(query, node's point))
+  std::vector<std::pair<int64_t, int64_t>> stack;     // (node, its record)
+  std::vector<std::pair<double, int64_t>> records;    // (d(query, node), parent's record)
+  std::vector<double> path;                           // d(query, ancestor), root first
   std::vector<int64_t> nodes;
   std::vector<int64_t> ids;
   std::vector<double> dists;
@@ -28,8 +30,9 @@ struct RangeSearchScratch {
 // subtree with d(query, x) <= radius_of(node) is passed to visit(id, d); points farther away may
 // be passed too (every evaluated point is). Distances are evaluated by space.RowToIds from the
 // query row, so they have the bits of that call. A subtree is pruned when the triangle
-// inequality puts all of it beyond its radius by more than kPruneSlack, so rounding never hides a
-// point that is in range. Returns the number of distances evaluated.
+// inequality puts all of it beyond its radius by more than kPruneSlack, through its
+// max-descendant distance or through the rings of its ancestors (core/cover_tree.h), so rounding
+// never hides a point that is in range. Returns the number of distances evaluated.
 //
 // radius_of(child) must not exceed radius_of(parent) for pruning to be tight; correctness needs
 // only that it bounds what matters in the child's subtree.

@@ -322,5 +322,22 @@ TEST_F(OrderingServiceTest, KMeansPlusPlusInducingPoints) {
   expect_invalid(euclidean, "spec.inducing_method");
 }
 
+TEST(OrderingMessageLimitTest, AnOrderingTooLargeToSendIsRefusedBeforeItIsComputed) {
+  server::ServerOptions options;
+  options.max_message_bytes = 4096;
+  testing::TestServer test = testing::StartTestServer(options);
+  // 2,000 ids of two varint bytes each: over 4096 bytes.
+  const v1::IndexInfo info = testing::CreateReadyIndex(
+      *test.stub, "a", testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 0.5, 16),
+      testing::NormalPoints(2000, 2, 4), 100);
+  ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
+  v1::Ordering response;
+  const grpc::Status status =
+      Compute(*test.stub, Request("a", "r", v1::ORDERING_METHOD_RANDOM), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("--max_message_bytes"));
+  EXPECT_TRUE(testing::GetIndex(*test.stub, "a").orderings().empty());
+}
+
 }  // namespace
 }  // namespace rcknn
