@@ -11,7 +11,7 @@
 namespace rcknn::core {
 namespace {
 
-constexpr int64_t kPointBlock = 1024;  // the id grid of BruteForceScan
+constexpr int64_t kPointBlock = 1024;  // ids per matrix product of BruteForceScan
 constexpr int64_t kQueryBlock = 64;    // queries sharing one pass over the points
 // Below this many query blocks, the id range is also split so both cores have work.
 constexpr int64_t kMinBlocksForQuerySplitOnly = 4;
@@ -40,8 +40,8 @@ class FirstError {
 }  // namespace
 
 void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOptions& options,
-                    int64_t begin, int64_t end, std::vector<TopK>& tops, TraversalStats& stats,
-                    absl::Span<const int64_t> id_bounds) {
+                    int64_t begin, int64_t end, std::vector<CandidateSet>& sets,
+                    TraversalStats& stats, absl::Span<const int64_t> id_bounds) {
   const int64_t nr = rows.size();
   const int64_t n = space.size();
   end = std::min(end, n);
@@ -60,21 +60,20 @@ void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOp
   }
   thread_local std::vector<double> buffer;
   buffer.resize(nr * kPointBlock);
-  for (int64_t block = begin / kPointBlock * kPointBlock; block < end; block += kPointBlock) {
-    const int64_t count = std::min(kPointBlock, n - block);
+  for (int64_t block = begin; block < end; block += kPointBlock) {
+    const int64_t count = std::min(kPointBlock, end - block);
     space.RowsToRange(rows, 0, nr, block, count, buffer.data());
     stats.distance_evaluations += nr * count;
-    const int64_t lo = std::max(begin, block);
-    const int64_t block_hi = std::min(end, block + count);
     for (int64_t i = 0; i < nr; ++i) {
       const int64_t query_id = rows.ids[i];
-      const int64_t hi = bounded ? std::min(block_hi, row_bound(i)) : block_hi;
+      const int64_t hi = bounded ? std::min(block + count, row_bound(i)) : block + count;
       const double* d = buffer.data() + i * count - block;
-      TopK& top = tops[i];
-      double threshold = top.threshold();
-      for (int64_t j = lo; j < hi; ++j) {
-        if (d[j] <= threshold && Qualifies(j, query_id, options) && top.Offer(d[j], j)) {
-          threshold = top.threshold();
+      CandidateSet& set = sets[i];
+      double limit = set.limit();
+      for (int64_t j = block; j < hi; ++j) {
+        if (d[j] <= limit && Qualifies(j, query_id, options)) {
+          set.Offer(d[j], j);
+          limit = set.limit();
         }
       }
     }
@@ -118,7 +117,7 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
                             : kChunkBlocks * kPointBlock;
   const int64_t num_chunks = std::max<int64_t>(1, (n + chunk - 1) / chunk);
 
-  std::vector<std::vector<TopK>> tops(num_blocks * num_chunks);
+  std::vector<std::vector<CandidateSet>> sets(num_blocks * num_chunks);
   std::vector<int64_t> task_evaluations(num_blocks * num_chunks, 0);
   tbb::enumerable_thread_specific<TraversalStats> local_stats;
   FirstError error;
@@ -138,8 +137,11 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
       error.Set(rows.status());
       return;
     }
-    std::vector<TopK>& block_tops = tops[task];
-    block_tops.assign(num, TopK(options.k));
+    std::vector<CandidateSet>& block_sets = sets[task];
+    block_sets.resize(num);
+    for (int64_t i = 0; i < num; ++i) {
+      block_sets[i].Reset(options.k, 2.0 * space.RoundingBound(*rows, i));
+    }
     TraversalStats& st = local_stats.local();
     const int64_t before = st.distance_evaluations;
     std::vector<int64_t> bounds;
@@ -147,27 +149,39 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
       bounds.resize(num);
       for (int64_t i = 0; i < num; ++i) bounds[i] = queries.id_bounds[order[first + i]];
     }
-    BruteForceScan(space, *rows, options, part * chunk, (part + 1) * chunk, block_tops, st,
+    BruteForceScan(space, *rows, options, part * chunk, (part + 1) * chunk, block_sets, st,
                    bounds);
     task_evaluations[task] = (st.distance_evaluations - before) / num;
   });
   if (error.failed()) return error.status();
 
-  for (int64_t block = 0; block < num_blocks; ++block) {
-    std::vector<TopK>& merged = tops[block * num_chunks];
+  // Merge each block's parts and finish every query canonically.
+  tbb::parallel_for(int64_t{0}, num_blocks, [&](int64_t block) {
+    if (error.failed()) return;
+    const int64_t first = block * kQueryBlock;
+    const int64_t num = std::min(kQueryBlock, nq - first);
+    absl::StatusOr<PointRows> rows =
+        QueryRows(space, queries, absl::MakeConstSpan(order).subspan(first, num));
+    if (!rows.ok()) {
+      error.Set(rows.status());
+      return;
+    }
+    std::vector<CandidateSet>& merged = sets[block * num_chunks];
     int64_t evaluations = task_evaluations[block * num_chunks];
     for (int64_t part = 1; part < num_chunks; ++part) {
       evaluations += task_evaluations[block * num_chunks + part];
-      for (size_t i = 0; i < merged.size(); ++i) {
-        merged[i].Merge(tops[block * num_chunks + part][i]);
-      }
+      for (int64_t i = 0; i < num; ++i) merged[i].Merge(sets[block * num_chunks + part][i]);
     }
-    for (size_t i = 0; i < merged.size(); ++i) {
-      const int64_t q = order[block * kQueryBlock + i];
-      merged[i].Write(out_ids + q * options.k, out_distances + q * options.k);
-      if (!per_query_evaluations.empty()) per_query_evaluations[q] += evaluations;
+    TraversalStats& st = local_stats.local();
+    for (int64_t i = 0; i < num; ++i) {
+      const int64_t q = order[first + i];
+      const int64_t finishing = merged[i].Finish(space, *rows, i, out_ids + q * options.k,
+                                                 out_distances + q * options.k);
+      st.distance_evaluations += finishing;
+      if (!per_query_evaluations.empty()) per_query_evaluations[q] += evaluations + finishing;
     }
-  }
+  });
+  if (error.failed()) return error.status();
   for (const TraversalStats& s : local_stats) stats.Merge(s);
   stats.brute_force_queries += nq;
   return absl::OkStatus();

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "core/candidate_set.h"
 #include "core/cancellation.h"
 #include "core/knn_query.h"
 #include "core/metric_space.h"
@@ -33,8 +34,8 @@ absl::StatusOr<PointRows> QueryRows(const MetricSpace& space, const QueryBatch& 
 
 // Answers queries[query_list[i]] for every i by the blocked scan, in parallel on the current
 // arena (call inside task_arena::execute to choose one). The caller has validated `queries`.
-// Queries are grouped in blocks of a fixed size in query_list order (by id in predecessor mode),
-// so results depend only on the inputs. `per_query_evaluations`, if non-empty, has one entry per
+// Each query's answer is its candidates re-evaluated canonically (CandidateSet), so it does not
+// depend on the other queries or the thread count. `per_query_evaluations`, if non-empty, has one entry per
 // query of `queries`; the scanned ones get their evaluation counts added.
 absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
                          absl::Span<const int64_t> query_list, const KnnOptions& options,
@@ -43,13 +44,12 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
                          absl::Span<int64_t> per_query_evaluations = {});
 
 // The scan itself, on the calling thread: offers every qualifying stored point with id in
-// [begin, end) to tops[i], the k best of rows[i]. Points are evaluated in whole blocks of a
-// fixed grid of ids, so a pair's distance depends only on `rows` and that grid, never on how
-// callers split the id range between threads. tops.size() == rows.size(). `id_bounds`, if not
-// empty, has one entry per row: only ids below it qualify for that row (QueryBatch::id_bounds).
+// [begin, end) to sets[i], the candidates of rows[i], by matrix products over blocks of ids.
+// sets.size() == rows.size(). `id_bounds`, if not empty, has one entry per row: only ids below it
+// qualify for that row (QueryBatch::id_bounds).
 void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOptions& options,
-                    int64_t begin, int64_t end, std::vector<TopK>& tops, TraversalStats& stats,
-                    absl::Span<const int64_t> id_bounds = {});
+                    int64_t begin, int64_t end, std::vector<CandidateSet>& sets,
+                    TraversalStats& stats, absl::Span<const int64_t> id_bounds = {});
 
 }  // namespace rcknn::core
 

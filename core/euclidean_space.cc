@@ -1,14 +1,19 @@
 #include "core/euclidean_space.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "core/knn_query.h"
 #include "core/snapshot_file.h"
 
 namespace rcknn::core {
 
 EuclideanSpace::EuclideanSpace(RowMatrix points)
-    : points_(std::move(points)), by_dim_(points_.transpose()) {}
+    : points_(std::move(points)),
+      by_dim_(points_.transpose()),
+      max_abs_(points_.size() > 0 ? points_.cwiseAbs().maxCoeff() : 0.0) {}
 
 absl::StatusOr<std::unique_ptr<EuclideanSpace>> EuclideanSpace::Create(RowMatrix points) {
   if (points.rows() < 1 || points.cols() < 1) {
@@ -69,8 +74,31 @@ void EuclideanSpace::RowsToRows(const PointRows& a, int64_t a0, int64_t na, cons
 
 void EuclideanSpace::RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
                               double* out) const {
-  const auto a = rows.features.row(row);
-  for (size_t j = 0; j < ids.size(); ++j) out[j] = (a - points_.row(ids[j])).norm();
+  // Dimensions summed in order, one pair at a time: the canonical evaluation.
+  const int64_t d = points_.cols();
+  const double* a = rows.features.row(row).data();
+  for (size_t j = 0; j < ids.size(); ++j) {
+    const double* b = points_.row(ids[j]).data();
+    double r2 = 0.0;
+    for (int64_t t = 0; t < d; ++t) {
+      const double diff = a[t] - b[t];
+      r2 += diff * diff;
+    }
+    out[j] = std::sqrt(r2);
+  }
+}
+
+double EuclideanSpace::RoundingBound(const PointRows& rows, int64_t row) const {
+  // The paths differ only in how d squares are summed: a few ulp of the largest squared
+  // coordinate difference, through the square root.
+  double row_max = 0.0;
+  for (int64_t t = 0; t < rows.features.cols(); ++t) {
+    row_max = std::max(row_max, std::abs(rows.features(row, t)));
+  }
+  const double span = row_max + max_abs_;
+  const double e = 4.0 * (static_cast<double>(points_.cols()) + 2.0) *
+                   std::numeric_limits<double>::epsilon() * span * span;
+  return std::max(kPruneSlack, 2.0 * std::sqrt(e));
 }
 
 uint64_t EuclideanSpace::Fingerprint() const {

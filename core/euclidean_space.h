@@ -30,6 +30,7 @@ class EuclideanSpace final : public MetricSpace {
                   int64_t nb, double* out) const override;
   void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
                 double* out) const override;
+  double RoundingBound(const PointRows& rows, int64_t row) const override;
 
   const RowMatrix& points() const { return points_; }
 
@@ -37,6 +38,7 @@ class EuclideanSpace final : public MetricSpace {
   explicit EuclideanSpace(RowMatrix points);
   RowMatrix points_;  // n x d
   RowMatrix by_dim_;  // d x n
+  double max_abs_ = 0.0;  // largest |coordinate|
 };
 
 }  // namespace rcknn::core

@@ -34,8 +34,11 @@ PointRows SelectRows(const PointRows& rows, absl::Span<const int64_t> row_list);
 //
 // All distances are float64 and deterministic: the same pair evaluated through the same method
 // with the same block shape gives the same bits, whatever thread runs it. Different methods may
-// differ in the last bits (matrix product versus dot product). A row and a stored point with the
-// same id are at distance exactly 0.
+// differ in the last bits (matrix product versus dot product), by at most RoundingBound. RowToIds
+// is the canonical evaluation: its value for a pair depends only on the pair (the query row's
+// values and the stored point), never on the other ids or rows evaluated with it, and searches
+// return distances evaluated by it. A row and a stored point with the same id are at distance
+// exactly 0.
 //
 // Thread safety: const methods may be called concurrently.
 class MetricSpace {
@@ -63,9 +66,13 @@ class MetricSpace {
   // out[i * nb + j] = d(a[a0 + i], b[b0 + j]).
   virtual void RowsToRows(const PointRows& a, int64_t a0, int64_t na, const PointRows& b,
                           int64_t b0, int64_t nb, double* out) const = 0;
-  // out[j] = d(rows[row], stored point ids[j]).
+  // out[j] = d(rows[row], stored point ids[j]), canonically (see above).
   virtual void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
                         double* out) const = 0;
+  // An upper bound on |a - b| for any two of the methods above evaluating d(rows[row], j), for
+  // every stored j: how far a candidate's distance from a matrix product may sit from its
+  // canonical value. At least kPruneSlack.
+  virtual double RoundingBound(const PointRows& rows, int64_t row) const = 0;
 };
 
 }  // namespace rcknn::core

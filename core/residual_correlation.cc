@@ -7,6 +7,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/canonical_dot.h"
+#include "core/knn_query.h"
 #include "core/random.h"
 #include "core/snapshot_file.h"
 #include "core/status_macros.h"
@@ -273,6 +275,17 @@ void ResidualSpace::FinishSetup() {
   // Scalar, correctly rounded: equal p give equal bits wherever they sit.
   inv_sqrt_p_.resize(p_.size());
   for (int64_t i = 0; i < p_.size(); ++i) inv_sqrt_p_[i] = 1.0 / std::sqrt(p_[i]);
+  max_inv_sqrt_p_ = inv_sqrt_p_.size() > 0 ? inv_sqrt_p_.maxCoeff() : 0.0;
+}
+
+double ResidualSpace::RoundingBound(const PointRows& rows, int64_t row) const {
+  // Two evaluations of rho = (k - V_i . V_j) / sqrt(p_i p_j) differ by at most about (m + 16)
+  // ulp of the variance times the two 1/sqrt(p) (one length-m dot product, one kernel value), and
+  // |sqrt(1 - |x|) - sqrt(1 - |y|)| <= sqrt(|x - y|). Doubled for the other path's own error.
+  const double m = static_cast<double>(v_.cols());
+  const double e = (m + 16.0) * std::numeric_limits<double>::epsilon() * kernel_.variance() *
+                   rows.inv_sqrt_p[row] * max_inv_sqrt_p_;
+  return std::max(kPruneSlack, 2.0 * std::sqrt(e));
 }
 
 int64_t ResidualSpace::memory_bytes() const {
@@ -314,19 +327,20 @@ absl::StatusOr<PointRows> ResidualSpace::Prepare(const double* points, int64_t n
   }
   rows.coords.resize(num, d);
   for (int64_t i = 0; i < num; ++i) kernel_.Scale(points + i * d, rows.coords.row(i).data());
-  Eigen::MatrixXd kux(m, num);
+  // One point at a time: a blocked solve over several right-hand sides would round each point's
+  // factors differently depending on the other points of the request.
+  rows.features.resize(num, m);
+  rows.inv_sqrt_p.resize(num);
+  Eigen::VectorXd kux(m);
   for (int64_t j = 0; j < num; ++j) {
     for (int64_t u = 0; u < m; ++u) {
-      kux(u, j) = SquaredDistance(inducing_scaled_.row(u).data(), rows.coords.row(j).data(), d);
+      kux[u] = SquaredDistance(inducing_scaled_.row(u).data(), rows.coords.row(j).data(), d);
     }
-    kernel_.ValuesFromSquaredDistances(kux.col(j).data(), m);
-  }
-  cholesky_->matrixL().solveInPlace(kux);
-  rows.features = kux.transpose();
-  rows.inv_sqrt_p.resize(num);
-  for (int64_t j = 0; j < num; ++j) {
-    const double p =
-        std::max(kernel_.variance() - rows.features.row(j).squaredNorm(), kMinResidualVariance);
+    kernel_.ValuesFromSquaredDistances(kux.data(), m);
+    cholesky_->matrixL().solveInPlace(kux);
+    rows.features.row(j) = kux.transpose();
+    const double norm2 = CanonicalDot(kux.data(), kux.data(), m);
+    const double p = std::max(kernel_.variance() - norm2, kMinResidualVariance);
     rows.inv_sqrt_p[j] = 1.0 / std::sqrt(p);
   }
   rows.ids.assign(num, -1);
@@ -411,11 +425,12 @@ void ResidualSpace::RowToIds(const PointRows& rows, int64_t row, absl::Span<cons
   const int64_t count = static_cast<int64_t>(ids.size());
   const int d = kernel_.dimension();
   const double* ac = rows.coords.row(row).data();
-  const auto a = rows.features.row(row);
+  const double* a = rows.features.row(row).data();
+  const int64_t m = v_.cols();
   double* r2 = Scratch().R2(count);
   for (int64_t j = 0; j < count; ++j) {
     r2[j] = SquaredDistance(ac, scaled_.row(ids[j]).data(), d);
-    out[j] = a.dot(v_.row(ids[j]));
+    out[j] = CanonicalDot(a, v_.row(ids[j]).data(), m);
   }
   FinishRow(rows, row, ids.data(), 0, count, r2, out);
 }

@@ -94,6 +94,7 @@ class ResidualSpace final : public MetricSpace {
                   int64_t nb, double* out) const override;
   void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
                 double* out) const override;
+  double RoundingBound(const PointRows& rows, int64_t row) const override;
 
   const Kernel& kernel() const { return kernel_; }
   const RowMatrix& v() const { return v_; }           // n x m
@@ -124,6 +125,7 @@ class ResidualSpace final : public MetricSpace {
   RowMatrix v_;                      // n x m
   Eigen::VectorXd p_;                // n
   Eigen::VectorXd inv_sqrt_p_;       // n
+  double max_inv_sqrt_p_ = 0.0;
   RowMatrix inducing_scaled_;        // m x d (empty with supplied factors)
   std::optional<Eigen::LLT<Eigen::MatrixXd>> cholesky_;
   std::vector<int64_t> inducing_ids_;

@@ -4,12 +4,19 @@
 // (KnnIndex::Save / Restore), checks that the restored index answers the same queries bit for bit
 // and prints a second line with the timings.
 //
-//   rcknn-bench --workload=gold|gold-pred|vecchia-all|scale|dense|dense-pred|gemm --threads=2
-//               [--data_dir=DIR] [--snapshot_dir=DIR]
+// dense-all and scale-all answer every id of their point set in predecessor mode (the Vecchia
+// job); dense-all checks every answer against the brute force, scale-all a sample spread over
+// the id range, plus the shape of every row (ascending, padding, only ids below the query's).
+//
+//   rcknn-bench --workload=gold|gold-pred|vecchia-all|scale|dense|dense-pred|dense-all|
+//                          scale-all|gemm --threads=2 [--data_dir=DIR] [--snapshot_dir=DIR]
 #include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -33,13 +40,17 @@
 #include "tests/testing/shared_data.h"
 
 ABSL_FLAG(std::string, workload, "gold",
-          "gold | gold-pred | vecchia-all | scale | dense | dense-pred | gemm");
+          "gold | gold-pred | vecchia-all | scale | dense | dense-pred | dense-all | scale-all | "
+          "gemm");
 ABSL_FLAG(int, threads, 2, "worker threads (one tbb::task_arena of this size)");
 ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(),
           "directory of the fixed data sets (tests/data)");
 ABSL_FLAG(int64_t, scale_points, 1000000, "scale: number of generated points");
 ABSL_FLAG(int64_t, scale_queries, 10000, "scale: number of predecessor-mode queries");
 ABSL_FLAG(int64_t, scale_brute_sample, 200, "scale: queries timed with the brute force");
+ABSL_FLAG(int64_t, all_brute_sample, 2000,
+          "dense-all, scale-all: ids spread over the id range, timed with the brute force "
+          "(scale-all also checks exactly these answers against it)");
 ABSL_FLAG(bool, scale_check_all, true,
           "scale: check every query against the brute force (else only the timed sample)");
 ABSL_FLAG(std::string, snapshot_dir, "",
@@ -120,7 +131,8 @@ int64_t CountMismatches(const KnnIndex& index, const std::vector<int64_t>& query
 }
 
 void Print(const std::string& workload, int threads, int64_t n, int64_t queries, int64_t k,
-           const KnnIndex& index, const Answers& tree, double brute_qps, bool exact) {
+           const KnnIndex& index, const Answers& tree, double brute_qps, bool exact,
+           int64_t checked_queries, const std::string& extra = "") {
   std::vector<int64_t> evals = tree.evaluations;
   std::sort(evals.begin(), evals.end());
   const double mean = std::accumulate(evals.begin(), evals.end(), 0.0) / evals.size();
@@ -132,13 +144,13 @@ void Print(const std::string& workload, int threads, int64_t n, int64_t queries,
                    "\"dist_evals_per_query_p99\":%d,\"peak_rss_bytes\":%d,"
                    "\"brute_queries_per_second\":%.1f,\"exact\":%s,"
                    "\"search_seconds\":%.4f,\"scanned_queries\":%d,\"tree_depth\":%d,"
-                   "\"root_children\":%d,\"index_memory_bytes\":%d}",
+                   "\"root_children\":%d,\"index_memory_bytes\":%d,\"checked_queries\":%d%s}",
                    workload, threads, n, queries, k, index.timings().factor_seconds,
                    index.timings().tree_seconds, queries / tree.seconds, mean, p99,
                    PeakRssBytes(), brute_qps, exact ? "true" : "false", tree.seconds,
                    tree.stats.brute_force_queries, index.tree().depth(),
                    index.tree().end_child(0) - index.tree().first_child(0),
-                   index.memory_bytes())
+                   index.memory_bytes(), checked_queries, extra)
             << std::endl;
 }
 
@@ -273,7 +285,7 @@ int RunShared(const std::string& workload, int threads, tbb::task_arena& arena) 
     bad += CountMismatches(**index, query_ids, options, brute,
                            options.predecessor_mode ? set->pred_dists : set->knn_dists, 0, nq);
   }
-  Print(workload, threads, set->n, nq, options.k, **index, tree, nq / brute.seconds, bad == 0);
+  Print(workload, threads, set->n, nq, options.k, **index, tree, nq / brute.seconds, bad == 0, nq);
   if (!absl::GetFlag(FLAGS_snapshot_dir).empty() &&
       !RunSnapshot(workload, threads, **index, Tuned(set->Spec()), set->Data(), query_ids,
                    options, tree, arena)) {
@@ -282,16 +294,8 @@ int RunShared(const std::string& workload, int threads, tbb::task_arena& arena) 
   return 0;
 }
 
-int RunScale(int threads, tbb::task_arena& arena) {
-  const int64_t n = absl::GetFlag(FLAGS_scale_points);
-  const int64_t nq = absl::GetFlag(FLAGS_scale_queries);
-  core::SplitMix64 rng(20261123);
-  core::IndexData data;
-  data.points.resize(n, 2);
-  for (int64_t i = 0; i < n; ++i) {
-    data.points(i, 0) = rng.Normal();
-    data.points(i, 1) = rng.Normal();
-  }
+// The scale workload's spec: RBF s2 = 1, l = 0.5, 256 inducing points.
+core::IndexSpec ScaleSpec() {
   core::IndexSpec spec;
   spec.dimension = 2;
   spec.residual.kernel.type = core::KernelType::kRbf;
@@ -299,6 +303,27 @@ int RunScale(int threads, tbb::task_arena& arena) {
   spec.residual.kernel.lengthscales = {0.5};
   spec.residual.inducing_count = 256;
   spec.residual.inducing_seed = 7;
+  return spec;
+}
+
+// Its points: n standard normal points in 2-D drawn from `rng` (scale then draws its query ids
+// from the same generator).
+core::IndexData ScaleData(int64_t n, core::SplitMix64& rng) {
+  core::IndexData data;
+  data.points.resize(n, 2);
+  for (int64_t i = 0; i < n; ++i) {
+    data.points(i, 0) = rng.Normal();
+    data.points(i, 1) = rng.Normal();
+  }
+  return data;
+}
+
+int RunScale(int threads, tbb::task_arena& arena) {
+  const int64_t n = absl::GetFlag(FLAGS_scale_points);
+  const int64_t nq = absl::GetFlag(FLAGS_scale_queries);
+  core::SplitMix64 rng(20261123);
+  core::IndexData data = ScaleData(n, rng);
+  const core::IndexSpec spec = ScaleSpec();
   core::IndexData restore_data;  // the points again, for --snapshot_dir
   if (!absl::GetFlag(FLAGS_snapshot_dir).empty()) restore_data.points = data.points;
   absl::StatusOr<std::unique_ptr<KnnIndex>> index =
@@ -325,7 +350,7 @@ int RunScale(int threads, tbb::task_arena& arena) {
   }
   const bool all_checked = absl::GetFlag(FLAGS_scale_check_all) || nq == sample;
   Print("scale", threads, n, nq, options.k, **index, tree, sample / timed.seconds,
-        bad == 0 && all_checked);
+        bad == 0 && all_checked, all_checked ? nq : sample);
   const auto& residual = dynamic_cast<const core::ResidualSpace&>((*index)->space());
   std::cout << absl::StrFormat("{\"workload\":\"scale-memory\",\"v_and_coords_bytes\":%d,"
                                "\"peak_rss_bytes\":%d}",
@@ -334,6 +359,114 @@ int RunScale(int threads, tbb::task_arena& arena) {
             << std::endl;
   if (!absl::GetFlag(FLAGS_snapshot_dir).empty() &&
       !RunSnapshot("scale", threads, **index, Tuned(spec), std::move(restore_data), query_ids,
+                   options, tree, arena)) {
+    return 1;
+  }
+  return 0;
+}
+
+// The rows of `from` for query positions `rows`, as a new Answers.
+Answers SubsetRows(const Answers& from, const std::vector<int64_t>& rows, int64_t k) {
+  Answers out;
+  for (int64_t q : rows) {
+    out.ids.insert(out.ids.end(), from.ids.begin() + q * k, from.ids.begin() + (q + 1) * k);
+    out.dists.insert(out.dists.end(), from.dists.begin() + q * k,
+                     from.dists.begin() + (q + 1) * k);
+  }
+  return out;
+}
+
+// Predecessor-mode rows of queries 0..n-1 by id: query i has exactly min(i, k) qualifying ids,
+// so its row must hold that many distinct ids below i, ascending by (distance, id) with finite
+// distances, then -1 / +inf padding. Returns the number of rows that do not.
+int64_t CountMalformedRows(const Answers& got, int64_t n, int64_t k) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t* ids = &got.ids[i * k];
+    const double* dists = &got.dists[i * k];
+    const int64_t expected = std::min(i, k);
+    bool ok = true;
+    for (int64_t r = 0; r < k && ok; ++r) {
+      if (r < expected) {
+        ok = ids[r] >= 0 && ids[r] < i && std::isfinite(dists[r]) && dists[r] >= 0.0 &&
+             (r == 0 || std::make_pair(dists[r - 1], ids[r - 1]) < std::make_pair(dists[r], ids[r]));
+      } else {
+        ok = ids[r] == -1 && dists[r] == std::numeric_limits<double>::infinity();
+      }
+    }
+    if (!ok) {
+      if (bad < 3) std::cerr << "row " << i << " is malformed\n";
+      ++bad;
+    }
+  }
+  return bad;
+}
+
+// dense-all and scale-all: every id in predecessor mode, k = 30.
+int RunAll(const std::string& workload, int threads, tbb::task_arena& arena) {
+  core::IndexSpec spec;
+  core::IndexData data;
+  if (workload == "dense-all") {
+    absl::StatusOr<testing::Dataset> set =
+        testing::LoadDataset(absl::GetFlag(FLAGS_data_dir), "dense");
+    if (!set.ok()) {
+      std::cerr << set.status() << "\n";
+      return 1;
+    }
+    spec = set->Spec();
+    data = set->Data();
+  } else {
+    core::SplitMix64 rng(20261123);
+    spec = ScaleSpec();
+    data = ScaleData(absl::GetFlag(FLAGS_scale_points), rng);
+  }
+  core::IndexData restore_data;  // the points again, for --snapshot_dir
+  if (!absl::GetFlag(FLAGS_snapshot_dir).empty()) restore_data.points = data.points;
+  const int64_t n = data.points.rows();
+  const int64_t coordinate_bytes = data.points.size() * 8;
+  absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+      KnnIndex::Build(Tuned(spec), std::move(data), &arena);
+  if (!index.ok()) {
+    std::cerr << index.status() << "\n";
+    return 1;
+  }
+  KnnOptions options;
+  options.k = 30;
+  options.predecessor_mode = true;
+  std::vector<int64_t> query_ids(n);
+  std::iota(query_ids.begin(), query_ids.end(), 0);
+  const Answers tree = RunSearch(**index, query_ids, options, arena, /*brute=*/false);
+  int64_t bad = CountMalformedRows(tree, n, options.k);
+
+  // The brute force's rate, on ids spread evenly over the id range (its cost grows with the id).
+  const int64_t sample = std::min(n, absl::GetFlag(FLAGS_all_brute_sample));
+  std::vector<int64_t> sample_ids(sample);
+  for (int64_t s = 0; s < sample; ++s) sample_ids[s] = (2 * s + 1) * n / (2 * sample);
+  const Answers timed = RunSearch(**index, sample_ids, options, arena, /*brute=*/true);
+  int64_t checked = sample;
+  std::string extra;
+  if (workload == "dense-all") {
+    const Answers brute = RunSearch(**index, query_ids, options, arena, /*brute=*/true);
+    bad += CountMismatches(**index, query_ids, options, tree, brute.dists, 0, n, &brute.ids);
+    checked = n;
+    extra = absl::StrFormat(",\"brute_all_queries_per_second\":%.1f", n / brute.seconds);
+  } else {
+    const Answers sub = SubsetRows(tree, sample_ids, options.k);
+    bad += CountMismatches(**index, sample_ids, options, sub, timed.dists, 0, sample, &timed.ids);
+    const auto& residual = dynamic_cast<const core::ResidualSpace&>((*index)->space());
+    const int64_t reference =
+        residual.v().size() * 8 + coordinate_bytes + n * options.k * 16;
+    extra = absl::StrFormat(",\"v_coords_answer_bytes\":%d,\"peak_rss_ratio\":%.3f",
+                            reference, static_cast<double>(PeakRssBytes()) / reference);
+  }
+  const double end_to_end = (*index)->timings().factor_seconds +
+                            (*index)->timings().tree_seconds + tree.seconds;
+  extra += absl::StrFormat(",\"end_to_end_seconds\":%.4f,\"speedup_vs_brute\":%.2f",
+                           end_to_end, (n / tree.seconds) / (sample / timed.seconds));
+  Print(workload, threads, n, n, options.k, **index, tree, sample / timed.seconds, bad == 0,
+        checked, extra);
+  if (!absl::GetFlag(FLAGS_snapshot_dir).empty() &&
+      !RunSnapshot(workload, threads, **index, Tuned(spec), std::move(restore_data), query_ids,
                    options, tree, arena)) {
     return 1;
   }
@@ -383,6 +516,9 @@ int main(int argc, char** argv) {
     return rcknn::RunShared(workload, threads, arena);
   }
   if (workload == "scale") return rcknn::RunScale(threads, arena);
+  if (workload == "dense-all" || workload == "scale-all") {
+    return rcknn::RunAll(workload, threads, arena);
+  }
   if (workload == "gemm") return rcknn::RunGemm(threads, arena);
   std::cerr << "unknown --workload " << workload << "\n";
   return 2;

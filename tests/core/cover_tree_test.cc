@@ -395,13 +395,12 @@ TEST(CoverTreeTest, CancelledAndExpiredBuilds) {
   EXPECT_TRUE(CoverTree::Build(*space, CoverTreeOptions(), &arena, &later).ok());
 }
 
-// A node whose first block of 256 members all become centers. Builder::ChooseCenters appends
-// each full chunk of 256 centers to `full_chunks` after comparing the new center with the rest
-// of its block, but when that center is the last member of the block (nothing left to compare)
-// it `continue`s past the append; the next block then reads full_chunks[0] out of range and the
-// build crashes. Here the root (the origin) has 257 members, the unit vectors e_1..e_257, all 1
-// from the root and sqrt2 from each other, so every one becomes a center. Run in a child
-// process so the crash fails only this test.
+// A node whose first block of 256 members all become centers: Builder::ChooseCenters must keep
+// each full chunk of 256 centers for comparison with later blocks, also when the chunk's last
+// center is the last member of its block (nothing left to compare it with there). Here the root
+// (the origin) has 257 or more members, unit vectors all 1 from the root and sqrt2 from each
+// other, so every one becomes a center. A lost chunk would be read out of range, so the build
+// runs in a child process: a crash fails only this test.
 TEST(CoverTreeDeathTest, MoreThan256MutuallyFarMembersOfOneNode) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   for (int64_t members : {256, 257, 300, 513}) {
