@@ -317,7 +317,29 @@ absl::StatusOr<CoverTree> CoverTree::Build(const MetricSpace& space,
     }
     tree.subtree_min_id_[node] = min_id;
   }
+  tree.ComputeOrder();
   return tree;
+}
+
+void CoverTree::ComputeOrder() {
+  const int64_t n = size();
+  subtree_size_.assign(n, 1);
+  // Children have larger node numbers than their parents (breadth-first storage).
+  for (int64_t node = n - 1; node >= 1; --node) subtree_size_[parent_[node]] += subtree_size_[node];
+  preorder_.assign(n, 0);
+  for (int64_t node = 0; node < n; ++node) {
+    int64_t next = preorder_[node] + 1;
+    for (int64_t c = first_child_[node]; c < first_child_[node + 1]; ++c) {
+      preorder_[c] = next;
+      next += subtree_size_[c];
+    }
+  }
+  preorder_ids_.assign(n, 0);
+  node_of_.assign(n, 0);
+  for (int64_t node = 0; node < n; ++node) {
+    preorder_ids_[preorder_[node]] = point_[node];
+    node_of_[point_[node]] = node;
+  }
 }
 
 void CoverTree::ComputeRings(const MetricSpace& space) {
@@ -360,7 +382,9 @@ int64_t CoverTree::memory_bytes() const {
                               first_child_.size() * sizeof(int64_t) +
                               subtree_min_id_.size() * sizeof(int64_t) +
                               ring_offset_.size() * sizeof(int64_t) +
-                              ring_.size() * sizeof(std::pair<double, double>));
+                              ring_.size() * sizeof(std::pair<double, double>) +
+                              (subtree_size_.size() + preorder_.size() + preorder_ids_.size() +
+                               node_of_.size()) * sizeof(int64_t));
 }
 
 int64_t CoverTree::depth() const {
@@ -528,6 +552,7 @@ absl::StatusOr<CoverTree> CoverTree::Load(SnapshotReader& reader, int64_t num_po
   // The checksum first: a corrupt file is reported as such, not as a broken tree.
   RETURN_IF_ERROR(reader.Finish());
   RETURN_IF_ERROR(tree.CheckStructure(reader));
+  tree.ComputeOrder();
   return tree;
 }
 

@@ -85,6 +85,17 @@ class CoverTree {
   absl::Span<const int64_t> points(int64_t first, int64_t end) const {
     return absl::MakeConstSpan(point_.data() + first, end - first);
   }
+  // Depth-first (pre-order) numbering, derived from the structure when a tree is built or
+  // loaded: the ids of a node's subtree are one contiguous span, and consecutive spans of it are
+  // spatially adjacent points (what the block traversal groups queries by).
+  int64_t subtree_size(int64_t node) const { return subtree_size_[node]; }
+  int64_t preorder(int64_t node) const { return preorder_[node]; }
+  // Ids of the node's subtree, the node's own first.
+  absl::Span<const int64_t> subtree_ids(int64_t node) const {
+    return absl::MakeConstSpan(preorder_ids_.data() + preorder_[node], subtree_size_[node]);
+  }
+  // The node holding stored point `id`.
+  int64_t node_of(int64_t id) const { return node_of_[id]; }
   int64_t memory_bytes() const;
   // Depth of the deepest node (root = 0) and the largest number of children of one node.
   int64_t depth() const;
@@ -97,6 +108,7 @@ class CoverTree {
 
  private:
   void ComputeRings(const MetricSpace& space);
+  void ComputeOrder();
   absl::Status CheckStructure(const SnapshotReader& reader) const;
 
   double base_ = 2.0;
@@ -109,6 +121,11 @@ class CoverTree {
   std::vector<int64_t> subtree_min_id_;
   std::vector<int64_t> ring_offset_;  // size n + 1: rings of node i are [ring_offset_[i], ring_offset_[i + 1])
   std::vector<std::pair<double, double>> ring_;
+  // Derived by ComputeOrder (not saved).
+  std::vector<int64_t> subtree_size_;
+  std::vector<int64_t> preorder_;
+  std::vector<int64_t> preorder_ids_;
+  std::vector<int64_t> node_of_;
 };
 
 }  // namespace rcknn::core

@@ -92,10 +92,10 @@ int64_t KnnIndex::EstimateBuildBytes(const IndexSpec& spec, int64_t n) {
   } else {
     bytes = points * 16.0 * d;
   }
-  // Tree: ~68 bytes of arrays per node, 16 per ring, one ring per ancestor; plus the build's
+  // Tree: ~100 bytes of arrays per node, 16 per ring, one ring per ancestor; plus the build's
   // scratch, of the same order as the arrays.
   const double depth = std::log(std::max(points, 2.0)) / std::log(std::max(spec.tree.base, 1.01)) + 16.0;
-  bytes += points * (2.0 * 68.0 + 16.0 * depth);
+  bytes += points * (2.0 * 100.0 + 16.0 * depth);
   return static_cast<int64_t>(std::min(bytes, 9.0e18));
 }
 

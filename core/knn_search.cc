@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "core/block_traversal.h"
 #include "core/brute_force_knn.h"
+#include "core/search_rule.h"
 #include "tbb/enumerable_thread_specific.h"
 #include "tbb/parallel_for.h"
 
@@ -53,10 +55,10 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
   const int64_t query_id = rows.ids[row];
   // Predecessor mode and an id bound are one filter: only ids below `below` qualify, and a
   // subtree whose minimum id is not below it holds no candidate.
-  const bool pred = options.predecessor_mode || (query_id < 0 && id_bound < tree.size());
-  const int64_t below = options.predecessor_mode ? options.PredecessorKey(query_id) : id_bound;
-  // Under an ordering the keys are ranks, bounded per subtree by their minimum.
-  const bool by_rank = options.predecessor_mode && !options.rank.empty();
+  const int64_t below = query_id >= 0 ? (options.predecessor_mode
+                                           ? options.PredecessorKey(query_id)
+                                           : kNoKeyBound)
+                                      : id_bound;
   auto& heap = scratch.heap;
   heap.clear();
   auto& records = scratch.records;
@@ -92,7 +94,7 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       path[j] = records[r].distance;
     }
     for (int64_t c = tree.first_child(entry.node); c < tree.end_child(entry.node); ++c) {
-      if (pred && (by_rank ? options.subtree_min_rank[c] : tree.subtree_min_id(c)) >= below) {
+      if (!SubtreeMayQualify(tree, c, below, options)) {
         ++stats.pruned_by_predecessor;
         continue;
       }
@@ -165,7 +167,11 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
   if (!per_query_evaluations.empty() && static_cast<int64_t>(per_query_evaluations.size()) != nq) {
     return absl::InvalidArgumentError("per_query_evaluations must hold one entry per query");
   }
-  const bool always_scan = search_options.scan_fraction <= 0.0;
+  const SearchStrategy strategy = search_options.strategy;
+  const bool unbounded_walks = strategy == SearchStrategy::kWalk ||
+                               strategy == SearchStrategy::kBlocks ||
+                               (strategy == SearchStrategy::kAuto &&
+                                search_options.scan_fraction >= 1.0);
 
   tbb::enumerable_thread_specific<TraversalStats> local_stats;
   tbb::enumerable_thread_specific<WalkScratch> local_scratch;
@@ -177,8 +183,13 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
     if (first_error.ok()) first_error = std::move(status);
     failed.store(true);
   };
-  std::vector<char> walked(nq, 0);
+  std::vector<char> done(nq, 0);
   std::vector<int64_t> evaluations(nq, 0);
+  // The number of qualifying points of query q with stored id `query_id` (-1 for a point).
+  auto candidates_of = [&](int64_t q, int64_t query_id) {
+    const int64_t bound = KeyBound(queries, options, q, query_id);
+    return std::max<int64_t>(0, std::min(n, bound));
+  };
 
   // Walks the queries of `list` in parallel, in chunks of `chunk_size` prepared together.
   auto walk_list = [&](const std::vector<int64_t>& list, int64_t chunk_size) {
@@ -205,18 +216,16 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
       for (int64_t i = 0; i < num; ++i) {
         top.Reset(options.k);
         const int64_t q = list[first + i];
-        const int64_t candidates =
-            options.predecessor_mode ? options.PredecessorKey(rows.ids[i])
-                                     : std::max<int64_t>(0, std::min(n, queries.IdBound(q)));
         const int64_t budget =
-            search_options.scan_fraction >= 1.0
+            unbounded_walks
                 ? std::numeric_limits<int64_t>::max()
                 : std::max(kMinWalkBudget,
-                           static_cast<int64_t>(search_options.scan_fraction * candidates));
+                           static_cast<int64_t>(search_options.scan_fraction *
+                                                candidates_of(q, rows.ids[i])));
         if (Walk(tree, space, rows, i, options, queries.IdBound(q), budget, top, scratch, st,
                  evaluations[q])) {
           top.Write(out_ids + q * options.k, out_distances + q * options.k);
-          walked[q] = 1;
+          done[q] = 1;
         }
         st.distance_evaluations += evaluations[q];
       }
@@ -224,33 +233,82 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
   };
 
   TraversalStats scan_stats;
+  TraversalStats block_stats;
   auto run = [&] {
-    // Probes spread over the batch decide whether walks pay on it at all: where most of
-    // them exhaust their budget (data sparse relative to the inducing points), every walk would
-    // cost more than the scan it ends in.
-    if (!always_scan) {
-      const int64_t probes = std::min(nq, kProbe);
-      std::vector<int64_t> probe_queries(probes);
-      for (int64_t p = 0; p < probes; ++p) probe_queries[p] = p * nq / probes;
-      walk_list(probe_queries, 1);
-      int64_t probe_walked = 0;
-      for (int64_t q : probe_queries) probe_walked += walked[q];
-      if (2 * probe_walked >= probes) {
-        std::vector<int64_t> rest;
-        for (int64_t q = 0, p = 0; q < nq; ++q) {
-          if (p < probes && probe_queries[p] == q) {
-            ++p;
-          } else {
-            rest.push_back(q);
-          }
-        }
-        walk_list(rest, kChunk);
+    // The queries the plan is for: all but those scanned outright.
+    std::vector<int64_t> rest;
+    for (int64_t q = 0; q < nq; ++q) {
+      const int64_t query_id = queries.by_id() ? queries.ids[q] : -1;
+      if (strategy != SearchStrategy::kAuto ||
+          !ScanOutright(candidates_of(q, query_id), search_options)) {
+        rest.push_back(q);
       }
+    }
+    BatchPath path = BatchPath::kWalk;
+    switch (strategy) {
+      case SearchStrategy::kWalk:
+        path = BatchPath::kWalk;
+        break;
+      case SearchStrategy::kScan:
+        path = BatchPath::kScan;
+        break;
+      case SearchStrategy::kBlocks:
+        path = BatchPath::kBlocks;
+        break;
+      case SearchStrategy::kAuto: {
+        BatchFacts facts;
+        facts.by_id = queries.by_id();
+        if (search_options.scan_fraction > 0.0 && !rest.empty()) {
+          const int64_t total = static_cast<int64_t>(rest.size());
+          const int64_t probes = std::min(total, kProbe);
+          std::vector<int64_t> probe_queries(probes);
+          for (int64_t p = 0; p < probes; ++p) probe_queries[p] = rest[p * total / probes];
+          walk_list(probe_queries, 1);
+          facts.probes = probes;
+          for (int64_t q : probe_queries) facts.probes_walked += done[q];
+        }
+        if (facts.probes > 0) {
+          // The probes are answered (or, having exceeded their budget, left to the scan).
+          std::vector<char> probed(nq, 0);
+          for (int64_t p = 0; p < facts.probes; ++p) probed[rest[p * rest.size() / facts.probes]] = 1;
+          std::vector<int64_t> left;
+          for (int64_t q : rest) {
+            if (!probed[q]) left.push_back(q);
+          }
+          rest.swap(left);
+        }
+        facts.queries = static_cast<int64_t>(rest.size());
+        path = PlanBatch(facts, search_options);
+        break;
+      }
+    }
+    if (failed.load()) return;
+    switch (path) {
+      case BatchPath::kWalk:
+        walk_list(rest, kChunk);
+        break;
+      case BatchPath::kBlocks: {
+        std::vector<int64_t> left_over;
+        if (absl::Status status = BlockTraversal(
+                tree, space, queries, rest, options, search_options.block, cancellation, out_ids,
+                out_distances, block_stats, absl::MakeSpan(evaluations), &left_over);
+            !status.ok()) {
+          fail(std::move(status));
+          return;
+        }
+        for (int64_t q : rest) done[q] = 1;
+        for (int64_t q : left_over) done[q] = 0;
+        // What the blocks leave over walks; under kBlocks without a budget, never scanned.
+        walk_list(left_over, kChunk);
+        break;
+      }
+      case BatchPath::kScan:
+        break;
     }
     if (failed.load()) return;
     std::vector<int64_t> scan_list;
     for (int64_t q = 0; q < nq; ++q) {
-      if (!walked[q]) scan_list.push_back(q);
+      if (!done[q]) scan_list.push_back(q);
     }
     if (absl::Status status =
             ScanQueries(space, queries, scan_list, options, cancellation, out_ids, out_distances,
@@ -273,6 +331,7 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
   }
   if (stats != nullptr) {
     TraversalStats total = scan_stats;
+    total.Merge(block_stats);
     for (const TraversalStats& s : local_stats) total.Merge(s);
     total.queries = nq;
     stats->Merge(total);

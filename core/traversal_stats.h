@@ -15,6 +15,8 @@ struct TraversalStats {
   int64_t pruned_by_bound = 0;        // subtrees skipped because their lower bound was too large
   int64_t pruned_by_predecessor = 0;  // subtrees skipped because every id in them was too large
   int64_t brute_force_queries = 0;    // queries answered by the blocked exhaustive scan
+  int64_t block_queries = 0;          // queries answered by the block traversal
+  int64_t blocks = 0;                 // blocks it traversed
 
   void Merge(const TraversalStats& other) {
     queries += other.queries;
@@ -24,6 +26,8 @@ struct TraversalStats {
     pruned_by_bound += other.pruned_by_bound;
     pruned_by_predecessor += other.pruned_by_predecessor;
     brute_force_queries += other.brute_force_queries;
+    block_queries += other.block_queries;
+    blocks += other.blocks;
   }
 };
 

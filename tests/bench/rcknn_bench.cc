@@ -56,6 +56,12 @@ ABSL_FLAG(bool, scale_check_all, true,
 ABSL_FLAG(std::string, snapshot_dir, "",
           "if set (every workload but gemm): save the built index to DIR/<workload>.rcknn-index, "
           "restore it and check that it answers identically");
+ABSL_FLAG(std::string, search, "auto",
+          "auto | walk | scan | blocks: the tree search's strategy (auto: the planner's)");
+ABSL_FLAG(int64_t, block_size, rcknn::core::BlockTraversalOptions().block_size,
+          "queries per block of the block traversal");
+ABSL_FLAG(int64_t, leaf_size, rcknn::core::BlockTraversalOptions().leaf_size,
+          "subtrees of at most this many points are evaluated whole by the block traversal");
 ABSL_FLAG(double, base, rcknn::core::CoverTreeOptions().base, "cover tree base");
 ABSL_FLAG(double, scan_fraction, rcknn::core::TreeSearchOptions().scan_fraction,
           "fraction of the points a walk may evaluate before the query is scanned");
@@ -143,12 +149,14 @@ void Print(const std::string& workload, int threads, int64_t n, int64_t queries,
                    "\"queries_per_second\":%.1f,\"dist_evals_per_query_mean\":%.1f,"
                    "\"dist_evals_per_query_p99\":%d,\"peak_rss_bytes\":%d,"
                    "\"brute_queries_per_second\":%.1f,\"exact\":%s,"
-                   "\"search_seconds\":%.4f,\"scanned_queries\":%d,\"tree_depth\":%d,"
+                   "\"search_seconds\":%.4f,\"scanned_queries\":%d,\"block_queries\":%d,"
+                   "\"blocks\":%d,\"tree_depth\":%d,"
                    "\"root_children\":%d,\"index_memory_bytes\":%d,\"checked_queries\":%d%s}",
                    workload, threads, n, queries, k, index.timings().factor_seconds,
                    index.timings().tree_seconds, queries / tree.seconds, mean, p99,
                    PeakRssBytes(), brute_qps, exact ? "true" : "false", tree.seconds,
-                   tree.stats.brute_force_queries, index.tree().depth(),
+                   tree.stats.brute_force_queries, tree.stats.block_queries, tree.stats.blocks,
+                   index.tree().depth(),
                    index.tree().end_child(0) - index.tree().first_child(0),
                    index.memory_bytes(), checked_queries, extra)
             << std::endl;
@@ -248,6 +256,12 @@ bool RunSnapshot(const std::string& workload, int threads, const KnnIndex& index
 core::IndexSpec Tuned(core::IndexSpec spec) {
   spec.tree.base = absl::GetFlag(FLAGS_base);
   spec.search.scan_fraction = absl::GetFlag(FLAGS_scan_fraction);
+  spec.search.block.block_size = absl::GetFlag(FLAGS_block_size);
+  spec.search.block.leaf_size = absl::GetFlag(FLAGS_leaf_size);
+  const std::string search = absl::GetFlag(FLAGS_search);
+  if (search == "walk") spec.search.strategy = core::SearchStrategy::kWalk;
+  if (search == "scan") spec.search.strategy = core::SearchStrategy::kScan;
+  if (search == "blocks") spec.search.strategy = core::SearchStrategy::kBlocks;
   return spec;
 }
 

@@ -161,7 +161,7 @@ RowMatrix QueryPoints(const RowMatrix& stored, double scale, uint64_t seed, int6
   return testing::CaseQueryPoints(stored, scale, seed, count);
 }
 
-enum class Path { kIndexSearch, kBruteForce, kPureWalk, kPureScan };
+enum class Path { kIndexSearch, kBruteForce, kPureWalk, kPureScan, kBlocks, kScanFractionOne };
 
 std::string PathName(Path path) {
   switch (path) {
@@ -170,9 +170,13 @@ std::string PathName(Path path) {
     case Path::kBruteForce:
       return "BruteForceKnn";
     case Path::kPureWalk:
-      return "TreeKnnSearch(scan_fraction=1)";
+      return "TreeKnnSearch(walk)";
     case Path::kPureScan:
-      return "TreeKnnSearch(scan_fraction=0)";
+      return "TreeKnnSearch(scan)";
+    case Path::kBlocks:
+      return "TreeKnnSearch(blocks)";
+    case Path::kScanFractionOne:
+      return "TreeKnnSearch(scan_fraction=1)";
   }
   return "";
 }
@@ -195,10 +199,20 @@ absl::Status RunSearch(const KnnIndex& index, Path path, const QueryBatch& batch
       return core::BruteForceKnn(index.space(), batch, options, arena, cancellation, out.ids.data(),
                                  out.dists.data(), &out.stats);
     case Path::kPureWalk:
-      search.scan_fraction = 1.0;
+      search.strategy = core::SearchStrategy::kWalk;
       break;
     case Path::kPureScan:
-      search.scan_fraction = 0.0;
+      search.strategy = core::SearchStrategy::kScan;
+      break;
+    case Path::kBlocks:
+      // Small blocks and leaves, so that the small test batches and sets exercise every branch.
+      search.strategy = core::SearchStrategy::kBlocks;
+      search.block.block_size = 16;
+      search.block.min_block_queries = 1;
+      search.block.leaf_size = 8;
+      break;
+    case Path::kScanFractionOne:
+      search.scan_fraction = 1.0;
       break;
   }
   return core::TreeKnnSearch(index.tree(), index.space(), batch, options, search, arena,
@@ -207,7 +221,7 @@ absl::Status RunSearch(const KnnIndex& index, Path path, const QueryBatch& batch
 }
 
 constexpr Path kAllPaths[] = {Path::kIndexSearch, Path::kBruteForce, Path::kPureWalk,
-                              Path::kPureScan};
+                              Path::kPureScan, Path::kBlocks};
 
 // Every path and option set for one case, against the oracle.
 void CheckCase(const SearchCase& c, tbb::task_arena& arena) {
@@ -298,7 +312,9 @@ void CheckCase(const SearchCase& c, tbb::task_arena& arena) {
       for (int64_t q = 0; q < points.rows(); ++q) {
         for (int64_t r = 0; r < k; ++r) {
           const int64_t id = got.ids[q * k + r];
-          if (id >= 0) ASSERT_LT(id, bounds[q]) << PathName(path) << " query " << q << " rank " << r;
+          if (id >= 0) {
+            ASSERT_LT(id, bounds[q]) << PathName(path) << " query " << q << " rank " << r;
+          }
           // A row is padded exactly where fewer than k ids lie below the bound.
           ASSERT_EQ(id < 0, r >= std::clamp<int64_t>(bounds[q], 0, c.n))
               << PathName(path) << " query " << q << " rank " << r;
@@ -753,6 +769,11 @@ TEST_F(KnnSearchTest, TraversalStatsAreSane) {
     ExpectSaneStats("scan", scan, nq, nq, nq, true);
     ExpectSaneStats("search", search, nq, 0, pred ? nq : nq / 8, true);
     ExpectSaneStats("brute force", brute, nq, nq, nq, false);
+    Answer blocks;
+    ASSERT_TRUE(RunSearch(*index, Path::kBlocks, batch, options, &arena_, blocks).ok());
+    ExpectSaneStats("blocks", blocks, nq, 0, 0, true);
+    EXPECT_GT(blocks.stats.nodes_visited, 0);
+    EXPECT_GT(blocks.stats.pruned_by_bound, 0);
     EXPECT_GT(walk.stats.nodes_visited, 0);
     EXPECT_GT(walk.stats.heap_pushes, 0);
     EXPECT_GT(walk.stats.pruned_by_bound, 0);
@@ -773,7 +794,86 @@ TEST_F(KnnSearchTest, TraversalStatsAreSane) {
   }
 }
 
-// knn_search.h: scan_fraction "1 or more: never fall back", also in predecessor mode, where a
+// The planner's rule (search_planner.h) on its own.
+TEST(SearchPlannerTest, Rule) {
+  core::TreeSearchOptions options;
+  EXPECT_EQ(options.min_block_batch, std::numeric_limits<int64_t>::max()) << "blocks off by default";
+  options.min_block_batch = 512;
+  core::BatchFacts facts;
+  facts.queries = 1000;
+  facts.probes = 16;
+  facts.probes_walked = 7;
+  EXPECT_EQ(core::PlanBatch(facts, options), core::BatchPath::kScan) << "most probes fell back";
+  facts.probes_walked = 8;
+  EXPECT_EQ(core::PlanBatch(facts, options), core::BatchPath::kBlocks);
+  facts.queries = options.min_block_batch - 1;
+  EXPECT_EQ(core::PlanBatch(facts, options), core::BatchPath::kWalk) << "small batch";
+  facts.queries = 1000;
+  facts.by_id = false;
+  EXPECT_EQ(core::PlanBatch(facts, options), core::BatchPath::kWalk) << "query points";
+  options.scan_fraction = 0.0;
+  facts.by_id = true;
+  EXPECT_EQ(core::PlanBatch(facts, options), core::BatchPath::kScan) << "scan_fraction 0";
+  options = core::TreeSearchOptions();
+  EXPECT_TRUE(core::ScanOutright(options.scan_candidates_below, options));
+  EXPECT_FALSE(core::ScanOutright(options.scan_candidates_below + 1, options));
+  options.scan_fraction = 1.0;
+  EXPECT_FALSE(core::ScanOutright(0, options)) << "scan_fraction 1 never scans";
+}
+
+// The planner through KnnIndex::Search, both directions: a sparse case (short lengthscale, few
+// inducing points: the bounds do not prune) must scan, a dense one must walk, and a large dense
+// batch by id must take the block traversal when min_block_batch allows it.
+TEST_F(KnnSearchTest, PlannerScansSparseAndWalksDense) {
+  KnnOptions options;
+  options.k = 10;
+  SearchCase sparse = Residual("sparse", KernelType::kRbf, 0.3, 3, 4000, 32);
+  std::unique_ptr<KnnIndex> sparse_index = BuildIndex(sparse, &arena_);
+  ASSERT_NE(sparse_index, nullptr);
+  QueryBatch batch;
+  const std::vector<int64_t> ids = QueryIds(sparse.n, 120, 64);
+  batch.ids = ids;
+  Answer got;
+  ASSERT_TRUE(RunSearch(*sparse_index, Path::kIndexSearch, batch, options, &arena_, got).ok());
+  EXPECT_EQ(got.stats.brute_force_queries, static_cast<int64_t>(ids.size()))
+      << "sparse: the batch must be scanned";
+
+  SearchCase dense = Residual("dense", KernelType::kRbf, 1.5, 2, 5000, 32);
+  dense.seed = 121;
+  std::unique_ptr<KnnIndex> dense_index = BuildIndex(dense, &arena_);
+  ASSERT_NE(dense_index, nullptr);
+  const std::vector<int64_t> few = QueryIds(dense.n, 122, 64);
+  batch.ids = few;
+  ASSERT_TRUE(RunSearch(*dense_index, Path::kIndexSearch, batch, options, &arena_, got).ok());
+  EXPECT_LE(got.stats.brute_force_queries, 64 / 8) << "dense: the batch must walk";
+  EXPECT_GT(got.stats.nodes_visited, 0);
+  EXPECT_LT(got.stats.distance_evaluations, 64 * dense.n / 4);
+
+  std::vector<int64_t> many(dense.n);
+  std::iota(many.begin(), many.end(), 0);
+  batch.ids = many;
+  core::TreeSearchOptions search;
+  search.min_block_batch = 512;
+  got = Answer();
+  got.ids.resize(dense.n * options.k);
+  got.dists.resize(dense.n * options.k);
+  ASSERT_TRUE(core::TreeKnnSearch(dense_index->tree(), dense_index->space(), batch, options,
+                                  search, &arena_, nullptr, got.ids.data(), got.dists.data(),
+                                  &got.stats)
+                  .ok());
+  EXPECT_GT(got.stats.block_queries, dense.n / 2) << "dense, large batch: the block traversal";
+  EXPECT_LT(got.stats.brute_force_queries, dense.n / 20);
+  EXPECT_LT(got.stats.distance_evaluations, dense.n * dense.n / 5);
+  search.min_block_batch = dense.n + 1;
+  got.stats = TraversalStats();
+  ASSERT_TRUE(core::TreeKnnSearch(dense_index->tree(), dense_index->space(), batch, options,
+                                  search, &arena_, nullptr, got.ids.data(), got.dists.data(),
+                                  &got.stats)
+                  .ok());
+  EXPECT_EQ(got.stats.block_queries, 0) << "below min_block_batch";
+}
+
+// search_planner.h: scan_fraction "1 or more: never scan", also in predecessor mode, where a
 // walk evaluates ancestors of its candidates whose ids may be larger than the query's, so a
 // budget of scan_fraction times the candidates would not be enough for queries with small ids.
 TEST_F(KnnSearchTest, ScanFractionOneNeverFallsBack) {
@@ -789,7 +889,7 @@ TEST_F(KnnSearchTest, ScanFractionOneNeverFallsBack) {
     options.k = 10;
     options.predecessor_mode = pred;
     Answer walk;
-    ASSERT_TRUE(RunSearch(*index, Path::kPureWalk, batch, options, &arena_, walk).ok());
+    ASSERT_TRUE(RunSearch(*index, Path::kScanFractionOne, batch, options, &arena_, walk).ok());
     EXPECT_EQ(walk.stats.brute_force_queries, 0) << (pred ? "predecessor" : "plain");
   }
 }
