@@ -461,12 +461,12 @@ int RunAll(const std::string& workload, int threads, tbb::task_arena& arena) {
   std::string extra;
   if (workload == "dense-all") {
     const Answers brute = RunSearch(**index, query_ids, options, arena, /*brute=*/true);
-    bad += CountMismatches(**index, query_ids, options, tree, brute.dists, 0, n, &brute.ids);
+    bad += CountMismatches(**index, query_ids, options, tree, brute.dists, 0, n);
     checked = n;
     extra = absl::StrFormat(",\"brute_all_queries_per_second\":%.1f", n / brute.seconds);
   } else {
     const Answers sub = SubsetRows(tree, sample_ids, options.k);
-    bad += CountMismatches(**index, sample_ids, options, sub, timed.dists, 0, sample, &timed.ids);
+    bad += CountMismatches(**index, sample_ids, options, sub, timed.dists, 0, sample);
     const auto& residual = dynamic_cast<const core::ResidualSpace&>((*index)->space());
     const int64_t reference =
         residual.v().size() * 8 + coordinate_bytes + n * options.k * 16;
