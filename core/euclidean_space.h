@@ -32,7 +32,7 @@ class EuclideanSpace final : public MetricSpace {
                 double* out) const override;
   double RoundingBound(const PointRows& rows, int64_t row) const override;
 
-  const RowMatrix& points() const { return points_; }
+  const RowMatrix& points() const override { return points_; }
 
  private:
   explicit EuclideanSpace(RowMatrix points);

@@ -31,8 +31,8 @@ absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, i
   if (batch.by_id()) {
     if (!batch.id_bounds.empty()) {
       return absl::InvalidArgumentError(
-          "id_bounds is for out-of-sample query_points; query ids bound themselves "
-          "(predecessor_mode)");
+          "query_id_bounds: bounds out-of-sample query_points only; queries by id bound "
+          "themselves (predecessor_mode)");
     }
     for (size_t i = 0; i < batch.ids.size(); ++i) {
       if (batch.ids[i] < 0 || batch.ids[i] >= n) {
@@ -57,7 +57,7 @@ absl::Status ValidateQuery(const QueryBatch& batch, const KnnOptions& options, i
   }
   if (!batch.id_bounds.empty() &&
       batch.id_bounds.size() * static_cast<size_t>(dimension) != batch.points.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("id_bounds holds ", batch.id_bounds.size(),
+    return absl::InvalidArgumentError(absl::StrCat("query_id_bounds holds ", batch.id_bounds.size(),
                                                    " values for ",
                                                    batch.points.size() / dimension,
                                                    " query points; give one per point"));

@@ -54,6 +54,9 @@ class MetricSpace {
   // equal fingerprints mean equal distances, which is what lets a saved tree be trusted.
   virtual uint64_t Fingerprint() const = 0;
 
+  // The stored points' coordinates as given (size() x dimension()).
+  virtual const RowMatrix& points() const = 0;
+
   // Rows for stored points. Every id must be in [0, size()).
   virtual PointRows Gather(absl::Span<const int64_t> ids) const = 0;
   // Rows for `num` out-of-sample points given row-major with dimension() coordinates each.

@@ -99,7 +99,7 @@ class ResidualSpace final : public MetricSpace {
   const Kernel& kernel() const { return kernel_; }
   const RowMatrix& v() const { return v_; }           // n x m
   const Eigen::VectorXd& p() const { return p_; }     // n
-  const RowMatrix& points() const { return points_; }  // n x d, as given
+  const RowMatrix& points() const override { return points_; }  // n x d, as given
   // Ids of the inducing points when they are data points (uniform draw, or k-means++ without
   // Lloyd steps), ascending; empty when they were given, moved by Lloyd steps, or factors were
   // supplied.

@@ -127,6 +127,31 @@ absl::StatusOr<core::IndexData> IndexEntry::BeginBuild(
   return data;
 }
 
+absl::StatusOr<std::vector<double>> IndexEntry::Coordinates(absl::Span<const int64_t> ids) const {
+  const int d = core_spec_.dimension;
+  absl::MutexLock lock(&mutex_);
+  if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
+  const double* points = nullptr;
+  if (state_ == IndexState::kLoading) {
+    points = loading_.coordinates.data();
+  } else if (state_ == IndexState::kReady) {
+    points = index_->space().points().data();
+  } else {
+    return absl::FailedPreconditionError(
+        absl::StrCat("index ", id_, " is ", IndexStateName(state_),
+                     "; its points can be read while LOADING or READY"));
+  }
+  std::vector<double> out(ids.size() * d);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= num_points_) {
+      return absl::InvalidArgumentError(absl::StrCat("ids[", i, "] = ", ids[i],
+                                                     " is out of range [0, ", num_points_, ")"));
+    }
+    std::copy_n(points + ids[i] * d, d, out.data() + i * d);
+  }
+  return out;
+}
+
 void IndexEntry::SetBuildProgress(double fraction) {
   // Monotone: reports from several threads may arrive out of order.
   double seen = build_progress_.load();

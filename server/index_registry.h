@@ -23,6 +23,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "core/cancellation.h"
 #include "core/knn_index.h"
 #include "core/ordering.h"
@@ -118,6 +119,11 @@ class IndexEntry {
                    double build_seconds = -1.0, MemoryReservation build_memory = {});
   // Any state -> FAILED with `error` (an index whose files could not be read).
   void MarkFailed(const absl::Status& error);
+
+  // The coordinates of stored points `ids` (row-major, dimension values each, as uploaded), while
+  // LOADING or READY. INVALID_ARGUMENT naming "ids" for an id out of [0, n); FAILED_PRECONDITION
+  // naming the state otherwise.
+  absl::StatusOr<std::vector<double>> Coordinates(absl::Span<const int64_t> ids) const;
 
   // The built index; FAILED_PRECONDITION naming the state if it is not READY.
   absl::StatusOr<std::shared_ptr<const core::KnnIndex>> ReadyIndex() const;

@@ -117,27 +117,46 @@ absl::StatusOr<UploadResult> IndexService::FinishUpload(UploadState* state) {
   return UploadResult{received, total};
 }
 
-absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::BuildIndex(const std::string& index_id) {
+absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::BuildIndex(
+    const std::string& index_id, const google::protobuf::RepeatedField<double>& inducing_points) {
   ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(index_id));
+  std::optional<v1::IndexSpec> build_spec;
+  std::optional<core::IndexSpec> base;
+  if (!inducing_points.empty()) {
+    ASSIGN_OR_RETURN(build_spec, SpecWithInducingPoints(entry->spec(), inducing_points));
+    v1::IndexSpec unused;
+    ASSIGN_OR_RETURN(base, ToCoreSpec(*build_spec, &unused));
+    base->tree = entry->core_spec().tree;
+    base->search = entry->core_spec().search;
+  }
+  // The build's spec is durable before the build starts (under the entry's lock, so that no
+  // other BuildIndex can interleave): a restart restores the tree over the same metric.
+  std::function<absl::Status()> commit;
+  if (store_ != nullptr) {
+    commit = [this, &entry, &build_spec] { return store_->WriteBuildSpec(entry->id(), build_spec); };
+  }
   core::IndexSpec spec;
   MemoryReservation build_memory;
   ASSIGN_OR_RETURN(core::IndexData data,
-                   entry->BeginBuild(BuildCheck(*entry, "building", &spec, &build_memory)));
+                   entry->BeginBuild(BuildCheck(*entry, "building", base ? &*base : nullptr,
+                                                &spec, &build_memory, std::move(commit))));
   RCKNN_LOG(kInfo, "building index ", entry->id(), " over ", data.points.rows(), " points");
   StartBuild(entry, std::move(spec), std::move(data), std::move(build_memory), /*restore=*/false);
   UpdateIndexGauges();
   return entry;
 }
 
-std::function<absl::Status(int64_t)> IndexService::BuildCheck(const IndexEntry& entry,
-                                                              absl::string_view verb,
-                                                              core::IndexSpec* spec,
-                                                              MemoryReservation* memory) {
-  return [this, &entry, verb, spec, memory](int64_t n) {
-    ASSIGN_OR_RETURN(*spec,
-                     SpecForBuild(entry.core_spec(), entry.spec().has_inducing_count(), n));
-    ASSIGN_OR_RETURN(*memory, budget_->Reserve(core::KnnIndex::EstimateBuildBytes(*spec, n),
-                                               absl::StrCat(verb, " index ", entry.id())));
+std::function<absl::Status(int64_t)> IndexService::BuildCheck(
+    const IndexEntry& entry, absl::string_view verb, const core::IndexSpec* base,
+    core::IndexSpec* spec, MemoryReservation* memory, std::function<absl::Status()> commit) {
+  return [this, &entry, verb, base, spec, memory, commit = std::move(commit)](int64_t n) {
+    ASSIGN_OR_RETURN(*spec, SpecForBuild(base != nullptr ? *base : entry.core_spec(),
+                                         entry.spec().has_inducing_count(), n));
+    ASSIGN_OR_RETURN(MemoryReservation reserved,
+                     budget_->Reserve(core::KnnIndex::EstimateBuildBytes(*spec, n),
+                                      absl::StrCat(verb, " index ", entry.id())));
+    if (commit) RETURN_IF_ERROR(commit());
+    *memory = std::move(reserved);
     return absl::OkStatus();
   };
 }
@@ -243,12 +262,25 @@ int64_t IndexService::LoadStoredIndexes() {
                      .status();
       }
     }
+    std::optional<core::IndexSpec> base;
+    if (status.ok() && found.has_tree && found.build_spec.has_value()) {
+      v1::IndexSpec unused;
+      absl::StatusOr<core::IndexSpec> checked = ToCoreSpec(*found.build_spec, &unused);
+      if (checked.ok()) {
+        base = *std::move(checked);
+        base->tree = entry->core_spec().tree;
+        base->search = entry->core_spec().search;
+      } else {
+        status = absl::DataLossError(
+            absl::StrCat("the saved build spec is not valid: ", checked.status().message()));
+      }
+    }
     if (status.ok() && found.has_tree) {
       entry->SetStoredOrderings(std::move(found.orderings));
       core::IndexSpec build_spec;
       MemoryReservation build_memory;
-      absl::StatusOr<core::IndexData> data =
-          entry->BeginBuild(BuildCheck(*entry, "restoring", &build_spec, &build_memory));
+      absl::StatusOr<core::IndexData> data = entry->BeginBuild(BuildCheck(
+          *entry, "restoring", base ? &*base : nullptr, &build_spec, &build_memory));
       status = data.status();
       if (status.ok()) {
         RCKNN_LOG(kInfo, "--data_dir: restoring index ", found.id, " (",

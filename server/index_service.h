@@ -124,7 +124,12 @@ class IndexService {
   absl::StatusOr<UploadResult> FinishUpload(UploadState* state);
 
   // Starts the build of `index_id` on the pool; returns the entry, now BUILDING.
-  absl::StatusOr<std::shared_ptr<IndexEntry>> BuildIndex(const std::string& index_id);
+  // `inducing_points` (BuildIndexRequest.inducing_points; empty: the spec's) replace the spec's
+  // seeded draw: INVALID_ARGUMENT naming "inducing_points" when the spec cannot take them. They
+  // are committed (build-spec.rcknn) before the build starts.
+  absl::StatusOr<std::shared_ptr<IndexEntry>> BuildIndex(
+      const std::string& index_id,
+      const google::protobuf::RepeatedField<double>& inducing_points = {});
 
   absl::StatusOr<std::shared_ptr<IndexEntry>> GetIndex(const std::string& index_id) const;
   std::vector<std::shared_ptr<IndexEntry>> ListIndexes() const;
@@ -159,10 +164,13 @@ class IndexService {
   // change of them.
   void UpdateIndexGauges();
   // The check BeginBuild runs for BuildIndex and for start-up restores (`verb`: "building" or
-  // "restoring", for the error): sets `spec` for the index's n points and reserves the build's
-  // memory in `memory`.
+  // "restoring", for the error): sets `spec` for the index's n points from `base` (null: the
+  // entry's spec) and reserves the build's memory in `memory`; then runs `commit` (may be null),
+  // whose error refuses the build.
   std::function<absl::Status(int64_t)> BuildCheck(const IndexEntry& entry, absl::string_view verb,
-                                                  core::IndexSpec* spec, MemoryReservation* memory);
+                                                  const core::IndexSpec* base,
+                                                  core::IndexSpec* spec, MemoryReservation* memory,
+                                                  std::function<absl::Status()> commit = nullptr);
   // Runs the build (or, with `restore`, the restore from the store) of `entry` on the pool; a
   // new tree is then written on the I/O executor, and the result published. `build_memory` is
   // released when it ends.

@@ -29,6 +29,7 @@ namespace fs = std::filesystem;
 
 constexpr char kSpecFile[] = "spec.rcknn";
 constexpr char kTreeFile[] = "tree.rcknn";
+constexpr char kBuildSpecFile[] = "build-spec.rcknn";
 constexpr char kUploadPrefix[] = "upload-";
 constexpr char kOrderingPrefix[] = "ordering-";
 constexpr char kSuffix[] = ".rcknn";
@@ -201,6 +202,7 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
   std::vector<int64_t> sequences;
   std::vector<std::string> ordering_names;
   bool has_spec = false;
+  bool has_build_spec = false;
   std::error_code error;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, error)) {
     const std::string name = entry.path().filename().string();
@@ -225,6 +227,8 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
       ordering_names.push_back(name.substr(
           sizeof(kOrderingPrefix) - 1,
           name.size() - (sizeof(kOrderingPrefix) - 1) - (sizeof(kSuffix) - 1)));
+    } else if (name == kBuildSpecFile) {
+      has_build_spec = true;
     } else if (int64_t sequence = 0;
                absl::StartsWith(name, kUploadPrefix) && absl::EndsWith(name, kSuffix) &&
                absl::SimpleAtoi(name.substr(sizeof(kUploadPrefix) - 1,
@@ -258,6 +262,14 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
     return index;
   }
   index.spec = *std::move(spec);
+  if (has_build_spec) {
+    absl::StatusOr<v1::IndexSpec> build_spec = ReadSpec((dir / kBuildSpecFile).string(), id);
+    if (!build_spec.ok()) {
+      index.status = build_spec.status();
+      return index;
+    }
+    index.build_spec = *std::move(build_spec);
+  }
   std::sort(sequences.begin(), sequences.end());
   for (size_t i = 0; i < sequences.size(); ++i) {
     const int64_t expected = static_cast<int64_t>(i) + 1;
@@ -324,6 +336,23 @@ void IndexStore::PauseBeforeCommit(absl::string_view id, const std::string& file
   { std::ofstream paused(marker + ".paused"); }
   std::error_code error;
   while (!fs::exists(marker + ".resume", error)) absl::SleepFor(absl::Milliseconds(2));
+}
+
+absl::Status IndexStore::WriteBuildSpec(absl::string_view id,
+                                       const std::optional<v1::IndexSpec>& spec) {
+  const fs::path path = fs::path(IndexDir(id)) / kBuildSpecFile;
+  if (!spec.has_value()) {
+    std::error_code error;
+    if (!fs::exists(path, error)) return absl::OkStatus();
+    fs::remove(path, error);
+    if (error) return FsError("cannot remove", path, error);
+    return core::SyncDirectory(path.parent_path().string());
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
+                   core::SnapshotWriter::Create(path.string(), core::SnapshotKind::kIndexSpec));
+  writer->WriteString(id);
+  writer->WriteString(spec->SerializeAsString());
+  return writer->Commit();
 }
 
 absl::Status IndexStore::WriteUpload(absl::string_view id, int64_t sequence,

@@ -6,6 +6,8 @@
 //   <data_dir>/LOCK                             held (flock) by the server using the directory
 //   <data_dir>/indexes/<id>/spec.rcknn          the IndexSpec, written by CreateIndex
 //   <data_dir>/indexes/<id>/upload-NNNNNN.rcknn one per acknowledged UploadPoints stream, 1, 2, ...
+//   <data_dir>/indexes/<id>/build-spec.rcknn    the spec the build used, when BuildIndex gave
+//                                               inducing points (written before the build starts)
 //   <data_dir>/indexes/<id>/tree.rcknn          the built index (core::KnnIndex::Save), written
 //                                               before the index is reported READY
 //   <data_dir>/indexes/<id>/ordering-<name>.rcknn  one per ordering (ComputeOrdering), written
@@ -26,6 +28,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,6 +50,8 @@ struct StoredIndex {
   std::vector<PointBatch> uploads;  // in upload order
   bool has_tree = false;
   std::vector<StoredOrdering> orderings;  // ordered by name
+  // The spec of the last BuildIndex that gave explicit inducing points (build-spec.rcknn).
+  std::optional<v1::IndexSpec> build_spec;
   // Not OK if any file of the index is missing, corrupt, truncated, of another version or of
   // another index: the index is then reported FAILED with this reason.
   absl::Status status;
@@ -77,6 +82,9 @@ class IndexStore {
   // Creates the index's directory and commits its spec. ALREADY_EXISTS if the directory holds a
   // committed spec.
   absl::Status CreateIndex(absl::string_view id, const v1::IndexSpec& spec);
+  // Commits the spec a build uses when it differs from the index's (BuildIndex with inducing
+  // points), or removes a stale one when `spec` is empty.
+  absl::Status WriteBuildSpec(absl::string_view id, const std::optional<v1::IndexSpec>& spec);
   // Commits upload number `sequence` (1, 2, ...) of the index.
   absl::Status WriteUpload(absl::string_view id, int64_t sequence, const PointBatch& batch);
   // Commits the built index, made from `uploads` uploads holding the index's points.

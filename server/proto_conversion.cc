@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/kernel.h"
 #include "core/residual_correlation.h"
@@ -71,6 +72,50 @@ absl::Status ValidateIndexId(absl::string_view id, absl::string_view field) {
   return absl::OkStatus();
 }
 
+
+absl::Status ValidateSearchRequest(const v1::SearchRequest& request) {
+  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
+  if (request.k() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("k: must be >= 1, got ", request.k()));
+  }
+  const bool by_id = !request.query_ids().empty();
+  const bool by_point = !request.query_points().empty();
+  if (by_id == by_point) {
+    return absl::InvalidArgumentError(
+        by_id ? "query_ids, query_points: both are set; give exactly one"
+              : "query_ids, query_points: neither is set; give exactly one");
+  }
+  if (by_id && !request.query_id_bounds().empty()) {
+    return absl::InvalidArgumentError(
+        "query_id_bounds: bounds query_points only; queries by id bound themselves "
+        "(predecessor_mode)");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::IndexSpec> SpecWithInducingPoints(
+    const v1::IndexSpec& spec, const google::protobuf::RepeatedField<double>& points) {
+  if (spec.metric() != v1::METRIC_RESIDUAL_CORRELATION) {
+    return Invalid("inducing_points", "only residual correlation indexes have inducing points");
+  }
+  if (spec.factors_supplied()) {
+    return Invalid("inducing_points", "the index has supplied factors, which replace them");
+  }
+  if (!spec.inducing_points().empty()) {
+    return Invalid("inducing_points", "the index's spec gives its own inducing points");
+  }
+  v1::IndexSpec out = spec;
+  // The points say how many there are.
+  out.clear_inducing_count();
+  *out.mutable_inducing_points() = points;
+  v1::IndexSpec normalized;
+  if (absl::StatusOr<core::IndexSpec> checked = ToCoreSpec(out, &normalized); !checked.ok()) {
+    std::string message(checked.status().message());
+    if (absl::StartsWith(message, "spec.")) message = message.substr(5);
+    return absl::InvalidArgumentError(message);
+  }
+  return normalized;
+}
 
 absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexSpec* normalized) {
   core::IndexSpec out;

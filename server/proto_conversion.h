@@ -28,6 +28,16 @@ inline constexpr int kMaxLloydIterations = 1000;
 // 1..kMaxIndexIdLength characters from [A-Za-z0-9._-].
 absl::Status ValidateIndexId(absl::string_view id, absl::string_view field = "index_id");
 
+// The checks on a SearchRequest that need no index: the index id, k >= 1, and exactly one of
+// query_ids and query_points. INVALID_ARGUMENT naming the field.
+absl::Status ValidateSearchRequest(const v1::SearchRequest& request);
+
+// The spec of a build given explicit inducing points (BuildIndexRequest.inducing_points): `spec`
+// with them. INVALID_ARGUMENT naming "inducing_points" unless `spec` is a residual spec with
+// computed factors and no inducing points of its own, or if the points are not whole finite rows.
+absl::StatusOr<v1::IndexSpec> SpecWithInducingPoints(
+    const v1::IndexSpec& spec, const google::protobuf::RepeatedField<double>& points);
+
 // Validates `spec` and returns its core form. `*normalized` receives the spec as the server
 // reports it: jitter filled in when unset.
 absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexSpec* normalized);

@@ -165,10 +165,34 @@ grpc::Status RcknnService::BuildIndex(grpc::ServerContext* context,
   if (absl::Status status = ValidateIndexId(request->index_id()); !status.ok()) {
     return ToGrpcStatus(status);
   }
-  absl::StatusOr<std::shared_ptr<IndexEntry>> entry = service_.BuildIndex(request->index_id());
+  absl::StatusOr<std::shared_ptr<IndexEntry>> entry =
+      service_.BuildIndex(request->index_id(), request->inducing_points());
   if (!entry.ok()) return ToGrpcStatus(entry.status());
   FillIndexInfo(**entry, response);
   return grpc::Status::OK;
+}
+
+grpc::Status RcknnService::GetPoints(grpc::ServerContext* context,
+                                     const v1::GetPointsRequest* request,
+                                     v1::GetPointsResponse* response) {
+  auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(ValidateIndexId(request->index_id()));
+    ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, service_.GetIndex(request->index_id()));
+    const double bytes = static_cast<double>(request->ids().size()) *
+                             entry->core_spec().dimension * sizeof(double) +
+                         256.0;
+    if (bytes > static_cast<double>(service_.options().max_message_bytes)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "ids: the coordinates of ", request->ids().size(), " points would exceed "
+          "--max_message_bytes = ", service_.options().max_message_bytes, "; ask for fewer"));
+    }
+    ASSIGN_OR_RETURN(std::vector<double> coordinates,
+                     entry->Coordinates(absl::MakeConstSpan(request->ids().data(),
+                                                            request->ids().size())));
+    response->mutable_coordinates()->Add(coordinates.begin(), coordinates.end());
+    return absl::OkStatus();
+  };
+  return ToGrpcStatus(run());
 }
 
 grpc::Status RcknnService::GetIndex(grpc::ServerContext* context,
@@ -263,6 +287,8 @@ absl::StatusOr<QueryPool::CancelHandle> RcknnService::StartSearch(
   call.queries.ids = absl::MakeConstSpan(request.query_ids().data(), request.query_ids().size());
   call.queries.points =
       absl::MakeConstSpan(request.query_points().data(), request.query_points().size());
+  call.queries.id_bounds =
+      absl::MakeConstSpan(request.query_id_bounds().data(), request.query_id_bounds().size());
   call.options.k = request.k();
   call.options.include_self = request.include_self();
   call.options.predecessor_mode = request.predecessor_mode();

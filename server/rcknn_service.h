@@ -57,6 +57,8 @@ class RcknnService final : public AsyncRcknnService {
                                                           grpc::ByteBuffer* response) override;
   grpc::Status BuildIndex(grpc::ServerContext* context, const v1::BuildIndexRequest* request,
                           v1::IndexInfo* response) override;
+  grpc::Status GetPoints(grpc::ServerContext* context, const v1::GetPointsRequest* request,
+                         v1::GetPointsResponse* response) override;
   grpc::Status GetIndex(grpc::ServerContext* context, const v1::GetIndexRequest* request,
                         v1::IndexInfo* response) override;
   grpc::Status WatchIndex(grpc::ServerContext* context, const v1::GetIndexRequest* request,
