@@ -94,6 +94,8 @@ absl::StatusOr<std::string> ReadPemFile(absl::string_view flag, const std::strin
   return text.str();
 }
 
+}  // namespace
+
 // TLS (and mutual TLS) or plaintext credentials, with the token check when a token file is set.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
     const ServerOptions& options, ServerMetrics* metrics,
@@ -149,6 +151,8 @@ void InitializeRpcMethods(ServerMetrics& metrics) {
     metrics.InitializeRpcMethod(service, "ServerReflectionInfo");
   }
 }
+
+namespace {
 
 // "host:port" -> "host:<port>".
 std::string WithPort(const std::string& listen, int port) {

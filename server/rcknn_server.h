@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
 #include "server/health_service.h"
@@ -92,6 +93,15 @@ class RcknnServer {
   mutable absl::Mutex shutdown_mutex_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mutex_) = false;
 };
+
+// TLS (and mutual TLS) or plaintext server credentials for the tls_* and auth_token_file fields
+// of `options` (validated by the caller), with the token check when a token file is set (stored
+// in `*auth`; refused calls are counted in `metrics`). Shared with rcknn-router.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    const ServerOptions& options, ServerMetrics* metrics,
+    std::shared_ptr<TokenAuthProcessor>* auth);
+// Names every method of the services a server registers in `metrics` ahead of its first call.
+void InitializeRpcMethods(ServerMetrics& metrics);
 
 // Arena threads for `requested` (0: every core).
 int ResolveThreads(int requested);

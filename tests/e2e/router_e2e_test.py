@@ -1,0 +1,382 @@
+#!/usr/bin/python3
+"""rcknn-router over real rcknn-server shards on 127.0.0.1: 3 shards, the second with 2
+replicas, and one plain rcknn-server holding the same data as the reference.
+
+Every index is uploaded through the router (several streams, chunks that cross the layout's
+blocks) and built with the router's own draw of the inducing points; every answer (by id,
+include_self, predecessor mode with queries on both sides of every shard boundary, out-of-sample
+points, SearchStream) must equal the single server's by the rule of docs/design.md section 3, on a
+mid-regime and a dense data set. Then: kill -9 of one replica while a batch runs (every search
+still succeeds), kill -9 of both replicas of the shard (UNAVAILABLE naming it, never a partial
+answer), their restart from their data directories (READY and exact again), and a restart of
+the router itself (same indexes, same answers).
+
+  router_e2e_test.py --server=BIN --router=BIN --proto_dir=DIR --data_dir=DIR --work_dir=DIR
+"""
+import array
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rcknn_e2e  # pylint: disable=wrong-import-position
+
+ARGS = rcknn_e2e.parse_args(sys.argv)
+pb2, pb2_grpc = rcknn_e2e.generate_stubs(ARGS["proto_dir"], os.path.join(ARGS["work_dir"], "py"))
+READY = pb2.INDEX_STATE_READY
+BLOCK = 500  # --block_points: small, so that the test sets cross many blocks
+K = 12
+TOL = 1e-6
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 << 20),
+                   ("grpc.max_send_message_length", 256 << 20)]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distances_agree(a, b):
+    """docs/design.md section 3: within tol, in the distance or (near 0) in its square."""
+    return abs(a - b) <= TOL or abs(a * a - b * b) <= TOL
+
+
+def compare(got, want, k):
+    """'' if two SearchResponses agree by the rule of docs/design.md section 3, else the first
+    difference."""
+    if got.num_queries != want.num_queries or got.k != want.k:
+        return f"shape {got.num_queries}x{got.k} vs {want.num_queries}x{want.k}"
+    ids, dists = got.neighbor_ids, got.distances
+    ref_ids, ref_dists = want.neighbor_ids, want.distances
+    for q in range(want.num_queries):
+        row = range(q * k, (q + 1) * k)
+        for j in row:
+            a_inf, b_inf = dists[j] == float("inf"), ref_dists[j] == float("inf")
+            if a_inf != b_inf or (not a_inf and not distances_agree(dists[j], ref_dists[j])):
+                return f"query {q} rank {j - q * k}: distance {dists[j]} vs {ref_dists[j]}"
+            if a_inf:
+                if ids[j] != -1:
+                    return f"query {q} rank {j - q * k}: padding id {ids[j]}"
+                continue
+            if ids[j] != ref_ids[j]:
+                # A different id is fine only where two candidates tie within tol.
+                tied = distances_agree(dists[j], ref_dists[(q + 1) * k - 1]) or any(
+                    ref_ids[t] == ids[j] and distances_agree(ref_dists[t], dists[j]) for t in row)
+                if not tied:
+                    return f"query {q} rank {j - q * k}: id {ids[j]} vs {ref_ids[j]}"
+    return ""
+
+
+class Process:
+    """One rcknn-server or rcknn-router, its log in a file; 'listening on' means started."""
+
+    def __init__(self, name, argv):
+        self.name = name
+        self.argv = argv
+        self.starts = 0
+        self.process = None
+        self.log_file = None
+        self.log_path = None
+
+    def start(self):
+        self.starts += 1
+        self.log_path = os.path.join(ARGS["work_dir"], f"{self.name}.{self.starts}.log")
+        self.log_file = open(self.log_path, "w")
+        self.process = subprocess.Popen(self.argv, stdout=self.log_file, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline and self.process.poll() is None:
+            with open(self.log_path) as f:
+                if re.search(r"listening on (\S+)", f.read()):
+                    return self
+            time.sleep(0.01)
+        self.stop()
+        with open(self.log_path) as f:
+            raise RuntimeError(f"{self.name} did not start:\n" + f.read())
+
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self):
+        """kill -9."""
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+        if self.log_file is not None:
+            self.log_file.close()
+
+    def terminate(self):
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+        if self.log_file is not None:
+            self.log_file.close()
+
+    stop = kill
+
+
+def server_process(name):
+    data_dir = os.path.join(ARGS["work_dir"], name + ".data")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    port = free_port()
+    proc = Process(name, [ARGS["server"], f"--listen=127.0.0.1:{port}", "--metrics_listen=",
+                          "--threads=1", f"--data_dir={data_dir}"])
+    proc.address = f"127.0.0.1:{port}"
+    return proc
+
+
+def normal_points(seed, n, dimension):
+    rng = random.Random(seed)
+    return array.array("d", (rng.gauss(0.0, 1.0) for _ in range(n * dimension)))
+
+
+def residual_spec(dimension, kernel, variance, lengthscale, m, seed):
+    return pb2.IndexSpec(metric=pb2.METRIC_RESIDUAL_CORRELATION, dimension=dimension,
+                         kernel=pb2.KernelSpec(type=kernel, variance=variance,
+                                               lengthscales=[lengthscale]),
+                         inducing_count=m, inducing_seed=seed)
+
+
+class Case:
+    def __init__(self, name, spec, points):
+        self.name, self.spec, self.points = name, spec, points
+        self.dimension = spec.dimension
+        self.n = len(points) // spec.dimension
+
+
+def cases():
+    small = rcknn_e2e.Dataset(ARGS["data_dir"], "small")
+    # The shipped mid-regime set, with the seeded draw (not the shipped inducing points): the
+    # router must draw exactly as one server does.
+    mid_spec = small.spec(pb2)
+    del mid_spec.inducing_points[:]
+    mid_spec.inducing_count = 128
+    mid_spec.inducing_seed = 11
+    dense = Case("dense", residual_spec(2, pb2.KERNEL_RBF, 1.0, 0.5, 48, 3),
+                 normal_points(5, 6000, 2))
+    return [Case("mid", mid_spec, small.points), dense]
+
+
+class RouterTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        os.makedirs(ARGS["work_dir"], exist_ok=True)
+        cls.processes = []
+        try:
+            cls.shard0 = server_process("shard0")
+            cls.shard1a = server_process("shard1a")
+            cls.shard1b = server_process("shard1b")
+            cls.shard2 = server_process("shard2")
+            cls.single = server_process("single")
+            cls.processes = [cls.shard0, cls.shard1a, cls.shard1b, cls.shard2, cls.single]
+            for p in cls.processes:
+                p.start()
+            router_port = free_port()
+            shards = (f"{cls.shard0.address},{cls.shard1a.address}|{cls.shard1b.address},"
+                      f"{cls.shard2.address}")
+            cls.router = Process("router", [ARGS["router"], f"--listen=127.0.0.1:{router_port}",
+                                            "--metrics_listen=127.0.0.1:0", f"--shards={shards}",
+                                            f"--block_points={BLOCK}"])
+            cls.router.address = f"127.0.0.1:{router_port}"
+            cls.processes.append(cls.router)
+            cls.router.start()
+            cls.router_channel = grpc.insecure_channel(cls.router.address, options=CHANNEL_OPTIONS)
+            cls.single_channel = grpc.insecure_channel(cls.single.address, options=CHANNEL_OPTIONS)
+            cls.via_router = pb2_grpc.RcknnStub(cls.router_channel)
+            cls.via_single = pb2_grpc.RcknnStub(cls.single_channel)
+            cls.cases = cases()
+            for case in cls.cases:
+                for stub in (cls.via_router, cls.via_single):
+                    stub.CreateIndex(pb2.CreateIndexRequest(index_id=case.name, spec=case.spec),
+                                     timeout=30)
+                    # Two streams, chunks of 700 rows: pieces of blocks on both sides.
+                    half = case.n // 2 * case.dimension
+                    for part in (case.points[:half], case.points[half:]):
+                        stub.UploadPoints(rcknn_e2e.upload_chunks(pb2, case.name, part,
+                                                                  case.dimension, 700), timeout=60)
+                    stub.BuildIndex(pb2.BuildIndexRequest(index_id=case.name), timeout=30)
+                for stub in (cls.via_router, cls.via_single):
+                    reports = rcknn_e2e.wait_ready(pb2, stub, case.name)
+                    assert reports[-1].state == READY, reports[-1]
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        for p in getattr(cls, "processes", []):
+            p.kill()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def query_ids(self, case):
+        """Ids on both sides of every block boundary (the shards change there), the ends, and
+        random ones."""
+        ids = {0, 1, case.n - 1, case.n - 2}
+        for b in range(BLOCK, case.n, BLOCK):
+            ids.update((b - 1, b, b + 1))
+        rng = random.Random(case.n)
+        ids.update(rng.randrange(case.n) for _ in range(40))
+        return sorted(i for i in ids if 0 <= i < case.n)
+
+    def requests(self, case):
+        ids = self.query_ids(case)
+        points = normal_points(case.n + 1, 30, case.dimension)
+        # Some query points exactly at data points: distance 0 to those.
+        for j, i in enumerate((0, 777, case.n - 1)):
+            points[j * case.dimension:(j + 1) * case.dimension] = \
+                case.points[i * case.dimension:(i + 1) * case.dimension]
+        out = []
+        for pred in (False, True):
+            for self_too in (False, True):
+                out.append(pb2.SearchRequest(index_id=case.name, k=K, query_ids=ids,
+                                             predecessor_mode=pred, include_self=self_too))
+        out.append(pb2.SearchRequest(index_id=case.name, k=K, query_points=points))
+        out.append(pb2.SearchRequest(index_id=case.name, k=case.n + 5, query_ids=ids[:5]))
+        return out
+
+    def expect_same_answers(self, case, what=""):
+        for request in self.requests(case):
+            got = self.via_router.Search(request, timeout=60)
+            want = self.via_single.Search(request, timeout=60)
+            diff = compare(got, want, request.k)
+            self.assertEqual(diff, "", f"{what}{case.name}: {request.predecessor_mode=} "
+                                       f"{request.include_self=} points={len(request.query_points)}")
+
+    def wait_router_ready(self, case, timeout=60):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            try:
+                self.via_router.Search(pb2.SearchRequest(index_id=case.name, k=1, query_ids=[0]),
+                                       timeout=10)
+                return
+            except grpc.RpcError as e:  # restoring shards answer FAILED_PRECONDITION or UNAVAILABLE
+                last = e
+                time.sleep(0.1)
+        self.fail(f"{case.name} never answered again through the router: {last}")
+
+    # -- tests (run in name order) ---------------------------------------------------------
+
+    def test_1_index_info_is_aggregated(self):
+        for case in self.cases:
+            got = self.via_router.GetIndex(pb2.GetIndexRequest(index_id=case.name), timeout=10)
+            want = self.via_single.GetIndex(pb2.GetIndexRequest(index_id=case.name), timeout=10)
+            self.assertEqual(got.state, READY)
+            self.assertEqual(got.num_points, case.n)
+            self.assertEqual(got.spec.inducing_count, want.spec.inducing_count)
+            self.assertEqual(got.spec.inducing_seed, want.spec.inducing_seed)
+            self.assertEqual(got.build_progress, 1.0)
+        listed = self.via_router.ListIndexes(pb2.ListIndexesRequest(), timeout=10)
+        self.assertEqual([i.index_id for i in listed.indexes], sorted(c.name for c in self.cases))
+
+    def test_2_every_mode_equals_one_server(self):
+        for case in self.cases:
+            self.expect_same_answers(case)
+
+    def test_3_search_stream_equals_one_server(self):
+        case = self.cases[0]
+        requests = self.requests(case)
+        got = list(self.via_router.SearchStream(iter(requests), timeout=60))
+        self.assertEqual(len(got), len(requests))
+        for request, response in zip(requests, got):
+            self.assertEqual(compare(response, self.via_single.Search(request, timeout=60),
+                                     request.k), "")
+
+    def test_4_errors_name_the_field(self):
+        case = self.cases[0]
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.via_router.Search(pb2.SearchRequest(index_id=case.name, k=3,
+                                                     query_ids=[0, case.n]), timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("query_ids[1]", caught.exception.details())
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.via_router.Search(pb2.SearchRequest(index_id="nope", k=3, query_ids=[0]),
+                                   timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.via_router.UploadPoints(iter([pb2.UploadPointsRequest(
+                index_id=case.name, coordinates=[0.0, 1.0])]), timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.via_router.CreateIndex(pb2.CreateIndexRequest(index_id=case.name,
+                                                               spec=case.spec), timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
+
+    def test_5_replica_failover_and_unavailable_shard(self):
+        case = self.cases[1]
+        requests = self.requests(case)
+        want = [self.via_single.Search(r, timeout=60) for r in requests]
+        failures = []
+        done = threading.Event()
+        rounds = [0]
+
+        def hammer():
+            while not done.is_set() or rounds[0] < 6:
+                for r, w in zip(requests, want):
+                    try:
+                        diff = compare(self.via_router.Search(r, timeout=60), w, r.k)
+                    except grpc.RpcError as e:
+                        diff = f"{e.code()}: {e.details()}"
+                    if diff:
+                        failures.append(diff)
+                rounds[0] += 1
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        time.sleep(0.3)
+        self.shard1a.kill()  # mid-batch
+        done.set()
+        thread.join(timeout=120)
+        self.assertEqual(failures, [], "searches failed while one replica of shard 1 died")
+
+        self.shard1b.kill()
+        for r in requests[:2]:
+            with self.assertRaises(grpc.RpcError) as caught:
+                self.via_router.Search(r, timeout=30)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            self.assertIn("shard 1", caught.exception.details())
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.via_router.GetIndex(pb2.GetIndexRequest(index_id=case.name), timeout=30)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
+        # Back from their data directories: READY and exact again.
+        self.shard1a.start()
+        self.shard1b.start()
+        for c in self.cases:
+            self.wait_router_ready(c)
+            self.expect_same_answers(c, "after the shard's restart: ")
+
+    def test_6_router_restart_changes_nothing(self):
+        before = {c.name: self.via_router.GetIndex(pb2.GetIndexRequest(index_id=c.name),
+                                                   timeout=10) for c in self.cases}
+        self.router.terminate()
+        self.router.start()
+        for c in self.cases:
+            after = self.via_router.GetIndex(pb2.GetIndexRequest(index_id=c.name), timeout=30)
+            self.assertEqual(after.num_points, before[c.name].num_points)
+            self.assertEqual(after.state, READY)
+            self.assertEqual(after.spec, before[c.name].spec)
+            self.expect_same_answers(c, "after the router's restart: ")
+
+    def test_7_delete_through_the_router(self):
+        self.via_router.DeleteIndex(pb2.DeleteIndexRequest(index_id="mid"), timeout=30)
+        listed = self.via_router.ListIndexes(pb2.ListIndexesRequest(), timeout=10)
+        self.assertEqual([i.index_id for i in listed.indexes], ["dense"])
+        shard = pb2_grpc.RcknnStub(grpc.insecure_channel(self.shard0.address))
+        names = [i.index_id for i in shard.ListIndexes(pb2.ListIndexesRequest(), timeout=10).indexes]
+        self.assertFalse(any(n.startswith("mid.") for n in names), names)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0], "-v"])
