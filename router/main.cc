@@ -1,6 +1,7 @@
 // rcknn-router: flags -> RouterOptions -> RouterServer; SIGTERM / SIGINT shut it down gracefully.
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -48,10 +49,14 @@ int main(int argc, char** argv) {
       "one rcknn.v1.Rcknn index spread over rcknn-server shards, with the answers of one "
       "server.\nUsage: rcknn-router --shards=a:50051,b:50051|c:50051 [--listen=127.0.0.1:50050] "
       "[--metrics_listen=127.0.0.1:9463] [flags]");
+  // --help lists this file's flags under the binary's name (as rcknn-server's).
   absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "router/main.cc");
+  usage.normalize_filename = [](absl::string_view file) {
+    if (absl::EndsWith(file, "router/main.cc")) return std::string("rcknn-router");
+    return std::string(file.substr(std::min(file.find_first_not_of("./"), file.size())));
   };
+  usage.contains_help_flags = [](absl::string_view file) { return file == "rcknn-router"; };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   rcknn::server::LogLevel level;

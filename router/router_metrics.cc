@@ -16,18 +16,18 @@ RouterMetrics::RouterMetrics(std::shared_ptr<prometheus::Registry> registry)
                    .Help("Latency of the router's calls to shard replicas, by shard and method")
                    .Register(*registry_)) {}
 
-void RouterMetrics::RecordShardCall(int64_t shard, absl::string_view method,
-                                    grpc::StatusCode code, double seconds) {
+void RouterMetrics::RecordShardCall(int64_t shard, absl::string_view method, int code,
+                                    double seconds) {
   prometheus::Counter* counter;
   prometheus::Histogram* histogram;
   {
     absl::MutexLock lock(&mutex_);
     const std::string name(method);
-    prometheus::Counter*& c = call_series_[{shard, name, static_cast<int>(code)}];
+    prometheus::Counter*& c = call_series_[{shard, name, code}];
     if (c == nullptr) {
       c = &calls_.Add({{"shard", absl::StrCat(shard)},
                        {"grpc_method", name},
-                       {"grpc_code", std::string(server::GrpcCodeName(static_cast<int>(code)))}});
+                       {"grpc_code", std::string(server::GrpcCodeName(code))}});
     }
     counter = c;
     prometheus::Histogram*& h = second_series_[{shard, name}];

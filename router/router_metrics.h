@@ -17,7 +17,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "grpcpp/support/status.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/histogram.h"
@@ -25,12 +24,13 @@
 
 namespace rcknn::router {
 
+// Built without gRPC (like server::ServerMetrics) so that rcknn-metrics-dump can show it.
 class RouterMetrics {
  public:
   explicit RouterMetrics(std::shared_ptr<prometheus::Registry> registry);
   // Thread-safe.
-  void RecordShardCall(int64_t shard, absl::string_view method, grpc::StatusCode code,
-                       double seconds);
+  // `code`: the call's gRPC status code (numbered as google.rpc.Code).
+  void RecordShardCall(int64_t shard, absl::string_view method, int code, double seconds);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

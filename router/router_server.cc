@@ -105,7 +105,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
       *shards, *shard_credentials, options.max_message_bytes,
       [router_metrics](int64_t shard, absl::string_view method, grpc::StatusCode code,
                        double seconds) {
-        router_metrics->RecordShardCall(shard, method, code, seconds);
+        router_metrics->RecordShardCall(shard, method, static_cast<int>(code), seconds);
       });
   router->service_ = std::make_unique<RouterService>(router->cluster_.get(), options.block_points);
   router->health_ = std::make_unique<server::HealthService>();

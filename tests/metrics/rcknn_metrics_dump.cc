@@ -1,4 +1,5 @@
-// rcknn-metrics-dump: prints ServerMetrics' text exposition after a small sample workload that
+// rcknn-metrics-dump: prints ServerMetrics' text exposition, with rcknn-router's own families
+// (router/router_metrics.h) in the same registry, after a small sample workload that
 // touches every family (searches, every RPC of rcknn.v1.Rcknn with a few status codes, builds,
 // gauges). Tests feed it to `promtool check metrics` and check the Grafana dashboard's metric
 // names against it: it is the real registry text, not a hand-written list.
@@ -8,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "core/traversal_stats.h"
+#include "router/router_metrics.h"
 #include "server/server_metrics.h"
 
 int main() {
@@ -53,6 +55,13 @@ int main() {
   metrics.SetIndexCounts(counts);
   metrics.SetIndexTotals(32768, 140 << 20);
   metrics.SetPoolThreads(2);
+
+  rcknn::router::RouterMetrics router(metrics.registry());
+  for (int64_t shard = 0; shard < 3; ++shard) {
+    router.RecordShardCall(shard, "Search", 0, 0.002 * (shard + 1));
+    router.RecordShardCall(shard, "GetPoints", 0, 0.0005);
+  }
+  router.RecordShardCall(1, "Search", 14, 0.001);  // UNAVAILABLE
 
   std::cout << metrics.TextExposition();
   return std::cout.good() ? 0 : 1;
