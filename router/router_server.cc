@@ -118,6 +118,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(router->service_.get());
   builder.RegisterService(router->health_.get());
+  router->reflection_v1_ = std::make_unique<server::ReflectionV1Service>(std::vector<std::string>{
+      "rcknn.v1.Rcknn", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+      "grpc.reflection.v1.ServerReflection"});
+  builder.RegisterService(router->reflection_v1_.get());
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
   observers.push_back(std::make_unique<server::RpcObserverFactory>(
       [metrics](absl::string_view method, const grpc::Status& status, absl::Duration latency) {

@@ -1,5 +1,5 @@
 // The assembled rcknn-router: RouterService over a ShardCluster, grpc.health.v1.Health, server
-// reflection, the RPC observer and the metrics endpoint, over TLS and with bearer tokens exactly
+// reflection (v1alpha and v1), the RPC observer and the metrics endpoint, over TLS and with bearer tokens exactly
 // as rcknn-server (the same code), configured from one RouterOptions.
 #ifndef RCKNN_ROUTER_ROUTER_SERVER_H_
 #define RCKNN_ROUTER_ROUTER_SERVER_H_
@@ -17,6 +17,7 @@
 #include "router/router_service.h"
 #include "router/shard_cluster.h"
 #include "server/health_service.h"
+#include "server/reflection_v1_service.h"
 #include "server/server_metrics.h"
 #include "server/token_auth.h"
 
@@ -65,6 +66,7 @@ class RouterServer {
   std::unique_ptr<ShardCluster> cluster_;
   std::unique_ptr<RouterService> service_;
   std::unique_ptr<server::HealthService> health_;
+  std::unique_ptr<server::ReflectionV1Service> reflection_v1_;
   std::unique_ptr<grpc::Server> server_;
   std::shared_ptr<server::TokenAuthProcessor> auth_;
 

@@ -700,17 +700,27 @@ absl::Status RouterService::RunSearch(const grpc::ServerContextBase* context,
   }
   response->set_num_queries(nq);
   response->set_k(k);
-  response->mutable_neighbor_ids()->Resize(static_cast<int>(nq * k), -1);
-  response->mutable_distances()->Resize(static_cast<int>(nq * k),
-                                        std::numeric_limits<double>::infinity());
+  std::vector<int64_t> out_ids(nq * k, -1);
+  std::vector<double> out_distances(nq * k, std::numeric_limits<double>::infinity());
   for (int64_t q = 0; q < nq; ++q) {
     std::vector<std::pair<double, int64_t>>& c = candidates[q];
     const size_t keep = std::min<size_t>(c.size(), static_cast<size_t>(k));
     std::partial_sort(c.begin(), c.begin() + keep, c.end());
     for (size_t r = 0; r < keep; ++r) {
-      response->set_neighbor_ids(static_cast<int>(q * k + r), c[r].second);
-      response->set_distances(static_cast<int>(q * k + r), c[r].first);
+      out_ids[q * k + r] = c[r].second;
+      out_distances[q * k + r] = c[r].first;
     }
+  }
+  if (request.raw_answer()) {
+    // Little-endian int64 and float64 bytes, as the server's raw layout (this is a
+    // little-endian build, as the server's raw layout assumes too).
+    response->set_neighbor_ids_raw(reinterpret_cast<const char*>(out_ids.data()),
+                                   out_ids.size() * sizeof(int64_t));
+    response->set_distances_raw(reinterpret_cast<const char*>(out_distances.data()),
+                                out_distances.size() * sizeof(double));
+  } else {
+    response->mutable_neighbor_ids()->Add(out_ids.begin(), out_ids.end());
+    response->mutable_distances()->Add(out_distances.begin(), out_distances.end());
   }
   stats.set_search_seconds(absl::ToDoubleSeconds(absl::Now() - start));
   *response->mutable_stats() = stats;

@@ -293,6 +293,20 @@ class RouterTest(unittest.TestCase):
             self.assertEqual(compare(response, self.via_single.Search(request, timeout=60),
                                      request.k), "")
 
+    def test_3_raw_answer_layout(self):
+        case = self.cases[0]
+        request = self.requests(case)[0]
+        packed = self.via_router.Search(request, timeout=60)
+        request.raw_answer = True
+        raw = self.via_router.Search(request, timeout=60)
+        self.assertEqual(len(raw.neighbor_ids), 0)
+        ids = array.array("q")
+        ids.frombytes(raw.neighbor_ids_raw)
+        dists = array.array("d")
+        dists.frombytes(raw.distances_raw)
+        self.assertEqual(list(ids), list(packed.neighbor_ids))
+        self.assertEqual(list(dists), list(packed.distances))
+
     def test_4_errors_name_the_field(self):
         case = self.cases[0]
         with self.assertRaises(grpc.RpcError) as caught:
