@@ -1,6 +1,7 @@
 #include "server/index_service.h"
 
 #include <new>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
