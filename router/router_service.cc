@@ -287,6 +287,12 @@ grpc::Status RouterService::CreateIndex(grpc::ServerContext* context,
     v1::IndexSpec normalized;
     absl::StatusOr<core::IndexSpec> checked = server::ToCoreSpec(request->spec(), &normalized);
     if (!checked.ok()) return checked.status();
+    if (request->spec().has_inducing_method() &&
+        request->spec().inducing_method() != v1::INDUCING_METHOD_UNIFORM) {
+      return Invalid("spec.inducing_method",
+                     "only the uniform draw is supported through rcknn-router (it draws over all "
+                     "shards as one server would)");
+    }
     if (request->spec().factors_supplied()) {
       return Invalid("spec.factors_supplied",
                      "is not supported through rcknn-router: a query by id travels to the shards "
@@ -586,6 +592,9 @@ absl::Status RouterService::RunSearch(const grpc::ServerContextBase* context,
                                       v1::SearchResponse* response) {
   const absl::Time start = absl::Now();
   RETURN_IF_ERROR(server::ValidateSearchRequest(request));
+  if (!request.ordering().empty() || request.ids_are_ranks()) {
+    return Invalid("ordering", "orderings (ComputeOrdering) are not supported through rcknn-router");
+  }
   const std::string& id = request.index_id();
   ASSIGN_OR_RETURN(ReadyView view, Ready(context, id));
   const int64_t k = request.k();

@@ -104,9 +104,15 @@ absl::StatusOr<v1::IndexSpec> SpecWithInducingPoints(
   if (!spec.inducing_points().empty()) {
     return Invalid("inducing_points", "the index's spec gives its own inducing points");
   }
+  if (spec.has_inducing_method() && spec.inducing_method() != v1::INDUCING_METHOD_UNIFORM) {
+    return Invalid("inducing_points", "the index's spec chooses its inducing points by another "
+                                      "method than the uniform draw");
+  }
   v1::IndexSpec out = spec;
-  // The points say how many there are.
+  // The points say how many there are, and replace the draw.
   out.clear_inducing_count();
+  out.clear_inducing_method();
+  out.clear_lloyd_iterations();
   *out.mutable_inducing_points() = points;
   v1::IndexSpec normalized;
   if (absl::StatusOr<core::IndexSpec> checked = ToCoreSpec(out, &normalized); !checked.ok()) {
