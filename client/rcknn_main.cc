@@ -22,7 +22,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
+#include "core/flags_usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -678,16 +678,7 @@ absl::Status SetSecurityOptions(ClientOptions* options) {
 }
 
 int Main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  // --help lists this file's flags under the tool's name, not under the file's build path.
-  absl::FlagsUsageConfig usage;
-  usage.normalize_filename = [](absl::string_view file) {
-    if (absl::EndsWith(file, "client/rcknn_main.cc")) return std::string("rcknn");
-    return std::string(file.substr(std::min(file.find_first_not_of("./"), file.size())));
-  };
-  usage.contains_help_flags = [](absl::string_view file) { return file == "rcknn"; };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
+  rcknn::core::SetUpFlagsUsage("rcknn", "client/rcknn_main.cc", kUsage);
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() != 2) {
     std::fprintf(stderr, "%s", kUsage);

@@ -8,8 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
+#include "core/flags_usage.h"
 #include "absl/time/time.h"
 #include "router/router_server.h"
 #include "server/logging.h"
@@ -45,19 +44,11 @@ ABSL_FLAG(std::string, shard_token_file, "",
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  rcknn::core::SetUpFlagsUsage(
+      "rcknn-router", "router/main.cc",
       "one rcknn.v1.Rcknn index spread over rcknn-server shards, with the answers of one "
       "server.\nUsage: rcknn-router --shards=a:50051,b:50051|c:50051 [--listen=127.0.0.1:50050] "
       "[--metrics_listen=127.0.0.1:9463] [flags]");
-  // --help lists this file's flags under the binary's name (as rcknn-server's).
-  absl::FlagsUsageConfig usage;
-  usage.normalize_filename = [](absl::string_view file) {
-    if (absl::EndsWith(file, "router/main.cc")) return std::string("rcknn-router");
-    return std::string(file.substr(std::min(file.find_first_not_of("./"), file.size())));
-  };
-  usage.contains_help_flags = [](absl::string_view file) { return file == "rcknn-router"; };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   rcknn::server::LogLevel level;
   if (!rcknn::server::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {

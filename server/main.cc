@@ -9,8 +9,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
+#include "core/flags_usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/logging.h"
@@ -70,21 +69,12 @@ ABSL_FLAG(int64_t, max_memory_bytes, kDefaults.max_memory_bytes,
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  rcknn::core::SetUpFlagsUsage(
+      "rcknn-server", "server/main.cc",
       "exact k-nearest-neighbour search under the Gaussian-process residual "
       "correlation distance, over gRPC (service rcknn.v1.Rcknn).\n"
       "Usage: rcknn-server [--listen=127.0.0.1:50051] [--metrics_listen=127.0.0.1:9464] "
       "[--threads=N] [flags]");
-  // --help lists this file's flags under the binary's name: Abseil's default expects a file named
-  // after the binary and heads the list with the file's build path ("Flags from ../server/...").
-  absl::FlagsUsageConfig usage;
-  usage.normalize_filename = [](absl::string_view file) {
-    if (absl::EndsWith(file, "server/main.cc")) return std::string("rcknn-server");
-    return std::string(file.substr(std::min(file.find_first_not_of("./"), file.size())));
-  };
-  usage.contains_help_flags = [](absl::string_view file) { return file == "rcknn-server"; };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
 
   rcknn::server::LogLevel level;

@@ -23,7 +23,7 @@
 #include "core/ordering.h"
 #include "core/random.h"
 #include "tbb/task_arena.h"
-#include "tests/testing/flags_usage.h"
+#include "core/flags_usage.h"
 #include "tests/testing/shared_data.h"
 
 ABSL_FLAG(std::string, workload, "gold", "gold | dense | scale");
@@ -197,7 +197,7 @@ int RunInducing(const std::string& name, const Workload& w, tbb::task_arena& are
 }  // namespace rcknn
 
 int main(int argc, char** argv) {
-  rcknn::testing::SetUpFlagsUsage(
+  rcknn::core::SetUpFlagsUsage(
       "gp-loop-bench", "tests/bench/gp_loop_bench.cc",
       "the GP fitting loop's building blocks (orderings, inducing-point choices) on a workload, "
       "one JSON object per line.\n"

@@ -36,7 +36,7 @@
 #include "tbb/global_control.h"
 #include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
-#include "tests/testing/flags_usage.h"
+#include "core/flags_usage.h"
 #include "tests/testing/shared_data.h"
 
 ABSL_FLAG(std::string, workload, "gold",
@@ -514,7 +514,7 @@ int RunGemm(int threads, tbb::task_arena& arena) {
 }  // namespace rcknn
 
 int main(int argc, char** argv) {
-  rcknn::testing::SetUpFlagsUsage(
+  rcknn::core::SetUpFlagsUsage(
       "rcknn-bench", "tests/bench/rcknn_bench.cc",
       "builds one workload's index, answers its queries with the tree search and the brute "
       "force, checks every answer and prints one JSON line (docs/benchmarks.md).\n"

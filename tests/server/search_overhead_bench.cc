@@ -17,7 +17,7 @@
 #include "core/knn_index.h"
 #include "server/logging.h"
 #include "tests/server/server_test_util.h"
-#include "tests/testing/flags_usage.h"
+#include "core/flags_usage.h"
 #include "tests/testing/shared_data.h"
 
 ABSL_FLAG(int, threads, 2, "threads of the core arena and of the server pool");
@@ -140,7 +140,7 @@ int Run() {
 }  // namespace rcknn
 
 int main(int argc, char** argv) {
-  rcknn::testing::SetUpFlagsUsage(
+  rcknn::core::SetUpFlagsUsage(
       "rcknn-server-bench", "tests/server/search_overhead_bench.cc",
       "gRPC overhead on gold: one Search call against one core-library call, alternated, and "
       "single-query Search latency through a real stub, as JSON (docs/benchmarks.md).\n"

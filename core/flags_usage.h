@@ -1,9 +1,9 @@
-// --help for the benchmark binaries: the usage message and the flags of the binary's own source
-// file, listed under the binary's name. Abseil's default lists only the flags of a file named
-// after the binary (rcknn_bench.cc is not "rcknn-bench") and heads them with the file's build
-// path ("Flags from ../tests/bench/...").
-#ifndef RCKNN_TESTS_TESTING_FLAGS_USAGE_H_
-#define RCKNN_TESTS_TESTING_FLAGS_USAGE_H_
+// --help for every rcknn binary (server, router, tool, benchmarks): the usage message and the
+// flags of the binary's own source file, listed under the binary's name. Abseil's default lists
+// only the flags of a file named after the binary (main.cc is not "rcknn-server") and heads them
+// with the file's build path ("Flags from ../server/...").
+#ifndef RCKNN_CORE_FLAGS_USAGE_H_
+#define RCKNN_CORE_FLAGS_USAGE_H_
 
 #include <algorithm>
 #include <string>
@@ -13,10 +13,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 
-namespace rcknn::testing {
+namespace rcknn::core {
 
 // Call once, before absl::ParseCommandLine. `source_suffix` ends the path of the file that
-// defines the binary's flags, e.g. "tests/bench/rcknn_bench.cc".
+// defines the binary's flags, e.g. "server/main.cc".
 inline void SetUpFlagsUsage(const std::string& program, const std::string& source_suffix,
                             absl::string_view usage_message) {
   absl::SetProgramUsageMessage(usage_message);
@@ -30,6 +30,6 @@ inline void SetUpFlagsUsage(const std::string& program, const std::string& sourc
   absl::SetFlagsUsageConfig(usage);
 }
 
-}  // namespace rcknn::testing
+}  // namespace rcknn::core
 
-#endif  // RCKNN_TESTS_TESTING_FLAGS_USAGE_H_
+#endif  // RCKNN_CORE_FLAGS_USAGE_H_
