@@ -17,6 +17,10 @@
 //    ancestor, which is what prunes where balls are too wide for max_dist to help.
 // Children whose parent is at distance exactly 0 (duplicates) sit at kDuplicateLevel.
 //
+// A tree made by Refit (core/cover_tree_refit.cc) keeps every invariant but separation: its shape
+// was chosen under another metric. The search needs only the bounds (max_dist, rings), so it
+// stays exact over such a tree; separation is what keeps it fast.
+//
 // Nodes are stored breadth-first, so the children of a node are one contiguous range and their
 // point ids one contiguous span. Immutable after Build(); const methods are thread-safe.
 #ifndef RCKNN_CORE_COVER_TREE_H_
@@ -52,6 +56,17 @@ class CoverTree {
   // INVALID_ARGUMENT for base <= 1 or non-finite; CANCELLED / DEADLINE_EXCEEDED from
   // `cancellation`. `progress` receives the fraction of points placed.
   static absl::StatusOr<CoverTree> Build(const MetricSpace& space, const CoverTreeOptions& options,
+                                         tbb::task_arena* arena = nullptr,
+                                         const Cancellation* cancellation = nullptr,
+                                         const ProgressCallback& progress = nullptr);
+
+  // The shape of `source` (built over the same points under another metric, for example other
+  // kernel hyperparameters) with every distance in it measured again in `space`: parent
+  // distances, rings, and max_dist taken from the rings; levels relabelled bottom-up so that
+  // covering holds again (the smallest level covering the parent distance, below the parent).
+  // O(n * depth) distance evaluations, no search. INVALID_ARGUMENT if the sizes differ;
+  // CANCELLED / DEADLINE_EXCEEDED from `cancellation`. Defined in core/cover_tree_refit.cc.
+  static absl::StatusOr<CoverTree> Refit(const CoverTree& source, const MetricSpace& space,
                                          tbb::task_arena* arena = nullptr,
                                          const Cancellation* cancellation = nullptr,
                                          const ProgressCallback& progress = nullptr);
@@ -104,7 +119,9 @@ class CoverTree {
   // Verifies every invariant in the class comment by recomputing distances in `space`, with
   // `slack` allowed for rounding. O(n * depth) distance evaluations plus O(children^2) per node
   // for separation: meant for tests. INTERNAL error describing the first violation.
-  absl::Status CheckInvariants(const MetricSpace& space, double slack = 1e-6) const;
+  // `check_separation` false skips separation (a tree made by Refit).
+  absl::Status CheckInvariants(const MetricSpace& space, double slack = 1e-6,
+                               bool check_separation = true) const;
 
  private:
   void ComputeRings(const MetricSpace& space);

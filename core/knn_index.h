@@ -46,6 +46,36 @@ struct BuildTimings {
   double tree_seconds = 0.0;
 };
 
+// Where KnnIndex::Reparameterize takes its tree from.
+enum class TreeStart {
+  kAuto,     // refit the source's tree, then build afresh if the rule below says that pays
+  kRefit,    // always the source's tree, refitted (CoverTree::Refit)
+  kRebuild,  // always a fresh build
+};
+
+struct ReparameterizeOptions {
+  TreeStart tree_start = TreeStart::kAuto;
+  // kAuto's probe: this many stored ids spread evenly over the set, answered in predecessor mode
+  // with this k (the all-points Vecchia search the GP loop runs next) on the source index and
+  // on the refitted tree.
+  int64_t probe_queries = 256;
+  int64_t probe_k = 30;
+  // kAuto: how many all-points searches the new index is expected to serve (the GP loop runs
+  // one per hyperparameter setting).
+  double expected_searches = 1.0;
+};
+
+// What Reparameterize measured and chose (docs/gp-loop.md states the rule).
+struct ReparameterizeReport {
+  bool refitted = false;            // the index uses the source's tree shape
+  double refit_seconds = 0.0;       // CoverTree::Refit (0 with kRebuild)
+  double probe_seconds = 0.0;       // both probes (kAuto only)
+  double source_evaluations = 0.0;  // mean distance evaluations per probe query, source index
+  double refit_evaluations = 0.0;   // the same on the refitted tree under the new metric
+  double predicted_saving_seconds = 0.0;  // search time a fresh tree would save
+  double predicted_build_seconds = 0.0;   // what a fresh tree would cost
+};
+
 class KnnIndex {
  public:
   // INVALID_ARGUMENT for a bad spec or data (the message names the field), FAILED_PRECONDITION for
@@ -75,6 +105,25 @@ class KnnIndex {
       tbb::task_arena* arena = nullptr, const Cancellation* cancellation = nullptr,
       const ProgressCallback& progress = nullptr);
 
+  // An index over the points of `source` (shared in memory, not copied) with the metric of
+  // `spec`: other kernel hyperparameters, kernel type, inducing points or jitter. V and p are
+  // computed for `spec`; the tree is the source's refitted (CoverTree::Refit: exact, the shape
+  // kept) or a fresh one, as `options.tree_start` says. kAuto refits, then measures the mean
+  // distance evaluations per probe query on the source index (e_s) and on the refitted tree
+  // (e_r) and the refitted probe's seconds per evaluation (t), and builds afresh when
+  //   expected_searches * n * (e_r - e_s) * t  >  the source's fresh tree build seconds,
+  // that is when the search time a fresh tree is predicted to save (taking the source's cost as
+  // the fresh tree's) exceeds what building it costs. A fresh build is also chosen when the
+  // spec's tree base differs from the source tree's.
+  // INVALID_ARGUMENT naming the field: a source or spec that is not residual correlation
+  // ("metric"), another dimension ("dimension"), factors_supplied ("factors_supplied"), kRefit
+  // with another tree base ("base"); otherwise the errors of Build(). Defined in
+  // core/knn_index_reparameterize.cc.
+  static absl::StatusOr<std::unique_ptr<KnnIndex>> Reparameterize(
+      const KnnIndex& source, const IndexSpec& spec, const ReparameterizeOptions& options,
+      tbb::task_arena* arena = nullptr, const Cancellation* cancellation = nullptr,
+      const ProgressCallback& progress = nullptr);
+
   // Exact k-NN (the tree with its scan fall-back). Contract of BruteForceKnn.
   absl::Status Search(const QueryBatch& queries, const KnnOptions& options, tbb::task_arena* arena,
                       const Cancellation* cancellation, int64_t* out_ids, double* out_distances,
@@ -93,6 +142,13 @@ class KnnIndex {
   const BuildTimings& timings() const { return timings_; }
   const MetricSpace& space() const { return *space_; }
   const CoverTree& tree() const { return tree_; }
+  // Set by Reparameterize (default-constructed otherwise).
+  const ReparameterizeReport& reparameterize_report() const { return report_; }
+  // What a fresh tree over this index's points costs, as far as measured: its own tree build,
+  // or for a refitted tree its source's estimate.
+  double fresh_tree_seconds() const {
+    return fresh_tree_seconds_ >= 0.0 ? fresh_tree_seconds_ : timings_.tree_seconds;
+  }
 
  private:
   // The metric space of `spec` over `data`; `progress` covers this part only.
@@ -112,6 +168,8 @@ class KnnIndex {
   std::unique_ptr<MetricSpace> space_;
   CoverTree tree_;
   BuildTimings timings_;
+  ReparameterizeReport report_;
+  double fresh_tree_seconds_ = -1.0;  // < 0: timings_.tree_seconds
 };
 
 }  // namespace rcknn::core

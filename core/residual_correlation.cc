@@ -98,12 +98,19 @@ RowScratch& Scratch() {
 
 }  // namespace
 
-ResidualSpace::ResidualSpace(Kernel kernel, RowMatrix points)
+ResidualSpace::ResidualSpace(Kernel kernel, std::shared_ptr<const RowMatrix> points)
     : kernel_(std::move(kernel)), points_(std::move(points)) {}
 
 absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
     RowMatrix points, const ResidualOptions& options, tbb::task_arena* arena,
     const ProgressCallback& progress) {
+  return Create(std::make_shared<const RowMatrix>(std::move(points)), options, arena, progress);
+}
+
+absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
+    std::shared_ptr<const RowMatrix> shared_points, const ResidualOptions& options,
+    tbb::task_arena* arena, const ProgressCallback& progress) {
+  const RowMatrix& points = *shared_points;
   const int64_t n = points.rows();
   const int d = static_cast<int>(points.cols());
   if (n < 1) return absl::InvalidArgumentError("points: the point set is empty");
@@ -113,12 +120,13 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("jitter must be finite and >= 0, got ", options.jitter));
   }
-  std::unique_ptr<ResidualSpace> space(new ResidualSpace(std::move(kernel), std::move(points)));
+  std::unique_ptr<ResidualSpace> space(
+      new ResidualSpace(std::move(kernel), std::move(shared_points)));
   const Kernel& k = space->kernel_;
 
   // Inducing points, scaled.
   space->scaled_.resize(n, d);
-  for (int64_t i = 0; i < n; ++i) k.Scale(space->points_.row(i).data(), space->scaled_.row(i).data());
+  for (int64_t i = 0; i < n; ++i) k.Scale(points.row(i).data(), space->scaled_.row(i).data());
   if (options.lloyd_iterations < 0) {
     return absl::InvalidArgumentError(absl::StrCat("lloyd_iterations must be >= 0, got ",
                                                    options.lloyd_iterations));
@@ -259,10 +267,11 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::FromFactors(RowMat
           "residual_variances[", i, "] must be finite and > 0, got ", p[i]));
     }
   }
-  std::unique_ptr<ResidualSpace> space(new ResidualSpace(std::move(k), std::move(points)));
+  auto shared_points = std::make_shared<const RowMatrix>(std::move(points));
+  std::unique_ptr<ResidualSpace> space(new ResidualSpace(std::move(k), shared_points));
   space->scaled_.resize(n, d);
   for (int64_t i = 0; i < n; ++i) {
-    space->kernel_.Scale(space->points_.row(i).data(), space->scaled_.row(i).data());
+    space->kernel_.Scale(shared_points->row(i).data(), space->scaled_.row(i).data());
   }
   space->v_ = std::move(v);
   space->p_ = std::move(p);
@@ -289,7 +298,7 @@ double ResidualSpace::RoundingBound(const PointRows& rows, int64_t row) const {
 }
 
 int64_t ResidualSpace::memory_bytes() const {
-  const int64_t doubles = points_.size() + scaled_.size() + scaled_by_dim_.size() + v_.size() +
+  const int64_t doubles = points_->size() + scaled_.size() + scaled_by_dim_.size() + v_.size() +
                           p_.size() + inv_sqrt_p_.size() + inducing_scaled_.size() +
                           (cholesky_ ? cholesky_->matrixLLT().size() : 0);
   return doubles * static_cast<int64_t>(sizeof(double)) +
@@ -443,7 +452,7 @@ uint64_t ResidualSpace::Fingerprint() const {
   hash = core::Fingerprint(&kernel.variance, sizeof(double), hash);
   hash = core::Fingerprint(kernel.lengthscales.data(),
                            kernel.lengthscales.size() * sizeof(double), hash);
-  hash = core::Fingerprint(points_.data(), points_.size() * sizeof(double), hash);
+  hash = core::Fingerprint(points_->data(), points_->size() * sizeof(double), hash);
   hash = core::Fingerprint(v_.data(), v_.size() * sizeof(double), hash);
   return core::Fingerprint(p_.data(), p_.size() * sizeof(double), hash);
 }

@@ -72,6 +72,11 @@ class ResidualSpace final : public MetricSpace {
   static absl::StatusOr<std::unique_ptr<ResidualSpace>> Create(
       RowMatrix points, const ResidualOptions& options, tbb::task_arena* arena = nullptr,
       const ProgressCallback& progress = nullptr);
+  // The same over a point set shared with other spaces (a re-parameterised index keeps its
+  // source's coordinates instead of a copy). `points` must not be null.
+  static absl::StatusOr<std::unique_ptr<ResidualSpace>> Create(
+      std::shared_ptr<const RowMatrix> points, const ResidualOptions& options,
+      tbb::task_arena* arena = nullptr, const ProgressCallback& progress = nullptr);
 
   // Uses caller-supplied factors: `v` is n x m, `p` has n positive entries. The kernel is still
   // needed for k(x_i, x_j). Out-of-sample queries are not possible (Prepare fails).
@@ -99,7 +104,9 @@ class ResidualSpace final : public MetricSpace {
   const Kernel& kernel() const { return kernel_; }
   const RowMatrix& v() const { return v_; }           // n x m
   const Eigen::VectorXd& p() const { return p_; }     // n
-  const RowMatrix& points() const override { return points_; }  // n x d, as given
+  const RowMatrix& points() const override { return *points_; }  // n x d, as given
+  // The same coordinates as a shared, immutable set.
+  const std::shared_ptr<const RowMatrix>& shared_points() const { return points_; }
   // Ids of the inducing points when they are data points (uniform draw, or k-means++ without
   // Lloyd steps), ascending; empty when they were given, moved by Lloyd steps, or factors were
   // supplied.
@@ -107,7 +114,7 @@ class ResidualSpace final : public MetricSpace {
   bool factors_supplied() const { return !cholesky_.has_value(); }
 
  private:
-  ResidualSpace(Kernel kernel, RowMatrix points);
+  ResidualSpace(Kernel kernel, std::shared_ptr<const RowMatrix> points);
   void FinishSetup();  // derived arrays from points_, v_ and p_
   // Whether rows[row] and stored point `id` are at distance 0 by definition: the same id, or the
   // same location (exactly) with computed factors or bit-identical supplied ones. Rounding would
@@ -119,7 +126,7 @@ class ResidualSpace final : public MetricSpace {
                  int64_t begin, int64_t count, double* r2, double* dots) const;
 
   Kernel kernel_;
-  RowMatrix points_;
+  std::shared_ptr<const RowMatrix> points_;  // immutable; shared with derived spaces
   RowMatrix scaled_;                 // n x d: points / lengthscales
   RowMatrix scaled_by_dim_;          // d x n: the same, one row per dimension
   RowMatrix v_;                      // n x m

@@ -1,0 +1,142 @@
+// KnnIndex::Reparameterize: a new metric over an existing index's points, with the source's tree
+// refitted or a fresh one (the rule is in knn_index.h).
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/knn_index.h"
+#include "core/status_macros.h"
+
+namespace rcknn::core {
+namespace {
+
+struct Probe {
+  double evaluations = 0.0;  // mean per query
+  double seconds = 0.0;
+};
+
+// The probe queries of ReparameterizeOptions: ids spread evenly, predecessor mode.
+absl::StatusOr<Probe> RunProbe(const CoverTree& tree, const MetricSpace& space,
+                               const TreeSearchOptions& search,
+                               const ReparameterizeOptions& options, tbb::task_arena* arena,
+                               const Cancellation* cancellation) {
+  const int64_t n = space.size();
+  const int64_t count = std::clamp<int64_t>(options.probe_queries, 1, n);
+  std::vector<int64_t> ids(count);
+  for (int64_t q = 0; q < count; ++q) ids[q] = std::min(n - 1, (2 * q + 1) * n / (2 * count));
+  KnnOptions knn;
+  knn.k = std::clamp<int64_t>(options.probe_k, 1, n);
+  knn.predecessor_mode = true;
+  QueryBatch batch;
+  batch.ids = ids;
+  std::vector<int64_t> out_ids(count * knn.k);
+  std::vector<double> out_dists(count * knn.k);
+  std::vector<int64_t> evaluations(count, 0);
+  const absl::Time start = absl::Now();
+  RETURN_IF_ERROR(TreeKnnSearch(tree, space, batch, knn, search, arena, cancellation,
+                                out_ids.data(), out_dists.data(), nullptr,
+                                absl::MakeSpan(evaluations)));
+  Probe probe;
+  probe.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  probe.evaluations =
+      static_cast<double>(std::accumulate(evaluations.begin(), evaluations.end(), int64_t{0})) /
+      static_cast<double>(count);
+  return probe;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Reparameterize(
+    const KnnIndex& source, const IndexSpec& spec, const ReparameterizeOptions& options,
+    tbb::task_arena* arena, const Cancellation* cancellation, const ProgressCallback& progress) {
+  const auto* source_space = dynamic_cast<const ResidualSpace*>(source.space_.get());
+  if (source.spec_.metric != Metric::kResidualCorrelation || source_space == nullptr) {
+    return absl::InvalidArgumentError(
+        "metric: the source index is not residual correlation; it has no kernel to change");
+  }
+  if (spec.metric != Metric::kResidualCorrelation) {
+    return absl::InvalidArgumentError("metric: a re-parameterised index is residual correlation");
+  }
+  if (spec.dimension != source.dimension()) {
+    return absl::InvalidArgumentError(absl::StrCat("dimension: the source's points have ",
+                                                   source.dimension(), " coordinates, got ",
+                                                   spec.dimension));
+  }
+  if (spec.factors_supplied) {
+    return absl::InvalidArgumentError(
+        "factors_supplied: a re-parameterised index computes V and p from its kernel");
+  }
+  const bool same_base = spec.tree.base == source.tree_.base();
+  if (options.tree_start == TreeStart::kRefit && !same_base) {
+    return absl::InvalidArgumentError(absl::StrCat("base: the source tree has base ",
+                                                   source.tree_.base(), ", the spec ",
+                                                   spec.tree.base, "; a refit keeps the base"));
+  }
+  auto report = [&](double fraction) {
+    if (progress) progress(fraction);
+  };
+
+  BuildTimings timings;
+  const absl::Time start = absl::Now();
+  ASSIGN_OR_RETURN(std::unique_ptr<ResidualSpace> space,
+                   ResidualSpace::Create(source_space->shared_points(), spec.residual, arena,
+                                         [&](double f) { report(0.5 * f); }));
+  timings.factor_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  RETURN_IF_ERROR(CheckCancelled(cancellation));
+
+  const absl::Time tree_start = absl::Now();
+  ReparameterizeReport chosen;
+  std::optional<CoverTree> tree;
+  if (options.tree_start != TreeStart::kRebuild && same_base) {
+    ASSIGN_OR_RETURN(CoverTree refitted,
+                     CoverTree::Refit(source.tree_, *space, arena, cancellation,
+                                      [&](double f) { report(0.5 + 0.25 * f); }));
+    chosen.refitted = true;
+    chosen.refit_seconds = absl::ToDoubleSeconds(absl::Now() - tree_start);
+    tree = std::move(refitted);
+  }
+  if (options.tree_start == TreeStart::kAuto && tree.has_value()) {
+    ASSIGN_OR_RETURN(Probe before, RunProbe(source.tree_, *source.space_, source.spec_.search,
+                                            options, arena, cancellation));
+    ASSIGN_OR_RETURN(Probe after,
+                     RunProbe(*tree, *space, spec.search, options, arena, cancellation));
+    chosen.probe_seconds = before.seconds + after.seconds;
+    chosen.source_evaluations = before.evaluations;
+    chosen.refit_evaluations = after.evaluations;
+    const double per_evaluation =
+        after.evaluations > 0.0
+            ? after.seconds / (after.evaluations * std::max<int64_t>(
+                                                       1, std::min(options.probe_queries,
+                                                                   space->size())))
+            : 0.0;
+    chosen.predicted_saving_seconds = options.expected_searches *
+                                      static_cast<double>(space->size()) *
+                                      (after.evaluations - before.evaluations) * per_evaluation;
+    chosen.predicted_build_seconds = source.fresh_tree_seconds();
+    if (chosen.predicted_saving_seconds > chosen.predicted_build_seconds) {
+      chosen.refitted = false;
+      tree.reset();
+    }
+  }
+  double build_seconds = -1.0;
+  if (!tree.has_value()) {
+    const absl::Time build_start = absl::Now();
+    ASSIGN_OR_RETURN(CoverTree built,
+                     CoverTree::Build(*space, spec.tree, arena, cancellation, [&](double f) {
+                       report(0.75 + 0.25 * f);
+                     }));
+    tree = std::move(built);
+    build_seconds = absl::ToDoubleSeconds(absl::Now() - build_start);
+  }
+  timings.tree_seconds = absl::ToDoubleSeconds(absl::Now() - tree_start);
+  report(1.0);
+  std::unique_ptr<KnnIndex> index(new KnnIndex(spec, std::move(space), *std::move(tree), timings));
+  index->report_ = chosen;
+  index->fresh_tree_seconds_ = chosen.refitted ? source.fresh_tree_seconds() : build_seconds;
+  return index;
+}
+
+}  // namespace rcknn::core
