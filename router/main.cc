@@ -25,9 +25,10 @@ ABSL_FLAG(std::string, shards, "",
           "the rcknn-server shards: shards separated by ',', the replicas of one shard by '|' "
           "(\"a:50051,b:50051|c:50051\" is two shards, the second with two replicas); host names "
           "are resolved by gRPC's DNS resolver again whenever a connection fails");
-ABSL_FLAG(int64_t, block_points, kDefaults.block_points,
-          "consecutive global ids per block of a new index's layout: blocks are dealt to the "
-          "shards round-robin");
+ABSL_FLAG(int64_t, shard_points, kDefaults.shard_points,
+          "global ids per shard of a new index that does not declare "
+          "CreateIndexRequest.expected_num_points: the uploads fill the shards in order, this "
+          "many each, the last shard taking the rest");
 ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes,
           "largest gRPC message received or sent, in bytes (clients and shards)");
 ABSL_FLAG(absl::Duration, shutdown_grace, kDefaults.shutdown_grace,
@@ -60,7 +61,7 @@ int main(int argc, char** argv) {
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
   options.shards = absl::GetFlag(FLAGS_shards);
-  options.block_points = absl::GetFlag(FLAGS_block_points);
+  options.shard_points = absl::GetFlag(FLAGS_shard_points);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);

@@ -54,8 +54,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ShardCredentials(
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions& options) {
-  if (options.block_points < 1) {
-    return absl::InvalidArgumentError("--block_points must be >= 1");
+  if (options.shard_points < 1) {
+    return absl::InvalidArgumentError("--shard_points must be >= 1");
   }
   if (options.max_message_bytes < 4096 || options.max_message_bytes > INT32_MAX) {
     return absl::InvalidArgumentError("--max_message_bytes must be in [4096, 2^31 - 1]");
@@ -107,7 +107,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
                        double seconds) {
         router_metrics->RecordShardCall(shard, method, static_cast<int>(code), seconds);
       });
-  router->service_ = std::make_unique<RouterService>(router->cluster_.get(), options.block_points);
+  router->service_ = std::make_unique<RouterService>(router->cluster_.get(), options.shard_points);
   router->health_ = std::make_unique<server::HealthService>();
   grpc::EnableDefaultHealthCheckService(false);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

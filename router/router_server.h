@@ -28,8 +28,9 @@ struct RouterOptions {
   std::string metrics_listen_address = "127.0.0.1:9463";  // empty: no endpoint
   // --shards: "a:50051,b:50051|c:50051" is two shards, the second with two replicas.
   std::string shards;
-  // Consecutive global ids per block of the layout (router/shard_layout.h) of new indexes.
-  int64_t block_points = 65536;
+  // Global ids per shard's range (router/shard_layout.h) of a new index that does not declare
+  // CreateIndexRequest.expected_num_points.
+  int64_t shard_points = 1 << 20;
   int64_t max_message_bytes = int64_t{64} << 20;
   // As rcknn-server's (server/server_options.h), for the router's own listening port.
   std::string tls_cert_file;

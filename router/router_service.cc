@@ -302,9 +302,14 @@ grpc::Status RouterService::CreateIndex(grpc::ServerContext* context,
     absl::StatusOr<ShardLayout> existing = Resolve(context, id);
     if (existing.ok()) return absl::AlreadyExistsError(absl::StrCat("index ", id, " already exists"));
     if (existing.status().code() != absl::StatusCode::kNotFound) return existing.status();
-    ShardLayout layout;
-    layout.shards = cluster_->size();
-    layout.block = block_points_;
+    if (request->expected_num_points() < 0) {
+      return Invalid("expected_num_points", absl::StrCat("is ", request->expected_num_points(),
+                                                         "; give a count >= 0 (0: unknown)"));
+    }
+    const ShardLayout layout = ShardLayout::ForExpected(
+        cluster_->size(), request->expected_num_points() > 0
+                              ? request->expected_num_points()
+                              : shard_points_ * cluster_->size());
     std::vector<v1::CreateIndexRequest> requests(cluster_->size());
     std::vector<std::vector<v1::IndexInfo>> infos(cluster_->size());
     std::vector<ShardCluster::Call> calls;
@@ -805,12 +810,12 @@ absl::Status RouterService::Upload::Chunk(const v1::UploadPointsRequest& chunk) 
     }
   }
   const int64_t rows = size / dimension_;
-  // Runs of rows within one block go to one shard together.
+  // The rows within one shard's range go to it together.
   for (int64_t row = 0; row < rows;) {
     const int64_t global = first + row;
-    const int64_t run = std::min(rows - row, layout_.block - global % layout_.block);
-    RETURN_IF_ERROR(Forward(layout_.ShardOf(global), chunk.coordinates().data() + row * dimension_,
-                            run));
+    const int64_t shard = layout_.ShardOf(global);
+    const int64_t run = std::min(rows - row, layout_.End(shard) - global);
+    RETURN_IF_ERROR(Forward(shard, chunk.coordinates().data() + row * dimension_, run));
     row += run;
   }
   received_ += rows;

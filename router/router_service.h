@@ -6,13 +6,15 @@
 //    with the spec's seed; the drawn points in ascending id order), fetches their coordinates
 //    from the shards (GetPoints) and builds every shard with them, so all shards compute the one
 //    metric of the whole index.
-//  - UploadPoints splits each chunk along the layout's blocks and forwards the pieces to every
+//  - CreateIndex fixes the index's layout: contiguous ranges of ceil(expected / S) global ids
+//    per shard, for the expected_num_points the request declares (else --shard_points per shard).
+//  - UploadPoints splits each chunk along the shards' ranges and forwards the pieces to every
 //    replica of their shards on one stream each; the shard streams commit only when the
 //    client's stream ends cleanly (a failed or cancelled client stream cancels all of them).
 //  - Search: a query by id first fetches its coordinates from the shard holding it, then every
 //    query is sent as a point query to every shard that can hold a qualifying candidate (in
-//    predecessor mode only the shards with ids below the query's, with the per-shard count of
-//    those ids as the bound, SearchRequest.query_id_bounds); a query by id excludes its own id
+//    predecessor mode only the shards whose range starts below the query's id, with the count
+//    of their ids below it as the bound, SearchRequest.query_id_bounds); a query by id excludes its own id
 //    (unless include_self) by id, never by distance. The shards' rows are merged by
 //    (distance, global id).
 //  - GetIndex / WatchIndex / ListIndexes aggregate the shards' IndexInfo (points and memory
@@ -53,9 +55,10 @@ using RouterBaseService = v1::Rcknn::WithRawCallbackMethod_UploadPoints<v1::Rckn
 
 class RouterService final : public RouterBaseService {
  public:
-  // `cluster` must outlive the service. New indexes are laid out in blocks of `block_points`.
-  RouterService(ShardCluster* cluster, int64_t block_points)
-      : cluster_(cluster), block_points_(block_points) {}
+  // `cluster` must outlive the service. A new index that does not declare how many points it
+  // expects gets ranges of `shard_points` ids per shard (router/shard_layout.h).
+  RouterService(ShardCluster* cluster, int64_t shard_points)
+      : cluster_(cluster), shard_points_(shard_points) {}
 
   grpc::Status CreateIndex(grpc::ServerContext* context, const v1::CreateIndexRequest* request,
                            v1::IndexInfo* response) override;
@@ -136,7 +139,7 @@ class RouterService final : public RouterBaseService {
   void Forget(const std::string& id);
 
   ShardCluster* const cluster_;
-  const int64_t block_points_;
+  const int64_t shard_points_;
   absl::Mutex mutex_;
   absl::flat_hash_map<std::string, ShardLayout> layouts_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, ReadyView> ready_ ABSL_GUARDED_BY(mutex_);

@@ -13,7 +13,7 @@ constexpr absl::string_view kMarker = ".rcknn-shard-";
 }  // namespace
 
 std::string ShardIndexId(absl::string_view index_id, int64_t shard, const ShardLayout& layout) {
-  return absl::StrCat(index_id, kMarker, shard, "-of-", layout.shards, "-block-", layout.block);
+  return absl::StrCat(index_id, kMarker, shard, "-of-", layout.shards, "-range-", layout.range);
 }
 
 std::optional<ParsedShardIndexId> ParseShardIndexId(absl::string_view name) {
@@ -23,10 +23,10 @@ std::optional<ParsedShardIndexId> ParseShardIndexId(absl::string_view name) {
   out.index_id = std::string(name.substr(0, at));
   const std::vector<absl::string_view> parts =
       absl::StrSplit(name.substr(at + kMarker.size()), '-');
-  if (parts.size() != 5 || parts[1] != "of" || parts[3] != "block" ||
+  if (parts.size() != 5 || parts[1] != "of" || parts[3] != "range" ||
       !absl::SimpleAtoi(parts[0], &out.shard) || !absl::SimpleAtoi(parts[2], &out.layout.shards) ||
-      !absl::SimpleAtoi(parts[4], &out.layout.block) || out.layout.shards < 1 ||
-      out.layout.block < 1 || out.shard < 0 || out.shard >= out.layout.shards ||
+      !absl::SimpleAtoi(parts[4], &out.layout.range) || out.layout.shards < 1 ||
+      out.layout.range < 1 || out.shard < 0 || out.shard >= out.layout.shards ||
       ShardIndexId(out.index_id, out.shard, out.layout) != name) {
     return std::nullopt;
   }

@@ -116,6 +116,11 @@ grpc::ServerUnaryReactor* RcknnService::CreateIndex(grpc::CallbackServerContext*
   absl::StatusOr<core::IndexSpec> spec = [&]() -> absl::StatusOr<core::IndexSpec> {
     RETURN_IF_ERROR(ValidateIndexId(request->index_id()));
     if (!request->has_spec()) return absl::InvalidArgumentError("spec: is required");
+    if (request->expected_num_points() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("expected_num_points: is ",
+                                                     request->expected_num_points(),
+                                                     "; give a count >= 0 (0: unknown)"));
+    }
     return ToCoreSpec(request->spec(), &normalized);
   }();
   if (!spec.ok()) {

@@ -53,7 +53,6 @@ def main():
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--singles", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--block_points", type=int, default=65536)
     parser.add_argument("--skip_single", action="store_true",
                         help="no reference server (for sizes one server cannot hold)")
     args = parser.parse_args()
@@ -83,7 +82,7 @@ def main():
         shards = [server(f"shard{s}") for s in range(args.shards)]
         router_port = free_port()
         router = Process("router", [args.router, f"--listen=127.0.0.1:{router_port}",
-                                    "--metrics_listen=", f"--block_points={args.block_points}",
+                                    "--metrics_listen=",
                                     "--max_message_bytes=1073741824",
                                     "--shards=" + ",".join(s.address for s in shards)])
         router.address = f"127.0.0.1:{router_port}"
@@ -100,7 +99,9 @@ def main():
                                                    lengthscales=[args.lengthscale]),
                              inducing_count=args.m, inducing_seed=7)
         for name, stub in targets.items():
-            stub.CreateIndex(pb2.CreateIndexRequest(index_id="bench", spec=spec), timeout=60)
+            # Declared: the router gives each shard an equal contiguous range.
+            stub.CreateIndex(pb2.CreateIndexRequest(index_id="bench", spec=spec,
+                                                    expected_num_points=args.n), timeout=60)
             start = time.time()
             stub.UploadPoints(rcknn_e2e.upload_chunks(pb2, "bench", points, 2, 50_000),
                               timeout=3600)

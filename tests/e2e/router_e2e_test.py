@@ -2,11 +2,13 @@
 """rcknn-router over real rcknn-server shards on 127.0.0.1: 3 shards, the second with 2
 replicas, and one plain rcknn-server holding the same data as the reference.
 
-Every index is uploaded through the router (several streams, chunks that cross the layout's
-blocks) and built with the router's own draw of the inducing points; every answer (by id,
-include_self, predecessor mode with queries on both sides of every shard boundary, out-of-sample
-points, SearchStream) must equal the single server's by the rule of docs/design.md section 3, on a
-mid-regime and a dense data set. Then: kill -9 of one replica while a batch runs (every search
+Every index is uploaded through the router (several streams, chunks that cross the shards'
+range boundaries) and built with the router's own draw of the inducing points. The mid-regime set
+declares its size (CreateIndexRequest.expected_num_points: three equal ranges); the dense set does
+not, so it fills the shards in --shard_points ranges and the last shard takes the rest. Every
+answer (by id, include_self, predecessor mode with queries on both sides of every shard boundary,
+out-of-sample points, SearchStream) must equal the single server's by the rule of docs/design.md
+section 3, and a predecessor query is sent only to the shards whose range starts below its id. Then: kill -9 of one replica while a batch runs (every search
 still succeeds), kill -9 of both replicas of the shard (UNAVAILABLE naming it, never a partial
 answer), their restart from their data directories (READY and exact again), and a restart of
 the router itself (same indexes, same answers).
@@ -25,6 +27,7 @@ import sys
 import threading
 import time
 import unittest
+import urllib.request
 
 import grpc
 
@@ -34,7 +37,8 @@ import rcknn_e2e  # pylint: disable=wrong-import-position
 ARGS = rcknn_e2e.parse_args(sys.argv)
 pb2, pb2_grpc = rcknn_e2e.generate_stubs(ARGS["proto_dir"], os.path.join(ARGS["work_dir"], "py"))
 READY = pb2.INDEX_STATE_READY
-BLOCK = 500  # --block_points: small, so that the test sets cross many blocks
+SHARD_POINTS = 1500  # --shard_points: the dense set (6000 points) overflows into the last shard
+SHARDS = 3
 K = 12
 TOL = 1e-6
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 << 20),
@@ -152,6 +156,12 @@ class Case:
         self.name, self.spec, self.points = name, spec, points
         self.dimension = spec.dimension
         self.n = len(points) // spec.dimension
+        self.expected = 0  # CreateIndexRequest.expected_num_points through the router
+
+    def shard_starts(self):
+        """The first global id of every shard's range (router/shard_layout.h)."""
+        per_shard = -(-self.expected // SHARDS) if self.expected else SHARD_POINTS
+        return [s * per_shard for s in range(SHARDS)]
 
 
 def cases():
@@ -164,7 +174,9 @@ def cases():
     mid_spec.inducing_seed = 11
     dense = Case("dense", residual_spec(2, pb2.KERNEL_RBF, 1.0, 0.5, 48, 3),
                  normal_points(5, 6000, 2))
-    return [Case("mid", mid_spec, small.points), dense]
+    mid = Case("mid", mid_spec, small.points)
+    mid.expected = mid.n
+    return [mid, dense]
 
 
 class RouterTest(unittest.TestCase):
@@ -182,11 +194,13 @@ class RouterTest(unittest.TestCase):
             for p in cls.processes:
                 p.start()
             router_port = free_port()
+            cls.metrics_port = free_port()
             shards = (f"{cls.shard0.address},{cls.shard1a.address}|{cls.shard1b.address},"
                       f"{cls.shard2.address}")
             cls.router = Process("router", [ARGS["router"], f"--listen=127.0.0.1:{router_port}",
-                                            "--metrics_listen=127.0.0.1:0", f"--shards={shards}",
-                                            f"--block_points={BLOCK}"])
+                                            f"--metrics_listen=127.0.0.1:{cls.metrics_port}",
+                                            f"--shards={shards}",
+                                            f"--shard_points={SHARD_POINTS}"])
             cls.router.address = f"127.0.0.1:{router_port}"
             cls.processes.append(cls.router)
             cls.router.start()
@@ -197,9 +211,10 @@ class RouterTest(unittest.TestCase):
             cls.cases = cases()
             for case in cls.cases:
                 for stub in (cls.via_router, cls.via_single):
-                    stub.CreateIndex(pb2.CreateIndexRequest(index_id=case.name, spec=case.spec),
-                                     timeout=30)
-                    # Two streams, chunks of 700 rows: pieces of blocks on both sides.
+                    stub.CreateIndex(pb2.CreateIndexRequest(
+                        index_id=case.name, spec=case.spec, expected_num_points=case.expected),
+                        timeout=30)
+                    # Two streams, chunks of 700 rows: chunks across range boundaries.
                     half = case.n // 2 * case.dimension
                     for part in (case.points[:half], case.points[half:]):
                         stub.UploadPoints(rcknn_e2e.upload_chunks(pb2, case.name, part,
@@ -220,10 +235,9 @@ class RouterTest(unittest.TestCase):
     # -- helpers ---------------------------------------------------------------------------
 
     def query_ids(self, case):
-        """Ids on both sides of every block boundary (the shards change there), the ends, and
-        random ones."""
+        """Ids on both sides of every shard's range boundary, the ends, and random ones."""
         ids = {0, 1, case.n - 1, case.n - 2}
-        for b in range(BLOCK, case.n, BLOCK):
+        for b in case.shard_starts()[1:]:
             ids.update((b - 1, b, b + 1))
         rng = random.Random(case.n)
         ids.update(rng.randrange(case.n) for _ in range(40))
@@ -283,6 +297,34 @@ class RouterTest(unittest.TestCase):
     def test_2_every_mode_equals_one_server(self):
         for case in self.cases:
             self.expect_same_answers(case)
+
+    def shard_searches(self):
+        """rcknn_router_shard_calls_total for Search, per shard, from the router's /metrics."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                      timeout=10).read().decode()
+        counts = [0.0] * SHARDS
+        for line in text.splitlines():
+            if line.startswith("rcknn_router_shard_calls_total{") and \
+                    'grpc_method="Search"' in line:
+                shard = int(re.search(r'shard="(\d+)"', line).group(1))
+                counts[shard] += float(line.rsplit(" ", 1)[1])
+        return counts
+
+    def test_2_predecessor_queries_fan_out_to_earlier_shards_only(self):
+        for case in self.cases:
+            starts = case.shard_starts()
+            for last in range(SHARDS):  # queries in shard `last`'s range only
+                end = starts[last + 1] if last + 1 < SHARDS else case.n
+                ids = [starts[last] + 1, (starts[last] + end) // 2, end - 1]
+                before = self.shard_searches()
+                request = pb2.SearchRequest(index_id=case.name, k=K, query_ids=ids,
+                                            predecessor_mode=True)
+                got = self.via_router.Search(request, timeout=60)
+                self.assertEqual(compare(got, self.via_single.Search(request, timeout=60), K), "")
+                after = self.shard_searches()
+                called = [s for s in range(SHARDS) if after[s] > before[s]]
+                self.assertEqual(called, list(range(last + 1)),
+                                 f"{case.name}: predecessor queries {ids} went to shards {called}")
 
     def test_3_search_stream_equals_one_server(self):
         case = self.cases[0]

@@ -241,5 +241,26 @@ TEST_F(ShardApiTest, QueryIdBoundsKeepOnlyLowerIds) {
   EXPECT_THAT(status.error_message(), ::testing::StartsWith("query_id_bounds"));
 }
 
+TEST_F(ShardApiTest, ExpectedNumPointsIsAcceptedAndANegativeCountIsRefused) {
+  v1::CreateIndexRequest request;
+  request.set_index_id("x");
+  *request.mutable_spec() = Spec();
+  request.set_expected_num_points(-1);
+  v1::IndexInfo info;
+  grpc::Status status;
+  {
+    grpc::ClientContext context;
+    testing::SetDeadline(context);
+    status = stub().CreateIndex(&context, request, &info);
+  }
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), ::testing::StartsWith("expected_num_points"));
+  request.set_expected_num_points(kN);
+  grpc::ClientContext context;
+  testing::SetDeadline(context);
+  status = stub().CreateIndex(&context, request, &info);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
 }  // namespace
 }  // namespace rcknn
