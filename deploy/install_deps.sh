@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package that building and testing rcknn needs, skipping apt-get
-# entirely when all are present, then the npm tools of tools/package.json (buf, pinned by
-# tools/package-lock.json) into tools/node_modules with `npm ci`, skipped when the pinned version
-# is there already. Called by tests/run.sh and deploy/quickstart.sh.
+# entirely when all are present, then the npm tools of tools/package.json (buf, and
+# kubernetes-models for the Kubernetes schemas of tests/metrics/check_kustomize.py; pinned by
+# tools/package-lock.json) into tools/node_modules with `npm ci`, skipped when the pinned versions
+# are there already. Called by tests/run.sh and deploy/quickstart.sh.
 #
 # Usage: deploy/install_deps.sh [--no-npm-tools]
 #   --no-npm-tools  Debian packages only (what building and running the server needs; buf is for
@@ -48,10 +49,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "$npm_tools" = 1 ] && [ -f "$root/tools/package.json" ]; then
-  buf_version=$(sed -n 's|.*"@bufbuild/buf": "\([^"]*\)".*|\1|p' "$root/tools/package.json")
-  if [ "$("$root/tools/node_modules/.bin/buf" --version 2>/dev/null || true)" != "$buf_version" ]
-  then
-    echo "install_deps: installing buf $buf_version into tools/node_modules (npm ci)"
+  pinned() { sed -n "s|.*\"$1\": \"\\([^\"]*\\)\".*|\\1|p" "$root/tools/package.json"; }
+  buf_version=$(pinned @bufbuild/buf)
+  models_version=$(pinned kubernetes-models)
+  models_installed=$(sed -n 's|^  "version": "\([^"]*\)".*|\1|p' \
+    "$root/tools/node_modules/kubernetes-models/package.json" 2>/dev/null || true)
+  if [ "$("$root/tools/node_modules/.bin/buf" --version 2>/dev/null || true)" != "$buf_version" ] ||
+     [ "$models_installed" != "$models_version" ]; then
+    echo "install_deps: installing buf $buf_version and kubernetes-models $models_version into" \
+      "tools/node_modules (npm ci)"
     npm ci --prefix "$root/tools" --no-audit --no-fund
   fi
 fi

@@ -22,9 +22,22 @@ ABSL_FLAG(std::string, listen, kDefaults.listen_address,
 ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen_address,
           "host:port serving Prometheus metrics at /metrics; empty: no metrics endpoint");
 ABSL_FLAG(std::string, shards, "",
-          "the rcknn-server shards: shards separated by ',', the replicas of one shard by '|' "
+          "the rcknn-server shards (or --shards_dns): shards separated by ',', the replicas of one "
+          "shard by '|' "
           "(\"a:50051,b:50051|c:50051\" is two shards, the second with two replicas); host names "
           "are resolved by gRPC's DNS resolver again whenever a connection fails");
+ABSL_FLAG(std::string, shards_dns, "",
+          "instead of --shards: host:port of a DNS name whose addresses are the shard pods (a "
+          "StatefulSet's headless Service, named like the StatefulSet); pod <set>-<o>.<host> is "
+          "replica o % --shard_replicas of shard o / --shard_replicas; resolved again every "
+          "--shards_dns_interval, new pods add shards for new indexes");
+ABSL_FLAG(int64_t, shard_replicas, kDefaults.shard_replicas,
+          "with --shards_dns: pods per shard (consecutive ordinals)");
+ABSL_FLAG(absl::Duration, shards_dns_interval, kDefaults.shards_dns_interval,
+          "with --shards_dns: how often the name is resolved again");
+ABSL_FLAG(int64_t, min_shards, kDefaults.min_shards,
+          "CreateIndex answers UNAVAILABLE until this many shards are known (with --shards_dns, "
+          "so that an index is not created over the first pods to appear)");
 ABSL_FLAG(int64_t, shard_points, kDefaults.shard_points,
           "global ids per shard of a new index that does not declare "
           "CreateIndexRequest.expected_num_points: the uploads fill the shards in order, this "
@@ -61,6 +74,10 @@ int main(int argc, char** argv) {
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
   options.shards = absl::GetFlag(FLAGS_shards);
+  options.shards_dns = absl::GetFlag(FLAGS_shards_dns);
+  options.shard_replicas = absl::GetFlag(FLAGS_shard_replicas);
+  options.shards_dns_interval = absl::GetFlag(FLAGS_shards_dns_interval);
+  options.min_shards = absl::GetFlag(FLAGS_min_shards);
   options.shard_points = absl::GetFlag(FLAGS_shard_points);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);

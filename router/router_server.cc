@@ -60,7 +60,15 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   if (options.max_message_bytes < 4096 || options.max_message_bytes > INT32_MAX) {
     return absl::InvalidArgumentError("--max_message_bytes must be in [4096, 2^31 - 1]");
   }
-  absl::StatusOr<std::vector<std::vector<std::string>>> shards = ParseShardList(options.shards);
+  if (options.shards.empty() == options.shards_dns.empty()) {
+    return absl::InvalidArgumentError(
+        "give the shards with exactly one of --shards (a static list) and --shards_dns (a DNS "
+        "name: the shards' headless Service)");
+  }
+  if (options.min_shards < 1) return absl::InvalidArgumentError("--min_shards must be >= 1");
+  absl::StatusOr<std::vector<std::vector<std::string>>> shards =
+      options.shards.empty() ? std::vector<std::vector<std::string>>()
+                             : ParseShardList(options.shards);
   if (!shards.ok()) return shards.status();
   server::ServerOptions transport;
   transport.tls_cert_file = options.tls_cert_file;
@@ -107,7 +115,24 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
                        double seconds) {
         router_metrics->RecordShardCall(shard, method, static_cast<int>(code), seconds);
       });
-  router->service_ = std::make_unique<RouterService>(router->cluster_.get(), options.shard_points);
+  if (!options.shards_dns.empty()) {
+    ShardDiscoveryOptions discovery;
+    discovery.target = options.shards_dns;
+    discovery.replicas = options.shard_replicas;
+    discovery.interval = options.shards_dns_interval;
+    absl::StatusOr<std::unique_ptr<ShardDiscovery>> created =
+        ShardDiscovery::Create(discovery, router->cluster_.get(), ResolveHost);
+    if (!created.ok()) return created.status();
+    router->discovery_ = *std::move(created);
+    // The shard pods may not exist yet: the refresh thread finds them later.
+    if (absl::Status status = router->discovery_->Refresh(); !status.ok()) {
+      RCKNN_LOG(kWarning, "--shards_dns: ", status.message(), "; retrying every ",
+                absl::FormatDuration(discovery.interval));
+    }
+    router->discovery_->Start();
+  }
+  router->service_ = std::make_unique<RouterService>(router->cluster_.get(), options.shard_points,
+                                                     options.min_shards);
   router->health_ = std::make_unique<server::HealthService>();
   grpc::EnableDefaultHealthCheckService(false);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -16,6 +16,7 @@
 #include "router/router_metrics.h"
 #include "router/router_service.h"
 #include "router/shard_cluster.h"
+#include "router/shard_discovery.h"
 #include "server/health_service.h"
 #include "server/reflection_v1_service.h"
 #include "server/server_metrics.h"
@@ -26,8 +27,15 @@ namespace rcknn::router {
 struct RouterOptions {
   std::string listen_address = "127.0.0.1:50050";
   std::string metrics_listen_address = "127.0.0.1:9463";  // empty: no endpoint
-  // --shards: "a:50051,b:50051|c:50051" is two shards, the second with two replicas.
+  // --shards: "a:50051,b:50051|c:50051" is two shards, the second with two replicas. Exactly
+  // one of `shards` and `shards_dns` is set.
   std::string shards;
+  // --shards_dns, --shard_replicas, --shards_dns_interval (router/shard_discovery.h).
+  std::string shards_dns;
+  int64_t shard_replicas = 1;
+  absl::Duration shards_dns_interval = absl::Seconds(10);
+  // --min_shards: CreateIndex answers UNAVAILABLE while fewer shards are known.
+  int64_t min_shards = 1;
   // Global ids per shard's range (router/shard_layout.h) of a new index that does not declare
   // CreateIndexRequest.expected_num_points.
   int64_t shard_points = 1 << 20;
@@ -65,6 +73,7 @@ class RouterServer {
   std::unique_ptr<RouterMetrics> router_metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<ShardCluster> cluster_;
+  std::unique_ptr<ShardDiscovery> discovery_;  // with --shards_dns; stopped before cluster_ goes
   std::unique_ptr<RouterService> service_;
   std::unique_ptr<server::HealthService> health_;
   std::unique_ptr<server::ReflectionV1Service> reflection_v1_;

@@ -62,6 +62,10 @@ std::string StateName(v1::IndexState state) {
   return std::string(name);
 }
 
+absl::Status NoShardsYet() {
+  return absl::UnavailableError("rcknn-router has discovered no shard yet (--shards_dns)");
+}
+
 bool IsTerminal(v1::IndexState state) {
   return state == v1::INDEX_STATE_READY || state == v1::INDEX_STATE_FAILED;
 }
@@ -78,6 +82,7 @@ absl::StatusOr<ShardLayout> RouterService::Resolve(const grpc::ServerContextBase
     auto it = layouts_.find(id);
     if (it != layouts_.end()) return it->second;
   }
+  if (cluster_->size() == 0) return NoShardsYet();
   v1::ListIndexesResponse listed;
   std::vector<ShardCluster::Call> calls(1);
   calls[0].shard = 0;
@@ -92,10 +97,10 @@ absl::StatusOr<ShardLayout> RouterService::Resolve(const grpc::ServerContextBase
   for (const v1::IndexInfo& info : listed.indexes()) {
     std::optional<ParsedShardIndexId> parsed = ParseShardIndexId(info.index_id());
     if (!parsed.has_value() || parsed->index_id != id || parsed->shard != 0) continue;
-    if (parsed->layout.shards != cluster_->size()) {
+    if (parsed->layout.shards > cluster_->size()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "index ", id, " is spread over ", parsed->layout.shards, " shards, but --shards lists ",
-          cluster_->size()));
+          "index ", id, " is spread over ", parsed->layout.shards,
+          " shards, but rcknn-router knows only ", cluster_->size()));
     }
     absl::MutexLock lock(&mutex_);
     layouts_[id] = parsed->layout;
@@ -113,10 +118,10 @@ void RouterService::Forget(const std::string& id) {
 absl::StatusOr<std::vector<std::vector<v1::IndexInfo>>> RouterService::ShardInfos(
     const grpc::ServerContextBase* context, const std::string& id, const ShardLayout& layout,
     bool all_replicas) {
-  std::vector<std::vector<v1::IndexInfo>> infos(cluster_->size());
-  std::vector<v1::GetIndexRequest> requests(cluster_->size());
+  std::vector<std::vector<v1::IndexInfo>> infos(layout.shards);
+  std::vector<v1::GetIndexRequest> requests(layout.shards);
   std::vector<ShardCluster::Call> calls;
-  for (int64_t s = 0; s < cluster_->size(); ++s) {
+  for (int64_t s = 0; s < layout.shards; ++s) {
     requests[s].set_index_id(ShardIndexId(id, s, layout));
     infos[s].resize(all_replicas ? cluster_->replicas(s) : 1);
     for (int64_t r = 0; r < static_cast<int64_t>(infos[s].size()); ++r) {
@@ -155,7 +160,7 @@ absl::Status RouterService::Aggregate(const grpc::ServerContextBase* context,
   v1::IndexState state = v1::INDEX_STATE_LOADING;
   double weighted_progress = 0.0;
   std::string errors;
-  for (int64_t s = 0; s < cluster_->size(); ++s) {
+  for (int64_t s = 0; s < layout->shards; ++s) {
     const v1::IndexInfo& info = (*infos)[s][0];
     out->set_num_points(out->num_points() + info.num_points());
     out->set_memory_bytes(out->memory_bytes() + info.memory_bytes());
@@ -203,12 +208,12 @@ absl::StatusOr<ReadyView> RouterService::Ready(const grpc::ServerContextBase* co
   ReadyView view;
   view.layout = *layout;
   view.dimension = (*infos)[0][0].spec().dimension();
-  for (int64_t s = 0; s < cluster_->size(); ++s) {
+  for (int64_t s = 0; s < layout->shards; ++s) {
     const v1::IndexInfo& info = (*infos)[s][0];
     view.sizes.push_back(info.num_points());
     view.n += info.num_points();
   }
-  for (int64_t s = 0; s < cluster_->size(); ++s) {
+  for (int64_t s = 0; s < layout->shards; ++s) {
     const v1::IndexInfo& info = (*infos)[s][0];
     if (info.num_points() > 0 && info.state() != v1::INDEX_STATE_READY) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -236,16 +241,16 @@ absl::StatusOr<std::vector<double>> RouterService::Points(const grpc::ServerCont
                                                           const ReadyView& view,
                                                           const std::vector<int64_t>& ids) {
   const int64_t d = view.dimension;
-  std::vector<v1::GetPointsRequest> requests(cluster_->size());
-  std::vector<v1::GetPointsResponse> responses(cluster_->size());
-  std::vector<std::vector<size_t>> where(cluster_->size());  // positions in `ids`
+  std::vector<v1::GetPointsRequest> requests(view.layout.shards);
+  std::vector<v1::GetPointsResponse> responses(view.layout.shards);
+  std::vector<std::vector<size_t>> where(view.layout.shards);  // positions in `ids`
   for (size_t i = 0; i < ids.size(); ++i) {
     const int64_t s = view.layout.ShardOf(ids[i]);
     requests[s].add_ids(view.layout.LocalOf(ids[i]));
     where[s].push_back(i);
   }
   std::vector<ShardCluster::Call> calls;
-  for (int64_t s = 0; s < cluster_->size(); ++s) {
+  for (int64_t s = 0; s < view.layout.shards; ++s) {
     if (where[s].empty()) continue;
     requests[s].set_index_id(ShardIndexId(id, s, view.layout));
     ShardCluster::Call call;
@@ -261,7 +266,7 @@ absl::StatusOr<std::vector<double>> RouterService::Points(const grpc::ServerCont
   cluster_->Run(calls, context, "GetPoints");
   if (grpc::Status status = ShardCluster::FirstError(calls); !status.ok()) return ToAbsl(status);
   std::vector<double> out(ids.size() * d);
-  for (int64_t s = 0; s < cluster_->size(); ++s) {
+  for (int64_t s = 0; s < view.layout.shards; ++s) {
     if (responses[s].coordinates_size() != static_cast<int>(where[s].size() * d)) {
       if (where[s].empty()) continue;
       return absl::InternalError(absl::StrCat(cluster_->Name(s), " returned ",
@@ -306,14 +311,19 @@ grpc::Status RouterService::CreateIndex(grpc::ServerContext* context,
       return Invalid("expected_num_points", absl::StrCat("is ", request->expected_num_points(),
                                                          "; give a count >= 0 (0: unknown)"));
     }
+    const int64_t shards = cluster_->size();  // discovery may add shards meanwhile
+    if (shards < min_shards_) {
+      return absl::UnavailableError(absl::StrCat(
+          "rcknn-router knows ", shards, " shards so far and creates indexes over at least ",
+          min_shards_, " (--min_shards); retry once the shards are discovered"));
+    }
     const ShardLayout layout = ShardLayout::ForExpected(
-        cluster_->size(), request->expected_num_points() > 0
-                              ? request->expected_num_points()
-                              : shard_points_ * cluster_->size());
-    std::vector<v1::CreateIndexRequest> requests(cluster_->size());
-    std::vector<std::vector<v1::IndexInfo>> infos(cluster_->size());
+        shards, request->expected_num_points() > 0 ? request->expected_num_points()
+                                                   : shard_points_ * shards);
+    std::vector<v1::CreateIndexRequest> requests(layout.shards);
+    std::vector<std::vector<v1::IndexInfo>> infos(layout.shards);
     std::vector<ShardCluster::Call> calls;
-    for (int64_t s = 0; s < cluster_->size(); ++s) {
+    for (int64_t s = 0; s < layout.shards; ++s) {
       requests[s].set_index_id(ShardIndexId(id, s, layout));
       *requests[s].mutable_spec() = request->spec();
       infos[s].resize(cluster_->replicas(s));
@@ -362,7 +372,7 @@ grpc::Status RouterService::BuildIndex(grpc::ServerContext* context,
     absl::MutexLock hold(upload_lock.get());
     ASSIGN_OR_RETURN(auto infos, ShardInfos(context, id, layout, true));
     int64_t n = 0;
-    for (int64_t s = 0; s < cluster_->size(); ++s) {
+    for (int64_t s = 0; s < layout.shards; ++s) {
       for (const v1::IndexInfo& info : infos[s]) {
         if (info.num_points() != infos[s][0].num_points() || info.state() != infos[s][0].state()) {
           return absl::FailedPreconditionError(absl::StrCat(
@@ -373,7 +383,7 @@ grpc::Status RouterService::BuildIndex(grpc::ServerContext* context,
       }
       n += infos[s][0].num_points();
     }
-    for (int64_t s = 0; s < cluster_->size(); ++s) {
+    for (int64_t s = 0; s < layout.shards; ++s) {
       const v1::IndexInfo& info = infos[s][0];
       if (info.num_points() > 0 && info.state() != v1::INDEX_STATE_LOADING) {
         return absl::FailedPreconditionError(
@@ -409,10 +419,10 @@ grpc::Status RouterService::BuildIndex(grpc::ServerContext* context,
       view.n = n;
       ASSIGN_OR_RETURN(inducing, Points(context, id, view, ids));
     }
-    std::vector<v1::BuildIndexRequest> requests(cluster_->size());
-    std::vector<std::vector<v1::IndexInfo>> built(cluster_->size());
+    std::vector<v1::BuildIndexRequest> requests(layout.shards);
+    std::vector<std::vector<v1::IndexInfo>> built(layout.shards);
     std::vector<ShardCluster::Call> calls;
-    for (int64_t s = 0; s < cluster_->size(); ++s) {
+    for (int64_t s = 0; s < layout.shards; ++s) {
       if (infos[s][0].num_points() == 0) continue;
       requests[s].set_index_id(ShardIndexId(id, s, layout));
       requests[s].mutable_inducing_points()->Add(inducing.begin(), inducing.end());
@@ -475,6 +485,7 @@ grpc::Status RouterService::WatchIndex(grpc::ServerContext* context,
 grpc::Status RouterService::ListIndexes(grpc::ServerContext* context,
                                         const v1::ListIndexesRequest* request,
                                         v1::ListIndexesResponse* response) {
+  if (cluster_->size() == 0) return ToGrpcStatus(NoShardsYet());
   v1::ListIndexesResponse listed;
   std::vector<ShardCluster::Call> calls(1);
   calls[0].shard = 0;
@@ -488,7 +499,7 @@ grpc::Status RouterService::ListIndexes(grpc::ServerContext* context,
   for (const v1::IndexInfo& shard_info : listed.indexes()) {  // ordered by shard index id
     std::optional<ParsedShardIndexId> parsed = ParseShardIndexId(shard_info.index_id());
     if (!parsed.has_value() || parsed->shard != 0 ||
-        parsed->layout.shards != cluster_->size()) {
+        parsed->layout.shards > cluster_->size()) {
       continue;
     }
     v1::IndexInfo info;
@@ -510,10 +521,10 @@ grpc::Status RouterService::DeleteIndex(grpc::ServerContext* context,
     const std::string& id = request->index_id();
     ASSIGN_OR_RETURN(ShardLayout layout, Resolve(context, id));
     Forget(id);
-    std::vector<v1::DeleteIndexRequest> requests(cluster_->size());
-    std::vector<std::vector<v1::DeleteIndexResponse>> out(cluster_->size());
+    std::vector<v1::DeleteIndexRequest> requests(layout.shards);
+    std::vector<std::vector<v1::DeleteIndexResponse>> out(layout.shards);
     std::vector<ShardCluster::Call> calls;
-    for (int64_t s = 0; s < cluster_->size(); ++s) {
+    for (int64_t s = 0; s < layout.shards; ++s) {
       requests[s].set_index_id(ShardIndexId(id, s, layout));
       out[s].resize(cluster_->replicas(s));
       for (int64_t r = 0; r < cluster_->replicas(s); ++r) {
@@ -642,7 +653,7 @@ absl::Status RouterService::RunSearch(const grpc::ServerContextBase* context,
   const bool drop_self = by_id && !pred && !request.include_self();
   const int64_t shard_k = drop_self ? k + 1 : k;
 
-  const int64_t num_shards = cluster_->size();
+  const int64_t num_shards = view.layout.shards;
   std::vector<v1::SearchRequest> requests(num_shards);
   std::vector<v1::SearchResponse> responses(num_shards);
   std::vector<std::vector<int64_t>> members(num_shards);  // query numbers sent to each shard
@@ -754,7 +765,7 @@ absl::Status RouterService::Upload::Begin(const std::string& index_id) {
   lock_->Lock();
   ASSIGN_OR_RETURN(auto infos, service_->ShardInfos(context_, index_id, layout_, true));
   ShardCluster& cluster = *service_->cluster_;
-  for (int64_t s = 0; s < cluster.size(); ++s) {
+  for (int64_t s = 0; s < layout_.shards; ++s) {
     for (const v1::IndexInfo& info : infos[s]) {
       if (info.num_points() != infos[s][0].num_points()) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -769,7 +780,7 @@ absl::Status RouterService::Upload::Begin(const std::string& index_id) {
     }
     existing_ += infos[s][0].num_points();
   }
-  for (int64_t s = 0; s < cluster.size(); ++s) {
+  for (int64_t s = 0; s < layout_.shards; ++s) {
     if (infos[s][0].num_points() != layout_.ShardSize(s, existing_)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "index ", index_id, ": ", cluster.Name(s), " holds ", infos[s][0].num_points(),
@@ -777,7 +788,7 @@ absl::Status RouterService::Upload::Begin(const std::string& index_id) {
     }
   }
   dimension_ = infos[0][0].spec().dimension();
-  streams_.resize(cluster.size());
+  streams_.resize(layout_.shards);
   return absl::OkStatus();
 }
 

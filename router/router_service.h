@@ -20,8 +20,10 @@
 //  - GetIndex / WatchIndex / ListIndexes aggregate the shards' IndexInfo (points and memory
 //    summed, progress weighted by points, the least advanced state).
 //
-// The router keeps nothing that the shards cannot tell it again: an index's layout is read from
-// its shards' index names, and what it caches (layouts, and the shard sizes of READY indexes)
+// The cluster may grow (router/shard_discovery.h): an index keeps the shards it was created over
+// (its layout's S, the first S of the cluster), new indexes use all the shards known at their
+// creation. The router keeps nothing that the shards cannot tell it again: an index's layout is
+// read from its shards' index names, and what it caches (layouts, and the shard sizes of READY indexes)
 // is dropped with the index.
 #ifndef RCKNN_ROUTER_ROUTER_SERVICE_H_
 #define RCKNN_ROUTER_ROUTER_SERVICE_H_
@@ -57,8 +59,9 @@ class RouterService final : public RouterBaseService {
  public:
   // `cluster` must outlive the service. A new index that does not declare how many points it
   // expects gets ranges of `shard_points` ids per shard (router/shard_layout.h).
-  RouterService(ShardCluster* cluster, int64_t shard_points)
-      : cluster_(cluster), shard_points_(shard_points) {}
+  // CreateIndex waits (answers UNAVAILABLE) until the cluster has `min_shards` shards.
+  RouterService(ShardCluster* cluster, int64_t shard_points, int64_t min_shards)
+      : cluster_(cluster), shard_points_(shard_points), min_shards_(min_shards) {}
 
   grpc::Status CreateIndex(grpc::ServerContext* context, const v1::CreateIndexRequest* request,
                            v1::IndexInfo* response) override;
@@ -140,6 +143,7 @@ class RouterService final : public RouterBaseService {
 
   ShardCluster* const cluster_;
   const int64_t shard_points_;
+  const int64_t min_shards_;
   absl::Mutex mutex_;
   absl::flat_hash_map<std::string, ShardLayout> layouts_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, ReadyView> ready_ ABSL_GUARDED_BY(mutex_);

@@ -1,6 +1,7 @@
 #include "router/shard_cluster.h"
 
 #include <algorithm>
+#include <cassert>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -49,29 +50,45 @@ struct ShardCluster::Attempt {
 ShardCluster::ShardCluster(const std::vector<std::vector<std::string>>& shards,
                            std::shared_ptr<grpc::ChannelCredentials> credentials,
                            int64_t max_message_bytes, ShardCallObserver observer)
-    : observer_(std::move(observer)) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(max_message_bytes, INT32_MAX)));
-  args.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(max_message_bytes, INT32_MAX)));
+    : credentials_(std::move(credentials)),
+      observer_(std::move(observer)),
+      slots_(new std::unique_ptr<Shard>[kMaxShards]) {
+  const int size = static_cast<int>(std::min<int64_t>(max_message_bytes, INT32_MAX));
+  channel_args_.SetMaxReceiveMessageSize(size);
+  channel_args_.SetMaxSendMessageSize(size);
   // A restarted shard is found again quickly.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  channel_args_.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  channel_args_.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  absl::Status added = AddShards(shards);
+  assert(added.ok());  // callers parse --shards, which stays far below kMaxShards
+  (void)added;
+}
+
+absl::Status ShardCluster::AddShards(const std::vector<std::vector<std::string>>& shards) {
+  absl::MutexLock lock(&grow_mutex_);
+  int64_t size = size_.load(std::memory_order_relaxed);
+  if (size + static_cast<int64_t>(shards.size()) > kMaxShards) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a router serves at most ", kMaxShards, " shards"));
+  }
   for (const std::vector<std::string>& replicas : shards) {
     auto shard = std::make_unique<Shard>();
     for (const std::string& address : replicas) {
       auto replica = std::make_unique<Replica>();
       replica->address = address;
-      replica->channel = grpc::CreateCustomChannel(address, credentials, args);
+      replica->channel = grpc::CreateCustomChannel(address, credentials_, channel_args_);
       replica->stub = v1::Rcknn::NewStub(replica->channel);
       shard->replicas.push_back(std::move(replica));
     }
-    shards_.push_back(std::move(shard));
+    slots_[size] = std::move(shard);
+    size_.store(++size, std::memory_order_release);
   }
+  return absl::OkStatus();
 }
 
 std::string ShardCluster::Name(int64_t shard) const {
   std::vector<std::string> addresses;
-  for (const auto& replica : shards_[shard]->replicas) addresses.push_back(replica->address);
+  for (const auto& replica : slots_[shard]->replicas) addresses.push_back(replica->address);
   return absl::StrCat("shard ", shard, " (", absl::StrJoin(addresses, "|"), ")");
 }
 
@@ -87,7 +104,7 @@ void ShardCluster::Run(std::vector<Call>& calls, const grpc::ServerContextBase* 
     attempt->method = std::string(method);
     attempt->mutex = &mutex;
     attempt->remaining = &remaining;
-    Shard& shard = *shards_[call.shard];
+    Shard& shard = *slots_[call.shard];
     const int64_t r = static_cast<int64_t>(shard.replicas.size());
     if (call.replica >= 0) {
       attempt->order = {call.replica};
@@ -110,7 +127,7 @@ void ShardCluster::Run(std::vector<Call>& calls, const grpc::ServerContextBase* 
 }
 
 void ShardCluster::Start(std::shared_ptr<Attempt> attempt) {
-  Replica& replica = *shards_[attempt->call->shard]->replicas[attempt->order[attempt->tried]];
+  Replica& replica = *slots_[attempt->call->shard]->replicas[attempt->order[attempt->tried]];
   attempt->context = attempt->parent != nullptr
                          ? grpc::ClientContext::FromServerContext(*attempt->parent)
                          : std::make_unique<grpc::ClientContext>();
@@ -123,7 +140,7 @@ void ShardCluster::Start(std::shared_ptr<Attempt> attempt) {
 
 void ShardCluster::Finish(const std::shared_ptr<Attempt>& attempt, grpc::Status status) {
   Call& call = *attempt->call;
-  Replica& replica = *shards_[call.shard]->replicas[attempt->order[attempt->tried]];
+  Replica& replica = *slots_[call.shard]->replicas[attempt->order[attempt->tried]];
   if (observer_) {
     observer_(call.shard, attempt->method, status.error_code(),
               absl::ToDoubleSeconds(absl::Now() - attempt->start));

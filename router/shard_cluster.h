@@ -14,7 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "rcknn/v1/rcknn.grpc.pb.h"
 
@@ -37,20 +39,30 @@ class ShardCluster {
     std::atomic<uint64_t> next{0};
   };
 
-  // One replica list per shard (host:port each), connected with `credentials`.
+  // The most shards a cluster can grow to.
+  static constexpr int64_t kMaxShards = 4096;
+
+  // One replica list per shard (host:port each), connected with `credentials`; `shards` may be
+  // empty when discovery (router/shard_discovery.h) adds them later.
   ShardCluster(const std::vector<std::vector<std::string>>& shards,
                std::shared_ptr<grpc::ChannelCredentials> credentials, int64_t max_message_bytes,
                ShardCallObserver observer);
 
-  int64_t size() const { return static_cast<int64_t>(shards_.size()); }
+  // Appends shards after the existing ones (numbered on from size()). Shards are never removed
+  // or renumbered: an index keeps its shards for its whole life. Thread-safe against every other
+  // method: a shard is visible (size() counts it) only once it is complete. RESOURCE_EXHAUSTED
+  // beyond kMaxShards.
+  absl::Status AddShards(const std::vector<std::vector<std::string>>& shards);
+
+  int64_t size() const { return size_.load(std::memory_order_acquire); }
   int64_t replicas(int64_t shard) const {
-    return static_cast<int64_t>(shards_[shard]->replicas.size());
+    return static_cast<int64_t>(slots_[shard]->replicas.size());
   }
   const std::string& address(int64_t shard, int64_t replica) const {
-    return shards_[shard]->replicas[replica]->address;
+    return slots_[shard]->replicas[replica]->address;
   }
   v1::Rcknn::Stub* stub(int64_t shard, int64_t replica) const {
-    return shards_[shard]->replicas[replica]->stub.get();
+    return slots_[shard]->replicas[replica]->stub.get();
   }
   // "shard 2 (a:1|b:2)".
   std::string Name(int64_t shard) const;
@@ -82,8 +94,13 @@ class ShardCluster {
   void Start(std::shared_ptr<Attempt> attempt);
   void Finish(const std::shared_ptr<Attempt>& attempt, grpc::Status status);
 
-  std::vector<std::unique_ptr<Shard>> shards_;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  grpc::ChannelArguments channel_args_;
   ShardCallObserver observer_;
+  absl::Mutex grow_mutex_;  // one AddShards at a time
+  // Slots [0, size_) hold complete shards; fixed capacity, so readers never see a reallocation.
+  std::unique_ptr<std::unique_ptr<Shard>[]> slots_;
+  std::atomic<int64_t> size_{0};
 };
 
 }  // namespace rcknn::router

@@ -6,7 +6,13 @@
 
   router_bench.py --server=BIN --router=BIN --proto_dir=DIR --work_dir=DIR
                   [--n=1000000] [--shards=4] [--m=256] [--k=30] [--batch=1024] [--batches=10]
-                  [--singles=300] [--threads=2] [--skip_single]
+                  [--singles=300] [--threads=2] [--skip_single] [--kinds=by_id,predecessor]
+                  [--explicit_inducing] [--check_sample=0]
+
+--explicit_inducing gives the spec m inducing points of its own (normal, seed 3) instead of the
+seeded draw; with it, --check_sample=N checks N of the predecessor queries (spread over the id
+range) against a brute force in numpy over all n points (the metric of docs/design.md section 2),
+which is how an index too large for one reference server is checked.
 """
 import argparse
 import array
@@ -39,6 +45,72 @@ def rss_kib(pid):
     return 0
 
 
+def check_sample(points, inducing, args, checked):
+    """--check_sample predecessor queries, spread over the id range, against a numpy brute force
+    over all n points with the explicit inducing points."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from scipy.linalg import solve_triangular  # pylint: disable=import-outside-toplevel
+    if inducing is None:
+        raise SystemExit("--check_sample needs --explicit_inducing")
+    from router_e2e_test import compare, pb2  # pylint: disable=import-outside-toplevel
+    start = time.time()
+    x = np.frombuffer(points, dtype=np.float64).reshape(-1, 2)
+    u = np.array(inducing).reshape(-1, 2)
+    scale = args.lengthscale
+
+    def kernel(a, b):
+        d2 = ((a[:, None, :] - b[None, :, :]) / scale) ** 2
+        return np.exp(-0.5 * d2.sum(axis=2))
+
+    chol = np.linalg.cholesky(kernel(u, u) + 1e-6 * np.eye(len(u)))
+    # The sample: every len(flat)/N-th query of the measured predecessor batches.
+    flat = [(ids[i], answer, i) for ids, answer in checked for i in range(len(ids))]
+    flat.sort(key=lambda t: t[0])
+    step = max(1, len(flat) // args.check_sample)
+    sample = flat[::step][:args.check_sample]
+    q_ids = np.array([t[0] for t in sample])
+    qx = x[q_ids]
+    qv = solve_triangular(chol, kernel(u, qx), lower=True).T  # nq x m
+    qp = np.maximum(1.0 - (qv * qv).sum(axis=1), 1e-9)
+    k = args.k
+    best_d = np.full((len(q_ids), 0), np.inf)
+    best_i = np.zeros((len(q_ids), 0), dtype=np.int64)
+    chunk = 100_000
+    for first in range(0, len(x), chunk):
+        xc = x[first:first + chunk]
+        v = solve_triangular(chol, kernel(u, xc), lower=True)  # m x c
+        p = np.maximum(1.0 - (v * v).sum(axis=0), 1e-9)
+        c = kernel(qx, xc) - qv @ v
+        rho = np.clip(c / np.sqrt(qp[:, None] * p[None, :]), -1.0, 1.0)
+        d = np.sqrt(1.0 - np.abs(rho))
+        ids = np.arange(first, first + len(xc))
+        d[ids[None, :] >= q_ids[:, None]] = np.inf  # predecessor mode: j < i only
+        if d.shape[1] > k:  # the chunk's k nearest (ties at the k-th are within the rule)
+            part = np.argpartition(d, k - 1, axis=1)[:, :k]
+            d, chunk_ids = np.take_along_axis(d, part, axis=1), ids[part]
+        else:
+            chunk_ids = np.broadcast_to(ids, d.shape)
+        all_d = np.concatenate([best_d, d], axis=1)
+        all_i = np.concatenate([best_i, chunk_ids], axis=1)
+        order = np.lexsort((all_i, all_d), axis=1)[:, :k]
+        best_d = np.take_along_axis(all_d, order, axis=1)
+        best_i = np.take_along_axis(all_i, order, axis=1)
+    differing = 0
+    for row, (query, answer, position) in enumerate(sample):
+        got = pb2.SearchResponse(num_queries=1, k=k,
+                                 neighbor_ids=answer.neighbor_ids[position * k:(position + 1) * k],
+                                 distances=answer.distances[position * k:(position + 1) * k])
+        want_i = [int(i) if np.isfinite(dd) else -1 for i, dd in zip(best_i[row], best_d[row])]
+        want = pb2.SearchResponse(num_queries=1, k=k, neighbor_ids=want_i,
+                                  distances=[float(dd) for dd in best_d[row]])
+        if compare(got, want, k):
+            differing += 1
+    return {"checked_queries": len(sample), "checked_query_ids_min_max": [int(q_ids.min()),
+                                                                          int(q_ids.max())],
+            "checked_differing_from_brute_force": differing,
+            "check_seconds": round(time.time() - start, 1)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     for name, default in (("server", None), ("router", None), ("proto_dir", None),
@@ -55,6 +127,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip_single", action="store_true",
                         help="no reference server (for sizes one server cannot hold)")
+    parser.add_argument("--kinds", default="by_id,predecessor")
+    parser.add_argument("--explicit_inducing", action="store_true")
+    parser.add_argument("--check_sample", type=int, default=0)
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     sys.argv = [sys.argv[0], f"--server={args.server}", f"--proto_dir={args.proto_dir}",
@@ -92,12 +167,20 @@ def main():
         if not args.skip_single:
             single = server("single")
             targets["single"] = pb2_grpc.RcknnStub(grpc.insecure_channel(single.address, OPTIONS))
+        t0 = time.time()
         rng = random.Random(1)
         points = array.array("d", (rng.gauss(0.0, 1.0) for _ in range(2 * args.n)))
         spec = pb2.IndexSpec(metric=pb2.METRIC_RESIDUAL_CORRELATION, dimension=2,
                              kernel=pb2.KernelSpec(type=pb2.KERNEL_RBF, variance=1.0,
                                                    lengthscales=[args.lengthscale]),
                              inducing_count=args.m, inducing_seed=7)
+        inducing = None
+        if args.explicit_inducing:
+            urng = random.Random(3)
+            inducing = [urng.gauss(0.0, 1.0) for _ in range(2 * args.m)]
+            spec.ClearField("inducing_count")
+            spec.inducing_points.extend(inducing)
+        result["data_seconds"] = round(time.time() - t0, 2)
         for name, stub in targets.items():
             # Declared: the router gives each shard an equal contiguous range.
             stub.CreateIndex(pb2.CreateIndexRequest(index_id="bench", spec=spec,
@@ -120,8 +203,9 @@ def main():
 
         # Batches: by id (self excluded) and predecessor mode, ids spread over the range.
         qrng = random.Random(2)
-        kinds = {"by_id": False, "predecessor": True}
+        kinds = {kind: kind == "predecessor" for kind in args.kinds.split(",")}
         mismatches = 0
+        checked = []  # predecessor requests and the router's answers, for --check_sample
         for kind, pred in kinds.items():
             times = {name: [] for name in targets}
             for b in range(args.batches):
@@ -137,6 +221,8 @@ def main():
                     times[name].append(time.perf_counter() - start)
                 if "single" in answers and compare(answers["router"], answers["single"], args.k):
                     mismatches += 1
+                if pred and args.check_sample:
+                    checked.append((ids, answers["router"]))
             for name, t in times.items():
                 result[f"{name}_{kind}_batch_p50_ms"] = round(1e3 * percentile(t, 50), 2)
                 result[f"{name}_{kind}_batch_p99_ms"] = round(1e3 * percentile(t, 99), 2)
@@ -156,6 +242,8 @@ def main():
             result[f"{name}_single_p99_ms"] = round(1e3 * percentile(t, 99), 3)
         if "single" in targets:
             result["batches_differing_from_single"] = mismatches
+        if args.check_sample:
+            result.update(check_sample(points, inducing, args, checked))
         result["uptime_after"] = open("/proc/loadavg").read().split()[:3]
     finally:
         for p in processes:

@@ -3,22 +3,32 @@
 
 1. Rendering: each kustomization is rendered by a small renderer of the features it uses
    (resources, JSON 6902 `replace`/`add` patches with a target) and, when kubectl is installed,
-   by `kubectl kustomize` too; the two renders must hold the same objects.
-2. Structure (what the Kubernetes schema would reject or silently ignore): apiVersion/kind pairs
+   by `kubectl kustomize` too; the two renders must hold the same objects. (kubectl is not a
+   Debian package, so deploy/install_deps.sh does not install it; without it only the small
+   renderer runs, and the check says so.)
+2. Schemas: every rendered object is validated against the Kubernetes OpenAPI schemas of the npm
+   package kubernetes-models (tools/node_modules, installed by deploy/install_deps.sh) by
+   validate_kubernetes.mjs: types, required fields, enums, formats. Those schemas, like the API
+   server's, allow fields they do not list, so:
+3. Structure (what the schema does not catch or the API server would silently ignore): apiVersion/kind pairs
    known for Service, StatefulSet, Deployment and PodDisruptionBudget; metadata.name; selectors
    that match their pod templates (workloads and PDBs); a StatefulSet governed by a headless
    Service of the render, with volume claims that its container mounts; container fields that
    exist in a v1 Container; requests and limits for cpu and memory; gRPC probes on the
    container's gRPC port; Service target ports that name container ports.
-3. Flags: every container argument is a flag its binary knows (rcknn-server or rcknn-router
+4. Flags: every container argument is a flag its binary knows (rcknn-server or rcknn-router
    --helpfull), --listen/--metrics_listen match the container ports and the Prometheus
-   annotations; --shards parses, names only pods of the shard StatefulSet through its headless
-   Service on its gRPC port, each pod exactly once, every shard with the same number of
-   replicas, and every pod the StatefulSet runs.
+   annotations. The router finds the shards either by --shards, which must parse, name only
+   pods of the shard StatefulSet through its headless Service on its gRPC port, each pod exactly
+   once, every shard with the same number of replicas, and every pod the StatefulSet runs; or by
+   --shards_dns, which must name the headless Service (named like the StatefulSet, which is how
+   the router derives the pods' names) on the gRPC port, with --shard_replicas dividing the
+   StatefulSet's replicas and --min_shards their quotient (no index over fewer shards).
 
 Usage: check_kustomize.py --repo DIR --server BIN --router BIN [--self-test]
---self-test renders doctored copies (an unknown flag, a pod missing from --shards, a misspelt
-container field, a PDB selecting nothing) and fails unless each one is rejected.
+--self-test renders doctored copies (an unknown flag, a pod count --shard_replicas does not
+divide, a misspelt container field, a PDB selecting nothing, a schema type error, a --shards_dns
+on the wrong port, a pod missing from a static --shards) and fails unless each one is rejected.
 """
 import argparse
 import copy
@@ -203,15 +213,18 @@ def check_render(name, docs, server_flags, router_flags, errors):
         scrape = service["metadata"].get("annotations", {}).get("prometheus.io/port")
         if scrape is not None and int(scrape) != ports.get("metrics"):
             errors.append(f"{name}: Service {service['metadata']['name']} scrape port {scrape}")
-    # --shards against the pods the StatefulSet runs.
+    # --shards or --shards_dns against the pods the StatefulSet runs.
     replicas = sts["spec"].get("replicas", 1)
+    if bool(flags.get("shards")) == bool(flags.get("shards_dns")):
+        errors.append(f"{name}: the router needs exactly one of --shards and --shards_dns")
+        return
+    if flags.get("shards_dns"):
+        check_shards_dns(name, flags, sts, headless, shard_ports, errors)
+        return
     pods = {f"{sts['metadata']['name']}-{o}.{headless['metadata']['name']}:{shard_ports['grpc']}"
             for o in range(replicas)}
     shards = [s.split("|") for s in flags.get("shards", "").split(",")]
     listed = [a for s in shards for a in s]
-    if not flags.get("shards"):
-        errors.append(f"{name}: the router has no --shards")
-        return
     for address in listed:
         if address not in pods:
             errors.append(f"{name}: --shards names {address}, not a shard pod on its gRPC port")
@@ -223,9 +236,52 @@ def check_render(name, docs, server_flags, router_flags, errors):
         errors.append(f"{name}: the shards in --shards have different replica counts")
 
 
-def check(repo, server_flags, router_flags):
+def check_shards_dns(name, flags, sts, headless, shard_ports, errors):
+    """--shards_dns=<service>[.<namespace>...]:<port>: pod <set>-<o>.<service> is replica
+    o % R of shard o / R (router/shard_discovery.h)."""
+    host, _, dns_port = flags["shards_dns"].rpartition(":")
+    service = headless["metadata"]["name"]
+    if host.split(".")[0] != service or not dns_port.isdigit() or \
+            int(dns_port) != shard_ports.get("grpc"):
+        errors.append(f"{name}: --shards_dns={flags['shards_dns']} is not the headless Service "
+                      f"{service} on the shards' gRPC port {shard_ports.get('grpc')}")
+    if sts["metadata"]["name"] != service:
+        errors.append(f"{name}: the StatefulSet {sts['metadata']['name']} is not named like its "
+                      f"headless Service {service}: --shards_dns derives the pods' names from it")
+    pods = sts["spec"].get("replicas", 1)
+    per_shard = int(flags.get("shard_replicas", "1"))
+    if per_shard < 1 or pods % per_shard:
+        errors.append(f"{name}: --shard_replicas={per_shard} does not divide the {pods} shard pods")
+        return
+    if int(flags.get("min_shards", "1")) != pods // per_shard:
+        errors.append(f"{name}: --min_shards={flags.get('min_shards', '1')}, but the "
+                      f"StatefulSet runs {pods // per_shard} shards of {per_shard}")
+
+
+def check_schemas(layout, docs, node_modules, errors):
+    """Every object against the Kubernetes schemas (validate_kubernetes.mjs)."""
+    if not os.path.isdir(os.path.join(node_modules, "kubernetes-models")):
+        errors.append(f"{node_modules}/kubernetes-models is missing: run deploy/install_deps.sh")
+        return
+    result = subprocess.run(
+        ["node", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                              "validate_kubernetes.mjs"), node_modules],
+        input=json.dumps(docs), capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        errors.append(f"{layout}: validate_kubernetes.mjs failed: {result.stderr}")
+        return
+    for doc, problem in zip(docs, json.loads(result.stdout)):
+        if problem:
+            errors.append(f"{layout}: {doc.get('kind')} {doc.get('metadata', {}).get('name')}: "
+                          f"the Kubernetes schema rejects it: {problem}")
+
+
+def check(repo, server_flags, router_flags, node_modules, notes=None):
     errors = []
     kubectl = shutil.which("kubectl")
+    if notes is not None:
+        notes.append("rendered by this checker and by kubectl kustomize" if kubectl else
+                     "kubectl is not installed: rendered by this checker only")
     for layout in LAYOUTS:
         directory = os.path.join(repo, layout)
         try:
@@ -241,15 +297,24 @@ def check(repo, server_flags, router_flags):
             elif canonical(yaml.safe_load_all(result.stdout)) != canonical(docs):
                 errors.append(f"{layout}: kubectl kustomize renders something else than this "
                               "checker")
+        check_schemas(layout, docs, node_modules, errors)
         check_render(layout, docs, server_flags, router_flags, errors)
     return errors
 
 
-def self_test(repo, server_flags, router_flags):
+def self_test(repo, server_flags, router_flags, node_modules):
     cases = [
         ("unknown router flag", "base/router.yaml", "--shutdown_grace=10s", "--grace=10s"),
-        ("pod missing from --shards", "overlays/sharded/kustomization.yaml", "value: 6",
-         "value: 7"),
+        ("pods that --shard_replicas does not divide", "overlays/sharded/kustomization.yaml",
+         "value: 6", "value: 7"),
+        ("schema: a port that is not an integer", "base/router.yaml", "port: 50050",
+         "port: grpc-port"),
+        ("schema: an unknown enum value", "base/router.yaml", "type: ClusterIP",
+         "type: Internal"),
+        ("--shards_dns on the wrong port", "base/router.yaml",
+         "--shards_dns=rcknn-shard:50051", "--shards_dns=rcknn-shard:50052"),
+        ("pod missing from a static --shards", "base/router.yaml",
+         "--shards_dns=rcknn-shard:50051", "--shards=rcknn-shard-1.rcknn-shard:50051"),
         ("misspelt container field", "base/shards.yaml", "readinessProbe:", "readinesProbe:"),
         ("PDB selecting nothing", "base/router.yaml",
          "  selector:\n    matchLabels:\n      app.kubernetes.io/name: rcknn-router\n",
@@ -267,7 +332,7 @@ def self_test(repo, server_flags, router_flags):
                 continue
             with open(target, "w") as f:
                 f.write(text.replace(old, new, 1))
-            if not check(tmp, server_flags, router_flags):
+            if not check(tmp, server_flags, router_flags, node_modules):
                 failures.append(f"{title}: not rejected")
     return failures
 
@@ -281,7 +346,14 @@ def main():
     args = parser.parse_args()
     server_flags = binary_flags(args.server)
     router_flags = binary_flags(args.router)
-    problems = (self_test if args.self_test else check)(args.repo, server_flags, router_flags)
+    node_modules = os.path.join(args.repo, "tools", "node_modules")
+    notes = []
+    if args.self_test:
+        problems = self_test(args.repo, server_flags, router_flags, node_modules)
+    else:
+        problems = check(args.repo, server_flags, router_flags, node_modules, notes)
+    for note in notes:
+        print(note)
     for problem in problems:
         print(problem)
     print("FAIL" if problems else "OK")
