@@ -45,6 +45,53 @@ def rss_kib(pid):
     return 0
 
 
+class DirectFanOut:
+    """The shards' part of a router search: the query points (and predecessor bounds) the
+    router would send every shard of the contiguous layout, sent in parallel."""
+
+    def __init__(self, stubs, points, args, pb2):
+        self.stubs, self.points, self.k, self.pb2 = stubs, points, args.k, pb2
+        shards = len(stubs)
+        self.range = -(-args.n // shards)
+        self.sizes = [max(0, min(args.n, (s + 1) * self.range) - s * self.range)
+                      for s in range(shards)]
+        self.names = [f"bench.rcknn-shard-{s}-of-{shards}-range-{self.range}"
+                      for s in range(shards)]
+
+    def prepare(self, request, timeout):
+        pb2 = self.pb2
+        calls = []
+        for s, stub in enumerate(self.stubs):
+            start = s * self.range
+            coordinates, bounds = [], []
+            for g in request.query_ids:
+                bound = min(max(g - start, 0), self.sizes[s]) if request.predecessor_mode \
+                    else self.sizes[s]
+                if bound == 0:
+                    continue
+                coordinates.extend(self.points[2 * g:2 * g + 2])
+                bounds.append(bound)
+            if not bounds:
+                continue
+            shard_request = pb2.SearchRequest(
+                index_id=self.names[s], k=self.k if request.predecessor_mode else self.k + 1,
+                query_points=coordinates,
+                query_id_bounds=bounds if request.predecessor_mode else [])
+            calls.append((stub, shard_request))
+
+        def run():
+            futures = [stub.Search.future(r, timeout=timeout) for stub, r in calls]
+            return [f.result() for f in futures]
+        return run
+
+
+def prepare(target, request, timeout):
+    """A call of `target` on `request`, ready to be timed."""
+    if isinstance(target, DirectFanOut):
+        return target.prepare(request, timeout)
+    return lambda: target.Search(request, timeout=timeout)
+
+
 def check_sample(points, inducing, args, checked):
     """--check_sample predecessor queries, spread over the id range, against a numpy brute force
     over all n points with the explicit inducing points."""
@@ -201,6 +248,12 @@ def main():
             result["single_rss_kib"] = rss_kib(single.process.pid)
         result["router_rss_kib"] = rss_kib(router.process.pid)
 
+        # "direct": the shards' own share, the same point queries sent by this client to every
+        # shard at once (no router, no merge): router minus direct is the router's overhead.
+        targets["direct"] = DirectFanOut(
+            [pb2_grpc.RcknnStub(grpc.insecure_channel(s.address, OPTIONS)) for s in shards],
+            points, args, pb2)
+
         # Batches: by id (self excluded) and predecessor mode, ids spread over the range.
         qrng = random.Random(2)
         kinds = {kind: kind == "predecessor" for kind in args.kinds.split(",")}
@@ -216,9 +269,11 @@ def main():
                 # Alternate which target goes first.
                 order = list(targets) if b % 2 == 0 else list(reversed(list(targets)))
                 for name in order:
+                    run = prepare(targets[name], request, 600)
                     start = time.perf_counter()
-                    answers[name] = targets[name].Search(request, timeout=600)
+                    answers[name] = run()
                     times[name].append(time.perf_counter() - start)
+                answers.pop("direct")
                 if "single" in answers and compare(answers["router"], answers["single"], args.k):
                     mismatches += 1
                 if pred and args.check_sample:
@@ -234,8 +289,9 @@ def main():
             request = pb2.SearchRequest(index_id="bench", k=args.k,
                                         query_ids=[qrng.randrange(args.n)])
             for name in (list(targets) if i % 2 == 0 else list(reversed(list(targets)))):
+                run = prepare(targets[name], request, 60)
                 start = time.perf_counter()
-                targets[name].Search(request, timeout=60)
+                run()
                 times[name].append(time.perf_counter() - start)
         for name, t in times.items():
             result[f"{name}_single_p50_ms"] = round(1e3 * percentile(t, 50), 3)
