@@ -1,13 +1,14 @@
 #!/usr/bin/python3
 """rcknn-router over S rcknn-server shards against one rcknn-server holding the same points, on
 127.0.0.1: build time, batch throughput and latency, single-query latency, the router's overhead
-(router minus one server, measured alternately in one session), and whether the answers agree
-(docs/design.md section 3). Prints one JSON object. Not a test: numbers for docs/sharding.md.
+(router minus one server, and router minus "direct": the same shard requests sent by the client
+to all shards at once, which is the shards' own share; measured alternately in one session), and
+whether the answers agree (docs/design.md section 3). Prints one JSON object. Not a test: numbers for docs/sharding.md.
 
   router_bench.py --server=BIN --router=BIN --proto_dir=DIR --work_dir=DIR
                   [--n=1000000] [--shards=4] [--m=256] [--k=30] [--batch=1024] [--batches=10]
                   [--singles=300] [--threads=2] [--skip_single] [--kinds=by_id,predecessor]
-                  [--explicit_inducing] [--check_sample=0]
+                  [--explicit_inducing] [--check_sample=0] [--skip_direct]
 
 --explicit_inducing gives the spec m inducing points of its own (normal, seed 3) instead of the
 seeded draw; with it, --check_sample=N checks N of the predecessor queries (spread over the id
@@ -175,6 +176,8 @@ def main():
     parser.add_argument("--skip_single", action="store_true",
                         help="no reference server (for sizes one server cannot hold)")
     parser.add_argument("--kinds", default="by_id,predecessor")
+    parser.add_argument("--skip_direct", action="store_true",
+                        help="no direct fan-out baseline (halves the query time)")
     parser.add_argument("--explicit_inducing", action="store_true")
     parser.add_argument("--check_sample", type=int, default=0)
     args = parser.parse_args()
@@ -250,9 +253,10 @@ def main():
 
         # "direct": the shards' own share, the same point queries sent by this client to every
         # shard at once (no router, no merge): router minus direct is the router's overhead.
-        targets["direct"] = DirectFanOut(
-            [pb2_grpc.RcknnStub(grpc.insecure_channel(s.address, OPTIONS)) for s in shards],
-            points, args, pb2)
+        if not args.skip_direct:
+            targets["direct"] = DirectFanOut(
+                [pb2_grpc.RcknnStub(grpc.insecure_channel(s.address, OPTIONS)) for s in shards],
+                points, args, pb2)
 
         # Batches: by id (self excluded) and predecessor mode, ids spread over the range.
         qrng = random.Random(2)
@@ -273,7 +277,7 @@ def main():
                     start = time.perf_counter()
                     answers[name] = run()
                     times[name].append(time.perf_counter() - start)
-                answers.pop("direct")
+                answers.pop("direct", None)
                 if "single" in answers and compare(answers["router"], answers["single"], args.k):
                     mismatches += 1
                 if pred and args.check_sample:
