@@ -38,10 +38,11 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(p / 100.0 * len(values)))]
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
+    """VmRSS (now) or VmHWM (the peak) of a process, KiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -247,8 +248,10 @@ def main():
             result[f"{name}_build_seconds"] = round(time.time() - start, 2)
             result[f"{name}_memory_bytes"] = final.memory_bytes
         result["shard_rss_kib"] = [rss_kib(s.process.pid) for s in shards]
+        result["shard_peak_rss_kib"] = [rss_kib(s.process.pid, "VmHWM") for s in shards]
         if not args.skip_single:
             result["single_rss_kib"] = rss_kib(single.process.pid)
+            result["single_peak_rss_kib"] = rss_kib(single.process.pid, "VmHWM")
         result["router_rss_kib"] = rss_kib(router.process.pid)
 
         # "direct": the shards' own share, the same point queries sent by this client to every
