@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <numeric>
 
 #include "absl/synchronization/mutex.h"
@@ -11,7 +12,9 @@
 namespace rcknn::core {
 namespace {
 
-constexpr int64_t kPointBlock = 1024;  // ids per matrix product of BruteForceScan
+constexpr int64_t kPointBlock = 1024;  // positions per matrix product of BruteForceScan
+constexpr int64_t kGatherBlock = 512;  // ids gathered per matrix product of BruteForceScan
+constexpr int64_t kNoIdBound = std::numeric_limits<int64_t>::max();
 constexpr int64_t kQueryBlock = 64;    // queries sharing one pass over the points
 // Below this many query blocks, the id range is also split so both cores have work.
 constexpr int64_t kMinBlocksForQuerySplitOnly = 4;
@@ -58,25 +61,47 @@ void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOp
     for (int64_t i = 0; i < nr; ++i) max_id = std::max(max_id, row_bound(i));
     end = std::min(end, max_id);
   }
+  // Offers the block's distances d[j] (of stored point id_of(j), j in [0, count)) to every row.
+  auto offer = [&](int64_t count, const double* buffer, auto id_of) {
+    for (int64_t i = 0; i < nr; ++i) {
+      const int64_t query_id = rows.ids[i];
+      const int64_t bound = bounded ? row_bound(i) : kNoIdBound;
+      const double* d = buffer + i * count;
+      CandidateSet& set = sets[i];
+      double limit = set.limit();
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t id = id_of(j);
+        if (d[j] <= limit && id < bound && Qualifies(id, query_id, options)) {
+          set.Offer(d[j], id);
+          limit = set.limit();
+        }
+      }
+    }
+  };
   thread_local std::vector<double> buffer;
+  if (bounded && space.has_layout()) {
+    // The qualifying ids are a prefix, scattered over the storage positions: the ids of each
+    // block are gathered (a copy that stays in cache), then evaluated as one matrix product.
+    thread_local std::vector<int64_t> ids;
+    buffer.resize(nr * kGatherBlock);
+    for (int64_t block = begin; block < end; block += kGatherBlock) {
+      const int64_t count = std::min(kGatherBlock, end - block);
+      ids.resize(count);
+      std::iota(ids.begin(), ids.end(), block);
+      const PointRows gathered = space.Gather(ids);
+      space.RowsToRows(rows, 0, nr, gathered, 0, count, buffer.data());
+      stats.distance_evaluations += nr * count;
+      offer(count, buffer.data(), [&](int64_t j) { return block + j; });
+    }
+    return;
+  }
+  // Storage positions [begin, end); with a prefix bound and no layout, positions are the ids.
   buffer.resize(nr * kPointBlock);
   for (int64_t block = begin; block < end; block += kPointBlock) {
     const int64_t count = std::min(kPointBlock, end - block);
     space.RowsToRange(rows, 0, nr, block, count, buffer.data());
     stats.distance_evaluations += nr * count;
-    for (int64_t i = 0; i < nr; ++i) {
-      const int64_t query_id = rows.ids[i];
-      const int64_t hi = bounded ? std::min(block + count, row_bound(i)) : block + count;
-      const double* d = buffer.data() + i * count - block;
-      CandidateSet& set = sets[i];
-      double limit = set.limit();
-      for (int64_t j = block; j < hi; ++j) {
-        if (d[j] <= limit && Qualifies(j, query_id, options)) {
-          set.Offer(d[j], j);
-          limit = set.limit();
-        }
-      }
-    }
+    offer(count, buffer.data(), [&](int64_t j) { return space.id_at(block + j); });
   }
 }
 

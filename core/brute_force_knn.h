@@ -43,9 +43,12 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
                          double* out_distances, TraversalStats& stats,
                          absl::Span<int64_t> per_query_evaluations = {});
 
-// The scan itself, on the calling thread: offers every qualifying stored point with id in
-// [begin, end) to sets[i], the candidates of rows[i], by matrix products over blocks of ids.
-// sets.size() == rows.size(). `id_bounds`, if not empty, has one entry per row: only ids below it
+// The scan itself, on the calling thread: offers every qualifying stored point of the part
+// [begin, end) of [0, size()) to sets[i], the candidates of rows[i], by matrix products over
+// blocks. sets.size() == rows.size(). The part is of ids where only a prefix of the ids
+// qualifies (predecessor mode by id, `id_bounds`) and the space has a layout (those ids are
+// gathered), of storage positions otherwise; either way the parts [0, a), [a, b), ... of one
+// scan cover every point once. `id_bounds`, if not empty, has one entry per row: only ids below it
 // qualify for that row (QueryBatch::id_bounds).
 void BruteForceScan(const MetricSpace& space, const PointRows& rows, const KnnOptions& options,
                     int64_t begin, int64_t end, std::vector<CandidateSet>& sets,

@@ -263,7 +263,8 @@ absl::StatusOr<CoverTree> CoverTree::Build(const MetricSpace& space,
       std::vector<double> d(count);
       space.RowsToRange(root, 0, 1, begin, count, d.data());
       for (int64_t j = 0; j < count; ++j) {
-        if (begin + j > 0) members[begin + j - 1] = {d[j], begin + j};
+        const int64_t id = space.id_at(begin + j);  // the tree holds ids, whatever the layout
+        if (id > 0) members[id - 1] = {d[j], id};
       }
     });
     builder.Place(1);

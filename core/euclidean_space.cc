@@ -101,6 +101,10 @@ double EuclideanSpace::RoundingBound(const PointRows& rows, int64_t row) const {
   return std::max(kPruneSlack, 2.0 * std::sqrt(e));
 }
 
+void EuclideanSpace::PermuteStorage(absl::Span<const int64_t> from) {
+  PermuteColumnsInPlace(from, by_dim_);
+}
+
 uint64_t EuclideanSpace::Fingerprint() const {
   return core::Fingerprint(points_.data(), points_.size() * sizeof(double), points_.cols());
 }

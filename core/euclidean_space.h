@@ -36,8 +36,9 @@ class EuclideanSpace final : public MetricSpace {
 
  private:
   explicit EuclideanSpace(RowMatrix points);
-  RowMatrix points_;  // n x d
-  RowMatrix by_dim_;  // d x n
+  void PermuteStorage(absl::Span<const int64_t> from) override;
+  RowMatrix points_;  // n x d, by id (Gather, RowToIds)
+  RowMatrix by_dim_;  // d x n, in storage order (RowsToRange)
   double max_abs_ = 0.0;  // largest |coordinate|
 };
 

@@ -32,6 +32,11 @@ bool ComputesFactors(const IndexSpec& spec) {
 
 }  // namespace
 
+absl::Status LayOutInTreeOrder(const CoverTree& tree, MetricSpace& space) {
+  const absl::Span<const int64_t> order = tree.subtree_ids(0);
+  return space.ApplyLayout(std::vector<int64_t>(order.begin(), order.end()));
+}
+
 absl::StatusOr<std::unique_ptr<MetricSpace>> KnnIndex::MakeSpace(
     const IndexSpec& spec, IndexData data, tbb::task_arena* arena,
     const ProgressCallback& progress) {
@@ -70,6 +75,7 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Build(const IndexSpec& spec,
                    CoverTree::Build(*space, spec.tree, arena, cancellation, [&](double f) {
                      report(factor_share + (1.0 - factor_share) * f);
                    }));
+  RETURN_IF_ERROR(LayOutInTreeOrder(tree, *space));
   timings.tree_seconds = absl::ToDoubleSeconds(absl::Now() - tree_start);
   report(1.0);
   return std::unique_ptr<KnnIndex>(
@@ -133,6 +139,8 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Restore(const IndexSpec& spe
   RETURN_IF_ERROR(CheckCancelled(cancellation));
   ASSIGN_OR_RETURN(std::unique_ptr<MetricSpace> space,
                    MakeSpace(spec, std::move(data), arena, progress));
+  // The fingerprint is of the arrays by id, so it is the same before and after the layout.
+  RETURN_IF_ERROR(LayOutInTreeOrder(tree, *space));
   if (space->Fingerprint() != fingerprint) {
     return reader.Corrupt(
         "the saved tree was built over a different metric space (other points, or factors that "

@@ -1,5 +1,6 @@
 // A searchable index: a point set, its metric space and a cover tree over it. What the server
-// keeps per index name. Immutable once built; Search() is thread-safe.
+// keeps per index name. Immutable once built; Search() is thread-safe. The space stores its
+// points in the tree's depth-first order (MetricSpace layout); ids are the user's throughout.
 #ifndef RCKNN_CORE_KNN_INDEX_H_
 #define RCKNN_CORE_KNN_INDEX_H_
 
@@ -23,6 +24,11 @@ namespace rcknn::core {
 
 enum class Metric { kResidualCorrelation, kEuclidean };
 
+// Stores the space's points in the tree's depth-first order (MetricSpace layout): every subtree
+// is one contiguous range of positions, and a walk reads nearby memory. Every KnnIndex's space
+// is laid out so, whichever way the index was made.
+absl::Status LayOutInTreeOrder(const CoverTree& tree, MetricSpace& space);
+
 struct IndexSpec {
   Metric metric = Metric::kResidualCorrelation;
   int dimension = 0;
@@ -43,7 +49,7 @@ struct IndexData {
 
 struct BuildTimings {
   double factor_seconds = 0.0;  // kernel, Cholesky and V (0 for Euclidean or supplied factors)
-  double tree_seconds = 0.0;
+  double tree_seconds = 0.0;    // the tree, and the space laid out in its depth-first order
 };
 
 // Where KnnIndex::Reparameterize takes its tree from.

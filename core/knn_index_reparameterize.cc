@@ -131,6 +131,7 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Reparameterize(
     tree = std::move(built);
     build_seconds = absl::ToDoubleSeconds(absl::Now() - build_start);
   }
+  RETURN_IF_ERROR(LayOutInTreeOrder(*tree, *space));
   timings.tree_seconds = absl::ToDoubleSeconds(absl::Now() - tree_start);
   report(1.0);
   std::unique_ptr<KnnIndex> index(new KnnIndex(spec, std::move(space), *std::move(tree), timings));

@@ -244,6 +244,17 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
         rest.push_back(q);
       }
     }
+    if (queries.by_id()) {
+      // In the tree's depth-first order: consecutive walks (one thread's chunk) visit mostly
+      // the same nodes, whose data then sits in cache, and with the space laid out in that order
+      // (KnnIndex) in nearby memory.
+      std::vector<std::pair<int64_t, int64_t>> keyed(rest.size());
+      for (size_t i = 0; i < rest.size(); ++i) {
+        keyed[i] = {tree.preorder(tree.node_of(queries.ids[rest[i]])), rest[i]};
+      }
+      std::sort(keyed.begin(), keyed.end());
+      for (size_t i = 0; i < rest.size(); ++i) rest[i] = keyed[i].second;
+    }
     BatchPath path = BatchPath::kWalk;
     switch (strategy) {
       case SearchStrategy::kWalk:

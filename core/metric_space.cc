@@ -1,6 +1,36 @@
 #include "core/metric_space.h"
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
 namespace rcknn::core {
+namespace {
+
+// Follows the cycles of new[p] = old[from[p]]: save(p) keeps old[p] aside, move(dst, src) sets
+// new[dst] = current[src], restore(dst) writes the saved value to dst.
+template <typename Save, typename Move, typename Restore>
+void FollowCycles(absl::Span<const int64_t> from, Save save, Move move, Restore restore) {
+  const int64_t n = static_cast<int64_t>(from.size());
+  std::vector<bool> done(n, false);
+  for (int64_t start = 0; start < n; ++start) {
+    if (done[start] || from[start] == start) continue;
+    save(start);
+    int64_t cur = start;
+    while (true) {
+      done[cur] = true;
+      const int64_t src = from[cur];
+      if (src == start) {
+        restore(cur);
+        break;
+      }
+      move(cur, src);
+      cur = src;
+    }
+  }
+}
+
+}  // namespace
 
 PointRows SelectRows(const PointRows& rows, absl::Span<const int64_t> row_list) {
   PointRows out;
@@ -17,6 +47,63 @@ PointRows SelectRows(const PointRows& rows, absl::Span<const int64_t> row_list) 
     out.ids[i] = rows.ids[r];
   }
   return out;
+}
+
+absl::Status MetricSpace::ApplyLayout(std::vector<int64_t> order) {
+  const int64_t n = size();
+  if (static_cast<int64_t>(order.size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layout: ", order.size(), " positions for ", n, " points"));
+  }
+  std::vector<int64_t> positions(n, -1);
+  for (int64_t p = 0; p < n; ++p) {
+    const int64_t id = order[p];
+    if (id < 0 || id >= n || positions[id] >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layout: position ", p, " holds ", id, ", not a permutation of the ids"));
+    }
+    positions[id] = p;
+  }
+  // Where each point's data sits now.
+  std::vector<int64_t> from(n);
+  for (int64_t p = 0; p < n; ++p) from[p] = position_of(order[p]);
+  PermuteStorage(from);
+  bool identity = true;
+  for (int64_t p = 0; p < n && identity; ++p) identity = order[p] == p;
+  if (identity) {
+    ids_.clear();
+    positions_.clear();
+  } else {
+    ids_ = std::move(order);
+    positions_ = std::move(positions);
+  }
+  return absl::OkStatus();
+}
+
+void PermuteRowsInPlace(absl::Span<const int64_t> from, RowMatrix& m) {
+  Eigen::RowVectorXd saved(m.cols());
+  FollowCycles(
+      from, [&](int64_t p) { saved = m.row(p); },
+      [&](int64_t dst, int64_t src) { m.row(dst) = m.row(src); },
+      [&](int64_t dst) { m.row(dst) = saved; });
+}
+
+void PermuteColumnsInPlace(absl::Span<const int64_t> from, RowMatrix& m) {
+  for (int64_t r = 0; r < m.rows(); ++r) {
+    double* row = m.row(r).data();
+    double saved = 0.0;
+    FollowCycles(
+        from, [&](int64_t p) { saved = row[p]; },
+        [&](int64_t dst, int64_t src) { row[dst] = row[src]; },
+        [&](int64_t dst) { row[dst] = saved; });
+  }
+}
+
+void PermuteInPlace(absl::Span<const int64_t> from, Eigen::VectorXd& v) {
+  double saved = 0.0;
+  FollowCycles(
+      from, [&](int64_t p) { saved = v[p]; },
+      [&](int64_t dst, int64_t src) { v[dst] = v[src]; }, [&](int64_t dst) { v[dst] = saved; });
 }
 
 }  // namespace rcknn::core

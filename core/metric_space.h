@@ -4,6 +4,7 @@
 #define RCKNN_CORE_METRIC_SPACE_H_
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -31,6 +32,12 @@ struct PointRows {
 PointRows SelectRows(const PointRows& rows, absl::Span<const int64_t> row_list);
 
 // A point set with ids 0..size()-1 and a (pseudo)metric d on it, d(i, i) = 0.
+//
+// Layout: a stored point keeps its id forever (every method taking ids, and every answer, uses
+// ids), but its data sits at a storage position, which ApplyLayout may change: the index stores
+// its points in the cover tree's depth-first order, so that a subtree's points are one contiguous
+// range of positions (read by RowsToRange) and a query's walk touches nearby memory. Until
+// ApplyLayout, position = id.
 //
 // All distances are float64 and deterministic: the same pair evaluated through the same method
 // with the same block shape gives the same bits, whatever thread runs it. Different methods may
@@ -63,7 +70,8 @@ class MetricSpace {
   // Coordinates must be finite (checked by the caller).
   virtual absl::StatusOr<PointRows> Prepare(const double* points, int64_t num) const = 0;
 
-  // out[i * count + j] = d(rows[first + i], stored point begin + j).
+  // out[i * count + j] = d(rows[first + i], the stored point at position begin + j), that is
+  // point id_at(begin + j).
   virtual void RowsToRange(const PointRows& rows, int64_t first, int64_t num, int64_t begin,
                            int64_t count, double* out) const = 0;
   // out[i * nb + j] = d(a[a0 + i], b[b0 + j]).
@@ -76,7 +84,35 @@ class MetricSpace {
   // every stored j: how far a candidate's distance from a matrix product may sit from its
   // canonical value. At least kPruneSlack.
   virtual double RoundingBound(const PointRows& rows, int64_t row) const = 0;
+
+  // The stored point at storage `position`, and the position of stored point `id`.
+  int64_t id_at(int64_t position) const { return ids_.empty() ? position : ids_[position]; }
+  int64_t position_of(int64_t id) const { return positions_.empty() ? id : positions_[id]; }
+  // Whether positions may differ from ids (after ApplyLayout).
+  bool has_layout() const { return !ids_.empty(); }
+
+  // Moves the stored data so that position p holds point order[p]; `order` must be a permutation
+  // of 0..size()-1 (checked: INVALID_ARGUMENT otherwise, nothing moved). Distances, their bits
+  // and Fingerprint() do not change. Rearranges in place (the large arrays are never held
+  // twice). Not thread-safe: call before the space is shared.
+  absl::Status ApplyLayout(std::vector<int64_t> order);
+
+ protected:
+  // Rearranges the stored per-point arrays so that new position p holds what old position
+  // from[p] held. Called by ApplyLayout with a valid permutation.
+  virtual void PermuteStorage(absl::Span<const int64_t> from) = 0;
+
+ private:
+  std::vector<int64_t> ids_;        // position -> id; empty: the identity
+  std::vector<int64_t> positions_;  // id -> position; empty: the identity
 };
+
+// Applies new_row[p] = old_row[from[p]] to the rows of `m` in place, one row of scratch: the
+// cycles of the permutation are followed, so a large matrix is never copied whole.
+void PermuteRowsInPlace(absl::Span<const int64_t> from, RowMatrix& m);
+// The same for the columns of a row-major matrix (each row permuted alike), and for a vector.
+void PermuteColumnsInPlace(absl::Span<const int64_t> from, RowMatrix& m);
+void PermuteInPlace(absl::Span<const int64_t> from, Eigen::VectorXd& v);
 
 }  // namespace rcknn::core
 

@@ -81,6 +81,11 @@ double SquaredDistance(const double* a, const double* b, int d) {
 struct RowScratch {
   std::vector<double> r2;
   std::vector<double> isp;
+  std::vector<int64_t> positions;
+  int64_t* Positions(int64_t n) {
+    if (static_cast<int64_t>(positions.size()) < n) positions.resize(n);
+    return positions.data();
+  }
   double* R2(int64_t n) {
     if (static_cast<int64_t>(r2.size()) < n) r2.resize(n);
     return r2.data();
@@ -313,9 +318,10 @@ PointRows ResidualSpace::Gather(absl::Span<const int64_t> ids) const {
   rows.coords.resize(num, scaled_.cols());
   rows.ids.assign(ids.begin(), ids.end());
   for (int64_t i = 0; i < num; ++i) {
-    rows.features.row(i) = v_.row(ids[i]);
-    rows.inv_sqrt_p[i] = inv_sqrt_p_[ids[i]];
-    rows.coords.row(i) = scaled_.row(ids[i]);
+    const int64_t position = position_of(ids[i]);
+    rows.features.row(i) = v_.row(position);
+    rows.inv_sqrt_p[i] = inv_sqrt_p_[position];
+    rows.coords.row(i) = scaled_.row(position);
   }
   return rows;
 }
@@ -356,16 +362,16 @@ absl::StatusOr<PointRows> ResidualSpace::Prepare(const double* points, int64_t n
   return rows;
 }
 
-void ResidualSpace::FinishRow(const PointRows& rows, int64_t row, const int64_t* stored_ids,
+void ResidualSpace::FinishRow(const PointRows& rows, int64_t row, const int64_t* positions,
                               int64_t begin, int64_t count, double* r2, double* dots) const {
   kernel_.ValuesFromSquaredDistances(r2, count);
   const double isp_row = rows.inv_sqrt_p[row];
   const double* isp_other;
-  if (stored_ids == nullptr) {
+  if (positions == nullptr) {
     isp_other = inv_sqrt_p_.data() + begin;
   } else {
     double* gathered = Scratch().Isp(count);
-    for (int64_t j = 0; j < count; ++j) gathered[j] = inv_sqrt_p_[stored_ids[j]];
+    for (int64_t j = 0; j < count; ++j) gathered[j] = inv_sqrt_p_[positions[j]];
     isp_other = gathered;
   }
   for (int64_t j = 0; j < count; ++j) {
@@ -375,8 +381,8 @@ void ResidualSpace::FinishRow(const PointRows& rows, int64_t row, const int64_t*
   const double variance = kernel_.variance();
   for (int64_t j = 0; j < count; ++j) {
     if (r2[j] != variance || dots[j] == 0.0) continue;
-    const int64_t id = stored_ids == nullptr ? begin + j : stored_ids[j];
-    if (Coincide(rows, row, id)) dots[j] = 0.0;
+    const int64_t position = positions == nullptr ? begin + j : positions[j];
+    if (Coincide(rows, row, id_at(position))) dots[j] = 0.0;
   }
 }
 
@@ -384,12 +390,13 @@ bool ResidualSpace::Coincide(const PointRows& rows, int64_t row, int64_t id) con
   if (id < 0) return false;
   if (rows.ids[row] == id) return true;
   const int d = kernel_.dimension();
-  if (SquaredDistance(rows.coords.row(row).data(), scaled_.row(id).data(), d) != 0.0) {
+  const int64_t position = position_of(id);
+  if (SquaredDistance(rows.coords.row(row).data(), scaled_.row(position).data(), d) != 0.0) {
     return false;
   }
   // Computed factors are a function of the location; supplied ones need not be.
-  return !factors_supplied() ||
-         (rows.features.row(row) == v_.row(id) && rows.inv_sqrt_p[row] == inv_sqrt_p_[id]);
+  return !factors_supplied() || (rows.features.row(row) == v_.row(position) &&
+                                 rows.inv_sqrt_p[row] == inv_sqrt_p_[position]);
 }
 
 void ResidualSpace::RowsToRange(const PointRows& rows, int64_t first, int64_t num, int64_t begin,
@@ -436,15 +443,28 @@ void ResidualSpace::RowToIds(const PointRows& rows, int64_t row, absl::Span<cons
   const double* ac = rows.coords.row(row).data();
   const double* a = rows.features.row(row).data();
   const int64_t m = v_.cols();
-  double* r2 = Scratch().R2(count);
+  RowScratch& scratch = Scratch();
+  double* r2 = scratch.R2(count);
+  int64_t* positions = scratch.Positions(count);
+  for (int64_t j = 0; j < count; ++j) positions[j] = position_of(ids[j]);
   for (int64_t j = 0; j < count; ++j) {
-    r2[j] = SquaredDistance(ac, scaled_.row(ids[j]).data(), d);
-    out[j] = CanonicalDot(a, v_.row(ids[j]).data(), m);
+    r2[j] = SquaredDistance(ac, scaled_.row(positions[j]).data(), d);
+    out[j] = CanonicalDot(a, v_.row(positions[j]).data(), m);
   }
-  FinishRow(rows, row, ids.data(), 0, count, r2, out);
+  FinishRow(rows, row, positions, 0, count, r2, out);
+}
+
+void ResidualSpace::PermuteStorage(absl::Span<const int64_t> from) {
+  // The fingerprint covers the arrays in id order, whatever their layout.
+  if (!fingerprint_.has_value()) fingerprint_ = Fingerprint();
+  PermuteRowsInPlace(from, v_);
+  PermuteRowsInPlace(from, scaled_);
+  PermuteColumnsInPlace(from, scaled_by_dim_);
+  PermuteInPlace(from, inv_sqrt_p_);
 }
 
 uint64_t ResidualSpace::Fingerprint() const {
+  if (fingerprint_.has_value()) return *fingerprint_;
   // The kernel enters every distance, also where V and p were supplied rather than computed.
   const KernelSpec& kernel = kernel_.spec();
   const uint32_t type = static_cast<uint32_t>(kernel.type);

@@ -102,9 +102,10 @@ class ResidualSpace final : public MetricSpace {
   double RoundingBound(const PointRows& rows, int64_t row) const override;
 
   const Kernel& kernel() const { return kernel_; }
-  const RowMatrix& v() const { return v_; }           // n x m
-  const Eigen::VectorXd& p() const { return p_; }     // n
-  const RowMatrix& points() const override { return *points_; }  // n x d, as given
+  // n x m, in storage order: the row of point id is position_of(id) (MetricSpace layout).
+  const RowMatrix& v() const { return v_; }
+  const Eigen::VectorXd& p() const { return p_; }     // n, by id
+  const RowMatrix& points() const override { return *points_; }  // n x d, as given, by id
   // The same coordinates as a shared, immutable set.
   const std::shared_ptr<const RowMatrix>& shared_points() const { return points_; }
   // Ids of the inducing points when they are data points (uniform draw, or k-means++ without
@@ -115,16 +116,19 @@ class ResidualSpace final : public MetricSpace {
 
  private:
   ResidualSpace(Kernel kernel, std::shared_ptr<const RowMatrix> points);
+  void PermuteStorage(absl::Span<const int64_t> from) override;
   void FinishSetup();  // derived arrays from points_, v_ and p_
   // Whether rows[row] and stored point `id` are at distance 0 by definition: the same id, or the
   // same location (exactly) with computed factors or bit-identical supplied ones. Rounding would
   // otherwise leave up to sqrt(ulp / p) between them.
   bool Coincide(const PointRows& rows, int64_t row, int64_t id) const;
-  // Distances for one row against stored points whose squared scaled distances are in r2 and
-  // V dot products in `dots`; writes distances over `dots`.
-  void FinishRow(const PointRows& rows, int64_t row, const int64_t* stored_ids_or_null,
+  // Distances for one row against stored points (at `positions`, or at positions
+  // [begin, begin + count) if null) whose squared scaled distances are in r2 and V dot products
+  // in `dots`; writes distances over `dots`.
+  void FinishRow(const PointRows& rows, int64_t row, const int64_t* positions_or_null,
                  int64_t begin, int64_t count, double* r2, double* dots) const;
 
+  // points_ and p_ are by id; the arrays the distances read are in storage order (positions).
   Kernel kernel_;
   std::shared_ptr<const RowMatrix> points_;  // immutable; shared with derived spaces
   RowMatrix scaled_;                 // n x d: points / lengthscales
@@ -132,6 +136,8 @@ class ResidualSpace final : public MetricSpace {
   RowMatrix v_;                      // n x m
   Eigen::VectorXd p_;                // n
   Eigen::VectorXd inv_sqrt_p_;       // n
+  // Set by the first PermuteStorage, from the arrays in id order.
+  std::optional<uint64_t> fingerprint_;
   double max_inv_sqrt_p_ = 0.0;
   RowMatrix inducing_scaled_;        // m x d (empty with supplied factors)
   std::optional<Eigen::LLT<Eigen::MatrixXd>> cholesky_;

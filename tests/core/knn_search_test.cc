@@ -542,6 +542,85 @@ TEST_F(KnnSearchTest, TiesGoToTheSmallerId) {
 // ---------------------------------------------------------------------------------------------
 // Determinism.
 
+// KnnIndex stores its space in the tree's depth-first order (MetricSpace layout). Every
+// subtree is one contiguous range of positions, and every path answers with the user's ids, the
+// same bits as the brute force over a space built from the same data and never moved.
+TEST_F(KnnSearchTest, TreeOrderLayoutKeepsUserIds) {
+  std::vector<SearchCase> cases = {
+      Residual("layout_dense", KernelType::kRbf, 2.0, 2, 3000, 32),
+      Residual("layout_sparse", KernelType::kMatern32, 0.3, 3, 1500, 16),
+      Euclidean("layout_euclidean", 3, 2000),
+  };
+  cases[0].duplicates = 0.05;
+  cases.push_back(Residual("layout_supplied", KernelType::kRbf, 1.0, 2, 1200, 24));
+  cases.back().factors_supplied = true;
+  for (const SearchCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::unique_ptr<KnnIndex> index = BuildIndex(c, &arena_);
+    ASSERT_NE(index, nullptr);
+    const MetricSpace& space = index->space();
+    const core::CoverTree& tree = index->tree();
+    ASSERT_TRUE(space.has_layout());
+    for (int64_t node = 0; node < tree.size(); ++node) {
+      const absl::Span<const int64_t> ids = tree.subtree_ids(node);
+      for (size_t t = 0; t < ids.size(); ++t) {
+        ASSERT_EQ(space.position_of(ids[t]), tree.preorder(node) + static_cast<int64_t>(t))
+            << "node " << node << ": its subtree is not one contiguous range";
+      }
+    }
+    // The same data, never moved.
+    absl::StatusOr<IndexData> data = testing::CaseData(c);
+    ASSERT_TRUE(data.ok()) << data.status();
+    const IndexSpec spec = CaseSpec(c);
+    absl::StatusOr<std::unique_ptr<MetricSpace>> plain;
+    if (c.metric == Metric::kEuclidean) {
+      plain = core::EuclideanSpace::Create(data->points);
+    } else if (c.factors_supplied) {
+      plain = core::ResidualSpace::FromFactors(data->points, spec.residual.kernel, data->factors,
+                                               data->residual_variances);
+    } else {
+      plain = core::ResidualSpace::Create(data->points, spec.residual);
+    }
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    ASSERT_FALSE((*plain)->has_layout());
+    EXPECT_EQ((*plain)->Fingerprint(), space.Fingerprint());
+    // A tree built over the moved space is the one built over the plain space.
+    absl::StatusOr<core::CoverTree> again = core::CoverTree::Build(space, spec.tree, &arena_);
+    absl::StatusOr<core::CoverTree> fresh = core::CoverTree::Build(**plain, spec.tree, &arena_);
+    ASSERT_TRUE(again.ok() && fresh.ok());
+    for (int64_t node = 0; node < c.n; ++node) {
+      ASSERT_EQ(again->point(node), fresh->point(node)) << "node " << node;
+      ASSERT_EQ(again->max_dist(node), fresh->max_dist(node)) << "node " << node;
+    }
+    std::vector<int64_t> ids = QueryIds(c.n, c.seed + 9, 60);
+    for (int64_t i = 0; i < c.n; i += c.n / 20) ids.push_back(i);
+    QueryBatch batch;
+    batch.ids = ids;
+    for (bool predecessor : {false, true}) {
+      KnnOptions options;
+      options.k = 10;
+      options.predecessor_mode = predecessor;
+      const int64_t nq = static_cast<int64_t>(ids.size());
+      std::vector<int64_t> want_ids(nq * options.k);
+      std::vector<double> want(nq * options.k);
+      ASSERT_TRUE(core::BruteForceKnn(**plain, batch, options, &arena_, nullptr, want_ids.data(),
+                                      want.data())
+                      .ok());
+      for (Path path : kAllPaths) {
+        Answer got;
+        ASSERT_TRUE(RunSearch(*index, path, batch, options, &arena_, got).ok());
+        for (int64_t e = 0; e < nq * options.k; ++e) {
+          ASSERT_EQ(got.ids[e], want_ids[e])
+              << PathName(path) << " predecessor=" << predecessor << " query id " << ids[e / 10];
+          ASSERT_EQ(std::memcmp(&got.dists[e], &want[e], sizeof(double)), 0)
+              << PathName(path) << " query id " << ids[e / 10] << ": " << got.dists[e] << " vs "
+              << want[e];
+        }
+      }
+    }
+  }
+}
+
 TEST_F(KnnSearchTest, BitIdenticalOnOneAndTwoThreads) {
   tbb::task_arena one(1);
   std::vector<SearchCase> cases = {

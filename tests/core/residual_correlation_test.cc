@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -489,6 +490,88 @@ TEST(ResidualPathsTest, ExactDuplicatesAreAtDistanceZeroOnEveryPath) {
                             << " duplicate pairs are not at distance 0; largest " << worst;
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage layout (MetricSpace::ApplyLayout).
+
+std::vector<int64_t> Shuffled(int64_t n, uint64_t seed) {
+  std::vector<int64_t> order = AllIds(n);
+  core::SplitMix64 rng(seed);
+  for (int64_t j = n - 1; j > 0; --j) std::swap(order[j], order[rng.UniformBelow(j + 1)]);
+  return order;
+}
+
+// A space whose data are moved keeps its ids: every evaluation by id gives the same bits as an
+// untouched copy, RowsToRange reads positions (the point at position p is id_at(p)), duplicates
+// stay at distance 0, and the fingerprint does not move. Two layouts in a row compose.
+TEST(ResidualLayoutTest, DistancesByIdDoNotDependOnTheLayout) {
+  for (const MetricCase& c : MetricCases()) {
+    SCOPED_TRACE(c.name);
+    RowMatrix points = testing::NormalPoints(c.n, c.d, 31);
+    testing::AddDuplicates(points, 0.05, 32);
+    std::unique_ptr<ResidualSpace> plain = MakeSpace(points, Options(c.kernel, c.m, 3));
+    std::unique_ptr<ResidualSpace> moved = MakeSpace(points, Options(c.kernel, c.m, 3));
+    ASSERT_NE(plain, nullptr);
+    ASSERT_NE(moved, nullptr);
+    const uint64_t fingerprint = plain->Fingerprint();
+    for (uint64_t seed : {41, 42}) {
+      const std::vector<int64_t> order = Shuffled(c.n, seed);
+      ASSERT_TRUE(moved->ApplyLayout(order).ok());
+      ASSERT_TRUE(moved->has_layout());
+      EXPECT_EQ(moved->Fingerprint(), fingerprint);
+      for (int64_t p = 0; p < c.n; ++p) {
+        ASSERT_EQ(moved->id_at(p), order[p]);
+        ASSERT_EQ(moved->position_of(order[p]), p);
+        ASSERT_EQ(moved->v().row(p), plain->v().row(order[p])) << "position " << p;
+      }
+      std::vector<int64_t> ids;
+      for (int64_t i = 0; i < c.n; i += 7) ids.push_back(i);
+      const PointRows a = plain->Gather(ids);
+      const PointRows b = moved->Gather(ids);
+      ASSERT_EQ(a.features, b.features);
+      ASSERT_EQ(a.coords, b.coords);
+      ASSERT_EQ(a.inv_sqrt_p, b.inv_sqrt_p);
+      const std::vector<int64_t> all = Shuffled(c.n, seed + 100);
+      std::vector<double> da(c.n), db(c.n), range(c.n);
+      for (int64_t r = 0; r < a.size(); ++r) {
+        plain->RowToIds(a, r, all, da.data());
+        moved->RowToIds(b, r, all, db.data());
+        for (int64_t j = 0; j < c.n; ++j) {
+          ASSERT_EQ(std::memcmp(&da[j], &db[j], sizeof(double)), 0)
+              << "RowToIds row " << r << " id " << all[j] << ": " << da[j] << " vs " << db[j];
+        }
+        // By position: the distance to id_at(p), within a matrix product's rounding.
+        // (Without the layout's mapping these would be distances to other points.)
+        moved->RowsToRange(b, r, 1, 0, c.n, range.data());
+        plain->RowToIds(a, r, AllIds(c.n), da.data());
+        for (int64_t p = 0; p < c.n; ++p) {
+          const int64_t id = moved->id_at(p);
+          ASSERT_NEAR(range[p], da[id], moved->RoundingBound(b, r))
+              << "RowsToRange row " << r << " position " << p;
+          if (da[id] == 0.0) ASSERT_EQ(range[p], 0.0) << "duplicate at position " << p;
+        }
+      }
+    }
+    // Back to the identity.
+    ASSERT_TRUE(moved->ApplyLayout(AllIds(c.n)).ok());
+    EXPECT_FALSE(moved->has_layout());
+    EXPECT_EQ(moved->v(), plain->v());
+    EXPECT_EQ(moved->Fingerprint(), fingerprint);
+  }
+}
+
+TEST(ResidualLayoutTest, RejectsWhatIsNotAPermutation) {
+  std::unique_ptr<ResidualSpace> space =
+      MakeSpace(testing::NormalPoints(20, 2, 1), Options(MakeKernel(KernelType::kRbf, 1.0, {1.0}), 5));
+  ASSERT_NE(space, nullptr);
+  std::vector<int64_t> order = AllIds(20);
+  order[3] = 4;
+  EXPECT_EQ(space->ApplyLayout(order).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(space->ApplyLayout(AllIds(19)).code(), absl::StatusCode::kInvalidArgument);
+  order[3] = 20;
+  EXPECT_EQ(space->ApplyLayout(order).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(space->has_layout());
 }
 
 // ---------------------------------------------------------------------------------------------

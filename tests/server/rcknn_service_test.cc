@@ -450,8 +450,11 @@ TEST_F(RcknnServiceTest, FactorsSuppliedIndexAnswersLikeComputedFactors) {
       chunk.set_index_id("factors");
       chunk.mutable_coordinates()->Add(set_->points.data() + first * 2,
                                        set_->points.data() + (first + rows) * 2);
-      chunk.mutable_factors()->Add(space.v().data() + first * m,
-                                   space.v().data() + (first + rows) * m);
+      for (int64_t id = first; id < first + rows; ++id) {
+        // V is stored in the tree's order: row position_of(id) holds point id.
+        const double* row = space.v().row(space.position_of(id)).data();
+        chunk.mutable_factors()->Add(row, row + m);
+      }
       chunk.mutable_residual_variances()->Add(space.p().data() + first,
                                               space.p().data() + first + rows);
       ASSERT_TRUE(writer->Write(chunk));
