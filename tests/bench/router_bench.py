@@ -8,7 +8,7 @@ whether the answers agree (docs/design.md section 3). Prints one JSON object. No
   router_bench.py --server=BIN --router=BIN --proto_dir=DIR --work_dir=DIR
                   [--n=1000000] [--shards=4] [--m=256] [--k=30] [--batch=1024] [--batches=10]
                   [--singles=300] [--threads=2] [--skip_single] [--kinds=by_id,predecessor]
-                  [--explicit_inducing] [--check_sample=0] [--skip_direct]
+                  [--explicit_inducing] [--check_sample=0] [--skip_direct] [--attach=ADDR]
 
 --explicit_inducing gives the spec m inducing points of its own (normal, seed 3) instead of the
 seeded draw; with it, --check_sample=N checks N of the predecessor queries (spread over the id
@@ -160,6 +160,63 @@ def check_sample(points, inducing, args, checked):
             "check_seconds": round(time.time() - start, 1)}
 
 
+def run_queries(args, targets, shards, points, inducing, result, pb2, pb2_grpc, compare):
+    """The measured searches (and --check_sample) on the READY index "bench" of `targets`."""
+    # "direct": the shards' own share, the same point queries sent by this client to every
+    # shard at once (no router, no merge): router minus direct is the router's overhead.
+    if not args.skip_direct:
+        targets["direct"] = DirectFanOut(
+            [pb2_grpc.RcknnStub(grpc.insecure_channel(s.address, OPTIONS)) for s in shards],
+            points, args, pb2)
+
+    # Batches: by id (self excluded) and predecessor mode, ids spread over the range.
+    qrng = random.Random(2)
+    kinds = {kind: kind == "predecessor" for kind in args.kinds.split(",")}
+    mismatches = 0
+    checked = []  # predecessor requests and the router's answers, for --check_sample
+    for kind, pred in kinds.items():
+        times = {name: [] for name in targets}
+        for b in range(args.batches):
+            ids = [qrng.randrange(args.n) for _ in range(args.batch)]
+            request = pb2.SearchRequest(index_id="bench", k=args.k, query_ids=ids,
+                                        predecessor_mode=pred)
+            answers = {}
+            # Alternate which target goes first.
+            order = list(targets) if b % 2 == 0 else list(reversed(list(targets)))
+            for name in order:
+                run = prepare(targets[name], request, 600)
+                start = time.perf_counter()
+                answers[name] = run()
+                times[name].append(time.perf_counter() - start)
+            answers.pop("direct", None)
+            if "single" in answers and compare(answers["router"], answers["single"], args.k):
+                mismatches += 1
+            if pred and args.check_sample:
+                checked.append((ids, answers["router"]))
+        for name, t in times.items():
+            result[f"{name}_{kind}_batch_p50_ms"] = round(1e3 * percentile(t, 50), 2)
+            result[f"{name}_{kind}_batch_p99_ms"] = round(1e3 * percentile(t, 99), 2)
+            result[f"{name}_{kind}_queries_per_second"] = round(
+                args.batch * len(t) / sum(t), 1)
+    # Single queries, alternating.
+    times = {name: [] for name in targets}
+    for i in range(args.singles):
+        request = pb2.SearchRequest(index_id="bench", k=args.k,
+                                    query_ids=[qrng.randrange(args.n)])
+        for name in (list(targets) if i % 2 == 0 else list(reversed(list(targets)))):
+            run = prepare(targets[name], request, 60)
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    for name, t in times.items():
+        result[f"{name}_single_p50_ms"] = round(1e3 * percentile(t, 50), 3)
+        result[f"{name}_single_p99_ms"] = round(1e3 * percentile(t, 99), 3)
+    if "single" in targets:
+        result["batches_differing_from_single"] = mismatches
+    if args.check_sample:
+        result.update(check_sample(points, inducing, args, checked))
+
+
 def main():
     parser = argparse.ArgumentParser()
     for name, default in (("server", None), ("router", None), ("proto_dir", None),
@@ -181,6 +238,10 @@ def main():
                         help="no direct fan-out baseline (halves the query time)")
     parser.add_argument("--explicit_inducing", action="store_true")
     parser.add_argument("--check_sample", type=int, default=0)
+    parser.add_argument("--attach", default="",
+                        help="host:port of a router whose index \"bench\" an earlier run with "
+                             "the same --n/--m/--explicit_inducing left READY: only the searches "
+                             "(and --check_sample) run")
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     sys.argv = [sys.argv[0], f"--server={args.server}", f"--proto_dir={args.proto_dir}",
@@ -205,19 +266,6 @@ def main():
               "batch": args.batch, "threads_per_server": args.threads,
               "uptime_before": open("/proc/loadavg").read().split()[:3]}
     try:
-        shards = [server(f"shard{s}") for s in range(args.shards)]
-        router_port = free_port()
-        router = Process("router", [args.router, f"--listen=127.0.0.1:{router_port}",
-                                    "--metrics_listen=",
-                                    "--max_message_bytes=1073741824",
-                                    "--shards=" + ",".join(s.address for s in shards)])
-        router.address = f"127.0.0.1:{router_port}"
-        processes.append(router)
-        router.start()
-        targets = {"router": pb2_grpc.RcknnStub(grpc.insecure_channel(router.address, OPTIONS))}
-        if not args.skip_single:
-            single = server("single")
-            targets["single"] = pb2_grpc.RcknnStub(grpc.insecure_channel(single.address, OPTIONS))
         t0 = time.time()
         rng = random.Random(1)
         points = array.array("d", (rng.gauss(0.0, 1.0) for _ in range(2 * args.n)))
@@ -232,6 +280,27 @@ def main():
             spec.ClearField("inducing_count")
             spec.inducing_points.extend(inducing)
         result["data_seconds"] = round(time.time() - t0, 2)
+        if args.attach:
+            # The index "bench" of a router that an earlier run of this script left READY.
+            targets = {"router": pb2_grpc.RcknnStub(grpc.insecure_channel(args.attach, OPTIONS))}
+            args.skip_direct = True
+            run_queries(args, targets, [], points, inducing, result, pb2, pb2_grpc, compare)
+            result["uptime_after"] = open("/proc/loadavg").read().split()[:3]
+            print(json.dumps(result, indent=1))
+            return
+        shards = [server(f"shard{s}") for s in range(args.shards)]
+        router_port = free_port()
+        router = Process("router", [args.router, f"--listen=127.0.0.1:{router_port}",
+                                    "--metrics_listen=",
+                                    "--max_message_bytes=1073741824",
+                                    "--shards=" + ",".join(s.address for s in shards)])
+        router.address = f"127.0.0.1:{router_port}"
+        processes.append(router)
+        router.start()
+        targets = {"router": pb2_grpc.RcknnStub(grpc.insecure_channel(router.address, OPTIONS))}
+        if not args.skip_single:
+            single = server("single")
+            targets["single"] = pb2_grpc.RcknnStub(grpc.insecure_channel(single.address, OPTIONS))
         for name, stub in targets.items():
             # Declared: the router gives each shard an equal contiguous range.
             stub.CreateIndex(pb2.CreateIndexRequest(index_id="bench", spec=spec,
@@ -254,59 +323,7 @@ def main():
             result["single_peak_rss_kib"] = rss_kib(single.process.pid, "VmHWM")
         result["router_rss_kib"] = rss_kib(router.process.pid)
 
-        # "direct": the shards' own share, the same point queries sent by this client to every
-        # shard at once (no router, no merge): router minus direct is the router's overhead.
-        if not args.skip_direct:
-            targets["direct"] = DirectFanOut(
-                [pb2_grpc.RcknnStub(grpc.insecure_channel(s.address, OPTIONS)) for s in shards],
-                points, args, pb2)
-
-        # Batches: by id (self excluded) and predecessor mode, ids spread over the range.
-        qrng = random.Random(2)
-        kinds = {kind: kind == "predecessor" for kind in args.kinds.split(",")}
-        mismatches = 0
-        checked = []  # predecessor requests and the router's answers, for --check_sample
-        for kind, pred in kinds.items():
-            times = {name: [] for name in targets}
-            for b in range(args.batches):
-                ids = [qrng.randrange(args.n) for _ in range(args.batch)]
-                request = pb2.SearchRequest(index_id="bench", k=args.k, query_ids=ids,
-                                            predecessor_mode=pred)
-                answers = {}
-                # Alternate which target goes first.
-                order = list(targets) if b % 2 == 0 else list(reversed(list(targets)))
-                for name in order:
-                    run = prepare(targets[name], request, 600)
-                    start = time.perf_counter()
-                    answers[name] = run()
-                    times[name].append(time.perf_counter() - start)
-                answers.pop("direct", None)
-                if "single" in answers and compare(answers["router"], answers["single"], args.k):
-                    mismatches += 1
-                if pred and args.check_sample:
-                    checked.append((ids, answers["router"]))
-            for name, t in times.items():
-                result[f"{name}_{kind}_batch_p50_ms"] = round(1e3 * percentile(t, 50), 2)
-                result[f"{name}_{kind}_batch_p99_ms"] = round(1e3 * percentile(t, 99), 2)
-                result[f"{name}_{kind}_queries_per_second"] = round(
-                    args.batch * len(t) / sum(t), 1)
-        # Single queries, alternating.
-        times = {name: [] for name in targets}
-        for i in range(args.singles):
-            request = pb2.SearchRequest(index_id="bench", k=args.k,
-                                        query_ids=[qrng.randrange(args.n)])
-            for name in (list(targets) if i % 2 == 0 else list(reversed(list(targets)))):
-                run = prepare(targets[name], request, 60)
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
-        for name, t in times.items():
-            result[f"{name}_single_p50_ms"] = round(1e3 * percentile(t, 50), 3)
-            result[f"{name}_single_p99_ms"] = round(1e3 * percentile(t, 99), 3)
-        if "single" in targets:
-            result["batches_differing_from_single"] = mismatches
-        if args.check_sample:
-            result.update(check_sample(points, inducing, args, checked))
+        run_queries(args, targets, shards, points, inducing, result, pb2, pb2_grpc, compare)
         result["uptime_after"] = open("/proc/loadavg").read().split()[:3]
     finally:
         for p in processes:
