@@ -54,8 +54,9 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ShardCredentials(
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions& options) {
-  if (options.shard_points < 1) {
-    return absl::InvalidArgumentError("--shard_points must be >= 1");
+  if (options.shard_points < 1 || options.shard_points > kMaxExpectedPoints) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shard_points must be in [1, ", kMaxExpectedPoints, "]"));
   }
   if (options.max_message_bytes < 4096 || options.max_message_bytes > INT32_MAX) {
     return absl::InvalidArgumentError("--max_message_bytes must be in [4096, 2^31 - 1]");

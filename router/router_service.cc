@@ -307,9 +307,11 @@ grpc::Status RouterService::CreateIndex(grpc::ServerContext* context,
     absl::StatusOr<ShardLayout> existing = Resolve(context, id);
     if (existing.ok()) return absl::AlreadyExistsError(absl::StrCat("index ", id, " already exists"));
     if (existing.status().code() != absl::StatusCode::kNotFound) return existing.status();
-    if (request->expected_num_points() < 0) {
-      return Invalid("expected_num_points", absl::StrCat("is ", request->expected_num_points(),
-                                                         "; give a count >= 0 (0: unknown)"));
+    if (request->expected_num_points() < 0 ||
+        request->expected_num_points() > kMaxExpectedPoints) {
+      return Invalid("expected_num_points",
+                     absl::StrCat("is ", request->expected_num_points(), "; give a count in [0, ",
+                                  kMaxExpectedPoints, "] (0: unknown)"));
     }
     const int64_t shards = cluster_->size();  // discovery may add shards meanwhile
     if (shards < min_shards_) {

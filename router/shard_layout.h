@@ -28,6 +28,9 @@ namespace rcknn::router {
 
 // The longest index id a router accepts: the shard's name must fit the server's 128 characters.
 inline constexpr int kMaxRouterIndexIdLength = 80;
+// The largest expected_num_points (and --shard_points) a router accepts: with at most 4096
+// shards, "-<s>-of-<S>-range-<R>" then stays within the 48 characters left.
+inline constexpr int64_t kMaxExpectedPoints = 1'000'000'000'000;
 
 struct ShardLayout {
   int64_t shards = 1;  // S >= 1

@@ -368,6 +368,12 @@ class RouterTest(unittest.TestCase):
             self.via_router.CreateIndex(pb2.CreateIndexRequest(index_id=case.name,
                                                                spec=case.spec), timeout=10)
         self.assertEqual(caught.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
+        for expected in (-1, 10**13):  # the shards' names must fit the server's limit
+            with self.assertRaises(grpc.RpcError) as caught:
+                self.via_router.CreateIndex(pb2.CreateIndexRequest(
+                    index_id="too.big", spec=case.spec, expected_num_points=expected), timeout=10)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("expected_num_points", caught.exception.details())
 
     def test_5_replica_failover_and_unavailable_shard(self):
         case = self.cases[1]
