@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -279,31 +278,32 @@ absl::StatusOr<CoverTree> CoverTree::Build(const MetricSpace& space,
   if (builder.level_[0] == kUnsetLevel) builder.level_[0] = 0;
 
   CoverTree tree;
-  tree.base_ = options.base;
-  tree.point_.reserve(n);
-  tree.first_child_.resize(n + 1);
-  tree.point_.push_back(0);
-  for (int64_t i = 0; i < static_cast<int64_t>(tree.point_.size()); ++i) {
-    tree.first_child_[i] = static_cast<int64_t>(tree.point_.size());
-    for (int64_t child : builder.children_[tree.point_[i]]) tree.point_.push_back(child);
+  CoverTreeStorage& s = tree.storage_;
+  s.base = options.base;
+  s.point.reserve(n);
+  s.first_child.resize(n + 1);
+  s.point.push_back(0);
+  for (int64_t i = 0; i < static_cast<int64_t>(s.point.size()); ++i) {
+    s.first_child[i] = static_cast<int64_t>(s.point.size());
+    for (int64_t child : builder.children_[s.point[i]]) s.point.push_back(child);
   }
-  tree.first_child_[n] = n;
-  if (static_cast<int64_t>(tree.point_.size()) != n) {
-    return absl::InternalError(absl::StrCat("cover tree build placed ", tree.point_.size(),
+  s.first_child[n] = n;
+  if (static_cast<int64_t>(s.point.size()) != n) {
+    return absl::InternalError(absl::StrCat("cover tree build placed ", s.point.size(),
                                             " of ", n, " points"));
   }
-  tree.level_.resize(n);
-  tree.max_dist_.resize(n);
-  tree.parent_dist_.resize(n);
-  tree.parent_.assign(n, -1);
-  tree.subtree_min_id_.resize(n);
+  s.level.resize(n);
+  s.max_dist.resize(n);
+  s.parent_dist.resize(n);
+  s.parent.assign(n, -1);
+  s.subtree_min_id.resize(n);
   for (int64_t node = 0; node < n; ++node) {
-    const int64_t id = tree.point_[node];
-    tree.level_[node] = builder.level_[id];
-    tree.max_dist_[node] = builder.max_dist_[id];
-    tree.parent_dist_[node] = builder.parent_dist_[id];
-    for (int64_t c = tree.first_child_[node]; c < tree.first_child_[node + 1]; ++c) {
-      tree.parent_[c] = node;
+    const int64_t id = s.point[node];
+    s.level[node] = builder.level_[id];
+    s.max_dist[node] = builder.max_dist_[id];
+    s.parent_dist[node] = builder.parent_dist_[id];
+    for (int64_t c = s.first_child[node]; c < s.first_child[node + 1]; ++c) {
+      s.parent[c] = node;
     }
   }
   if (arena != nullptr) {
@@ -312,11 +312,11 @@ absl::StatusOr<CoverTree> CoverTree::Build(const MetricSpace& space,
     tree.ComputeRings(space);
   }
   for (int64_t node = n - 1; node >= 0; --node) {
-    int64_t min_id = tree.point_[node];
-    for (int64_t c = tree.first_child_[node]; c < tree.first_child_[node + 1]; ++c) {
-      min_id = std::min(min_id, tree.subtree_min_id_[c]);
+    int64_t min_id = s.point[node];
+    for (int64_t c = s.first_child[node]; c < s.first_child[node + 1]; ++c) {
+      min_id = std::min(min_id, s.subtree_min_id[c]);
     }
-    tree.subtree_min_id_[node] = min_id;
+    s.subtree_min_id[node] = min_id;
   }
   tree.ComputeOrder();
   return tree;
@@ -326,11 +326,13 @@ void CoverTree::ComputeOrder() {
   const int64_t n = size();
   subtree_size_.assign(n, 1);
   // Children have larger node numbers than their parents (breadth-first storage).
-  for (int64_t node = n - 1; node >= 1; --node) subtree_size_[parent_[node]] += subtree_size_[node];
+  for (int64_t node = n - 1; node >= 1; --node) {
+    subtree_size_[storage_.parent[node]] += subtree_size_[node];
+  }
   preorder_.assign(n, 0);
   for (int64_t node = 0; node < n; ++node) {
     int64_t next = preorder_[node] + 1;
-    for (int64_t c = first_child_[node]; c < first_child_[node + 1]; ++c) {
+    for (int64_t c = storage_.first_child[node]; c < storage_.first_child[node + 1]; ++c) {
       preorder_[c] = next;
       next += subtree_size_[c];
     }
@@ -338,37 +340,39 @@ void CoverTree::ComputeOrder() {
   preorder_ids_.assign(n, 0);
   node_of_.assign(n, 0);
   for (int64_t node = 0; node < n; ++node) {
-    preorder_ids_[preorder_[node]] = point_[node];
-    node_of_[point_[node]] = node;
+    preorder_ids_[preorder_[node]] = storage_.point[node];
+    node_of_[storage_.point[node]] = node;
   }
 }
 
 void CoverTree::ComputeRings(const MetricSpace& space) {
   const int64_t n = size();
-  ring_offset_.assign(n + 1, 0);
+  storage_.ring_offset.assign(n + 1, 0);
   std::vector<int64_t> depth(n, 0);
-  for (int64_t node = 1; node < n; ++node) depth[node] = depth[parent_[node]] + 1;
-  for (int64_t node = 0; node < n; ++node) ring_offset_[node + 1] = ring_offset_[node] + depth[node];
-  ring_.resize(ring_offset_[n]);
+  for (int64_t node = 1; node < n; ++node) depth[node] = depth[storage_.parent[node]] + 1;
+  for (int64_t node = 0; node < n; ++node) {
+    storage_.ring_offset[node + 1] = storage_.ring_offset[node] + depth[node];
+  }
+  storage_.ring.resize(storage_.ring_offset[n]);
   // Each node's distances to its ancestors, as degenerate rings.
   tbb::parallel_for(int64_t{1}, n, [&](int64_t node) {
     const int64_t t = depth[node];
     std::vector<int64_t> ancestors(t);
-    for (int64_t a = parent_[node], j = t - 1; a >= 0; a = parent_[a], --j) {
-      ancestors[j] = point_[a];
+    for (int64_t a = storage_.parent[node], j = t - 1; a >= 0; a = storage_.parent[a], --j) {
+      ancestors[j] = storage_.point[a];
     }
-    const PointRows row = space.Gather({point_[node]});
+    const PointRows row = space.Gather({storage_.point[node]});
     std::vector<double> d(t);
     space.RowToIds(row, 0, ancestors, d.data());
-    for (int64_t j = 0; j < t; ++j) ring_[ring_offset_[node] + j] = {d[j], d[j]};
+    for (int64_t j = 0; j < t; ++j) storage_.ring[storage_.ring_offset[node] + j] = {d[j], d[j]};
   });
   // Children before parents (breadth-first order reversed): widen each parent's rings by its
   // children's, for the ancestors they share.
   for (int64_t node = n - 1; node >= 1; --node) {
-    const int64_t p = parent_[node];
+    const int64_t p = storage_.parent[node];
     for (int64_t j = 0; j < depth[p]; ++j) {
-      auto& ring = ring_[ring_offset_[p] + j];
-      const auto& child = ring_[ring_offset_[node] + j];
+      auto& ring = storage_.ring[storage_.ring_offset[p] + j];
+      const auto& child = storage_.ring[storage_.ring_offset[node] + j];
       ring.first = std::min(ring.first, child.first);
       ring.second = std::max(ring.second, child.second);
     }
@@ -376,16 +380,12 @@ void CoverTree::ComputeRings(const MetricSpace& space) {
 }
 
 int64_t CoverTree::memory_bytes() const {
-  return static_cast<int64_t>(point_.size() * sizeof(int64_t) + level_.size() * sizeof(int32_t) +
-                              max_dist_.size() * sizeof(double) +
-                              parent_dist_.size() * sizeof(double) +
-                              parent_.size() * sizeof(int64_t) +
-                              first_child_.size() * sizeof(int64_t) +
-                              subtree_min_id_.size() * sizeof(int64_t) +
-                              ring_offset_.size() * sizeof(int64_t) +
-                              ring_.size() * sizeof(std::pair<double, double>) +
-                              (subtree_size_.size() + preorder_.size() + preorder_ids_.size() +
-                               node_of_.size()) * sizeof(int64_t));
+  size_t bytes = (subtree_size_.size() + preorder_.size() + preorder_ids_.size() + node_of_.size()) *
+                 sizeof(int64_t);
+  CoverTreeStorage::ForEachArray(storage_, [&](const char*, const auto& array, auto) {
+    bytes += array.size() * sizeof(array[0]);
+  });
+  return static_cast<int64_t>(bytes);
 }
 
 int64_t CoverTree::depth() const {
@@ -397,7 +397,7 @@ int64_t CoverTree::depth() const {
 int64_t CoverTree::max_children() const {
   int64_t widest = 0;
   for (int64_t node = 0; node < size(); ++node) {
-    widest = std::max(widest, first_child_[node + 1] - first_child_[node]);
+    widest = std::max(widest, storage_.first_child[node + 1] - storage_.first_child[node]);
   }
   return widest;
 }
@@ -410,68 +410,71 @@ absl::Status CoverTree::CheckInvariants(const MetricSpace& space, double slack,
   }
   std::vector<char> seen(n, 0);
   for (int64_t node = 0; node < n; ++node) {
-    const int64_t id = point_[node];
+    const int64_t id = storage_.point[node];
     if (id < 0 || id >= n || seen[id]) {
       return absl::InternalError(absl::StrCat("id ", id, " at node ", node,
                                               " is out of range or appears twice"));
     }
     seen[id] = 1;
   }
-  if (first_child_[0] != 1 || first_child_[n] != n) {
+  if (storage_.first_child[0] != 1 || storage_.first_child[n] != n) {
     return absl::InternalError("child ranges do not cover nodes 1..n-1");
   }
   std::vector<double> d;
   for (int64_t node = 0; node < n; ++node) {
-    const int64_t begin = first_child_[node];
-    const int64_t end = first_child_[node + 1];
+    const int64_t begin = storage_.first_child[node];
+    const int64_t end = storage_.first_child[node + 1];
     if (end < begin) return absl::InternalError(absl::StrCat("node ", node, ": bad child range"));
-    const PointRows self = space.Gather({point_[node]});
+    const PointRows self = space.Gather({storage_.point[node]});
     d.resize(end - begin);
     space.RowToIds(self, 0, points(begin, end), d.data());
-    int64_t min_id = point_[node];
+    int64_t min_id = storage_.point[node];
     for (int64_t c = begin; c < end; ++c) {
-      min_id = std::min(min_id, subtree_min_id_[c]);
+      min_id = std::min(min_id, storage_.subtree_min_id[c]);
       const double dc = d[c - begin];
-      if (parent_[c] != node) {
+      if (storage_.parent[c] != node) {
         return absl::InternalError(absl::StrCat("node ", c, ": parent is not ", node));
       }
-      if (level_[c] == kDuplicateLevel) {
+      if (storage_.level[c] == kDuplicateLevel) {
         if (dc > slack) {
           return absl::InternalError(absl::StrCat("duplicate child ", c, " is at distance ", dc));
         }
         continue;
       }
-      if (!(level_[c] < level_[node])) {
-        return absl::InternalError(absl::StrCat("node ", c, " level ", level_[c],
-                                                " not below its parent's ", level_[node]));
+      if (!(storage_.level[c] < storage_.level[node])) {
+        return absl::InternalError(absl::StrCat("node ", c, " level ", storage_.level[c],
+                                                " not below its parent's ", storage_.level[node]));
       }
-      if (dc > std::pow(base_, level_[c] + 1) + slack) {
-        return absl::InternalError(absl::StrCat("covering: node ", c, " at level ", level_[c],
+      if (dc > std::pow(storage_.base, storage_.level[c] + 1) + slack) {
+        return absl::InternalError(absl::StrCat("covering: node ", c, " at level ",
+                                                storage_.level[c],
                                                 " is ", dc, " from its parent"));
       }
-      if (check_separation && dc <= std::pow(base_, level_[c]) - slack) {
-        return absl::InternalError(absl::StrCat("separation: node ", c, " at level ", level_[c],
+      if (check_separation && dc <= std::pow(storage_.base, storage_.level[c]) - slack) {
+        return absl::InternalError(absl::StrCat("separation: node ", c, " at level ",
+                                                storage_.level[c],
                                                 " is only ", dc, " from its parent"));
       }
-      if (std::abs(dc - parent_dist_[c]) > slack) {
+      if (std::abs(dc - storage_.parent_dist[c]) > slack) {
         return absl::InternalError(absl::StrCat("node ", c, ": stored parent distance ",
-                                                parent_dist_[c], ", measured ", dc));
+                                                storage_.parent_dist[c], ", measured ", dc));
       }
     }
-    if (min_id != subtree_min_id_[node]) {
+    if (min_id != storage_.subtree_min_id[node]) {
       return absl::InternalError(absl::StrCat("node ", node, ": subtree minimum id ",
-                                              subtree_min_id_[node], ", expected ", min_id));
+                                              storage_.subtree_min_id[node], ", expected ",
+                                              min_id));
     }
     // Separation among siblings of one level.
     for (int64_t a = begin; check_separation && a < end; ++a) {
-      if (level_[a] == kDuplicateLevel) continue;
-      const PointRows row = space.Gather({point_[a]});
-      for (int64_t b = a + 1; b < end && level_[b] == level_[a]; ++b) {
+      if (storage_.level[a] == kDuplicateLevel) continue;
+      const PointRows row = space.Gather({storage_.point[a]});
+      for (int64_t b = a + 1; b < end && storage_.level[b] == storage_.level[a]; ++b) {
         double dab;
         space.RowToIds(row, 0, points(b, b + 1), &dab);
-        if (dab <= std::pow(base_, level_[a]) - slack) {
+        if (dab <= std::pow(storage_.base, storage_.level[a]) - slack) {
           return absl::InternalError(absl::StrCat("separation: siblings ", a, " and ", b,
-                                                  " at level ", level_[a], " are ", dab,
+                                                  " at level ", storage_.level[a], " are ", dab,
                                                   " apart"));
         }
       }
@@ -480,16 +483,16 @@ absl::Status CoverTree::CheckInvariants(const MetricSpace& space, double slack,
   // Max-descendant bounds and rings: every node against each of its ancestors, and the ring of
   // every node on the path between them.
   for (int64_t node = 1; node < n; ++node) {
-    const PointRows row = space.Gather({point_[node]});
-    for (int64_t a = parent_[node]; a >= 0; a = parent_[a]) {
+    const PointRows row = space.Gather({storage_.point[node]});
+    for (int64_t a = storage_.parent[node]; a >= 0; a = storage_.parent[a]) {
       double dist;
       space.RowToIds(row, 0, points(a, a + 1), &dist);
-      if (dist > max_dist_[a] + slack) {
+      if (dist > storage_.max_dist[a] + slack) {
         return absl::InternalError(absl::StrCat("node ", node, " is ", dist, " from ancestor ",
-                                                a, " whose max_dist is ", max_dist_[a]));
+                                                a, " whose max_dist is ", storage_.max_dist[a]));
       }
       const int64_t j = node_depth(a);
-      for (int64_t c = node; c != a; c = parent_[c]) {
+      for (int64_t c = node; c != a; c = storage_.parent[c]) {
         const auto& ring = rings(c)[j];
         if (dist < ring.first - slack || dist > ring.second + slack) {
           return absl::InternalError(absl::StrCat("node ", node, " is ", dist, " from ancestor ",
@@ -502,121 +505,87 @@ absl::Status CoverTree::CheckInvariants(const MetricSpace& space, double slack,
   return absl::OkStatus();
 }
 
-}  // namespace rcknn::core
-
-namespace rcknn::core {
-
-static_assert(sizeof(std::pair<double, double>) == 2 * sizeof(double));
-
-void CoverTree::Save(SnapshotWriter& writer) const {
-  writer.WriteValue<int64_t>(size());
-  writer.WriteValue<double>(base_);
-  writer.WriteVector(point_);
-  writer.WriteVector(level_);
-  writer.WriteVector(max_dist_);
-  writer.WriteVector(parent_dist_);
-  writer.WriteVector(parent_);
-  writer.WriteVector(first_child_);
-  writer.WriteVector(subtree_min_id_);
-  writer.WriteVector(ring_offset_);
-  writer.WriteArray(reinterpret_cast<const double*>(ring_.data()),
-                    2 * static_cast<int64_t>(ring_.size()));
-}
-
-absl::StatusOr<CoverTree> CoverTree::Load(SnapshotReader& reader, int64_t num_points) {
-  int64_t n = 0;
-  CoverTree tree;
-  RETURN_IF_ERROR(reader.ReadValue(&n));
-  if (n != num_points || n < 1) {
-    return reader.Corrupt(
-        absl::StrCat("the tree holds ", n, " points, the index has ", num_points));
-  }
-  RETURN_IF_ERROR(reader.ReadValue(&tree.base_));
-  const uint64_t size = static_cast<uint64_t>(n);
-  RETURN_IF_ERROR(reader.ReadVector(&tree.point_, size));
-  if (tree.point_.size() != size) {
-    return reader.Corrupt(absl::StrCat("tree: ", tree.point_.size(), " nodes for ", n, " points"));
-  }
-  RETURN_IF_ERROR(reader.ReadVector(&tree.level_, size));
-  RETURN_IF_ERROR(reader.ReadVector(&tree.max_dist_, size));
-  RETURN_IF_ERROR(reader.ReadVector(&tree.parent_dist_, size));
-  RETURN_IF_ERROR(reader.ReadVector(&tree.parent_, size));
-  RETURN_IF_ERROR(reader.ReadVector(&tree.first_child_, size + 1));
-  RETURN_IF_ERROR(reader.ReadVector(&tree.subtree_min_id_, size));
-  RETURN_IF_ERROR(reader.ReadVector(&tree.ring_offset_, size + 1));
-  std::vector<double> ring;
-  RETURN_IF_ERROR(reader.ReadVector(&ring));
-  if (ring.size() % 2 != 0) return reader.Corrupt("the tree's ring array has an odd length");
-  tree.ring_.resize(ring.size() / 2);
-  if (!ring.empty()) {  // memcpy of null pointers is undefined even for 0 bytes
-    std::memcpy(static_cast<void*>(tree.ring_.data()), ring.data(), ring.size() * sizeof(double));
-  }
-  // The checksum first: a corrupt file is reported as such, not as a broken tree.
-  RETURN_IF_ERROR(reader.Finish());
-  RETURN_IF_ERROR(tree.CheckStructure(reader));
-  tree.ComputeOrder();
-  return tree;
-}
-
-absl::Status CoverTree::CheckStructure(const SnapshotReader& reader) const {
-  const int64_t n = static_cast<int64_t>(point_.size());
-  auto bad = [&](absl::string_view what) { return reader.Corrupt(absl::StrCat("tree: ", what)); };
-  if (!std::isfinite(base_) || base_ <= 1.0) return bad(absl::StrCat("base ", base_));
-  for (size_t size : {level_.size(), max_dist_.size(), parent_dist_.size(), parent_.size(),
-                      subtree_min_id_.size()}) {
-    if (static_cast<int64_t>(size) != n) return bad("arrays of different lengths");
-  }
-  if (static_cast<int64_t>(first_child_.size()) != n + 1 ||
-      static_cast<int64_t>(ring_offset_.size()) != n + 1) {
-    return bad("offset arrays of the wrong length");
-  }
+absl::StatusOr<CoverTree> CoverTree::FromStorage(CoverTreeStorage storage) {
+  const CoverTreeStorage& t = storage;
+  const int64_t n = t.size();
+  auto bad = [](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("tree: ", what));
+  };
+  if (!std::isfinite(t.base) || t.base <= 1.0) return bad(absl::StrCat("base ", t.base));
+  if (n < 1) return bad("no nodes");
+  absl::Status lengths;
+  CoverTreeStorage::ForEachArray(t, [&](const char* name, const auto& array,
+                                        CoverTreeStorage::Length length) {
+    const int64_t size = static_cast<int64_t>(array.size());
+    if (!lengths.ok()) return;
+    switch (length) {
+      case CoverTreeStorage::Length::kNodes:
+        if (size != n) {
+          lengths = bad(absl::StrCat("arrays of different lengths (", name, " has ", size,
+                                     " entries for ", n, " nodes)"));
+        }
+        break;
+      case CoverTreeStorage::Length::kNodesPlusOne:
+        if (size != n + 1) {
+          lengths = bad(absl::StrCat("offset arrays of the wrong length (", name, " has ", size,
+                                     " entries for ", n, " nodes)"));
+        }
+        break;
+      case CoverTreeStorage::Length::kRings:
+        break;  // checked against ring_offset below
+    }
+  });
+  RETURN_IF_ERROR(lengths);
   std::vector<char> seen(n, 0);
   for (int64_t node = 0; node < n; ++node) {
-    const int64_t id = point_[node];
+    const int64_t id = t.point[node];
     if (id < 0 || id >= n || seen[id]) return bad(absl::StrCat("id ", id, " at node ", node));
     seen[id] = 1;
-    if (!(max_dist_[node] >= 0.0) || !std::isfinite(max_dist_[node]) ||
-        !(parent_dist_[node] >= 0.0) || !std::isfinite(parent_dist_[node])) {
+    if (!(t.max_dist[node] >= 0.0) || !std::isfinite(t.max_dist[node]) ||
+        !(t.parent_dist[node] >= 0.0) || !std::isfinite(t.parent_dist[node])) {
       return bad(absl::StrCat("node ", node, ": bad distance bound"));
     }
   }
-  if (first_child_[0] != std::min<int64_t>(1, n) || first_child_[n] != n || parent_[0] != -1) {
+  if (t.first_child[0] != 1 || t.first_child[n] != n || t.parent[0] != -1) {
     return bad("child ranges do not cover nodes 1..n-1");
   }
   for (int64_t node = 0; node < n; ++node) {
-    const int64_t begin = first_child_[node];
-    const int64_t end = first_child_[node + 1];
+    const int64_t begin = t.first_child[node];
+    const int64_t end = t.first_child[node + 1];
     if (begin <= node || end < begin || end > n) {
       return bad(absl::StrCat("node ", node, ": child range [", begin, ", ", end, ")"));
     }
     for (int64_t c = begin; c < end; ++c) {
-      if (parent_[c] != node) return bad(absl::StrCat("node ", c, ": wrong parent"));
-      if (level_[c] >= level_[node]) return bad(absl::StrCat("node ", c, ": level not below"));
+      if (t.parent[c] != node) return bad(absl::StrCat("node ", c, ": wrong parent"));
+      if (t.level[c] >= t.level[node]) return bad(absl::StrCat("node ", c, ": level not below"));
     }
   }
-  if (ring_offset_[0] != 0 || ring_offset_[n] != static_cast<int64_t>(ring_.size())) {
+  if (t.ring_offset[0] != 0 || t.ring_offset[n] != static_cast<int64_t>(t.ring.size())) {
     return bad("ring offsets do not match the rings");
   }
   std::vector<int64_t> depth(n, 0);
   for (int64_t node = 0; node < n; ++node) {
-    if (node > 0) depth[node] = depth[parent_[node]] + 1;
-    if (ring_offset_[node + 1] - ring_offset_[node] != depth[node]) {
+    if (node > 0) depth[node] = depth[t.parent[node]] + 1;
+    if (t.ring_offset[node + 1] - t.ring_offset[node] != depth[node]) {
       return bad(absl::StrCat("node ", node, ": ring count differs from its depth"));
     }
   }
-  for (const auto& [lo, hi] : ring_) {
+  for (const auto& [lo, hi] : t.ring) {
     if (!std::isfinite(lo) || !std::isfinite(hi) || lo > hi) return bad("a ring is not an interval");
   }
-  std::vector<int64_t> min_id(point_.begin(), point_.end());
+  std::vector<int64_t> min_id(t.point.begin(), t.point.end());
   for (int64_t node = n - 1; node > 0; --node) {
-    min_id[parent_[node]] = std::min(min_id[parent_[node]], min_id[node]);
+    min_id[t.parent[node]] = std::min(min_id[t.parent[node]], min_id[node]);
   }
   for (int64_t node = 0; node < n; ++node) {
-    if (subtree_min_id_[node] != min_id[node]) {
+    if (t.subtree_min_id[node] != min_id[node]) {
       return bad(absl::StrCat("node ", node, ": wrong subtree minimum id"));
     }
   }
-  return absl::OkStatus();
+  CoverTree tree;
+  tree.storage_ = std::move(storage);
+  tree.ComputeOrder();
+  return tree;
 }
 
 }  // namespace rcknn::core

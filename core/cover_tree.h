@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -36,8 +37,7 @@
 #include "absl/types/span.h"
 #include "core/cancellation.h"
 #include "core/metric_space.h"
-#include "core/residual_correlation.h"
-#include "core/snapshot_file.h"
+#include "core/progress.h"
 #include "tbb/task_arena.h"
 
 namespace rcknn::core {
@@ -45,6 +45,47 @@ namespace rcknn::core {
 struct CoverTreeOptions {
   // Ratio between the radii of successive levels. Smaller bases give narrower, deeper trees.
   double base = 1.5;
+};
+
+// The arrays a cover tree is made of, indexed by node (breadth-first order), all of them saved:
+// a CoverTree is this struct plus orderings derived from it. ForEachArray names every array once,
+// in the order the index file stores them (core/index_file.h); saving, loading, the structural
+// check and memory_bytes() iterate over it, so an array added here is saved, loaded,
+// length-checked and counted without another edit (it changes the index file's format, though).
+struct CoverTreeStorage {
+  // How long an array is for a tree of n nodes.
+  enum class Length { kNodes, kNodesPlusOne, kRings };
+
+  double base = 2.0;
+  std::vector<int64_t> point;           // node -> stored id
+  std::vector<int32_t> level;           // CoverTree::kDuplicateLevel for duplicates
+  std::vector<double> max_dist;         // a bound on the distance to every descendant
+  std::vector<double> parent_dist;      // distance to the parent (0 for the root)
+  std::vector<int64_t> parent;          // node -> parent node (-1 for the root)
+  // n + 1 entries: the children of node i are [first_child[i], first_child[i + 1]).
+  std::vector<int64_t> first_child;
+  std::vector<int64_t> subtree_min_id;  // the smallest id in the node's subtree
+  // n + 1 entries: the rings of node i are ring[ring_offset[i] .. ring_offset[i + 1]).
+  std::vector<int64_t> ring_offset;
+  std::vector<std::pair<double, double>> ring;  // (lo, hi); ring_offset[n] of them
+
+  int64_t size() const { return static_cast<int64_t>(point.size()); }
+
+  // Calls visit(name, array, length) for every array above, in file order; `storage` const or
+  // not (the arrays are then const or not).
+  template <typename Storage, typename Visit>
+  static void ForEachArray(Storage& storage, Visit&& visit) {
+    static_assert(std::is_same_v<std::remove_const_t<Storage>, CoverTreeStorage>);
+    visit("point", storage.point, Length::kNodes);
+    visit("level", storage.level, Length::kNodes);
+    visit("max_dist", storage.max_dist, Length::kNodes);
+    visit("parent_dist", storage.parent_dist, Length::kNodes);
+    visit("parent", storage.parent, Length::kNodes);
+    visit("first_child", storage.first_child, Length::kNodesPlusOne);
+    visit("subtree_min_id", storage.subtree_min_id, Length::kNodes);
+    visit("ring_offset", storage.ring_offset, Length::kNodesPlusOne);
+    visit("ring", storage.ring, Length::kRings);
+  }
 };
 
 class CoverTree {
@@ -71,34 +112,37 @@ class CoverTree {
                                          const Cancellation* cancellation = nullptr,
                                          const ProgressCallback& progress = nullptr);
 
-  // Appends the tree's arrays to `writer`.
-  void Save(SnapshotWriter& writer) const;
-  // Reads a tree written by Save() for a space of `num_points` points as the last thing in the
-  // file: checks the file (SnapshotReader::Finish), then the tree's structure (array sizes,
-  // every id once, child ranges, parents, levels, depths, subtree minimum ids, finite
-  // non-negative bounds): DATA_LOSS naming the first defect. Distances are not re-measured: the
-  // caller checks that the space is the one the tree was built over.
-  static absl::StatusOr<CoverTree> Load(SnapshotReader& reader, int64_t num_points);
+  // The tree whose arrays are `storage` (as saved from storage() of a built tree), checked for
+  // structure first: array lengths, every id once, child ranges, parents, levels, depths, subtree
+  // minimum ids, finite non-negative bounds and rings that are intervals. INVALID_ARGUMENT
+  // "tree: ..." naming the first defect. Distances are not re-measured: the caller checks that
+  // the space is the one the tree was built over.
+  static absl::StatusOr<CoverTree> FromStorage(CoverTreeStorage storage);
 
-  int64_t size() const { return static_cast<int64_t>(point_.size()); }
-  double base() const { return base_; }
-  int64_t point(int64_t node) const { return point_[node]; }
-  int32_t level(int64_t node) const { return level_[node]; }
-  double max_dist(int64_t node) const { return max_dist_[node]; }
-  double parent_dist(int64_t node) const { return parent_dist_[node]; }
-  int64_t parent(int64_t node) const { return parent_[node]; }
+  // Every saved array (what FromStorage takes back).
+  const CoverTreeStorage& storage() const { return storage_; }
+
+  int64_t size() const { return storage_.size(); }
+  double base() const { return storage_.base; }
+  int64_t point(int64_t node) const { return storage_.point[node]; }
+  int32_t level(int64_t node) const { return storage_.level[node]; }
+  double max_dist(int64_t node) const { return storage_.max_dist[node]; }
+  double parent_dist(int64_t node) const { return storage_.parent_dist[node]; }
+  int64_t parent(int64_t node) const { return storage_.parent[node]; }
   // Depth of `node` (root 0) = the number of its ancestors.
-  int64_t node_depth(int64_t node) const { return ring_offset_[node + 1] - ring_offset_[node]; }
+  int64_t node_depth(int64_t node) const {
+    return storage_.ring_offset[node + 1] - storage_.ring_offset[node];
+  }
   // ring(node, j) for j in [0, node_depth(node)): the ancestor at depth j, root first.
   const std::pair<double, double>* rings(int64_t node) const {
-    return ring_.data() + ring_offset_[node];
+    return storage_.ring.data() + storage_.ring_offset[node];
   }
-  int64_t subtree_min_id(int64_t node) const { return subtree_min_id_[node]; }
-  int64_t first_child(int64_t node) const { return first_child_[node]; }
-  int64_t end_child(int64_t node) const { return first_child_[node + 1]; }
+  int64_t subtree_min_id(int64_t node) const { return storage_.subtree_min_id[node]; }
+  int64_t first_child(int64_t node) const { return storage_.first_child[node]; }
+  int64_t end_child(int64_t node) const { return storage_.first_child[node + 1]; }
   // Point ids of nodes [first, end), contiguous.
   absl::Span<const int64_t> points(int64_t first, int64_t end) const {
-    return absl::MakeConstSpan(point_.data() + first, end - first);
+    return absl::MakeConstSpan(storage_.point.data() + first, end - first);
   }
   // Depth-first (pre-order) numbering, derived from the structure when a tree is built or
   // loaded: the ids of a node's subtree are one contiguous span, and consecutive spans of it are
@@ -126,18 +170,8 @@ class CoverTree {
  private:
   void ComputeRings(const MetricSpace& space);
   void ComputeOrder();
-  absl::Status CheckStructure(const SnapshotReader& reader) const;
 
-  double base_ = 2.0;
-  std::vector<int64_t> point_;           // node -> stored id
-  std::vector<int32_t> level_;
-  std::vector<double> max_dist_;
-  std::vector<double> parent_dist_;
-  std::vector<int64_t> parent_;          // node -> parent node (-1 for the root)
-  std::vector<int64_t> first_child_;     // size n + 1: children of i are [first_child_[i], first_child_[i + 1])
-  std::vector<int64_t> subtree_min_id_;
-  std::vector<int64_t> ring_offset_;  // size n + 1: rings of node i are [ring_offset_[i], ring_offset_[i + 1])
-  std::vector<std::pair<double, double>> ring_;
+  CoverTreeStorage storage_;
   // Derived by ComputeOrder (not saved).
   std::vector<int64_t> subtree_size_;
   std::vector<int64_t> preorder_;

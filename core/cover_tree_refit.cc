@@ -46,16 +46,17 @@ absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const Metric
                                                    " points to a space of ", space.size()));
   }
   CoverTree tree;
-  tree.base_ = source.base_;
-  tree.point_ = source.point_;
-  tree.parent_ = source.parent_;
-  tree.first_child_ = source.first_child_;
-  tree.subtree_min_id_ = source.subtree_min_id_;
-  tree.ring_offset_ = source.ring_offset_;
-  tree.ring_.assign(source.ring_.size(), {0.0, 0.0});
-  tree.parent_dist_.assign(n, 0.0);
-  tree.max_dist_.assign(n, 0.0);
-  tree.level_.assign(n, 0);
+  CoverTreeStorage& s = tree.storage_;
+  s.base = source.storage().base;
+  s.point = source.storage().point;
+  s.parent = source.storage().parent;
+  s.first_child = source.storage().first_child;
+  s.subtree_min_id = source.storage().subtree_min_id;
+  s.ring_offset = source.storage().ring_offset;
+  s.ring.assign(source.storage().ring.size(), {0.0, 0.0});
+  s.parent_dist.assign(n, 0.0);
+  s.max_dist.assign(n, 0.0);
+  s.level.assign(n, 0);
 
   // Each node's distances to its ancestors (canonical RowToIds, the node's point as the row),
   // as degenerate rings; the last one is the parent distance.
@@ -76,15 +77,15 @@ absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const Metric
       for (int64_t node = begin; node < end; ++node) {
         const int64_t depth = tree.node_depth(node);
         ancestors.resize(depth);
-        for (int64_t a = tree.parent_[node], j = depth - 1; a >= 0; a = tree.parent_[a], --j) {
-          ancestors[j] = tree.point_[a];
+        for (int64_t a = s.parent[node], j = depth - 1; a >= 0; a = s.parent[a], --j) {
+          ancestors[j] = s.point[a];
         }
-        const PointRows row = space.Gather({tree.point_[node]});
+        const PointRows row = space.Gather({s.point[node]});
         d.resize(depth);
         space.RowToIds(row, 0, ancestors, d.data());
-        std::pair<double, double>* rings = tree.ring_.data() + tree.ring_offset_[node];
+        std::pair<double, double>* rings = s.ring.data() + s.ring_offset[node];
         for (int64_t j = 0; j < depth; ++j) rings[j] = {d[j], d[j]};
-        tree.parent_dist_[node] = d[depth - 1];
+        s.parent_dist[node] = d[depth - 1];
       }
       const int64_t before = done.fetch_add(end - begin + (t == 0 ? 1 : 0));
       if (progress) progress(0.95 * static_cast<double>(before + end - begin) / n);
@@ -102,15 +103,15 @@ absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const Metric
   // distance from the parent into that child's subtree, so their largest is the parent's
   // max_dist.
   for (int64_t node = n - 1; node >= 1; --node) {
-    const int64_t p = tree.parent_[node];
+    const int64_t p = s.parent[node];
     const int64_t parent_depth = tree.node_depth(p);
-    const std::pair<double, double>* child = tree.ring_.data() + tree.ring_offset_[node];
-    std::pair<double, double>* ring = tree.ring_.data() + tree.ring_offset_[p];
+    const std::pair<double, double>* child = s.ring.data() + s.ring_offset[node];
+    std::pair<double, double>* ring = s.ring.data() + s.ring_offset[p];
     for (int64_t j = 0; j < parent_depth; ++j) {
       ring[j].first = std::min(ring[j].first, child[j].first);
       ring[j].second = std::max(ring[j].second, child[j].second);
     }
-    tree.max_dist_[p] = std::max(tree.max_dist_[p], child[parent_depth].second);
+    s.max_dist[p] = std::max(s.max_dist[p], child[parent_depth].second);
   }
 
   // Levels, bottom-up: above every child's, and high enough to cover the parent distance.
@@ -118,18 +119,18 @@ absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const Metric
   std::vector<int32_t> above_children(n, kNone);  // largest child level + 1
   for (int64_t node = n - 1; node >= 0; --node) {
     int32_t level = above_children[node];
-    const bool has_children = tree.first_child_[node + 1] > tree.first_child_[node];
-    if (node > 0 && tree.parent_dist_[node] > 0.0) {
-      level = std::max(level, CoveringLevel(tree.parent_dist_[node], tree.base_));
+    const bool has_children = s.first_child[node + 1] > s.first_child[node];
+    if (node > 0 && s.parent_dist[node] > 0.0) {
+      level = std::max(level, CoveringLevel(s.parent_dist[node], s.base));
     } else if (node > 0 && !has_children) {
       level = kDuplicateLevel;
-    } else if (node == 0 && tree.max_dist_[0] > 0.0) {
-      level = std::max(level, CoveringLevel(tree.max_dist_[0], tree.base_) + 1);
+    } else if (node == 0 && s.max_dist[0] > 0.0) {
+      level = std::max(level, CoveringLevel(s.max_dist[0], s.base) + 1);
     }
     if (level == kNone) level = kLowestLevel;
-    tree.level_[node] = level;
+    s.level[node] = level;
     if (node > 0 && level != kDuplicateLevel) {
-      int32_t& parent_floor = above_children[tree.parent_[node]];
+      int32_t& parent_floor = above_children[s.parent[node]];
       parent_floor = std::max(parent_floor, level + 1);
     }
   }

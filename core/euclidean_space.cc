@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/knn_query.h"
-#include "core/snapshot_file.h"
+#include "core/fingerprint.h"
 
 namespace rcknn::core {
 

@@ -105,44 +105,26 @@ int64_t KnnIndex::EstimateBuildBytes(const IndexSpec& spec, int64_t n) {
   return static_cast<int64_t>(std::min(bytes, 9.0e18));
 }
 
-void KnnIndex::Save(SnapshotWriter& writer) const {
-  writer.WriteValue<double>(timings_.factor_seconds);
-  writer.WriteValue<double>(timings_.tree_seconds);
-  writer.WriteValue<int64_t>(space_->size());
-  writer.WriteValue<uint64_t>(space_->Fingerprint());
-  tree_.Save(writer);
-}
-
-absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Restore(const IndexSpec& spec,
-                                                            IndexData data,
-                                                            SnapshotReader& reader,
-                                                            tbb::task_arena* arena,
-                                                            const Cancellation* cancellation,
-                                                            const ProgressCallback& progress) {
+absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Restore(
+    const IndexSpec& spec, IndexData data, CoverTree tree, const BuildTimings& timings,
+    uint64_t space_fingerprint, tbb::task_arena* arena, const Cancellation* cancellation,
+    const ProgressCallback& progress) {
   RETURN_IF_ERROR(CheckShape(spec, data));
-  BuildTimings timings;
-  int64_t size = 0;
-  uint64_t fingerprint = 0;
-  RETURN_IF_ERROR(reader.ReadValue(&timings.factor_seconds));
-  RETURN_IF_ERROR(reader.ReadValue(&timings.tree_seconds));
-  RETURN_IF_ERROR(reader.ReadValue(&size));
-  RETURN_IF_ERROR(reader.ReadValue(&fingerprint));
-  if (size != data.points.rows()) {
-    return reader.Corrupt(absl::StrCat("the saved index holds ", size, " points, the data ",
-                                       data.points.rows()));
+  if (tree.size() != data.points.rows()) {
+    return absl::DataLossError(absl::StrCat("the saved index holds ", tree.size(),
+                                            " points, the data ", data.points.rows()));
   }
-  ASSIGN_OR_RETURN(CoverTree tree, CoverTree::Load(reader, size));  // checks the file too
   if (tree.base() != spec.tree.base) {
-    return reader.Corrupt(absl::StrCat("the saved tree has base ", tree.base(), ", the spec ",
-                                       spec.tree.base));
+    return absl::DataLossError(absl::StrCat("the saved tree has base ", tree.base(),
+                                            ", the spec ", spec.tree.base));
   }
   RETURN_IF_ERROR(CheckCancelled(cancellation));
   ASSIGN_OR_RETURN(std::unique_ptr<MetricSpace> space,
                    MakeSpace(spec, std::move(data), arena, progress));
   // The fingerprint is of the arrays by id, so it is the same before and after the layout.
   RETURN_IF_ERROR(LayOutInTreeOrder(tree, *space));
-  if (space->Fingerprint() != fingerprint) {
-    return reader.Corrupt(
+  if (space->Fingerprint() != space_fingerprint) {
+    return absl::DataLossError(
         "the saved tree was built over a different metric space (other points, or factors that "
         "this machine computes differently); rebuild the index");
   }

@@ -15,8 +15,8 @@
 #include "core/knn_query.h"
 #include "core/knn_search.h"
 #include "core/metric_space.h"
+#include "core/progress.h"
 #include "core/residual_correlation.h"
-#include "core/snapshot_file.h"
 #include "core/traversal_stats.h"
 #include "tbb/task_arena.h"
 
@@ -96,20 +96,17 @@ class KnnIndex {
   // above (the tree's depth is not known in advance; it is taken as log_base(n) + 16).
   static int64_t EstimateBuildBytes(const IndexSpec& spec, int64_t n);
 
-  // Appends what Restore() needs besides the spec and the data: the build timings, the metric
-  // space's fingerprint and the tree.
-  void Save(SnapshotWriter& writer) const;
-
-  // The index that Build(spec, data) made and Save() wrote, without building the tree again:
-  // reads the rest of `reader` and checks it (SnapshotReader::Finish) first, then computes the
-  // metric space from `data` as Build() does (V and p for computed factors) and adopts the saved
-  // tree. DATA_LOSS if the file is corrupt or the space's fingerprint differs from the saved one
-  // (other points, or factors that came out differently on this machine); otherwise the errors
-  // of Build(). The restored index answers every query exactly as the saved one did.
+  // The index that Build(spec, data) made, with the tree it built then (read back from an index
+  // file, core/index_file.h) instead of building it again: computes the metric space from `data`
+  // as Build() does (V and p for computed factors) and adopts `tree`. DATA_LOSS if the tree
+  // does not fit (another size or base) or the space's fingerprint differs from
+  // `space_fingerprint` (other points, or factors that came out differently on this machine);
+  // otherwise the errors of Build(). The restored index answers every query exactly as the
+  // saved one did.
   static absl::StatusOr<std::unique_ptr<KnnIndex>> Restore(
-      const IndexSpec& spec, IndexData data, SnapshotReader& reader,
-      tbb::task_arena* arena = nullptr, const Cancellation* cancellation = nullptr,
-      const ProgressCallback& progress = nullptr);
+      const IndexSpec& spec, IndexData data, CoverTree tree, const BuildTimings& timings,
+      uint64_t space_fingerprint, tbb::task_arena* arena = nullptr,
+      const Cancellation* cancellation = nullptr, const ProgressCallback& progress = nullptr);
 
   // An index over the points of `source` (shared in memory, not copied) with the metric of
   // `spec`: other kernel hyperparameters, kernel type, inducing points or jitter. V and p are

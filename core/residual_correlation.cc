@@ -10,7 +10,7 @@
 #include "core/canonical_dot.h"
 #include "core/knn_query.h"
 #include "core/random.h"
-#include "core/snapshot_file.h"
+#include "core/fingerprint.h"
 #include "core/status_macros.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"

@@ -29,6 +29,7 @@
 #include "core/inducing_points.h"
 #include "core/kernel.h"
 #include "core/metric_space.h"
+#include "core/progress.h"
 
 namespace rcknn::core {
 
@@ -57,9 +58,6 @@ struct ResidualOptions {
   std::optional<RowMatrix> inducing_points;
   double jitter = kDefaultJitter;
 };
-
-// Receives a fraction in [0, 1] as long work advances. May be called from any thread.
-using ProgressCallback = std::function<void(double)>;
 
 class ResidualSpace final : public MetricSpace {
  public:

@@ -97,10 +97,6 @@ std::string SnapshotKindName(SnapshotKind kind) {
   return absl::StrCat("unknown kind ", static_cast<uint32_t>(kind));
 }
 
-uint64_t Fingerprint(const void* data, size_t bytes, uint64_t seed) {
-  return XXH3_64bits_withSeed(data, bytes, seed);
-}
-
 absl::Status SyncDirectory(const std::string& directory) {
   const int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return IoError("cannot open directory", directory);

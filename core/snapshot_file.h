@@ -44,9 +44,6 @@ enum class SnapshotKind : uint32_t { kIndexSpec = 1, kUpload = 2, kTree = 3, kOr
 
 std::string SnapshotKindName(SnapshotKind kind);
 
-// XXH3-64 of `bytes` bytes at `data`, continuing from `seed`.
-uint64_t Fingerprint(const void* data, size_t bytes, uint64_t seed = 0);
-
 class SnapshotWriter {
  public:
   // Creates (truncating) "<path>.tmp". UNAVAILABLE if it cannot.

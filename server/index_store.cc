@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
+#include "core/index_file.h"
 #include "core/snapshot_file.h"
 #include "core/status_macros.h"
 #include "server/logging.h"
@@ -374,15 +375,9 @@ absl::Status IndexStore::WriteUpload(absl::string_view id, int64_t sequence,
 
 absl::Status IndexStore::WriteTree(absl::string_view id, int64_t uploads, double build_seconds,
                                    const core::KnnIndex& index) {
-  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
-                   core::SnapshotWriter::Create((fs::path(IndexDir(id)) / kTreeFile).string(),
-                                                core::SnapshotKind::kTree));
-  writer->WriteString(id);
-  writer->WriteValue<int64_t>(uploads);
-  writer->WriteValue<double>(build_seconds);
-  index.Save(*writer);
-  PauseBeforeCommit(id, kTreeFile);
-  return writer->Commit();
+  return core::WriteIndexFile((fs::path(IndexDir(id)) / kTreeFile).string(),
+                              core::IndexFileHeaderOf(index, id, uploads, build_seconds),
+                              index.tree().storage(), [&] { PauseBeforeCommit(id, kTreeFile); });
 }
 
 absl::Status IndexStore::WriteOrdering(absl::string_view id, const StoredOrdering& ordering) {
@@ -403,18 +398,20 @@ absl::StatusOr<std::unique_ptr<core::KnnIndex>> IndexStore::RestoreTree(
     absl::string_view id, int64_t uploads, const core::IndexSpec& spec, core::IndexData data,
     tbb::task_arena* arena, const core::Cancellation* cancellation,
     const core::ProgressCallback& progress, double* build_seconds) {
-  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotReader> reader,
-                   core::SnapshotReader::Open((fs::path(IndexDir(id)) / kTreeFile).string(),
-                                              core::SnapshotKind::kTree));
-  RETURN_IF_ERROR(CheckOwner(*reader, id));
-  int64_t stored_uploads = 0;
-  RETURN_IF_ERROR(reader->ReadValue(&stored_uploads));
-  RETURN_IF_ERROR(reader->ReadValue(build_seconds));
-  if (stored_uploads != uploads) {
-    return reader->Corrupt(absl::StrCat("was built from ", stored_uploads,
-                                        " uploads, the index directory holds ", uploads));
+  const std::string path = (fs::path(IndexDir(id)) / kTreeFile).string();
+  ASSIGN_OR_RETURN(core::IndexFileContents contents, core::ReadIndexFile(path));
+  const core::IndexFileHeader& header = contents.header;
+  if (header.owner != id) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": belongs to index \"", header.owner, "\", not ", id));
   }
-  return core::KnnIndex::Restore(spec, std::move(data), *reader, arena, cancellation, progress);
+  if (header.uploads != uploads) {
+    return absl::DataLossError(absl::StrCat(path, ": was built from ", header.uploads,
+                                            " uploads, the index directory holds ", uploads));
+  }
+  *build_seconds = header.build_seconds;
+  return core::RestoreFromIndexFile(path, std::move(contents), spec, std::move(data), arena,
+                                    cancellation, progress);
 }
 
 absl::Status IndexStore::DeleteIndex(absl::string_view id) {

@@ -8,8 +8,9 @@
 //   <data_dir>/indexes/<id>/upload-NNNNNN.rcknn one per acknowledged UploadPoints stream, 1, 2, ...
 //   <data_dir>/indexes/<id>/build-spec.rcknn    the spec the build used, when BuildIndex gave
 //                                               inducing points (written before the build starts)
-//   <data_dir>/indexes/<id>/tree.rcknn          the built index (core::KnnIndex::Save), written
-//                                               before the index is reported READY
+//   <data_dir>/indexes/<id>/tree.rcknn          the built index, an index file (its layout in
+//                                               core/index_file.h), written before the index is
+//                                               reported READY
 //   <data_dir>/indexes/<id>/ordering-<name>.rcknn  one per ordering (ComputeOrdering), written
 //                                               before the ordering is reported: the owner id,
 //                                               the name, the method (u32), the seconds

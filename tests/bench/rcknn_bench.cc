@@ -1,7 +1,7 @@
 // rcknn-bench: builds an index for one workload of docs/design.md section 7, answers its queries
 // with the tree search and with the blocked brute force, checks every answer, and prints one JSON
 // object per line. With --snapshot_dir it also saves the built index there, restores it
-// (KnnIndex::Save / Restore), checks that the restored index answers the same queries bit for bit
+// (core/index_file.h), checks that the restored index answers the same queries bit for bit
 // and prints a second line with the timings.
 //
 // dense-all and scale-all answer every id of their point set in predecessor mode (the Vecchia
@@ -32,7 +32,7 @@
 #include "absl/time/clock.h"
 #include "core/knn_index.h"
 #include "core/random.h"
-#include "core/snapshot_file.h"
+#include "core/index_file.h"
 #include "tbb/global_control.h"
 #include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
@@ -165,7 +165,7 @@ void Print(const std::string& workload, int threads, int64_t n, int64_t queries,
 // Saves `index` under --snapshot_dir, restores it from `spec` and `data`, checks that the
 // restored index answers `query_ids` bit for bit as `built` did, and prints one JSON line:
 // save seconds and file bytes; restore seconds (open, read, verify, recompute the metric space);
-// of which the tree part (open, read, CoverTree::Load's structural check, the payload checksum)
+// of which the tree part (open, read, the tree's structural check, the payload checksum)
 // is timed by a separate read of the same file just before, the rest being the space. Both
 // reads find the file in the page cache (it was just written). Returns false on an error.
 bool RunSnapshot(const std::string& workload, int threads, const KnnIndex& index,
@@ -177,55 +177,33 @@ bool RunSnapshot(const std::string& workload, int threads, const KnnIndex& index
   std::filesystem::create_directories(dir, error);
   const std::string path = absl::StrCat(dir, "/", workload, ".rcknn-index");
   absl::Time start = absl::Now();
-  {
-    absl::StatusOr<std::unique_ptr<core::SnapshotWriter>> writer =
-        core::SnapshotWriter::Create(path, core::SnapshotKind::kTree);
-    if (!writer.ok()) {
-      std::cerr << writer.status() << "\n";
-      return false;
-    }
-    index.Save(**writer);
-    if (const absl::Status status = (*writer)->Commit(); !status.ok()) {
-      std::cerr << status << "\n";
-      return false;
-    }
+  if (const absl::Status status = core::WriteIndexFile(
+          path, core::IndexFileHeaderOf(index, workload, 1, 0.0), index.tree().storage());
+      !status.ok()) {
+    std::cerr << status << "\n";
+    return false;
   }
   const double save_seconds = Seconds(start);
   struct stat info {};
   const int64_t file_bytes = ::stat(path.c_str(), &info) == 0 ? info.st_size : -1;
 
-  // The tree part alone: what Restore() reads before it computes the space (KnnIndex::Save's
-  // fields, then the tree), the structural check and the checksum.
+  // The tree part alone: what a restore reads before it computes the space (the whole file,
+  // the checksum and the tree's structural check).
   start = absl::Now();
-  {
-    absl::StatusOr<std::unique_ptr<core::SnapshotReader>> reader =
-        core::SnapshotReader::Open(path, core::SnapshotKind::kTree);
-    absl::Status status = reader.status();
-    double factor_seconds = 0.0, tree_seconds = 0.0;
-    int64_t size = 0;
-    uint64_t fingerprint = 0;
-    if (status.ok()) status = (*reader)->ReadValue(&factor_seconds);
-    if (status.ok()) status = (*reader)->ReadValue(&tree_seconds);
-    if (status.ok()) status = (*reader)->ReadValue(&size);
-    if (status.ok()) status = (*reader)->ReadValue(&fingerprint);
-    if (status.ok()) status = core::CoverTree::Load(**reader, size).status();
-    if (status.ok()) status = (*reader)->Finish();
-    if (!status.ok()) {
-      std::cerr << "reading the tree back: " << status << "\n";
-      return false;
-    }
+  if (const absl::Status status = core::ReadIndexFile(path).status(); !status.ok()) {
+    std::cerr << "reading the tree back: " << status << "\n";
+    return false;
   }
   const double tree_seconds = Seconds(start);
 
   start = absl::Now();
-  absl::StatusOr<std::unique_ptr<core::SnapshotReader>> reader =
-      core::SnapshotReader::Open(path, core::SnapshotKind::kTree);
-  if (!reader.ok()) {
-    std::cerr << reader.status() << "\n";
+  absl::StatusOr<core::IndexFileContents> contents = core::ReadIndexFile(path);
+  if (!contents.ok()) {
+    std::cerr << contents.status() << "\n";
     return false;
   }
   absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
-      KnnIndex::Restore(spec, std::move(data), **reader, &arena);
+      core::RestoreFromIndexFile(path, *std::move(contents), spec, std::move(data), &arena);
   const double restore_seconds = Seconds(start);
   if (!restored.ok()) {
     std::cerr << restored.status() << "\n";

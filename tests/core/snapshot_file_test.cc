@@ -2,6 +2,7 @@
 // nothing, an existing file stays whole until Commit); every single-byte flip and every
 // truncation of a committed file is DATA_LOSS; a doctored header (magic, version, kind) is
 // DATA_LOSS naming the problem; a corrupt array length never allocates.
+#include "core/fingerprint.h"
 #include "core/snapshot_file.h"
 
 #include <unistd.h>

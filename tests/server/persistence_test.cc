@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
 #include "tests/testing/random_points.h"
+#include "tests/testing/shared_data.h"
 #include "tests/testing/temp_dir.h"
 
 namespace rcknn {
@@ -202,6 +203,54 @@ TEST_F(PersistenceTest, BuiltIndexesComeBackAnsweringBitForBit) {
   Restart();
   ASSERT_EQ(testing::AwaitBuilt(stub(), "computed").state(), v1::INDEX_STATE_READY);
   ExpectIdentical(Answer(stub(), Probes("computed", n, true)), answers[0], "computed");
+}
+
+// Raw little-endian float64 values, `columns` per row.
+core::RowMatrix ReadRows(const fs::path& path, int64_t columns) {
+  const std::string bytes = testing::ReadBytes(path);
+  const int64_t values = static_cast<int64_t>(bytes.size() / sizeof(double));
+  EXPECT_TRUE(values > 0 && values % columns == 0) << path;
+  core::RowMatrix rows(values / columns, columns);
+  std::memcpy(rows.data(), bytes.data(), values * sizeof(double));
+  return rows;
+}
+
+// A data directory written by an earlier server (tests/data/data_dir_v1, format version 1: a
+// Euclidean index and one with supplied factors, each one upload and a tree) comes back READY
+// and answers bit for bit as the same points built again by this server.
+TEST_F(PersistenceTest, DataDirOfFormatVersion1ComesBack) {
+  const fs::path source = fs::path(testing::DefaultDataDir()) / "data_dir_v1";
+  fs::create_directories(data_dir_);
+  fs::copy(source / "indexes", data_dir_ / "indexes", fs::copy_options::recursive);
+  Restart();
+  struct Case {
+    std::string id;
+    int dimension;
+    int factor_columns;  // 0: none
+  };
+  for (const Case& c : {Case{"euclid", 3, 0}, Case{"supplied", 2, 6}}) {
+    SCOPED_TRACE(c.id);
+    const v1::IndexInfo info = testing::AwaitBuilt(stub(), c.id);
+    ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
+    const core::RowMatrix points = ReadRows(source / (c.id + ".points.f64"), c.dimension);
+    ASSERT_EQ(info.num_points(), points.rows());
+    const std::string rebuilt = c.id + "_rebuilt";
+    ASSERT_TRUE(testing::CreateIndex(stub(), rebuilt, info.spec()).ok());
+    core::RowMatrix factors;
+    std::vector<double> variances;
+    if (c.factor_columns > 0) {
+      factors = ReadRows(source / (c.id + ".factors.f64"), c.factor_columns);
+      const core::RowMatrix p = ReadRows(source / (c.id + ".variances.f64"), 1);
+      variances.assign(p.data(), p.data() + p.size());
+    }
+    const grpc::Status uploaded = testing::UploadPoints(
+        stub(), rebuilt, points, 0, points.rows(), 100, c.factor_columns > 0 ? &factors : nullptr,
+        c.factor_columns > 0 ? &variances : nullptr);
+    ASSERT_TRUE(uploaded.ok()) << uploaded.error_message();
+    ASSERT_EQ(testing::BuildAndWait(stub(), rebuilt).state(), v1::INDEX_STATE_READY);
+    ExpectIdentical(Answer(stub(), Probes(c.id, points.rows(), false)),
+                    Answer(stub(), Probes(rebuilt, points.rows(), false)), c.id);
+  }
 }
 
 TEST_F(PersistenceTest, LoadingIndexComesBackLoadingAndCanBeBuilt) {
