@@ -504,10 +504,9 @@ class ChunkingTest(unittest.TestCase):
                 self.assertGreater(tiny_requests, 10)
                 for got, want in ((tiny_pred, pred), (tiny_out, out)):
                     np.testing.assert_array_equal(got[0], want[0])
-                    # Not bit for bit: the server's distances can differ in the last bits with
-                    # how queries are batched (its blocked scan), which docs/design.md rules out;
-                    # the client's chunking itself moves no value.
-                    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)
+                    # Bit for bit: the server evaluates every distance canonically, whatever the
+                    # batch (docs/design.md), and the client's chunking moves no value.
+                    np.testing.assert_array_equal(got[1].view(np.int64), want[1].view(np.int64))
         assert_answers(self, pred[0][SMALL.query_ids], pred[1][SMALL.query_ids], SMALL.pred_ids,
                        SMALL.pred_dists)
 
