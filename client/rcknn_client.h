@@ -90,7 +90,10 @@ class RcknnClient {
   const ClientOptions& options() const { return options_; }
   v1::Rcknn::Stub& stub() { return *stub_; }
 
-  absl::StatusOr<v1::IndexInfo> CreateIndex(const std::string& index_id, const v1::IndexSpec& spec);
+  // `expected_num_points` (0: not declared): CreateIndexRequest.expected_num_points, which sizes
+  // the shards' ranges behind rcknn-router.
+  absl::StatusOr<v1::IndexInfo> CreateIndex(const std::string& index_id, const v1::IndexSpec& spec,
+                                            int64_t expected_num_points = 0);
   // One UploadPoints stream of chunks. `factors` (n x factor_columns) and
   // `residual_variances` (n) only for specs with factors_supplied. `on_progress` (optional) is
   // called after each chunk is written, with the rows sent so far.

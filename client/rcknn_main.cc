@@ -63,6 +63,9 @@ ABSL_FLAG(std::string, kernel, "rbf", "create: rbf | matern12 | matern32 | mater
 ABSL_FLAG(double, variance, 1.0, "create: kernel variance");
 ABSL_FLAG(std::string, lengthscale, "1", "create: one lengthscale, or one per dimension (a,b,c)");
 ABSL_FLAG(int64_t, inducing, 0, "create: number of inducing points (0: server default 512)");
+ABSL_FLAG(int64_t, expected_points, 0,
+          "create: how many points the index will hold (0: not declared); rcknn-router gives "
+          "each shard an equal contiguous range of that many ids");
 ABSL_FLAG(uint64_t, inducing_seed, 0, "create: seed of the inducing point draw");
 ABSL_FLAG(std::string, inducing_points, "", "create: file of explicit inducing points");
 ABSL_FLAG(double, jitter, -1, "create: jitter (negative: server default 1e-6)");
@@ -118,6 +121,7 @@ constexpr char kUsage[] = R"(rcknn [--server=HOST:PORT] <command> [flags]
   create     --index=ID --dim=D [--metric=residual|euclidean] [--kernel=rbf|matern12|matern32|matern52]
              [--variance=1] [--lengthscale=1[,l2,...]] [--inducing=512] [--inducing_seed=0]
              [--inducing_points=FILE] [--jitter=1e-6] [--inducing_method=uniform|kmeans++ [--lloyd=0]]
+             [--expected_points=N]
   upload     --index=ID --input=FILE [--format=csv|f64] [--dim=D]
   build      --index=ID [--wait=true]
   status     --index=ID
@@ -265,7 +269,8 @@ absl::Status Create(RcknnClient& client) {
   } else {
     return absl::InvalidArgumentError("create: --metric must be residual or euclidean");
   }
-  auto info = client.CreateIndex(absl::GetFlag(FLAGS_index), spec);
+  auto info =
+      client.CreateIndex(absl::GetFlag(FLAGS_index), spec, absl::GetFlag(FLAGS_expected_points));
   if (!info.ok()) return info.status();
   PrintInfo(*info);
   return absl::OkStatus();

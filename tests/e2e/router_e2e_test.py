@@ -431,6 +431,16 @@ class RouterTest(unittest.TestCase):
             self.assertEqual(after.spec, before[c.name].spec)
             self.expect_same_answers(c, "after the router's restart: ")
 
+    def test_6_cli_declares_the_expected_size(self):
+        """rcknn create --expected_points through the router: 3 equal ranges of its size."""
+        subprocess.run([ARGS["client"], f"--server={self.router.address}", "create",
+                        "--index=cli", "--dim=2", "--expected_points=3000"], check=True,
+                       capture_output=True, timeout=60)
+        shard = pb2_grpc.RcknnStub(grpc.insecure_channel(self.shard2.address))
+        names = [i.index_id for i in shard.ListIndexes(pb2.ListIndexesRequest(), timeout=10).indexes]
+        self.assertIn("cli.rcknn-shard-2-of-3-range-1000", names)
+        self.via_router.DeleteIndex(pb2.DeleteIndexRequest(index_id="cli"), timeout=30)
+
     def test_7_delete_through_the_router(self):
         self.via_router.DeleteIndex(pb2.DeleteIndexRequest(index_id="mid"), timeout=30)
         listed = self.via_router.ListIndexes(pb2.ListIndexesRequest(), timeout=10)
