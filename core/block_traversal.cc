@@ -1,19 +1,17 @@
 #include "core/block_traversal.h"
 
 #include <algorithm>
-#include <atomic>
 #include <functional>
 #include <numeric>
 #include <tuple>
 #include <utility>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "core/brute_force_knn.h"
 #include "core/candidate_set.h"
+#include "core/parallel_tasks.h"
 #include "core/search_rule.h"
 #include "tbb/enumerable_thread_specific.h"
-#include "tbb/parallel_for.h"
 
 namespace rcknn::core {
 namespace {
@@ -230,13 +228,12 @@ class Block {
 
 }  // namespace
 
-absl::Status BlockTraversal(const CoverTree& tree, const MetricSpace& space,
-                            const QueryBatch& queries, absl::Span<const int64_t> list,
-                            const KnnOptions& options, const BlockTraversalOptions& block_options,
-                            const Cancellation* cancellation, int64_t* out_ids,
-                            double* out_distances, TraversalStats& stats,
-                            absl::Span<int64_t> per_query_evaluations,
-                            std::vector<int64_t>* left_over) {
+absl::Status BlockTraversal(const TreeSearchContext& context, const QueryBatch& queries,
+                            absl::Span<const int64_t> list, const KnnOptions& options,
+                            const SearchOutput& out, std::vector<int64_t>* left_over) {
+  const CoverTree& tree = *context.tree;
+  const MetricSpace& space = *context.space;
+  const BlockTraversalOptions& block_options = context.search.block;
   const int64_t total = static_cast<int64_t>(list.size());
   left_over->clear();
   if (total == 0) return absl::OkStatus();
@@ -292,28 +289,12 @@ absl::Status BlockTraversal(const CoverTree& tree, const MetricSpace& space,
 
   tbb::enumerable_thread_specific<Scratch> local_scratch;
   tbb::enumerable_thread_specific<TraversalStats> local_stats;
-  std::atomic<bool> failed{false};
-  absl::Mutex mutex;
-  absl::Status first_error;
-  auto fail = [&](absl::Status status) {
-    absl::MutexLock lock(&mutex);
-    if (first_error.ok()) first_error = std::move(status);
-    failed.store(true);
-  };
-  tbb::parallel_for(int64_t{0}, num_blocks, [&](int64_t block) {
-    if (failed.load(std::memory_order_relaxed)) return;
-    if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
-      fail(std::move(status));
-      return;
-    }
+  const absl::Status status = ParallelTasks(num_blocks, context.cancellation, [&](int64_t block) {
     const auto [first, end, center] = blocks[block];
     const int64_t num = end - first;
     const absl::Span<const int64_t> members = absl::MakeConstSpan(order).subspan(first, num);
     absl::StatusOr<PointRows> rows = QueryRows(space, queries, members);
-    if (!rows.ok()) {
-      fail(rows.status());
-      return;
-    }
+    if (!rows.ok()) return rows.status();
     Scratch& scratch = local_scratch.local();
     scratch.sets.resize(num);
     scratch.bounds.resize(num);
@@ -328,19 +309,17 @@ absl::Status BlockTraversal(const CoverTree& tree, const MetricSpace& space,
     Block(tree, space, options, block_options, *rows, scratch, st).Run(center);
     for (int64_t i = 0; i < num; ++i) {
       const int64_t q = members[i];
-      const int64_t finishing = scratch.sets[i].Finish(space, *rows, i, out_ids + q * options.k,
-                                                       out_distances + q * options.k);
+      const int64_t finishing = scratch.sets[i].Finish(space, *rows, i, out.ids + q * options.k,
+                                                       out.distances + q * options.k);
       st.distance_evaluations += finishing;
-      if (!per_query_evaluations.empty()) {
-        per_query_evaluations[q] += scratch.evaluations[i] + finishing;
+      if (!out.per_query_evaluations.empty()) {
+        out.per_query_evaluations[q] += scratch.evaluations[i] + finishing;
       }
     }
+    return absl::OkStatus();
   });
-  if (failed.load()) {
-    absl::MutexLock lock(&mutex);
-    return first_error;
-  }
-  for (const TraversalStats& s : local_stats) stats.Merge(s);
+  if (!status.ok()) return status;
+  for (const TraversalStats& s : local_stats) out.stats->Merge(s);
   return absl::OkStatus();
 }
 

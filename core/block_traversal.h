@@ -20,34 +20,19 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "core/cancellation.h"
-#include "core/cover_tree.h"
 #include "core/knn_query.h"
-#include "core/metric_space.h"
-#include "core/traversal_stats.h"
+#include "core/search_options.h"
 
 namespace rcknn::core {
 
-struct BlockTraversalOptions {
-  // Queries by id are grouped by the maximal subtree of at most block_size points holding them;
-  // groups of fewer than min_block_queries queries are left over.
-  int64_t block_size = 64;
-  int64_t min_block_queries = 16;
-  int64_t leaf_size = 24;  // subtrees of at most this many points are evaluated whole
-};
-
 // Answers queries[list[i]] for every i but those it leaves over (`left_over`, for the caller to
-// answer otherwise), in parallel on the current arena. Query points go in blocks of the batch's
-// order. The caller has validated `queries`. Writes rows of out_ids / out_distances; adds
-// evaluation counts to per_query_evaluations (if non-empty, one entry per query of `queries`)
-// and to `stats`.
-absl::Status BlockTraversal(const CoverTree& tree, const MetricSpace& space,
-                            const QueryBatch& queries, absl::Span<const int64_t> list,
-                            const KnnOptions& options, const BlockTraversalOptions& block_options,
-                            const Cancellation* cancellation, int64_t* out_ids,
-                            double* out_distances, TraversalStats& stats,
-                            absl::Span<int64_t> per_query_evaluations,
-                            std::vector<int64_t>* left_over);
+// answer otherwise), in parallel on the current arena (context.arena is not entered), with
+// context.search.block. Query points go in blocks of the batch's order. The caller has validated
+// `queries`. Writes rows of out.ids / out.distances; adds evaluation counts to
+// out.per_query_evaluations (if non-empty) and to *out.stats (which must be set).
+absl::Status BlockTraversal(const TreeSearchContext& context, const QueryBatch& queries,
+                            absl::Span<const int64_t> list, const KnnOptions& options,
+                            const SearchOutput& out, std::vector<int64_t>* left_over);
 
 }  // namespace rcknn::core
 

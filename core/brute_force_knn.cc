@@ -1,13 +1,12 @@
 #include "core/brute_force_knn.h"
 
 #include <algorithm>
-#include <atomic>
 #include <limits>
 #include <numeric>
 
-#include "absl/synchronization/mutex.h"
+#include "core/parallel_tasks.h"
+#include "core/status_macros.h"
 #include "tbb/enumerable_thread_specific.h"
-#include "tbb/parallel_for.h"
 
 namespace rcknn::core {
 namespace {
@@ -19,26 +18,6 @@ constexpr int64_t kQueryBlock = 64;    // queries sharing one pass over the poin
 // Below this many query blocks, the id range is also split so both cores have work.
 constexpr int64_t kMinBlocksForQuerySplitOnly = 4;
 constexpr int64_t kChunkBlocks = 16;  // grid blocks per id-range chunk
-
-// The first error any task reports; later ones are dropped.
-class FirstError {
- public:
-  void Set(absl::Status status) {
-    absl::MutexLock lock(&mutex_);
-    if (status_.ok()) status_ = std::move(status);
-    failed_.store(true, std::memory_order_relaxed);
-  }
-  bool failed() const { return failed_.load(std::memory_order_relaxed); }
-  absl::Status status() const {
-    absl::MutexLock lock(&mutex_);
-    return status_;
-  }
-
- private:
-  mutable absl::Mutex mutex_;
-  absl::Status status_;
-  std::atomic<bool> failed_{false};
-};
 
 }  // namespace
 
@@ -145,23 +124,14 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
   std::vector<std::vector<CandidateSet>> sets(num_blocks * num_chunks);
   std::vector<int64_t> task_evaluations(num_blocks * num_chunks, 0);
   tbb::enumerable_thread_specific<TraversalStats> local_stats;
-  FirstError error;
-  tbb::parallel_for(int64_t{0}, num_blocks * num_chunks, [&](int64_t task) {
-    if (error.failed()) return;
-    if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
-      error.Set(std::move(status));
-      return;
-    }
+  RETURN_IF_ERROR(ParallelTasks(num_blocks * num_chunks, cancellation, [&](int64_t task) {
     const int64_t block = task / num_chunks;
     const int64_t part = task % num_chunks;
     const int64_t first = block * kQueryBlock;
     const int64_t num = std::min(kQueryBlock, nq - first);
     absl::StatusOr<PointRows> rows =
         QueryRows(space, queries, absl::MakeConstSpan(order).subspan(first, num));
-    if (!rows.ok()) {
-      error.Set(rows.status());
-      return;
-    }
+    if (!rows.ok()) return rows.status();
     std::vector<CandidateSet>& block_sets = sets[task];
     block_sets.resize(num);
     for (int64_t i = 0; i < num; ++i) {
@@ -177,20 +147,16 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
     BruteForceScan(space, *rows, options, part * chunk, (part + 1) * chunk, block_sets, st,
                    bounds);
     task_evaluations[task] = (st.distance_evaluations - before) / num;
-  });
-  if (error.failed()) return error.status();
+    return absl::OkStatus();
+  }));
 
   // Merge each block's parts and finish every query canonically.
-  tbb::parallel_for(int64_t{0}, num_blocks, [&](int64_t block) {
-    if (error.failed()) return;
+  RETURN_IF_ERROR(ParallelTasks(num_blocks, /*cancellation=*/nullptr, [&](int64_t block) {
     const int64_t first = block * kQueryBlock;
     const int64_t num = std::min(kQueryBlock, nq - first);
     absl::StatusOr<PointRows> rows =
         QueryRows(space, queries, absl::MakeConstSpan(order).subspan(first, num));
-    if (!rows.ok()) {
-      error.Set(rows.status());
-      return;
-    }
+    if (!rows.ok()) return rows.status();
     std::vector<CandidateSet>& merged = sets[block * num_chunks];
     int64_t evaluations = task_evaluations[block * num_chunks];
     for (int64_t part = 1; part < num_chunks; ++part) {
@@ -205,8 +171,8 @@ absl::Status ScanQueries(const MetricSpace& space, const QueryBatch& queries,
       st.distance_evaluations += finishing;
       if (!per_query_evaluations.empty()) per_query_evaluations[q] += evaluations + finishing;
     }
-  });
-  if (error.failed()) return error.status();
+    return absl::OkStatus();
+  }));
   for (const TraversalStats& s : local_stats) stats.Merge(s);
   stats.brute_force_queries += nq;
   return absl::OkStatus();

@@ -137,8 +137,8 @@ absl::Status KnnIndex::Search(const QueryBatch& queries, const KnnOptions& optio
                               tbb::task_arena* arena, const Cancellation* cancellation,
                               int64_t* out_ids, double* out_distances, TraversalStats* stats,
                               absl::Span<int64_t> per_query_evaluations) const {
-  return TreeKnnSearch(tree_, *space_, queries, options, spec_.search, arena, cancellation,
-                       out_ids, out_distances, stats, per_query_evaluations);
+  return TreeKnnSearch({&tree_, space_.get(), spec_.search, arena, cancellation}, queries, options,
+                       {out_ids, out_distances, stats, per_query_evaluations});
 }
 
 absl::Status KnnIndex::SearchBruteForce(const QueryBatch& queries, const KnnOptions& options,

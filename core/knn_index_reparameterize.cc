@@ -36,9 +36,9 @@ absl::StatusOr<Probe> RunProbe(const CoverTree& tree, const MetricSpace& space,
   std::vector<double> out_dists(count * knn.k);
   std::vector<int64_t> evaluations(count, 0);
   const absl::Time start = absl::Now();
-  RETURN_IF_ERROR(TreeKnnSearch(tree, space, batch, knn, search, arena, cancellation,
-                                out_ids.data(), out_dists.data(), nullptr,
-                                absl::MakeSpan(evaluations)));
+  RETURN_IF_ERROR(TreeKnnSearch({&tree, &space, search, arena, cancellation}, batch, knn,
+                                {out_ids.data(), out_dists.data(), nullptr,
+                                 absl::MakeSpan(evaluations)}));
   Probe probe;
   probe.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   probe.evaluations =

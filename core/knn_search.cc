@@ -1,18 +1,18 @@
 #include "core/knn_search.h"
 
 #include <algorithm>
-#include <atomic>
 #include <functional>
 #include <limits>
 #include <utility>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "core/block_traversal.h"
 #include "core/brute_force_knn.h"
+#include "core/parallel_tasks.h"
+#include "core/search_planner.h"
 #include "core/search_rule.h"
+#include "core/status_macros.h"
 #include "tbb/enumerable_thread_specific.h"
-#include "tbb/parallel_for.h"
 
 namespace rcknn::core {
 namespace {
@@ -144,12 +144,15 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
 
 }  // namespace
 
-absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
-                           const QueryBatch& queries, const KnnOptions& options,
-                           const TreeSearchOptions& search_options, tbb::task_arena* arena,
-                           const Cancellation* cancellation, int64_t* out_ids,
-                           double* out_distances, TraversalStats* stats,
-                           absl::Span<int64_t> per_query_evaluations) {
+absl::Status TreeKnnSearch(const TreeSearchContext& context, const QueryBatch& queries,
+                           const KnnOptions& options, const SearchOutput& out) {
+  const CoverTree& tree = *context.tree;
+  const MetricSpace& space = *context.space;
+  const TreeSearchOptions& search_options = context.search;
+  const Cancellation* cancellation = context.cancellation;
+  int64_t* const out_ids = out.ids;
+  double* const out_distances = out.distances;
+  const absl::Span<int64_t> per_query_evaluations = out.per_query_evaluations;
   const int64_t n = space.size();
   const int dimension = space.dimension();
   if (absl::Status status = ValidateQuery(queries, options, n, dimension); !status.ok()) {
@@ -175,14 +178,6 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
 
   tbb::enumerable_thread_specific<TraversalStats> local_stats;
   tbb::enumerable_thread_specific<WalkScratch> local_scratch;
-  std::atomic<bool> failed{false};
-  absl::Mutex mutex;
-  absl::Status first_error;
-  auto fail = [&](absl::Status status) {
-    absl::MutexLock lock(&mutex);
-    if (first_error.ok()) first_error = std::move(status);
-    failed.store(true);
-  };
   std::vector<char> done(nq, 0);
   std::vector<int64_t> evaluations(nq, 0);
   // The number of qualifying points of query q with stored id `query_id` (-1 for a point).
@@ -195,20 +190,12 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
   auto walk_list = [&](const std::vector<int64_t>& list, int64_t chunk_size) {
     const int64_t total = static_cast<int64_t>(list.size());
     const int64_t num_chunks = (total + chunk_size - 1) / chunk_size;
-    tbb::parallel_for(int64_t{0}, num_chunks, [&](int64_t chunk) {
-      if (failed.load(std::memory_order_relaxed)) return;
-      if (absl::Status status = CheckCancelled(cancellation); !status.ok()) {
-        fail(std::move(status));
-        return;
-      }
+    return ParallelTasks(num_chunks, cancellation, [&](int64_t chunk) {
       const int64_t first = chunk * chunk_size;
       const int64_t num = std::min(chunk_size, total - first);
       absl::StatusOr<PointRows> prepared =
           QueryRows(space, queries, absl::MakeConstSpan(list).subspan(first, num));
-      if (!prepared.ok()) {
-        fail(prepared.status());
-        return;
-      }
+      if (!prepared.ok()) return prepared.status();
       const PointRows& rows = *prepared;
       TraversalStats& st = local_stats.local();
       WalkScratch& scratch = local_scratch.local();
@@ -229,12 +216,13 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
         }
         st.distance_evaluations += evaluations[q];
       }
+      return absl::OkStatus();
     });
   };
 
   TraversalStats scan_stats;
   TraversalStats block_stats;
-  auto run = [&] {
+  auto run = [&]() -> absl::Status {
     // The queries the plan is for: all but those scanned outright.
     std::vector<int64_t> rest;
     for (int64_t q = 0; q < nq; ++q) {
@@ -274,7 +262,7 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
           const int64_t probes = std::min(total, kProbe);
           std::vector<int64_t> probe_queries(probes);
           for (int64_t p = 0; p < probes; ++p) probe_queries[p] = rest[p * total / probes];
-          walk_list(probe_queries, 1);
+          RETURN_IF_ERROR(walk_list(probe_queries, 1));
           facts.probes = probes;
           for (int64_t q : probe_queries) facts.probes_walked += done[q];
         }
@@ -293,59 +281,48 @@ absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
         break;
       }
     }
-    if (failed.load()) return;
     switch (path) {
       case BatchPath::kWalk:
-        walk_list(rest, kChunk);
+        RETURN_IF_ERROR(walk_list(rest, kChunk));
         break;
       case BatchPath::kBlocks: {
         std::vector<int64_t> left_over;
-        if (absl::Status status = BlockTraversal(
-                tree, space, queries, rest, options, search_options.block, cancellation, out_ids,
-                out_distances, block_stats, absl::MakeSpan(evaluations), &left_over);
-            !status.ok()) {
-          fail(std::move(status));
-          return;
-        }
+        SearchOutput block_out = out;
+        block_out.stats = &block_stats;
+        block_out.per_query_evaluations = absl::MakeSpan(evaluations);
+        RETURN_IF_ERROR(BlockTraversal(context, queries, rest, options, block_out, &left_over));
         for (int64_t q : rest) done[q] = 1;
         for (int64_t q : left_over) done[q] = 0;
         // What the blocks leave over walks; under kBlocks without a budget, never scanned.
-        walk_list(left_over, kChunk);
+        RETURN_IF_ERROR(walk_list(left_over, kChunk));
         break;
       }
       case BatchPath::kScan:
         break;
     }
-    if (failed.load()) return;
     std::vector<int64_t> scan_list;
     for (int64_t q = 0; q < nq; ++q) {
       if (!done[q]) scan_list.push_back(q);
     }
-    if (absl::Status status =
-            ScanQueries(space, queries, scan_list, options, cancellation, out_ids, out_distances,
-                        scan_stats, absl::MakeSpan(evaluations));
-        !status.ok()) {
-      fail(std::move(status));
-    }
+    return ScanQueries(space, queries, scan_list, options, cancellation, out_ids, out_distances,
+                       scan_stats, absl::MakeSpan(evaluations));
   };
-  if (arena != nullptr) {
-    arena->execute(run);
+  absl::Status status;
+  if (context.arena != nullptr) {
+    context.arena->execute([&] { status = run(); });
   } else {
-    run();
+    status = run();
   }
-  if (failed.load()) {
-    absl::MutexLock lock(&mutex);
-    return first_error;
-  }
+  if (!status.ok()) return status;
   if (!per_query_evaluations.empty()) {
     std::copy(evaluations.begin(), evaluations.end(), per_query_evaluations.begin());
   }
-  if (stats != nullptr) {
+  if (out.stats != nullptr) {
     TraversalStats total = scan_stats;
     total.Merge(block_stats);
     for (const TraversalStats& s : local_stats) total.Merge(s);
     total.queries = nq;
-    stats->Merge(total);
+    out.stats->Merge(total);
   }
   return absl::OkStatus();
 }

@@ -18,21 +18,17 @@
 #include "core/cover_tree.h"
 #include "core/knn_query.h"
 #include "core/metric_space.h"
-#include "core/search_planner.h"
+#include "core/search_options.h"
 #include "core/traversal_stats.h"
 #include "tbb/task_arena.h"
 
 namespace rcknn::core {
 
-// Same contract and errors as BruteForceKnn. `tree` must have been built over `space`.
-// `per_query_evaluations`, if non-empty, must hold num_queries entries and receives each query's
-// distance evaluations.
-absl::Status TreeKnnSearch(const CoverTree& tree, const MetricSpace& space,
-                           const QueryBatch& queries, const KnnOptions& options,
-                           const TreeSearchOptions& search_options, tbb::task_arena* arena,
-                           const Cancellation* cancellation, int64_t* out_ids,
-                           double* out_distances, TraversalStats* stats = nullptr,
-                           absl::Span<int64_t> per_query_evaluations = {});
+// Same contract and errors as BruteForceKnn. FAILED_PRECONDITION if the tree was not built over
+// the space (another size); INVALID_ARGUMENT for per_query_evaluations of the wrong size (it
+// receives each query's distance evaluations).
+absl::Status TreeKnnSearch(const TreeSearchContext& context, const QueryBatch& queries,
+                           const KnnOptions& options, const SearchOutput& out);
 
 }  // namespace rcknn::core
 

@@ -14,33 +14,10 @@
 #define RCKNN_CORE_SEARCH_PLANNER_H_
 
 #include <cstdint>
-#include <limits>
 
-#include "core/block_traversal.h"
+#include "core/search_options.h"
 
 namespace rcknn::core {
-
-enum class SearchStrategy {
-  kAuto,    // the planner decides (below)
-  kWalk,    // every query walks, without a budget: never scanned
-  kScan,    // every query scanned
-  kBlocks,  // every query by the block traversal (queries by point too, in batch order)
-};
-
-struct TreeSearchOptions {
-  SearchStrategy strategy = SearchStrategy::kAuto;
-  // kAuto: fraction of its candidates (all points, or the ids below the query's bound) a walk may
-  // evaluate before the query moves to the scan. 1 or more: never scan; 0: always scan.
-  double scan_fraction = 0.1;
-  // kAuto: batches by id of at least this many queries (after the outright scans) take the block
-  // traversal when the probes walk. Off by default: on the workloads measured so far
-  // (docs/benchmarks.md) the block traversal evaluates about 5x more distances than the walk and
-  // has not yet been shown faster.
-  int64_t min_block_batch = std::numeric_limits<int64_t>::max();
-  // kAuto: queries with at most this many candidates are scanned outright.
-  int64_t scan_candidates_below = 2048;
-  BlockTraversalOptions block;
-};
 
 enum class BatchPath { kScan, kWalk, kBlocks };
 

@@ -23,6 +23,7 @@
 #include "core/knn_index.h"
 #include "core/random.h"
 #include "core/residual_correlation.h"
+#include "core/search_planner.h"
 #include "gtest/gtest.h"
 #include "tbb/task_arena.h"
 #include "tests/testing/index_cases.h"
@@ -215,9 +216,10 @@ absl::Status RunSearch(const KnnIndex& index, Path path, const QueryBatch& batch
       search.scan_fraction = 1.0;
       break;
   }
-  return core::TreeKnnSearch(index.tree(), index.space(), batch, options, search, arena,
-                             cancellation, out.ids.data(), out.dists.data(), &out.stats,
-                             absl::MakeSpan(out.per_query));
+  return core::TreeKnnSearch({&index.tree(), &index.space(), search, arena, cancellation}, batch,
+                             options,
+                             {out.ids.data(), out.dists.data(), &out.stats,
+                              absl::MakeSpan(out.per_query)});
 }
 
 constexpr Path kAllPaths[] = {Path::kIndexSearch, Path::kBruteForce, Path::kPureWalk,
@@ -936,18 +938,20 @@ TEST_F(KnnSearchTest, PlannerScansSparseAndWalksDense) {
   got = Answer();
   got.ids.resize(dense.n * options.k);
   got.dists.resize(dense.n * options.k);
-  ASSERT_TRUE(core::TreeKnnSearch(dense_index->tree(), dense_index->space(), batch, options,
-                                  search, &arena_, nullptr, got.ids.data(), got.dists.data(),
-                                  &got.stats)
+  ASSERT_TRUE(core::TreeKnnSearch({&dense_index->tree(), &dense_index->space(), search, &arena_,
+                                   nullptr},
+                                  batch, options,
+                                  {got.ids.data(), got.dists.data(), &got.stats, {}})
                   .ok());
   EXPECT_GT(got.stats.block_queries, dense.n / 2) << "dense, large batch: the block traversal";
   EXPECT_LT(got.stats.brute_force_queries, dense.n / 20);
   EXPECT_LT(got.stats.distance_evaluations, dense.n * dense.n / 5);
   search.min_block_batch = dense.n + 1;
   got.stats = TraversalStats();
-  ASSERT_TRUE(core::TreeKnnSearch(dense_index->tree(), dense_index->space(), batch, options,
-                                  search, &arena_, nullptr, got.ids.data(), got.dists.data(),
-                                  &got.stats)
+  ASSERT_TRUE(core::TreeKnnSearch({&dense_index->tree(), &dense_index->space(), search, &arena_,
+                                   nullptr},
+                                  batch, options,
+                                  {got.ids.data(), got.dists.data(), &got.stats, {}})
                   .ok());
   EXPECT_EQ(got.stats.block_queries, 0) << "below min_block_batch";
 }
@@ -1147,13 +1151,13 @@ TEST_F(KnnErrorTest, TreeOfAnotherSpace) {
   std::vector<int64_t> ids(3 * options.k);
   std::vector<double> dists(3 * options.k);
   const absl::Status status =
-      core::TreeKnnSearch(other->tree(), index_->space(), batch, options, TreeSearchOptions(),
-                          &arena_, nullptr, ids.data(), dists.data());
+      core::TreeKnnSearch({&other->tree(), &index_->space(), TreeSearchOptions(), &arena_, nullptr},
+                          batch, options, {ids.data(), dists.data(), nullptr, {}});
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   std::vector<int64_t> too_short(2);
   const absl::Status bad_span = core::TreeKnnSearch(
-      index_->tree(), index_->space(), batch, options, TreeSearchOptions(), &arena_, nullptr,
-      ids.data(), dists.data(), nullptr, absl::MakeSpan(too_short));
+      {&index_->tree(), &index_->space(), TreeSearchOptions(), &arena_, nullptr}, batch, options,
+      {ids.data(), dists.data(), nullptr, absl::MakeSpan(too_short)});
   EXPECT_EQ(bad_span.code(), absl::StatusCode::kInvalidArgument) << bad_span;
 }
 

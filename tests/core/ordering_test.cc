@@ -404,8 +404,9 @@ TEST(PredecessorUnderOrderingTest, EveryPathEqualsTheBruteForceUnderTheOrdering)
           if (path == 0) {
             status = index->Search(batch, options, &arena, nullptr, ids.data(), dists.data());
           } else if (path <= 2) {
-            status = core::TreeKnnSearch(index->tree(), space, batch, options, search, &arena,
-                                         nullptr, ids.data(), dists.data());
+            status = core::TreeKnnSearch({&index->tree(), &space, search, &arena, nullptr},
+                                         batch, options,
+                                         {ids.data(), dists.data(), nullptr, {}});
           } else {
             status = core::BruteForceKnn(space, batch, options, &arena, nullptr, ids.data(),
                                          dists.data());

@@ -55,8 +55,8 @@ void ExpectExact(const KnnIndex& index, core::SearchStrategy strategy, const Knn
   std::vector<double> got(nq * options.k), ref(nq * options.k);
   core::TreeSearchOptions search;
   search.strategy = strategy;
-  ASSERT_TRUE(core::TreeKnnSearch(index.tree(), index.space(), batch, options, search, arena,
-                                  nullptr, got_ids.data(), got.data())
+  ASSERT_TRUE(core::TreeKnnSearch({&index.tree(), &index.space(), search, arena, nullptr}, batch,
+                                  options, {got_ids.data(), got.data(), nullptr, {}})
                   .ok());
   ASSERT_TRUE(core::BruteForceKnn(index.space(), batch, options, arena, nullptr, ref_ids.data(),
                                   ref.data())
