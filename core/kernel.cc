@@ -80,35 +80,43 @@ void Kernel::ValuesFromSquaredDistances(double* values, int64_t count) const {
   // scalar code that rounds differently, so equal inputs would give different bits depending
   // on where they sit (and two duplicates different factors).
   constexpr int64_t kBlock = 256;
-  alignas(64) double buffer[kBlock];
+  alignas(64) double r[kBlock];  // r^2, then the exponent's argument
+  alignas(64) double e[kBlock];
   const double s2 = spec_.variance;
   for (int64_t start = 0; start < count; start += kBlock) {
     const int64_t num = std::min(kBlock, count - start);
     const int64_t padded = (num + 7) / 8 * 8;
-    std::copy_n(values + start, num, buffer);
-    std::fill(buffer + num, buffer + padded, 0.0);
-    Eigen::Map<Eigen::ArrayXd, Eigen::Aligned64> a(buffer, padded);
-    // Vectorised exp clamps its argument near -708 instead of underflowing to 0, so values past
-    // kMaxExponent are set to 0 explicitly (else a Matern polynomial times the clamped exp grows).
+    std::copy_n(values + start, num, r);
+    std::fill(r + num, r + padded, 0.0);
+    Eigen::Map<Eigen::ArrayXd, Eigen::Aligned64> a(r, padded);
+    Eigen::Map<Eigen::ArrayXd, Eigen::Aligned64> x(e, padded);
+    // Eigen's select() has no vector path (it would call the scalar exp per value), so the
+    // exponentials are taken as a plain array expression and the cut-off applied by a loop the
+    // compiler turns into blends. The vectorised exp clamps its argument near -708 instead of
+    // underflowing to 0, so values past kMaxExponent are set to 0 explicitly (else a Matern
+    // polynomial times the clamped exp grows).
+    double* out = values + start;
     switch (spec_.type) {
       case KernelType::kRbf:
-        a = (a < 2.0 * kMaxExponent).select(s2 * (-0.5 * a).exp(), 0.0);
+        x = (-0.5 * a).exp();
+        for (int64_t i = 0; i < num; ++i) out[i] = r[i] < 2.0 * kMaxExponent ? s2 * e[i] : 0.0;
         break;
       case KernelType::kMatern12:
         a = a.sqrt();
-        a = (a < kMaxExponent).select(s2 * (-a).exp(), 0.0);
+        x = (-a).exp();
+        for (int64_t i = 0; i < num; ++i) out[i] = r[i] < kMaxExponent ? s2 * e[i] : 0.0;
         break;
       case KernelType::kMatern32:
         a = kSqrt3 * a.sqrt();
-        a = (a < kMaxExponent).select(s2 * (1.0 + a) * (-a).exp(), 0.0);
+        x = (1.0 + a) * (-a).exp();
+        for (int64_t i = 0; i < num; ++i) out[i] = r[i] < kMaxExponent ? s2 * e[i] : 0.0;
         break;
       case KernelType::kMatern52:
         a = kSqrt5 * a.sqrt();  // a = sqrt5 r, so 5 r^2 / 3 = a^2 / 3
-        a = (a < kMaxExponent)
-                .select(s2 * (1.0 + a + a.square() * (1.0 / 3.0)) * (-a).exp(), 0.0);
+        x = (1.0 + a + a.square() * (1.0 / 3.0)) * (-a).exp();
+        for (int64_t i = 0; i < num; ++i) out[i] = r[i] < kMaxExponent ? s2 * e[i] : 0.0;
         break;
     }
-    std::copy_n(buffer, num, values + start);
   }
 }
 

@@ -121,16 +121,29 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Restore(
   RETURN_IF_ERROR(CheckCancelled(cancellation));
   ASSIGN_OR_RETURN(std::unique_ptr<MetricSpace> space,
                    MakeSpace(spec, std::move(data), arena, progress));
+  BuildTimings restored_timings = timings;
+  bool rebuilt = false;
   // The fingerprint is of the arrays by id, so it is the same before and after the layout.
-  RETURN_IF_ERROR(LayOutInTreeOrder(tree, *space));
   if (space->Fingerprint() != space_fingerprint) {
-    return absl::DataLossError(
-        "the saved tree was built over a different metric space (other points, or factors that "
-        "this machine computes differently); rebuild the index");
+    if (!ComputesFactors(spec)) {
+      return absl::DataLossError(
+          "the saved tree was built over a different metric space (other points or factors); "
+          "rebuild the index");
+    }
+    // The points and the kernel are those of the saved index (the caller's uploads); only the
+    // computed factors differ in their rounding. The tree is derived from them: build it again.
+    RETURN_IF_ERROR(CheckCancelled(cancellation));
+    const absl::Time tree_start = absl::Now();
+    ASSIGN_OR_RETURN(tree, CoverTree::Build(*space, spec.tree, arena, cancellation));
+    restored_timings.tree_seconds = absl::ToDoubleSeconds(absl::Now() - tree_start);
+    rebuilt = true;
   }
+  RETURN_IF_ERROR(LayOutInTreeOrder(tree, *space));
   if (progress) progress(1.0);
-  return std::unique_ptr<KnnIndex>(
-      new KnnIndex(spec, std::move(space), std::move(tree), timings));
+  std::unique_ptr<KnnIndex> index(
+      new KnnIndex(spec, std::move(space), std::move(tree), restored_timings));
+  index->tree_rebuilt_ = rebuilt;
+  return index;
 }
 
 absl::Status KnnIndex::Search(const QueryBatch& queries, const KnnOptions& options,

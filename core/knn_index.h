@@ -99,10 +99,15 @@ class KnnIndex {
   // The index that Build(spec, data) made, with the tree it built then (read back from an index
   // file, core/index_file.h) instead of building it again: computes the metric space from `data`
   // as Build() does (V and p for computed factors) and adopts `tree`. DATA_LOSS if the tree
-  // does not fit (another size or base) or the space's fingerprint differs from
-  // `space_fingerprint` (other points, or factors that came out differently on this machine);
-  // otherwise the errors of Build(). The restored index answers every query exactly as the
-  // saved one did.
+  // does not fit (another size or base), or if the space's fingerprint differs from
+  // `space_fingerprint` where the space is given (Euclidean points, supplied factors): other
+  // points or factors. Where the factors are computed (V and p from the points and the kernel),
+  // a different fingerprint means they come out differently here than where the tree was built
+  // (another CPU, or a version of rcknn that rounds them differently): the tree, derived data, is
+  // then built again over the recomputed space and tree_rebuilt() is true. Otherwise the errors
+  // of Build(). A restored index whose tree was adopted answers every query exactly as the saved
+  // one did; one whose tree was rebuilt answers exactly by docs/design.md section 3, with
+  // distances that may differ from the saved index's in the last digits.
   static absl::StatusOr<std::unique_ptr<KnnIndex>> Restore(
       const IndexSpec& spec, IndexData data, CoverTree tree, const BuildTimings& timings,
       uint64_t space_fingerprint, tbb::task_arena* arena = nullptr,
@@ -145,6 +150,8 @@ class KnnIndex {
   const BuildTimings& timings() const { return timings_; }
   const MetricSpace& space() const { return *space_; }
   const CoverTree& tree() const { return tree_; }
+  // Whether Restore() built the tree again instead of adopting the saved one (see Restore).
+  bool tree_rebuilt() const { return tree_rebuilt_; }
   // Set by Reparameterize (default-constructed otherwise).
   const ReparameterizeReport& reparameterize_report() const { return report_; }
   // What a fresh tree over this index's points costs, as far as measured: its own tree build,
@@ -171,6 +178,7 @@ class KnnIndex {
   std::unique_ptr<MetricSpace> space_;
   CoverTree tree_;
   BuildTimings timings_;
+  bool tree_rebuilt_ = false;
   ReparameterizeReport report_;
   double fresh_tree_seconds_ = -1.0;  // < 0: timings_.tree_seconds
 };

@@ -211,29 +211,40 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
         "distinct inducing points");
   }
 
-  // V and p, in blocks of points, in parallel.
+  // V and p, in fixed blocks of points (so the bits do not depend on the thread count), in
+  // parallel. Each block is computed in place in its rows of V: the thread that fills a page is
+  // the one that first touches it, and no temporary is copied. Row-major rows of V are the
+  // columns of the m x count matrix K(U, X_block) that L^-1 is applied to by one blocked
+  // triangular solve (Eigen's TRSM: matrix products on panels).
   space->v_.resize(n, m);
   AdviseHugePages(space->v_.data(), space->v_.size() * sizeof(double));
   space->p_.resize(n);
+  const RowMatrix inducing_by_dim = space->inducing_scaled_.transpose();  // d x m
   const int64_t blocks = (n + kFactorBlock - 1) / kFactorBlock;
   std::atomic<int64_t> done{0};
   ResidualSpace* s = space.get();
   RunIn(arena, [&] {
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, 1), [&](const auto& range) {
-      Eigen::MatrixXd kux;
       for (int64_t block = range.begin(); block != range.end(); ++block) {
         const int64_t begin = block * kFactorBlock;
         const int64_t count = std::min(kFactorBlock, n - begin);
-        kux.resize(m, count);
+        double* rows = s->v_.row(begin).data();
         for (int64_t j = 0; j < count; ++j) {
-          for (int64_t u = 0; u < m; ++u) {
-            kux(u, j) = SquaredDistance(s->inducing_scaled_.row(u).data(),
-                                        s->scaled_.row(begin + j).data(), d);
+          double* r2 = rows + j * m;
+          const double* x = s->scaled_.row(begin + j).data();
+          std::fill(r2, r2 + m, 0.0);
+          for (int t = 0; t < d; ++t) {
+            const double xt = x[t];
+            const double* column = inducing_by_dim.row(t).data();
+            for (int64_t u = 0; u < m; ++u) {
+              const double diff = column[u] - xt;
+              r2[u] += diff * diff;
+            }
           }
-          k.ValuesFromSquaredDistances(kux.col(j).data(), m);
         }
+        k.ValuesFromSquaredDistances(rows, count * m);
+        Eigen::Map<Eigen::MatrixXd> kux(rows, m, count);  // K(U, X_block), column-major
         llt.matrixL().solveInPlace(kux);
-        s->v_.middleRows(begin, count) = kux.transpose();
         for (int64_t j = 0; j < count; ++j) {
           s->p_[begin + j] =
               std::max(k.variance() - s->v_.row(begin + j).squaredNorm(), kMinResidualVariance);

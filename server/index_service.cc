@@ -186,6 +186,15 @@ void IndexService::StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec
       index = absl::ResourceExhaustedError("the build ran out of memory");
     }
     shared_data.reset();
+    if (restore && index.ok() && (*index)->tree_rebuilt()) {
+      // Saved over factors that this build computes differently (core::KnnIndex::Restore): the
+      // tree was built again and is saved below, so the next start-up adopts it.
+      RCKNN_LOG(kWarning, "index ", entry->id(), ": the saved tree was built over factors V, p "
+                "that this server computes differently (another CPU or rcknn version); rebuilt "
+                "the tree over the recomputed factors in ", (*index)->timings().tree_seconds,
+                " s and saving it");
+      restore = false;
+    }
     if (restore || !index.ok() || store_ == nullptr) {
       PublishBuild(entry, std::move(index), build_seconds, std::move(*shared_memory), restore);
       return;

@@ -9,7 +9,7 @@
 // the id range, plus the shape of every row (ascending, padding, only ids below the query's).
 //
 //   rcknn-bench --workload=gold|gold-pred|vecchia-all|scale|dense|dense-pred|dense-all|
-//                          scale-all|gemm --threads=2 [--data_dir=DIR] [--snapshot_dir=DIR]
+//                          scale-all|gemm|build --threads=2 [--data_dir=DIR] [--snapshot_dir=DIR]
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -41,7 +41,7 @@
 
 ABSL_FLAG(std::string, workload, "gold",
           "gold | gold-pred | vecchia-all | scale | dense | dense-pred | dense-all | scale-all | "
-          "gemm");
+          "gemm | build");
 ABSL_FLAG(int, threads, 2, "worker threads (one tbb::task_arena of this size)");
 ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(),
           "directory of the fixed data sets (tests/data)");
@@ -53,6 +53,7 @@ ABSL_FLAG(int64_t, all_brute_sample, 2000,
           "(scale-all also checks exactly these answers against it)");
 ABSL_FLAG(bool, scale_check_all, true,
           "scale: check every query against the brute force (else only the timed sample)");
+ABSL_FLAG(bool, build_tree, true, "build: also build the tree (else only V and p)");
 ABSL_FLAG(std::string, snapshot_dir, "",
           "if set (every workload but gemm): save the built index to DIR/<workload>.rcknn-index, "
           "restore it and check that it answers identically");
@@ -465,6 +466,41 @@ int RunAll(const std::string& workload, int threads, tbb::task_arena& arena) {
   return 0;
 }
 
+// build: V and p, then the tree, for the scale workload's points (--scale_points), no queries.
+int RunBuild(int threads, tbb::task_arena& arena) {
+  core::SplitMix64 rng(20261123);
+  core::IndexData data = ScaleData(absl::GetFlag(FLAGS_scale_points), rng);
+  const int64_t n = data.points.rows();
+  if (!absl::GetFlag(FLAGS_build_tree)) {
+    const absl::Time start = absl::Now();
+    absl::StatusOr<std::unique_ptr<core::ResidualSpace>> space =
+        core::ResidualSpace::Create(std::move(data.points), ScaleSpec().residual, &arena);
+    const double seconds = Seconds(start);
+    if (!space.ok()) {
+      std::cerr << space.status() << "\n";
+      return 1;
+    }
+    std::cout << absl::StrFormat("{\"workload\":\"build\",\"threads\":%d,\"n\":%d,"
+                                 "\"build_v_seconds\":%.4f,\"peak_rss_bytes\":%d}",
+                                 threads, n, seconds, PeakRssBytes())
+              << std::endl;
+    return 0;
+  }
+  absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+      KnnIndex::Build(Tuned(ScaleSpec()), std::move(data), &arena);
+  if (!index.ok()) {
+    std::cerr << index.status() << "\n";
+    return 1;
+  }
+  std::cout << absl::StrFormat(
+                   "{\"workload\":\"build\",\"threads\":%d,\"n\":%d,\"build_v_seconds\":%.4f,"
+                   "\"build_tree_seconds\":%.4f,\"tree_depth\":%d,\"peak_rss_bytes\":%d}",
+                   threads, n, (*index)->timings().factor_seconds,
+                   (*index)->timings().tree_seconds, (*index)->tree().depth(), PeakRssBytes())
+            << std::endl;
+  return 0;
+}
+
 // Eigen's own float64 matrix product at this thread count: the yardstick for the brute force.
 int RunGemm(int threads, tbb::task_arena& arena) {
   const int64_t rows = 1024, cols = 4096, inner = 512, reps = 8;
@@ -496,7 +532,7 @@ int main(int argc, char** argv) {
       "rcknn-bench", "tests/bench/rcknn_bench.cc",
       "builds one workload's index, answers its queries with the tree search and the brute "
       "force, checks every answer and prints one JSON line (docs/benchmarks.md).\n"
-      "Usage: rcknn-bench --workload=gold|gold-pred|vecchia-all|dense|dense-pred|scale|gemm "
+      "Usage: rcknn-bench --workload=gold|gold-pred|vecchia-all|dense|dense-pred|scale|dense-all|scale-all|gemm|build "
       "[--threads=2] [flags]");
   absl::ParseCommandLine(argc, argv);
   const int threads = absl::GetFlag(FLAGS_threads);
@@ -512,6 +548,7 @@ int main(int argc, char** argv) {
     return rcknn::RunAll(workload, threads, arena);
   }
   if (workload == "gemm") return rcknn::RunGemm(threads, arena);
+  if (workload == "build") return rcknn::RunBuild(threads, arena);
   std::cerr << "unknown --workload " << workload << "\n";
   return 2;
 }

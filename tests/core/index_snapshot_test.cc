@@ -321,7 +321,63 @@ TEST_F(IndexSnapshotTest, RestoresOnAnotherThreadCount) {
   }
 }
 
-TEST_F(IndexSnapshotTest, OtherPointsOrKernelAreDataLoss) {
+// A tree saved over factors that this build computes differently (the fingerprint of V and p
+// differs, the points and kernel are the same): given spaces are refused, computed ones get the
+// tree built again over the recomputed factors.
+TEST_F(IndexSnapshotTest, OtherComputedFactorsRebuildTheTree) {
+  Case computed = Residual("computed", KernelType::kRbf, 1.0, 2, 400, 16, 1.5, 71);
+  Case supplied = computed;
+  supplied.name = "supplied";
+  supplied.factors_supplied = true;
+  Case euclid = Euclidean("euclid", 2, 400, 1.5, 72);
+  for (const Case& c : {computed, supplied, euclid}) {
+    SCOPED_TRACE(c.name);
+    std::unique_ptr<KnnIndex> built = Build(c);
+    ASSERT_NE(built, nullptr);
+    const std::string path = Path(c.name);
+    {
+      absl::StatusOr<std::unique_ptr<SnapshotWriter>> writer =
+          SnapshotWriter::Create(path, SnapshotKind::kTree);
+      ASSERT_TRUE(writer.ok());
+      TreeArrays::Of(built->tree())
+          .Write(**writer, c.n, built->space().Fingerprint() ^ uint64_t{1});
+      ASSERT_TRUE((*writer)->Commit().ok());
+    }
+    absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+        RestoreIndex(CaseSpec(c), Data(c), path, &arena_);
+    if (c.metric == Metric::kEuclidean || c.factors_supplied) {
+      EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss) << restored.status();
+      EXPECT_THAT(restored.status().message(), HasSubstr("different metric space"));
+      continue;
+    }
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    EXPECT_TRUE((*restored)->tree_rebuilt());
+    EXPECT_TRUE((*restored)->tree().CheckInvariants((*restored)->space()).ok());
+    // Here the factors are in fact the same, so the rebuilt tree is the built one.
+    ExpectSameTree(built->tree(), (*restored)->tree());
+    const std::vector<int64_t> ids = QueryIds(c.n, 73);
+    QueryBatch batch;
+    batch.ids = ids;
+    KnnOptions options;
+    options.k = 10;
+    ExpectIdentical(Search(*built, batch, options, &arena_),
+                    Search(**restored, batch, options, &arena_), "rebuilt tree");
+  }
+  // The saved fingerprint itself: an unchanged file adopts its tree.
+  const Case c = computed;
+  std::unique_ptr<KnnIndex> built = Build(c);
+  ASSERT_NE(built, nullptr);
+  const std::string path = Path("unchanged");
+  ASSERT_TRUE(SaveIndex(*built, path).ok());
+  absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
+      RestoreIndex(CaseSpec(c), Data(c), path, &arena_);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_FALSE((*restored)->tree_rebuilt());
+}
+
+// Points or kernel other than the saved index's: with given spaces the fingerprint refuses the
+// tree (DATA_LOSS); with computed factors the tree is built again over the space of the data.
+TEST_F(IndexSnapshotTest, OtherPointsOrKernelAreRefusedOrRebuilt) {
   Case computed = Residual("computed", KernelType::kRbf, 1.0, 2, 300, 16, 1.5, 41);
   Case supplied = computed;
   supplied.name = "supplied";
@@ -336,6 +392,12 @@ TEST_F(IndexSnapshotTest, OtherPointsOrKernelAreDataLoss) {
     auto expect_other_space = [&](const IndexSpec& spec, IndexData data, const std::string& what) {
       absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
           RestoreIndex(spec, std::move(data), path, &arena_);
+      if (c.metric == Metric::kResidualCorrelation && !c.factors_supplied) {
+        ASSERT_TRUE(restored.ok()) << what << ": " << restored.status();
+        EXPECT_TRUE((*restored)->tree_rebuilt()) << what;
+        EXPECT_TRUE((*restored)->tree().CheckInvariants((*restored)->space()).ok()) << what;
+        return;
+      }
       EXPECT_EQ(restored.status().code(), absl::StatusCode::kDataLoss)
           << what << ": " << restored.status();
       EXPECT_THAT(restored.status().message(), HasSubstr("different metric space")) << what;

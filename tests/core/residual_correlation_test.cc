@@ -647,6 +647,47 @@ TEST(ResidualReproducibilityTest, FactorsIndependentOfThreadCount) {
   EXPECT_TRUE(a->v() == c->v());
 }
 
+// V itself (not only V V^T) against a straightforward computation: one point at a time, K(U, x)
+// from the defining formula and a triangular solve of one vector against the Cholesky factor of
+// the reference K(U, U). Several blocks of points, the last one partial, computed in parallel;
+// the bits must not depend on the thread count.
+TEST(ResidualFactorsTest, BlockedFactorsMatchPointByPointSolve) {
+  for (KernelType type : {KernelType::kRbf, KernelType::kMatern32}) {
+    SCOPED_TRACE(core::KernelTypeName(type));
+    const KernelSpec kernel = MakeKernel(type, 1.7, {0.7, 1.1});
+    const int64_t n = 1100;
+    const int64_t m = 40;
+    const RowMatrix points = testing::NormalPoints(n, 2, 31);
+    tbb::task_arena one(1), two(2);
+    std::unique_ptr<ResidualSpace> a = MakeSpace(points, Options(kernel, m, 5), &one);
+    std::unique_ptr<ResidualSpace> b = MakeSpace(points, Options(kernel, m, 5), &two);
+    ASSERT_TRUE(a && b);
+    EXPECT_TRUE(a->v() == b->v()) << "V depends on the thread count";
+    EXPECT_TRUE(a->p() == b->p()) << "p depends on the thread count";
+
+    RowMatrix inducing(m, 2);
+    for (int64_t u = 0; u < m; ++u) inducing.row(u) = points.row(a->inducing_ids()[u]);
+    Eigen::MatrixXd kuu = RefGram(kernel, inducing, inducing);
+    kuu.diagonal().array() += core::kDefaultJitter * kernel.variance;
+    const Eigen::LLT<Eigen::MatrixXd> llt(kuu);
+    ASSERT_EQ(llt.info(), Eigen::Success);
+    double worst_v = 0.0, worst_p = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      Eigen::VectorXd kux(m);
+      for (int64_t u = 0; u < m; ++u) {
+        kux[u] = RefKernel(kernel, inducing.row(u).data(), points.row(i).data(), 2);
+      }
+      llt.matrixL().solveInPlace(kux);
+      worst_v = std::max(worst_v, (a->v().row(i).transpose() - kux).cwiseAbs().maxCoeff());
+      const double p = std::max(kernel.variance - kux.squaredNorm(), core::kMinResidualVariance);
+      worst_p = std::max(worst_p, std::abs(a->p()[i] - p));
+    }
+    // Rounding only: the factors of K(U, U) + jitter are conditioned to about 1e3 here.
+    EXPECT_LE(worst_v, 1e-9 * kernel.variance);
+    EXPECT_LE(worst_p, 1e-9 * kernel.variance);
+  }
+}
+
 TEST(ResidualReproducibilityTest, ProgressReachesOne) {
   const KernelSpec kernel = MakeKernel(KernelType::kRbf, 1.0, {1.0});
   std::vector<double> seen;

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "core/cover_tree.h"
+#include "core/snapshot_file.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
@@ -473,6 +475,75 @@ TEST_F(PersistenceTest, IndexOverTheBudgetAtStartFailsAndComesBackWithMore) {
   Restart();
   ASSERT_EQ(testing::AwaitBuilt(stub(), "big").state(), v1::INDEX_STATE_READY);
   ExpectIdentical(Answer(stub(), probes), want, "big");
+}
+
+// A data directory written by a server that computed V and p with other rounding (another CPU
+// or rcknn version): the saved fingerprint no longer matches the recomputed factors. The index
+// comes back READY over a tree built again (core::KnnIndex::Restore), which is saved, so the
+// next start-up adopts it.
+TEST_F(PersistenceTest, TreeOverOtherRoundedFactorsIsRebuiltAndSaved) {
+  Restart();
+  const int64_t n = 1200;
+  const core::RowMatrix points = testing::NormalPoints(n, kDimension, 91);
+  const v1::IndexSpec spec = testing::ResidualSpec(kDimension, v1::KERNEL_RBF, 1.0, 1.0, 32);
+  ASSERT_TRUE(testing::CreateIndex(stub(), "old", spec).ok());
+  ASSERT_TRUE(testing::UploadPoints(stub(), "old", points, 0, n, 600).ok());
+  ASSERT_EQ(testing::BuildAndWait(stub(), "old").state(), v1::INDEX_STATE_READY);
+  const std::vector<v1::SearchRequest> probes = Probes("old", n, true);
+  const Answers want = Answer(stub(), probes);
+  test_.server->Shutdown(absl::ZeroDuration());
+  test_ = testing::TestServer();
+
+  // The tree file of IndexStore::WriteTree, with the fingerprint of KnnIndex::Save changed.
+  const fs::path tree_file = IndexDir("old") / "tree.rcknn";
+  auto read_fingerprint = [&](bool flip) {
+    absl::StatusOr<std::unique_ptr<core::SnapshotReader>> reader =
+        core::SnapshotReader::Open(tree_file.string(), core::SnapshotKind::kTree);
+    EXPECT_TRUE(reader.ok()) << reader.status();
+    std::string owner;
+    int64_t uploads = 0, size = 0;
+    double build_seconds = 0, factor_seconds = 0, tree_seconds = 0;
+    uint64_t fingerprint = 0;
+    EXPECT_TRUE((*reader)->ReadString(&owner).ok());
+    EXPECT_TRUE((*reader)->ReadValue(&uploads).ok());
+    EXPECT_TRUE((*reader)->ReadValue(&build_seconds).ok());
+    EXPECT_TRUE((*reader)->ReadValue(&factor_seconds).ok());
+    EXPECT_TRUE((*reader)->ReadValue(&tree_seconds).ok());
+    EXPECT_TRUE((*reader)->ReadValue(&size).ok());
+    EXPECT_TRUE((*reader)->ReadValue(&fingerprint).ok());
+    absl::StatusOr<core::CoverTree> tree = core::CoverTree::Load(**reader, size);
+    EXPECT_TRUE(tree.ok()) << tree.status();
+    if (flip && tree.ok()) {
+      absl::StatusOr<std::unique_ptr<core::SnapshotWriter>> writer =
+          core::SnapshotWriter::Create(tree_file.string(), core::SnapshotKind::kTree);
+      EXPECT_TRUE(writer.ok()) << writer.status();
+      (*writer)->WriteString(owner);
+      (*writer)->WriteValue(uploads);
+      (*writer)->WriteValue(build_seconds);
+      (*writer)->WriteValue(factor_seconds);
+      (*writer)->WriteValue(tree_seconds);
+      (*writer)->WriteValue(size);
+      (*writer)->WriteValue(fingerprint ^ uint64_t{1});
+      tree->Save(**writer);
+      EXPECT_TRUE((*writer)->Commit().ok());
+    }
+    return fingerprint;
+  };
+  const uint64_t fingerprint = read_fingerprint(/*flip=*/true);
+  ASSERT_EQ(read_fingerprint(/*flip=*/false), fingerprint ^ uint64_t{1});
+
+  Restart();
+  const v1::IndexInfo info = testing::AwaitBuilt(stub(), "old");
+  ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
+  // Here the factors are in fact computed as before, so the answers are too.
+  ExpectIdentical(Answer(stub(), probes), want, "old");
+  // The rebuilt tree was saved with the fingerprint of this server's factors.
+  test_.server->Shutdown(absl::ZeroDuration());
+  test_ = testing::TestServer();
+  EXPECT_EQ(read_fingerprint(/*flip=*/false), fingerprint);
+  Restart();
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "old").state(), v1::INDEX_STATE_READY);
+  ExpectIdentical(Answer(stub(), probes), want, "old");
 }
 
 TEST(NoDataDirTest, NothingIsKept) {
