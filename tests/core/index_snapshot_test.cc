@@ -335,14 +335,9 @@ TEST_F(IndexSnapshotTest, OtherComputedFactorsRebuildTheTree) {
     std::unique_ptr<KnnIndex> built = Build(c);
     ASSERT_NE(built, nullptr);
     const std::string path = Path(c.name);
-    {
-      absl::StatusOr<std::unique_ptr<SnapshotWriter>> writer =
-          SnapshotWriter::Create(path, SnapshotKind::kTree);
-      ASSERT_TRUE(writer.ok());
-      TreeArrays::Of(built->tree())
-          .Write(**writer, c.n, built->space().Fingerprint() ^ uint64_t{1});
-      ASSERT_TRUE((*writer)->Commit().ok());
-    }
+    core::IndexFileHeader header = core::IndexFileHeaderOf(*built, "owner", 3, 0.75);
+    header.space_fingerprint ^= uint64_t{1};
+    ASSERT_TRUE(core::WriteIndexFile(path, header, built->tree().storage()).ok());
     absl::StatusOr<std::unique_ptr<KnnIndex>> restored =
         RestoreIndex(CaseSpec(c), Data(c), path, &arena_);
     if (c.metric == Metric::kEuclidean || c.factors_supplied) {

@@ -16,8 +16,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "core/cover_tree.h"
-#include "core/snapshot_file.h"
+#include "core/index_file.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
@@ -497,35 +496,15 @@ TEST_F(PersistenceTest, TreeOverOtherRoundedFactorsIsRebuiltAndSaved) {
   // The tree file of IndexStore::WriteTree, with the fingerprint of KnnIndex::Save changed.
   const fs::path tree_file = IndexDir("old") / "tree.rcknn";
   auto read_fingerprint = [&](bool flip) {
-    absl::StatusOr<std::unique_ptr<core::SnapshotReader>> reader =
-        core::SnapshotReader::Open(tree_file.string(), core::SnapshotKind::kTree);
-    EXPECT_TRUE(reader.ok()) << reader.status();
-    std::string owner;
-    int64_t uploads = 0, size = 0;
-    double build_seconds = 0, factor_seconds = 0, tree_seconds = 0;
-    uint64_t fingerprint = 0;
-    EXPECT_TRUE((*reader)->ReadString(&owner).ok());
-    EXPECT_TRUE((*reader)->ReadValue(&uploads).ok());
-    EXPECT_TRUE((*reader)->ReadValue(&build_seconds).ok());
-    EXPECT_TRUE((*reader)->ReadValue(&factor_seconds).ok());
-    EXPECT_TRUE((*reader)->ReadValue(&tree_seconds).ok());
-    EXPECT_TRUE((*reader)->ReadValue(&size).ok());
-    EXPECT_TRUE((*reader)->ReadValue(&fingerprint).ok());
-    absl::StatusOr<core::CoverTree> tree = core::CoverTree::Load(**reader, size);
-    EXPECT_TRUE(tree.ok()) << tree.status();
-    if (flip && tree.ok()) {
-      absl::StatusOr<std::unique_ptr<core::SnapshotWriter>> writer =
-          core::SnapshotWriter::Create(tree_file.string(), core::SnapshotKind::kTree);
-      EXPECT_TRUE(writer.ok()) << writer.status();
-      (*writer)->WriteString(owner);
-      (*writer)->WriteValue(uploads);
-      (*writer)->WriteValue(build_seconds);
-      (*writer)->WriteValue(factor_seconds);
-      (*writer)->WriteValue(tree_seconds);
-      (*writer)->WriteValue(size);
-      (*writer)->WriteValue(fingerprint ^ uint64_t{1});
-      tree->Save(**writer);
-      EXPECT_TRUE((*writer)->Commit().ok());
+    absl::StatusOr<core::IndexFileContents> contents = core::ReadIndexFile(tree_file.string());
+    EXPECT_TRUE(contents.ok()) << contents.status();
+    if (!contents.ok()) return uint64_t{0};
+    const uint64_t fingerprint = contents->header.space_fingerprint;
+    if (flip) {
+      core::IndexFileHeader header = contents->header;
+      header.space_fingerprint ^= uint64_t{1};
+      EXPECT_TRUE(
+          core::WriteIndexFile(tree_file.string(), header, contents->tree.storage()).ok());
     }
     return fingerprint;
   };
