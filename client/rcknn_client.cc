@@ -88,6 +88,36 @@ std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options) {
 
 }  // namespace
 
+void CallCanceller::Cancel() {
+  absl::MutexLock lock(&mutex_);
+  cancelled_ = true;
+  for (grpc::ClientContext* context : contexts_) context->TryCancel();
+}
+
+bool CallCanceller::cancelled() const {
+  absl::MutexLock lock(&mutex_);
+  return cancelled_;
+}
+
+CallCanceller::Registration::Registration(CallCanceller* canceller, grpc::ClientContext* context)
+    : context_(context) {
+  if (canceller == nullptr) return;
+  absl::MutexLock lock(&canceller->mutex_);
+  if (canceller->cancelled_) {
+    cancelled_ = true;
+    return;
+  }
+  canceller->contexts_.push_back(context);
+  canceller_ = canceller;
+}
+
+CallCanceller::Registration::~Registration() {
+  if (canceller_ == nullptr) return;
+  absl::MutexLock lock(&canceller_->mutex_);
+  std::vector<grpc::ClientContext*>& contexts = canceller_->contexts_;
+  contexts.erase(std::remove(contexts.begin(), contexts.end(), context_), contexts.end());
+}
+
 absl::Status FromGrpc(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
@@ -295,9 +325,12 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
     result.distances.resize(static_cast<size_t>(entries));
     return absl::OkStatus();
   };
+  auto cancelled = [] { return absl::CancelledError("cancelled by the caller"); };
   if (nq <= per_request) {
     grpc::ClientContext context;
     Prepare(&context);
+    const CallCanceller::Registration registration(query.canceller, &context);
+    if (registration.cancelled()) return cancelled();
     v1::SearchResponse response;
     if (grpc::Status status = stub_->Search(&context, make_request(0, nq), &response);
         !status.ok()) {
@@ -317,6 +350,8 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
 
   grpc::ClientContext context;
   Prepare(&context);
+  const CallCanceller::Registration registration(query.canceller, &context);
+  if (registration.cancelled()) return cancelled();
   auto stream = stub_->SearchStream(&context);
   // Requests go out from a second thread while answers are read here, so neither side waits
   // on flow control for the other.

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "grpcpp/channel.h"
 #include "rcknn/v1/rcknn.grpc.pb.h"
@@ -56,6 +57,36 @@ struct PointsView {
   }
 };
 
+// Cancels the calls it is given to (SearchQuery::canceller), from any thread: a call in flight
+// ends CANCELLED as a TryCancel of its context would end it, and a call started after Cancel()
+// ends CANCELLED without being sent. One canceller may serve several calls at once.
+class CallCanceller {
+ public:
+  void Cancel();
+  bool cancelled() const;
+
+  // Keeps `context` registered with `canceller` (which may be null: nothing to do) while it
+  // lives. cancelled() is true, and nothing registered, if Cancel() came first.
+  class Registration {
+   public:
+    Registration(CallCanceller* canceller, grpc::ClientContext* context);
+    ~Registration();
+    Registration(const Registration&) = delete;
+    Registration& operator=(const Registration&) = delete;
+    bool cancelled() const { return cancelled_; }
+
+   private:
+    CallCanceller* canceller_ = nullptr;  // null unless registered
+    grpc::ClientContext* context_;
+    bool cancelled_ = false;
+  };
+
+ private:
+  mutable absl::Mutex mutex_;
+  bool cancelled_ ABSL_GUARDED_BY(mutex_) = false;
+  std::vector<grpc::ClientContext*> contexts_ ABSL_GUARDED_BY(mutex_);
+};
+
 struct SearchQuery {
   std::string index_id;
   int64_t k = 10;
@@ -67,6 +98,8 @@ struct SearchQuery {
   // SearchRequest.ordering and ids_are_ranks (empty / false: upload order, ids).
   std::string ordering;
   bool ids_are_ranks = false;
+  // Optional: cancels the search (every request of it) when its Cancel() is called.
+  CallCanceller* canceller = nullptr;
 };
 
 // Progress of a long call: `done` of `total` rows (points uploaded, queries answered).

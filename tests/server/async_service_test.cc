@@ -1,7 +1,7 @@
-// The asynchronous service core against an in-process server, through the client library where
-// it serves: answer sizes for any k (no overflow), admission control (--max_queued_queries) for
-// Search and SearchStream, no thread per stream, and the option checks of --io_threads and
-// --max_queued_queries.
+// The asynchronous service core against an in-process server, through the client library (the
+// raw stub only to hold streams open, which the library never does): answer sizes for any k (no
+// overflow), admission control (--max_queued_queries) for Search and SearchStream, no thread per
+// stream, and the option checks of --io_threads and --max_queued_queries.
 #include <dirent.h>
 
 #include <cstdint>
@@ -27,23 +27,12 @@ namespace {
 using testing::StatusIs;
 using ::testing::HasSubstr;
 
+using testing::HeavySpec;
+using testing::IdQuery;
+using testing::Range;
+using testing::WaitFor;
+
 constexpr int64_t kPoints = 4096;
-
-std::vector<int64_t> Range(int64_t begin, int64_t end) {
-  std::vector<int64_t> ids(end - begin);
-  std::iota(ids.begin(), ids.end(), begin);
-  return ids;
-}
-
-template <typename Condition>
-bool WaitFor(Condition condition, absl::Duration timeout = absl::Seconds(30)) {
-  const absl::Time end = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > end) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
 
 // Threads of this process (the server is in-process).
 int ThreadCount() {
@@ -57,20 +46,14 @@ int ThreadCount() {
   return count;
 }
 
-v1::IndexSpec Spec() { return testing::ResidualSpec(3, v1::KERNEL_RBF, 1.0, 1.0, 256, 3); }
-
 client::SearchQuery IdQuery(const std::vector<int64_t>& ids, int64_t k) {
-  client::SearchQuery query;
-  query.index_id = "idx";
-  query.k = k;
-  query.ids = ids;
-  return query;
+  return testing::IdQuery("idx", ids, k);
 }
 
 TEST(AsyncServiceTest, HugeKIsRefusedNamingKWithTheRightSize) {
   testing::TestServer server = testing::StartTestServer();
   std::unique_ptr<client::RcknnClient> client = testing::MakeClient(server);
-  ASSERT_TRUE(client->CreateIndex("idx", Spec()).ok());
+  ASSERT_TRUE(client->CreateIndex("idx", HeavySpec()).ok());
   const core::RowMatrix points = testing::NormalPoints(kPoints, 3, 5);
   ASSERT_TRUE(client->UploadPoints("idx", {absl::MakeConstSpan(points.data(), points.size()), 3})
                   .ok());
@@ -100,20 +83,25 @@ TEST(AsyncServiceTest, HugeKIsRefusedNamingKWithTheRightSize) {
   const absl::StatusOr<client::SearchResult> large = client->Search(IdQuery(one, 100'000'000));
   EXPECT_THAT(large, StatusIs(absl::StatusCode::kResourceExhausted,
                               "an answer of 1600000256 bytes for a single query"));
-  v1::SearchResponse packed;
-  EXPECT_THAT(testing::Search(*server.stub, testing::IdSearch("idx", 100'000'000, one), &packed),
-              StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED,
+  client::ClientOptions packed;
+  packed.raw_answers = false;
+  EXPECT_THAT(testing::MakeClient(server, packed)->Search(IdQuery(one, 100'000'000)),
+              StatusIs(absl::StatusCode::kResourceExhausted,
                        "an answer of 1800000256 bytes for a single query"));
   EXPECT_THAT(large, StatusIs(absl::StatusCode::kResourceExhausted, "--max_message_bytes"));
   EXPECT_THAT(large.status().message(), ::testing::Not(HasSubstr("fewer queries")));
   // Many queries with k < n (10 bytes an entry): the whole answer's size, with the advice about
-  // queries. The raw stub, since the client library would split the batch.
-  v1::SearchRequest request = testing::IdSearch("idx", 2000, Range(0, 4000));
-  v1::SearchResponse response;
-  const grpc::Status status = testing::Search(*server.stub, request, &response);
-  EXPECT_THAT(status, StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                               "the answer (4000 queries x k = 2000) would take 80000256 bytes"));
-  EXPECT_THAT(status, StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "fewer queries"));
+  // queries. A client told of a larger limit than the server's, so that it sends them in one,
+  // asking for the packed layout.
+  client::ClientOptions unsplit;
+  unsplit.max_message_bytes = int64_t{1} << 30;
+  unsplit.raw_answers = false;
+  const std::vector<int64_t> many = Range(0, 4000);
+  const absl::StatusOr<client::SearchResult> whole =
+      testing::MakeClient(server, unsplit)->Search(IdQuery(many, 2000));
+  EXPECT_THAT(whole, StatusIs(absl::StatusCode::kResourceExhausted,
+                              "the answer (4000 queries x k = 2000) would take 80000256 bytes"));
+  EXPECT_THAT(whole, StatusIs(absl::StatusCode::kResourceExhausted, "fewer queries"));
   // A k the answer can hold still works.
   absl::StatusOr<client::SearchResult> fine = client->Search(IdQuery(one, 5000));
   ASSERT_TRUE(fine.ok()) << fine.status();
@@ -131,24 +119,29 @@ class AdmissionTest : public ::testing::Test {
     options.slice_queries = 16384;
     options.max_queued_queries = 64;
     server_ = new testing::TestServer(testing::StartTestServer(options));
-    const v1::IndexInfo info = testing::CreateReadyIndex(
-        *server_->stub, "idx", Spec(), testing::NormalPoints(16384, 3, 11), 4096);
+    const v1::IndexInfo info = testing::CreateHeavyIndex(*server_, "idx");
     ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
   }
   static void TearDownTestSuite() { delete server_; }
 
-  // Starts a search of every id that holds the pool until `context` is cancelled.
-  std::future<grpc::Status> Occupy(grpc::ClientContext* context) {
-    testing::SetDeadline(*context);
-    auto search = std::async(std::launch::async, [context] {
-      v1::SearchResponse response;
-      return server_->stub->Search(context, testing::IdSearch("idx", 30, Range(0, 16384)),
-                                   &response);
-    });
+  // Starts a search of every id that holds the pool until `canceller` cancels it.
+  std::future<absl::StatusOr<client::SearchResult>> Occupy(client::CallCanceller* canceller) {
+    auto search = Start(Range(0, testing::kHeavyPoints), 30, canceller);
     EXPECT_TRUE(WaitFor([] {
       return server_->server->searches_in_flight() == 1 && server_->server->queued_queries() == 0;
     }));
     return search;
+  }
+
+  // A search of `ids` on a thread of its own.
+  std::future<absl::StatusOr<client::SearchResult>> Start(std::vector<int64_t> ids, int64_t k,
+                                                          client::CallCanceller* canceller =
+                                                              nullptr) {
+    return std::async(std::launch::async, [this, ids = std::move(ids), k, canceller] {
+      client::SearchQuery query = IdQuery(ids, k);
+      query.canceller = canceller;
+      return client_->Search(query);
+    });
   }
 
   static std::string Rejected(absl::string_view reason) {
@@ -162,21 +155,17 @@ class AdmissionTest : public ::testing::Test {
   }
 
   static testing::TestServer* server_;
+  std::unique_ptr<client::RcknnClient> client_ = testing::MakeClient(*server_);
 };
 
 testing::TestServer* AdmissionTest::server_ = nullptr;
 
 TEST_F(AdmissionTest, SearchBeyondTheQueueBoundIsRefusedAtOnce) {
   EXPECT_EQ(Rejected("queue_full"), "0");
-  grpc::ClientContext running;
-  std::future<grpc::Status> occupied = Occupy(&running);
+  client::CallCanceller running;
+  auto occupied = Occupy(&running);
   // 40 queries wait to start (under the bound of 64); the next 40 would exceed it.
-  grpc::ClientContext waiting;
-  testing::SetDeadline(waiting);
-  auto queued = std::async(std::launch::async, [&waiting] {
-    v1::SearchResponse response;
-    return server_->stub->Search(&waiting, testing::IdSearch("idx", 5, Range(0, 40)), &response);
-  });
+  auto queued = Start(Range(0, 40), 5);
   ASSERT_TRUE(WaitFor([] { return server_->server->queued_queries() == 40; }));
   std::unique_ptr<client::RcknnClient> client = testing::MakeClient(*server_);
   const std::vector<int64_t> ids = Range(100, 140);
@@ -195,18 +184,13 @@ TEST_F(AdmissionTest, SearchBeyondTheQueueBoundIsRefusedAtOnce) {
               StatusIs(absl::StatusCode::kResourceExhausted,
                        "request 0: the server is overloaded"));
   // A batch that fits under the bound is still admitted: 64 - 40 = 24.
-  grpc::ClientContext fits;
-  testing::SetDeadline(fits);
-  auto admitted = std::async(std::launch::async, [&fits] {
-    v1::SearchResponse response;
-    return server_->stub->Search(&fits, testing::IdSearch("idx", 5, Range(0, 24)), &response);
-  });
+  auto admitted = Start(Range(0, 24), 5);
   ASSERT_TRUE(WaitFor([] { return server_->server->queued_queries() == 64; }));
   EXPECT_EQ(Rejected("queue_full"), "2");
 
   // Cancelling the running batch frees the pool: the waiting ones then run and succeed.
-  running.TryCancel();
-  EXPECT_THAT(occupied.get(), StatusIs(grpc::StatusCode::CANCELLED));
+  running.Cancel();
+  EXPECT_THAT(occupied.get(), StatusIs(absl::StatusCode::kCancelled));
   EXPECT_TRUE(queued.get().ok());
   EXPECT_TRUE(admitted.get().ok());
   EXPECT_TRUE(client->Search(IdQuery(ids, 5)).ok());
@@ -224,10 +208,7 @@ TEST_F(AdmissionTest, ABatchLargerThanTheBoundRunsWhenNothingWaits) {
 
 TEST(AsyncServiceTest, StreamsTakeNoThreadEach) {
   testing::TestServer server = testing::StartTestServer();
-  ASSERT_EQ(testing::CreateReadyIndex(*server.stub, "idx", Spec(),
-                                      testing::NormalPoints(2000, 3, 5), 1000)
-                .state(),
-            v1::INDEX_STATE_READY);
+  ASSERT_EQ(testing::CreateHeavyIndex(server, "idx", 2000).state(), v1::INDEX_STATE_READY);
   // Warm up: one stream answered, so that gRPC's own threads exist before counting.
   std::unique_ptr<client::RcknnClient> client = testing::MakeClient(server);
   client::ClientOptions one_per_request;
@@ -237,6 +218,7 @@ TEST(AsyncServiceTest, StreamsTakeNoThreadEach) {
                   .ok());
   const int before = ThreadCount();
   constexpr int kStreams = 64;
+  // The raw stub: 64 streams held open at once, which the client library never does.
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::SearchRequest, v1::SearchResponse>>>
       streams;

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "tests/testing/random_points.h"
 
 namespace rcknn::testing {
 
@@ -214,6 +216,44 @@ v1::SearchRequest IdSearch(const std::string& id, int64_t k, const std::vector<i
   request.mutable_query_ids()->Add(ids.begin(), ids.end());
   request.set_predecessor_mode(predecessor_mode);
   return request;
+}
+
+std::vector<int64_t> Range(int64_t begin, int64_t end) {
+  std::vector<int64_t> ids(end - begin);
+  std::iota(ids.begin(), ids.end(), begin);
+  return ids;
+}
+
+v1::IndexSpec HeavySpec() { return ResidualSpec(3, v1::KERNEL_RBF, 1.0, 1.0, 256, 3); }
+
+v1::IndexInfo CreateHeavyIndex(const TestServer& server, const std::string& id, int64_t points) {
+  const core::RowMatrix all = NormalPoints(kHeavyPoints, 3, 11);
+  std::unique_ptr<client::RcknnClient> client = MakeClient(server);
+  v1::IndexInfo failed;
+  absl::Status status = client->CreateIndex(id, HeavySpec()).status();
+  if (status.ok()) {
+    status = client->UploadPoints(id, {absl::MakeConstSpan(all.data(), points * 3), 3}).status();
+  }
+  if (status.ok()) status = client->BuildIndex(id).status();
+  if (!status.ok()) {
+    failed.set_error(status.ToString());
+    return failed;
+  }
+  absl::StatusOr<v1::IndexInfo> info = client->WaitForIndex(id);
+  if (!info.ok()) {
+    failed.set_error(info.status().ToString());
+    return failed;
+  }
+  return *info;
+}
+
+client::SearchQuery IdQuery(const std::string& index_id, const std::vector<int64_t>& ids,
+                            int64_t k) {
+  client::SearchQuery query;
+  query.index_id = index_id;
+  query.k = k;
+  query.ids = ids;
+  return query;
 }
 
 }  // namespace rcknn::testing

@@ -6,11 +6,13 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/rcknn_client.h"
 #include "gmock/gmock.h"
@@ -149,6 +151,35 @@ v1::IndexInfo CreateReadyIndex(v1::Rcknn::Stub& stub, const std::string& id,
 v1::SearchRequest IdSearch(const std::string& id, int64_t k, const std::vector<int64_t>& ids,
                            bool predecessor_mode = false);
 
+
+// ids begin, begin + 1, ..., end - 1.
+std::vector<int64_t> Range(int64_t begin, int64_t end);
+
+// Waits, without a fixed sleep, until `condition()` holds; false if `timeout` passes first.
+template <typename Condition>
+bool WaitFor(Condition condition, absl::Duration timeout = absl::Seconds(30)) {
+  const absl::Time end = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > end) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// A sparse-regime index (inducing points far apart relative to the data) whose searches scan
+// most points: a batch of every one of its kHeavyPoints ids takes seconds on two threads.
+inline constexpr int64_t kHeavyPoints = 16384;
+inline constexpr int64_t kHeavyK = 30;
+v1::IndexSpec HeavySpec();
+
+// Creates, uploads (the first `points` of one fixed N(0, 1) draw) and builds the heavy index
+// `id` through the client library; the final IndexInfo (READY, checked by the caller).
+v1::IndexInfo CreateHeavyIndex(const TestServer& server, const std::string& id,
+                               int64_t points = kHeavyPoints);
+
+// A search of `ids` of `index_id` for the client library (`ids` must outlive it).
+client::SearchQuery IdQuery(const std::string& index_id, const std::vector<int64_t>& ids,
+                            int64_t k);
 
 }  // namespace rcknn::testing
 
