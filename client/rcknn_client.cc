@@ -138,12 +138,16 @@ void RcknnClient::Prepare(grpc::ClientContext* context) const {
 absl::StatusOr<v1::IndexInfo> RcknnClient::CreateIndex(const std::string& index_id,
                                                        const v1::IndexSpec& spec,
                                                        int64_t expected_num_points) {
-  grpc::ClientContext context;
-  Prepare(&context);
   v1::CreateIndexRequest request;
   request.set_index_id(index_id);
   *request.mutable_spec() = spec;
   request.set_expected_num_points(expected_num_points);
+  return CreateIndex(request);
+}
+
+absl::StatusOr<v1::IndexInfo> RcknnClient::CreateIndex(const v1::CreateIndexRequest& request) {
+  grpc::ClientContext context;
+  Prepare(&context);
   v1::IndexInfo info;
   if (grpc::Status status = stub_->CreateIndex(&context, request, &info); !status.ok()) {
     return FromGrpc(status);

@@ -127,6 +127,8 @@ class RcknnClient {
   // the shards' ranges behind rcknn-router.
   absl::StatusOr<v1::IndexInfo> CreateIndex(const std::string& index_id, const v1::IndexSpec& spec,
                                             int64_t expected_num_points = 0);
+  // CreateIndex with the whole request (source_index_id: an index over another's points).
+  absl::StatusOr<v1::IndexInfo> CreateIndex(const v1::CreateIndexRequest& request);
   // One UploadPoints stream of chunks. `factors` (n x factor_columns) and
   // `residual_variances` (n) only for specs with factors_supplied. `on_progress` (optional) is
   // called after each chunk is written, with the rows sent so far.

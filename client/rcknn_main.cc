@@ -2,7 +2,8 @@
 //
 //   rcknn [--server=HOST:PORT] <command> [flags]
 //
-// Commands: gen, create, upload, build, status, list, delete, search, search-all, bench, load.
+// Commands: gen, create, upload, build, status, list, delete, reparameterize, order, search,
+// search-all, bench, load.
 // `rcknn --help` lists the flags; each command uses the ones named in its line of kUsage.
 #include <unistd.h>
 
@@ -73,6 +74,10 @@ ABSL_FLAG(std::string, inducing_method, "",
           "create: uniform | kmeans++ (k-means++ seeding on the scaled coordinates; empty: the "
           "server's default, uniform)");
 ABSL_FLAG(int, lloyd, -1, "create: Lloyd steps after k-means++ (negative: server default 0)");
+ABSL_FLAG(std::string, source, "",
+          "reparameterize: the READY index whose points the new index (--index) takes");
+ABSL_FLAG(std::string, source_tree, "auto",
+          "reparameterize: auto | refit | rebuild (the source's tree refitted, or a fresh one)");
 ABSL_FLAG(std::string, name, "", "order: name of the ordering");
 ABSL_FLAG(std::string, method, "maximin_residual",
           "order: random | maximin_euclidean | maximin_residual | supplied (--input: ids by rank)");
@@ -124,6 +129,12 @@ constexpr char kUsage[] = R"(rcknn [--server=HOST:PORT] <command> [flags]
              [--expected_points=N]
   upload     --index=ID --input=FILE [--format=csv|f64] [--dim=D]
   build      --index=ID [--wait=true]
+  reparameterize --index=NEW --source=ID [--kernel=...] [--variance=...] [--lengthscale=...]
+             [--inducing=M] [--inducing_seed=S] [--inducing_points=FILE] [--jitter=J]
+             [--inducing_method=uniform|kmeans++ [--lloyd=0]] [--source_tree=auto|refit|rebuild]
+             [--wait=true]
+             a new index over the source's points (no upload) with the source's spec changed
+             by the kernel flags given; builds at once
   status     --index=ID
   list
   delete     --index=ID
@@ -276,6 +287,99 @@ absl::Status Create(RcknnClient& client) {
   return absl::OkStatus();
 }
 
+// Names of the flags on the command line (set by Main before parsing): reparameterize changes
+// only what was given, even when it was given its default value.
+std::vector<std::string>& GivenFlags() {
+  static std::vector<std::string> names;
+  return names;
+}
+
+bool FlagGiven(absl::string_view name) {
+  return std::find(GivenFlags().begin(), GivenFlags().end(), name) != GivenFlags().end();
+}
+
+// Follows the build of the index to READY or FAILED, printing progress; AbortedError on FAILED.
+absl::Status FollowBuild(RcknnClient& client, const std::string& index_id);
+
+absl::Status Reparameterize(RcknnClient& client) {
+  if (absl::Status status = RequireIndex(); !status.ok()) return status;
+  const std::string source = absl::GetFlag(FLAGS_source);
+  if (source.empty()) return absl::InvalidArgumentError("reparameterize: --source is required");
+  auto source_info = client.GetIndex(source);
+  if (!source_info.ok()) return source_info.status();
+  v1::CreateIndexRequest request;
+  request.set_index_id(absl::GetFlag(FLAGS_index));
+  request.set_source_index_id(source);
+  const std::string tree = absl::GetFlag(FLAGS_source_tree);
+  if (tree == "refit") {
+    request.set_source_tree(v1::SOURCE_TREE_REFIT);
+  } else if (tree == "rebuild") {
+    request.set_source_tree(v1::SOURCE_TREE_REBUILD);
+  } else if (tree != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("reparameterize: --source_tree must be auto, refit or rebuild, got ", tree));
+  }
+  // The source's spec as it reports it, with what the flags change.
+  v1::IndexSpec& spec = *request.mutable_spec();
+  spec = source_info->spec();
+  if (FlagGiven("kernel")) {
+    const std::string kernel = absl::GetFlag(FLAGS_kernel);
+    v1::KernelType type;
+    if (!v1::KernelType_Parse(absl::StrCat("KERNEL_", absl::AsciiStrToUpper(kernel)), &type) ||
+        type == v1::KERNEL_UNSPECIFIED) {
+      return absl::InvalidArgumentError(absl::StrCat("reparameterize: unknown --kernel ", kernel));
+    }
+    spec.mutable_kernel()->set_type(type);
+  }
+  if (FlagGiven("variance")) spec.mutable_kernel()->set_variance(absl::GetFlag(FLAGS_variance));
+  if (FlagGiven("lengthscale")) {
+    spec.mutable_kernel()->clear_lengthscales();
+    for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_lengthscale), ',')) {
+      double l;
+      if (!absl::SimpleAtod(part, &l)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("reparameterize: bad --lengthscale ", part));
+      }
+      spec.mutable_kernel()->add_lengthscales(l);
+    }
+  }
+  if (FlagGiven("inducing")) spec.set_inducing_count(absl::GetFlag(FLAGS_inducing));
+  if (FlagGiven("inducing_seed")) spec.set_inducing_seed(absl::GetFlag(FLAGS_inducing_seed));
+  if (FlagGiven("jitter")) spec.set_jitter(absl::GetFlag(FLAGS_jitter));
+  if (FlagGiven("inducing_method")) {
+    const std::string method = absl::GetFlag(FLAGS_inducing_method);
+    if (method == "uniform") {
+      spec.set_inducing_method(v1::INDUCING_METHOD_UNIFORM);
+    } else if (method == "kmeans++") {
+      spec.set_inducing_method(v1::INDUCING_METHOD_KMEANS_PLUSPLUS);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "reparameterize: --inducing_method must be uniform or kmeans++, got ", method));
+    }
+  }
+  if (FlagGiven("lloyd")) spec.set_lloyd_iterations(absl::GetFlag(FLAGS_lloyd));
+  if (FlagGiven("inducing_points")) {
+    const std::string file = absl::GetFlag(FLAGS_inducing_points);
+    auto format = ParseFileFormat(absl::GetFlag(FLAGS_format), file);
+    if (!format.ok()) return format.status();
+    auto matrix = ReadMatrix(file, *format, spec.dimension());
+    if (!matrix.ok()) return matrix.status();
+    spec.clear_inducing_points();
+    spec.mutable_inducing_points()->Add(matrix->values.begin(), matrix->values.end());
+  }
+  auto info = client.CreateIndex(request);
+  if (!info.ok()) return info.status();
+  if (!absl::GetFlag(FLAGS_wait)) {
+    PrintInfo(*info);
+    return absl::OkStatus();
+  }
+  if (absl::Status status = FollowBuild(client, info->index_id()); !status.ok()) return status;
+  auto ready = client.GetIndex(info->index_id());
+  if (!ready.ok()) return ready.status();
+  std::printf("tree: %s\n", ready->tree_refitted() ? "the source's, refitted" : "built afresh");
+  return absl::OkStatus();
+}
+
 absl::Status Upload(RcknnClient& client) {
   if (absl::Status status = RequireIndex(); !status.ok()) return status;
   const std::string input = absl::GetFlag(FLAGS_input);
@@ -313,9 +417,13 @@ absl::Status Build(RcknnClient& client) {
     PrintInfo(*info);
     return absl::OkStatus();
   }
+  return FollowBuild(client, absl::GetFlag(FLAGS_index));
+}
+
+absl::Status FollowBuild(RcknnClient& client, const std::string& index_id) {
   const bool tty = isatty(fileno(stdout));
   int last_percent = -1;
-  auto final_info = client.WaitForIndex(absl::GetFlag(FLAGS_index), [&](const v1::IndexInfo& i) {
+  auto final_info = client.WaitForIndex(index_id, [&](const v1::IndexInfo& i) {
     const int percent = static_cast<int>(100 * i.build_progress());
     if (i.state() == v1::INDEX_STATE_BUILDING && (tty || percent / 10 != last_percent / 10)) {
       std::printf(tty ? "\rbuilding %s: %3d%% (%.1f s)" : "building %s: %3d%% (%.1f s)\n",
@@ -360,14 +468,16 @@ absl::Status Delete(RcknnClient& client) {
   return absl::OkStatus();
 }
 
-void PrintRows(const SearchResult& result, const std::vector<int64_t>& query_ids, int count) {
+// `label` names what the query ids and the neighbours are: "id", or "rank" with --ranks.
+void PrintRows(const SearchResult& result, const std::vector<int64_t>& query_ids, int count,
+               absl::string_view label) {
   // Spread the printed rows over the batch: the first, the last and some between.
   const int64_t nq = result.num_queries;
   const int64_t shown = std::min<int64_t>(count, nq);
   for (int64_t s = 0; s < shown; ++s) {
     const int64_t q = shown == 1 ? 0 : s * (nq - 1) / (shown - 1);
     std::string line =
-        query_ids.empty() ? absl::StrCat("query ", q) : absl::StrCat("id ", query_ids[q]);
+        query_ids.empty() ? absl::StrCat("query ", q) : absl::StrCat(label, " ", query_ids[q]);
     absl::StrAppend(&line, ":");
     const int64_t k_shown = std::min<int64_t>(result.k, 8);
     for (int64_t j = 0; j < k_shown; ++j) {
@@ -445,7 +555,7 @@ absl::Status RunSearch(RcknnClient& client, SearchQuery& query,
               result->requests == 1 ? "" : "s",
               static_cast<double>(result->stats.distance_evaluations()) /
                   std::max<int64_t>(1, result->num_queries));
-  PrintRows(*result, query_ids, absl::GetFlag(FLAGS_print));
+  PrintRows(*result, query_ids, absl::GetFlag(FLAGS_print), query.ids_are_ranks ? "rank" : "id");
   return WriteResult(*result);
 }
 
@@ -684,6 +794,12 @@ absl::Status SetSecurityOptions(ClientOptions* options) {
 
 int Main(int argc, char** argv) {
   rcknn::core::SetUpFlagsUsage("rcknn", "client/rcknn_main.cc", kUsage);
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
+    GivenFlags().emplace_back(arg.substr(0, arg.find('=')));
+  }
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() != 2) {
     std::fprintf(stderr, "%s", kUsage);
@@ -723,6 +839,8 @@ int Main(int argc, char** argv) {
     status = List(client);
   } else if (command == "delete") {
     status = Delete(client);
+  } else if (command == "reparameterize") {
+    status = Reparameterize(client);
   } else if (command == "order") {
     status = Order(client);
   } else if (command == "search") {

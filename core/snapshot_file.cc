@@ -93,6 +93,8 @@ std::string SnapshotKindName(SnapshotKind kind) {
       return "tree";
     case SnapshotKind::kOrdering:
       return "ordering";
+    case SnapshotKind::kSource:
+      return "source";
   }
   return absl::StrCat("unknown kind ", static_cast<uint32_t>(kind));
 }

@@ -40,7 +40,13 @@ inline constexpr uint32_t kSnapshotFormatVersion = 1;
 inline constexpr int64_t kSnapshotHeaderBytes = 48;
 
 // What a file holds. The values are on disk: never renumber.
-enum class SnapshotKind : uint32_t { kIndexSpec = 1, kUpload = 2, kTree = 3, kOrdering = 4 };
+enum class SnapshotKind : uint32_t {
+  kIndexSpec = 1,
+  kUpload = 2,
+  kTree = 3,
+  kOrdering = 4,
+  kSource = 5,
+};
 
 std::string SnapshotKindName(SnapshotKind kind);
 

@@ -37,8 +37,12 @@ std::string IndexStateName(IndexState state) {
   return "UNKNOWN";
 }
 
-IndexEntry::IndexEntry(std::string id, v1::IndexSpec spec, core::IndexSpec core_spec)
-    : id_(std::move(id)), spec_(std::move(spec)), core_spec_(std::move(core_spec)) {}
+IndexEntry::IndexEntry(std::string id, v1::IndexSpec spec, core::IndexSpec core_spec,
+                       std::string source_index_id)
+    : id_(std::move(id)),
+      source_index_id_(std::move(source_index_id)),
+      spec_(std::move(spec)),
+      core_spec_(std::move(core_spec)) {}
 
 int64_t IndexEntry::factor_columns() const {
   absl::MutexLock lock(&mutex_);
@@ -125,6 +129,29 @@ absl::StatusOr<core::IndexData> IndexEntry::BeginBuild(
   build_start_ = absl::Now();
   ++version_;
   return data;
+}
+
+absl::Status IndexEntry::BeginSourcedBuild(
+    int64_t num_points, int64_t uploads,
+    const std::function<absl::Status(int64_t num_points)>& check, MemoryReservation memory) {
+  absl::MutexLock write_lock(&write_mutex_);
+  absl::MutexLock lock(&mutex_);
+  if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
+  if (state_ != IndexState::kLoading || num_points_ != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "index ", id_, " is ", IndexStateName(state_), " with ", num_points_,
+        " points; only a new index takes its points from a source"));
+  }
+  if (check) {
+    if (absl::Status status = check(num_points); !status.ok()) return status;
+  }
+  num_points_ = num_points;
+  uploads_ = uploads;
+  memory_.Absorb(std::move(memory));
+  state_ = IndexState::kBuilding;
+  build_start_ = absl::Now();
+  ++version_;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<double>> IndexEntry::Coordinates(absl::Span<const int64_t> ids) const {

@@ -77,10 +77,13 @@ struct StoredOrdering {
 // One index. Thread-safe.
 class IndexEntry {
  public:
-  // `spec` is the validated proto spec as it will be reported; `core_spec` its core form.
-  IndexEntry(std::string id, v1::IndexSpec spec, core::IndexSpec core_spec);
+  // `spec` is the validated proto spec as it will be reported; `core_spec` its core form;
+  // `source_index_id` the index whose points this one shares (empty: uploaded points).
+  IndexEntry(std::string id, v1::IndexSpec spec, core::IndexSpec core_spec,
+             std::string source_index_id = "");
 
   const std::string& id() const { return id_; }
+  const std::string& source_index_id() const { return source_index_id_; }
   const v1::IndexSpec& spec() const { return spec_; }
   const core::IndexSpec& core_spec() const { return core_spec_; }
 
@@ -108,6 +111,13 @@ class IndexEntry {
   // points, under the entry's lock) if it fails, and then nothing changes.
   absl::StatusOr<core::IndexData> BeginBuild(
       const std::function<absl::Status(int64_t num_points)>& check = nullptr);
+  // LOADING -> BUILDING for an index that takes its `num_points` points from a source index
+  // (held by the build, not by the entry) in `uploads` upload files. FAILED_PRECONDITION unless
+  // LOADING without points; NOT_FOUND once deleted; the error of `check`. The entry takes over
+  // `memory` (of the budget; resized to the index by FinishBuild).
+  absl::Status BeginSourcedBuild(int64_t num_points, int64_t uploads,
+                                 const std::function<absl::Status(int64_t num_points)>& check,
+                                 MemoryReservation memory);
   // Any thread, any number of times during the build.
   void SetBuildProgress(double fraction);
   // BUILDING -> READY with `index`, or FAILED with its error. The entry's memory becomes the
@@ -161,6 +171,7 @@ class IndexEntry {
 
  private:
   const std::string id_;
+  const std::string source_index_id_;
   const v1::IndexSpec spec_;
   const core::IndexSpec core_spec_;
   core::Cancellation build_cancellation_;

@@ -66,6 +66,77 @@ absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::CreateIndex(const std:
   return entry;
 }
 
+absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::CreateIndexFromSource(
+    const v1::CreateIndexRequest& request) {
+  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
+  RETURN_IF_ERROR(ValidateIndexId(request.source_index_id(), "source_index_id"));
+  ASSIGN_OR_RETURN(const core::TreeStart tree_start, ToCoreTreeStart(request.source_tree()));
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> source, registry_->Get(request.source_index_id()));
+  absl::StatusOr<std::shared_ptr<const core::KnnIndex>> source_index = source->ReadyIndex();
+  if (!source_index.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("source_index_id: index ", source->id(), " is ",
+                     IndexStateName(source->Snapshot().state),
+                     "; an index is created from a source once the source is READY"));
+  }
+  ASSIGN_OR_RETURN(v1::IndexSpec wanted, SpecFromSource(request, source->spec()));
+  v1::IndexSpec normalized;
+  ASSIGN_OR_RETURN(core::IndexSpec core_spec, ToCoreSpec(wanted, &normalized));
+  auto entry = std::make_shared<IndexEntry>(request.index_id(), std::move(normalized),
+                                            std::move(core_spec), source->id());
+  const int64_t n = (*source_index)->size();
+  const int64_t uploads = source->uploads();
+  RETURN_IF_ERROR(registry_->Add(entry));
+  auto undo = [&](absl::Status status) {
+    (void)registry_->Remove(entry->id());
+    return status;
+  };
+  if (store_ != nullptr) {
+    // Under the source's write lock: its files cannot be deleted while they are linked.
+    const SourceLink link{source->id(), uploads, n};
+    absl::Status stored = source->RunWrite(
+        [&] { return store_->CreateIndex(entry->id(), entry->spec(), &link); });
+    if (!stored.ok()) {
+      if (stored.code() == absl::StatusCode::kNotFound) {
+        stored = absl::NotFoundError(
+            absl::StrCat("source_index_id: index ", source->id(), " was deleted"));
+      }
+      if (stored.code() != absl::StatusCode::kAlreadyExists) {
+        (void)store_->DeleteIndex(entry->id());
+      }
+      return undo(stored);
+    }
+  }
+  core::IndexSpec spec;
+  MemoryReservation build_memory;
+  absl::StatusOr<MemoryReservation> index_memory =
+      budget_->Reserve(0, absl::StrCat("index ", entry->id()));
+  absl::Status started = index_memory.status();
+  if (started.ok()) {
+    started = entry->BeginSourcedBuild(
+        n, uploads, BuildCheck(*entry, "building", nullptr, &spec, &build_memory),
+        *std::move(index_memory));
+  }
+  if (!started.ok()) {
+    if (store_ != nullptr) (void)store_->DeleteIndex(entry->id());
+    return undo(started);
+  }
+  RCKNN_LOG(kInfo, "created index ", entry->id(), " from index ", source->id(), " (", n,
+            " points, shared); building");
+  core::ReparameterizeOptions options;
+  options.tree_start = tree_start;
+  StartBuild(entry, std::move(spec), core::IndexData(), std::move(build_memory),
+             /*restore=*/false,
+             [source_index = *std::move(source_index), options](
+                 const core::IndexSpec& spec, tbb::task_arena* arena,
+                 const core::Cancellation* cancellation, const core::ProgressCallback& progress) {
+               return core::KnnIndex::Reparameterize(*source_index, spec, options, arena,
+                                                     cancellation, progress);
+             });
+  UpdateIndexGauges();
+  return entry;
+}
+
 absl::Status IndexService::BeginUpload(const std::string& index_id, UploadState* state) {
   ASSIGN_OR_RETURN(state->entry, registry_->Get(index_id));
   const IndexSnapshot snapshot = state->entry->Snapshot();
@@ -164,18 +235,20 @@ std::function<absl::Status(int64_t)> IndexService::BuildCheck(
 
 void IndexService::StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec spec,
                               core::IndexData data, MemoryReservation build_memory,
-                              bool restore) {
+                              bool restore, MakeIndex make) {
   // std::function needs a copyable callable: the data and the reservation travel in shared_ptrs.
   auto shared_data = std::make_shared<core::IndexData>(std::move(data));
   auto shared_memory = std::make_shared<MemoryReservation>(std::move(build_memory));
   tbb::task_arena* arena = pool_->arena();
   pool_->Run([this, entry, spec = std::move(spec), shared_data, shared_memory, arena,
-              restore]() mutable {
+              restore, make = std::move(make)]() mutable {
     absl::StatusOr<std::unique_ptr<core::KnnIndex>> index;
     double build_seconds = -1.0;
     auto progress = [raw = entry.get()](double f) { raw->SetBuildProgress(f); };
     try {
-      if (restore) {
+      if (make) {
+        index = make(spec, arena, entry->build_cancellation(), progress);
+      } else if (restore) {
         index = store_->RestoreTree(entry->id(), entry->uploads(), spec, std::move(*shared_data),
                                     arena, entry->build_cancellation(), progress, &build_seconds);
       } else {
@@ -252,7 +325,7 @@ int64_t IndexService::LoadStoredIndexes() {
     }
     auto entry = std::make_shared<IndexEntry>(
         found.id, spec.ok() ? std::move(normalized) : found.spec,
-        spec.ok() ? *std::move(spec) : core::IndexSpec());
+        spec.ok() ? *std::move(spec) : core::IndexSpec(), found.source_id);
     if (absl::Status added = registry_->Add(entry, /*enforce_limit=*/false); !added.ok()) {
       RCKNN_LOG(kError, "--data_dir: index ", found.id, " not loaded: ", added.message());
       continue;

@@ -113,6 +113,15 @@ class IndexService {
                                                           v1::IndexSpec reported,
                                                           core::IndexSpec spec);
 
+  // Blocking (disk): run it on the I/O executor. CreateIndex with source_index_id: validates the
+  // request against the source (NOT_FOUND, FAILED_PRECONDITION unless READY, INVALID_ARGUMENT
+  // naming the field: server/proto_conversion.h SpecFromSource), registers the new index,
+  // commits its spec and the links to the source's upload files, and starts its build on the
+  // pool (core::KnnIndex::Reparameterize over the source's points, shared). Returns the entry,
+  // BUILDING. The errors of CreateIndex too.
+  absl::StatusOr<std::shared_ptr<IndexEntry>> CreateIndexFromSource(
+      const v1::CreateIndexRequest& request);
+
   // The first chunk of an upload stream: finds the index (NOT_FOUND), which must be LOADING
   // (FAILED_PRECONDITION), and sets up `state`.
   absl::Status BeginUpload(const std::string& index_id, UploadState* state);
@@ -174,8 +183,12 @@ class IndexService {
   // Runs the build (or, with `restore`, the restore from the store) of `entry` on the pool; a
   // new tree is then written on the I/O executor, and the result published. `build_memory` is
   // released when it ends.
+  // `make` (if set) makes the index instead of a build from `data`.
+  using MakeIndex = std::function<absl::StatusOr<std::unique_ptr<core::KnnIndex>>(
+      const core::IndexSpec& spec, tbb::task_arena* arena, const core::Cancellation* cancellation,
+      const core::ProgressCallback& progress)>;
   void StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec spec, core::IndexData data,
-                  MemoryReservation build_memory, bool restore);
+                  MemoryReservation build_memory, bool restore, MakeIndex make = nullptr);
   // Publishes a finished build (FinishBuild, metrics, gauges, log).
   void PublishBuild(const std::shared_ptr<IndexEntry>& entry,
                     absl::StatusOr<std::unique_ptr<core::KnnIndex>> index, double build_seconds,

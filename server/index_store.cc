@@ -31,6 +31,7 @@ namespace fs = std::filesystem;
 constexpr char kSpecFile[] = "spec.rcknn";
 constexpr char kTreeFile[] = "tree.rcknn";
 constexpr char kBuildSpecFile[] = "build-spec.rcknn";
+constexpr char kSourceFile[] = "source.rcknn";
 constexpr char kUploadPrefix[] = "upload-";
 constexpr char kOrderingPrefix[] = "ordering-";
 constexpr char kSuffix[] = ".rcknn";
@@ -42,6 +43,16 @@ std::string UploadFile(int64_t sequence) {
 
 absl::Status FsError(absl::string_view what, const fs::path& path, const std::error_code& error) {
   return absl::UnavailableError(absl::StrCat(what, " ", path.string(), ": ", error.message()));
+}
+
+absl::Status SyncFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  if (rc != 0) return absl::UnavailableError(absl::StrCat("cannot fsync ", path, ": ", std::strerror(saved)));
+  return absl::OkStatus();
 }
 
 // Reads the owner id that starts every payload; DATA_LOSS if it is another index's.
@@ -91,6 +102,31 @@ absl::StatusOr<PointBatch> ReadUpload(const std::string& path, absl::string_view
     return reader->Corrupt("array lengths do not match the point count");
   }
   return batch;
+}
+
+// source.rcknn: the source's id, the owner id of the linked upload files, uploads, points.
+struct SourceRecord {
+  std::string source_id;
+  std::string points_owner;
+  int64_t uploads = 0;
+  int64_t points = 0;
+};
+
+absl::StatusOr<SourceRecord> ReadSource(const std::string& path, absl::string_view id) {
+  ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotReader> reader,
+                   core::SnapshotReader::Open(path, core::SnapshotKind::kSource));
+  RETURN_IF_ERROR(CheckOwner(*reader, id));
+  SourceRecord record;
+  RETURN_IF_ERROR(reader->ReadString(&record.source_id, 1024));
+  RETURN_IF_ERROR(reader->ReadString(&record.points_owner, 1024));
+  RETURN_IF_ERROR(reader->ReadValue(&record.uploads));
+  RETURN_IF_ERROR(reader->ReadValue(&record.points));
+  RETURN_IF_ERROR(reader->Finish());
+  if (record.uploads < 1 || record.points < 1 || !ValidateIndexId(record.source_id).ok() ||
+      !ValidateIndexId(record.points_owner).ok()) {
+    return reader->Corrupt("not a valid source record");
+  }
+  return record;
 }
 
 std::string OrderingFile(absl::string_view name) {
@@ -204,6 +240,7 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
   std::vector<std::string> ordering_names;
   bool has_spec = false;
   bool has_build_spec = false;
+  bool has_source = false;
   std::error_code error;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, error)) {
     const std::string name = entry.path().filename().string();
@@ -230,6 +267,8 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
           name.size() - (sizeof(kOrderingPrefix) - 1) - (sizeof(kSuffix) - 1)));
     } else if (name == kBuildSpecFile) {
       has_build_spec = true;
+    } else if (name == kSourceFile) {
+      has_source = true;
     } else if (int64_t sequence = 0;
                absl::StartsWith(name, kUploadPrefix) && absl::EndsWith(name, kSuffix) &&
                absl::SimpleAtoi(name.substr(sizeof(kUploadPrefix) - 1,
@@ -247,6 +286,15 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
     return index;
   }
   if (!has_spec) {
+    if (has_source && !index.has_tree && ordering_names.empty()) {
+      // CreateIndex from a source was interrupted before its spec was committed: the index
+      // never existed (its upload files are links or copies of the source's).
+      RCKNN_LOG(kInfo, "--data_dir: removing ", dir.string(),
+                ", an interrupted CreateIndex from a source");
+      fs::remove_all(dir, error);
+      index.id.clear();
+      return index;
+    }
     if (fs::is_empty(dir, error) && !error) {
       // CreateIndex was interrupted before its spec was committed: the index never existed.
       RCKNN_LOG(kInfo, "--data_dir: removing ", dir.string(), ", an interrupted CreateIndex");
@@ -271,6 +319,24 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
     }
     index.build_spec = *std::move(build_spec);
   }
+  // The id the upload files carry: this index's, or for one created from a source the id of
+  // the index that received the uploads.
+  std::string upload_owner = id;
+  if (has_source) {
+    absl::StatusOr<SourceRecord> source = ReadSource((dir / kSourceFile).string(), id);
+    if (!source.ok()) {
+      index.status = source.status();
+      return index;
+    }
+    index.source_id = source->source_id;
+    upload_owner = source->points_owner;
+    if (static_cast<int64_t>(sequences.size()) < source->uploads) {
+      index.status = absl::DataLossError(absl::StrCat(
+          (dir / kSourceFile).string(), ": names ", source->uploads, " upload files of index ",
+          source->source_id, ", the directory holds ", sequences.size()));
+      return index;
+    }
+  }
   std::sort(sequences.begin(), sequences.end());
   for (size_t i = 0; i < sequences.size(); ++i) {
     const int64_t expected = static_cast<int64_t>(i) + 1;
@@ -281,7 +347,8 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
       return index;
     }
     absl::StatusOr<PointBatch> batch =
-        ReadUpload((dir / UploadFile(expected)).string(), id, expected, index.spec.dimension());
+        ReadUpload((dir / UploadFile(expected)).string(), upload_owner, expected,
+                   index.spec.dimension());
     if (!batch.ok()) {
       index.status = batch.status();
       return index;
@@ -311,7 +378,8 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
   return index;
 }
 
-absl::Status IndexStore::CreateIndex(absl::string_view id, const v1::IndexSpec& spec) {
+absl::Status IndexStore::CreateIndex(absl::string_view id, const v1::IndexSpec& spec,
+                                     const SourceLink* source) {
   const fs::path dir = IndexDir(id);
   std::error_code error;
   if (fs::exists(dir / kSpecFile, error)) {
@@ -321,12 +389,53 @@ absl::Status IndexStore::CreateIndex(absl::string_view id, const v1::IndexSpec& 
   fs::create_directory(dir, error);
   if (error) return FsError("cannot create", dir, error);
   RETURN_IF_ERROR(core::SyncDirectory(dir.parent_path().string()));
+  if (source != nullptr) RETURN_IF_ERROR(LinkSource(id, *source));
   ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
                    core::SnapshotWriter::Create((dir / kSpecFile).string(),
                                                 core::SnapshotKind::kIndexSpec));
   writer->WriteString(id);
   writer->WriteString(spec.SerializeAsString());
   return writer->Commit();
+}
+
+absl::Status IndexStore::LinkSource(absl::string_view id, const SourceLink& source) {
+  const fs::path dir = IndexDir(id);
+  const fs::path source_dir = IndexDir(source.source_id);
+  // The source may itself have been created from a source: its files carry that index's id.
+  std::string points_owner = source.source_id;
+  std::error_code error;
+  if (fs::exists(source_dir / kSourceFile, error)) {
+    ASSIGN_OR_RETURN(SourceRecord record,
+                     ReadSource((source_dir / kSourceFile).string(), source.source_id));
+    points_owner = record.points_owner;
+  }
+  {
+    ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
+                     core::SnapshotWriter::Create((dir / kSourceFile).string(),
+                                                  core::SnapshotKind::kSource));
+    writer->WriteString(id);
+    writer->WriteString(source.source_id);
+    writer->WriteString(points_owner);
+    writer->WriteValue<int64_t>(source.uploads);
+    writer->WriteValue<int64_t>(source.points);
+    RETURN_IF_ERROR(writer->Commit());
+  }
+  for (int64_t sequence = 1; sequence <= source.uploads; ++sequence) {
+    const fs::path from = source_dir / UploadFile(sequence);
+    const fs::path to = dir / UploadFile(sequence);
+    fs::create_hard_link(from, to, error);
+    if (error) {
+      // A file system without hard links: a copy, written under a temporary name first.
+      const fs::path temp = to.string() + kTempSuffix;
+      std::error_code copy_error;
+      fs::copy_file(from, temp, fs::copy_options::overwrite_existing, copy_error);
+      if (copy_error) return FsError("cannot link or copy", from, copy_error);
+      RETURN_IF_ERROR(SyncFile(temp.string()));
+      fs::rename(temp, to, copy_error);
+      if (copy_error) return FsError("cannot rename", temp, copy_error);
+    }
+  }
+  return core::SyncDirectory(dir.string());
 }
 
 void IndexStore::PauseBeforeCommit(absl::string_view id, const std::string& file) const {

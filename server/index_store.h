@@ -6,6 +6,13 @@
 //   <data_dir>/LOCK                             held (flock) by the server using the directory
 //   <data_dir>/indexes/<id>/spec.rcknn          the IndexSpec, written by CreateIndex
 //   <data_dir>/indexes/<id>/upload-NNNNNN.rcknn one per acknowledged UploadPoints stream, 1, 2, ...
+//                                               (an index created from a source: hard links to
+//                                               the source's, which name their first owner)
+//   <data_dir>/indexes/<id>/source.rcknn        an index created from a source
+//                                               (CreateIndexRequest.source_index_id): the owner
+//                                               id, the source's id, the id its upload files
+//                                               carry, the number of uploads and of points;
+//                                               written before its links and its spec
 //   <data_dir>/indexes/<id>/build-spec.rcknn    the spec the build used, when BuildIndex gave
 //                                               inducing points (written before the build starts)
 //   <data_dir>/indexes/<id>/tree.rcknn          the built index, an index file (its layout in
@@ -44,9 +51,17 @@
 
 namespace rcknn::server {
 
+// Where an index created from a source takes its upload files from.
+struct SourceLink {
+  std::string source_id;
+  int64_t uploads = 0;  // the source's upload files, 1..uploads
+  int64_t points = 0;   // the points they hold
+};
+
 // What one index directory holds, read back at start-up.
 struct StoredIndex {
   std::string id;
+  std::string source_id;  // source.rcknn: the index it was created from (empty: none)
   v1::IndexSpec spec;
   std::vector<PointBatch> uploads;  // in upload order
   bool has_tree = false;
@@ -81,8 +96,12 @@ class IndexStore {
   std::vector<StoredIndex> LoadAll();
 
   // Creates the index's directory and commits its spec. ALREADY_EXISTS if the directory holds a
-  // committed spec.
-  absl::Status CreateIndex(absl::string_view id, const v1::IndexSpec& spec);
+  // committed spec. With `source`: first commits source.rcknn and hard-links the source's upload
+  // files into the new directory (copies them where the file system refuses links), so that
+  // deleting the source leaves them; the spec, committed last, makes the index exist (a
+  // directory with source.rcknn and no spec is an interrupted CreateIndex, removed at start-up).
+  absl::Status CreateIndex(absl::string_view id, const v1::IndexSpec& spec,
+                           const SourceLink* source = nullptr);
   // Commits the spec a build uses when it differs from the index's (BuildIndex with inducing
   // points), or removes a stale one when `spec` is empty.
   absl::Status WriteBuildSpec(absl::string_view id, const std::optional<v1::IndexSpec>& spec);
@@ -106,6 +125,8 @@ class IndexStore {
   IndexStore(std::string data_dir, int lock_fd, std::string testonly_pause_dir);
   void PauseBeforeCommit(absl::string_view id, const std::string& file) const;
   std::string IndexDir(absl::string_view id) const;
+  // source.rcknn, then the links of the source's upload files (CreateIndex with a source).
+  absl::Status LinkSource(absl::string_view id, const SourceLink& source);
   StoredIndex LoadIndex(const std::string& id);
 
   const std::string data_dir_;

@@ -324,6 +324,50 @@ v1::OrderingMethod ToProto(core::OrderingMethod method) {
   return v1::ORDERING_METHOD_UNSPECIFIED;
 }
 
+absl::StatusOr<core::TreeStart> ToCoreTreeStart(int source_tree) {
+  switch (source_tree) {
+    case v1::SOURCE_TREE_UNSPECIFIED:
+      return core::TreeStart::kAuto;
+    case v1::SOURCE_TREE_REFIT:
+      return core::TreeStart::kRefit;
+    case v1::SOURCE_TREE_REBUILD:
+      return core::TreeStart::kRebuild;
+    default:
+      return Invalid("source_tree", absl::StrCat("unknown value ", source_tree));
+  }
+}
+
+absl::StatusOr<v1::IndexSpec> SpecFromSource(const v1::CreateIndexRequest& request,
+                                             const v1::IndexSpec& source_spec) {
+  RETURN_IF_ERROR(ToCoreTreeStart(request.source_tree()).status());
+  if (source_spec.metric() != v1::METRIC_RESIDUAL_CORRELATION) {
+    return Invalid("source_index_id",
+                   absl::StrCat("index ", request.source_index_id(),
+                                " is not METRIC_RESIDUAL_CORRELATION; only a kernel's "
+                                "settings can be changed"));
+  }
+  v1::IndexSpec spec = request.has_spec() ? request.spec() : source_spec;
+  if (spec.dimension() == 0) {
+    spec.set_dimension(source_spec.dimension());
+  } else if (spec.dimension() != source_spec.dimension()) {
+    return Invalid("spec.dimension",
+                   absl::StrCat(spec.dimension(), ", but the points of index ",
+                                request.source_index_id(), " have ", source_spec.dimension(),
+                                " coordinates (or leave it unset)"));
+  }
+  if (spec.metric() == v1::METRIC_UNSPECIFIED) {
+    spec.set_metric(source_spec.metric());
+  } else if (spec.metric() != source_spec.metric()) {
+    return Invalid("spec.metric", "an index created from a source is "
+                                  "METRIC_RESIDUAL_CORRELATION, as its source");
+  }
+  if (spec.factors_supplied()) {
+    return Invalid("spec.factors_supplied",
+                   "an index created from a source computes V and p from its kernel");
+  }
+  return spec;
+}
+
 absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
                                              int64_t n) {
   core::IndexSpec out = spec;
@@ -441,6 +485,11 @@ void FillIndexInfo(const IndexEntry& entry, v1::IndexInfo* info) {
   info->set_factor_seconds(snapshot.timings.factor_seconds);
   info->set_tree_seconds(snapshot.timings.tree_seconds);
   for (std::string& name : entry.OrderingNames()) info->add_orderings(std::move(name));
+  info->set_source_index_id(entry.source_index_id());
+  if (snapshot.state == IndexState::kReady && !entry.source_index_id().empty()) {
+    absl::StatusOr<std::shared_ptr<const core::KnnIndex>> index = entry.ReadyIndex();
+    info->set_tree_refitted(index.ok() && (*index)->reparameterize_report().refitted);
+  }
 }
 
 void FillSearchStats(const core::TraversalStats& stats, double seconds, v1::SearchStats* out) {

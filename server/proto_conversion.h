@@ -42,6 +42,17 @@ absl::StatusOr<v1::IndexSpec> SpecWithInducingPoints(
 // reports it: jitter filled in when unset.
 absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexSpec* normalized);
 
+// The spec of CreateIndex with source_index_id, given the source's reported spec: the request's
+// spec (absent: the source's) with dimension and metric filled in from the source when unset.
+// INVALID_ARGUMENT naming the field: "source_index_id" for a source that is not residual
+// correlation, "spec.dimension" / "spec.metric" when they differ from the source's,
+// "spec.factors_supplied" when set, "source_tree" for an unknown value. The result still needs
+// ToCoreSpec.
+absl::StatusOr<v1::IndexSpec> SpecFromSource(const v1::CreateIndexRequest& request,
+                                             const v1::IndexSpec& source_spec);
+// CreateIndexRequest.source_tree in core terms. INVALID_ARGUMENT naming "source_tree".
+absl::StatusOr<core::TreeStart> ToCoreTreeStart(int source_tree);
+
 // The checks that need the number of uploaded points `n`, made when BuildIndex is called.
 // Returns the spec to build with (the default inducing count becomes min(512, n)).
 absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,

@@ -112,6 +112,20 @@ grpc::ServerUnaryReactor* RcknnService::CreateIndex(grpc::CallbackServerContext*
                                                     const v1::CreateIndexRequest* request,
                                                     v1::IndexInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!request->source_index_id().empty()) {
+    // Validated against the source, registered and committed on the I/O executor.
+    service_.RunBlocking([this, reactor, request, response] {
+      absl::StatusOr<std::shared_ptr<IndexEntry>> entry = service_.CreateIndexFromSource(*request);
+      if (entry.ok()) FillIndexInfo(**entry, response);
+      reactor->Finish(ToGrpcStatus(entry.status()));
+    });
+    return reactor;
+  }
+  if (request->source_tree() != v1::SOURCE_TREE_UNSPECIFIED) {
+    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError(
+        "source_tree: is used only with source_index_id")));
+    return reactor;
+  }
   v1::IndexSpec normalized;
   absl::StatusOr<core::IndexSpec> spec = [&]() -> absl::StatusOr<core::IndexSpec> {
     RETURN_IF_ERROR(ValidateIndexId(request->index_id()));

@@ -1,0 +1,273 @@
+// CreateIndex with source_index_id through a real in-process server: the new index takes its
+// source's points without an upload, answers exactly under its own kernel, reports its source
+// and its tree, shares the upload files on disk (hard links) so that deleting the source leaves
+// it intact across a restart, and every bad request gets its precise code naming the field.
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/brute_force_knn.h"
+#include "core/knn_index.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/proto_conversion.h"
+#include "tests/server/server_test_util.h"
+#include "tests/testing/random_points.h"
+#include "tests/testing/temp_dir.h"
+
+namespace rcknn {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using testing::StatusIs;
+
+constexpr int64_t kPoints = 400;
+constexpr int64_t kK = 8;
+
+grpc::Status Create(v1::Rcknn::Stub& stub, const v1::CreateIndexRequest& request,
+                    v1::IndexInfo* info) {
+  grpc::ClientContext context;
+  testing::SetDeadline(context);
+  return stub.CreateIndex(&context, request, info);
+}
+
+v1::CreateIndexRequest FromSource(const std::string& id, const std::string& source,
+                                  double lengthscale, v1::SourceTree tree) {
+  v1::CreateIndexRequest request;
+  request.set_index_id(id);
+  request.set_source_index_id(source);
+  request.set_source_tree(tree);
+  // Only the kernel: dimension and metric come from the source.
+  v1::IndexSpec* spec = request.mutable_spec();
+  spec->mutable_kernel()->set_type(v1::KERNEL_MATERN32);
+  spec->mutable_kernel()->set_variance(2.0);
+  spec->mutable_kernel()->add_lengthscales(lengthscale);
+  spec->set_inducing_count(16);
+  spec->set_inducing_seed(5);
+  return request;
+}
+
+class ReparameterizeServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    points_ = testing::NormalPoints(kPoints, 2, 11);
+    test_ = testing::StartTestServer(Options());
+  }
+  void TearDown() override { test_ = testing::TestServer(); }
+  server::ServerOptions Options() const {
+    server::ServerOptions options;
+    options.data_dir = data_dir_.string();
+    return options;
+  }
+  void Restart() {
+    test_.server->Shutdown(absl::ZeroDuration());
+    test_ = testing::TestServer();
+    test_ = testing::StartTestServer(Options());
+  }
+  v1::Rcknn::Stub& stub() { return *test_.stub; }
+  void MakeSource(const std::string& id) {
+    const v1::IndexInfo info = testing::CreateReadyIndex(
+        stub(), id, testing::ResidualSpec(2, v1::KERNEL_MATERN32, 2.0, 0.6, 16, 5), points_, 150);
+    ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
+  }
+  // The index `id` must answer every point's k-NN (predecessor mode) as a brute force over
+  // `points_` under `spec` does.
+  void ExpectExact(const std::string& id, const v1::IndexSpec& spec) {
+    v1::IndexSpec normalized;
+    absl::StatusOr<core::IndexSpec> core_spec = server::ToCoreSpec(spec, &normalized);
+    ASSERT_TRUE(core_spec.ok()) << core_spec.status();
+    core::IndexData data;
+    data.points = points_;
+    absl::StatusOr<std::unique_ptr<core::KnnIndex>> local =
+        core::KnnIndex::Build(*core_spec, std::move(data));
+    ASSERT_TRUE(local.ok()) << local.status();
+    std::vector<int64_t> ids(kPoints);
+    for (int64_t i = 0; i < kPoints; ++i) ids[i] = i;
+    core::QueryBatch batch;
+    batch.ids = ids;
+    core::KnnOptions options;
+    options.k = kK;
+    options.predecessor_mode = true;
+    std::vector<int64_t> ref_ids(kPoints * kK);
+    std::vector<double> ref(kPoints * kK);
+    ASSERT_TRUE(core::BruteForceKnn((*local)->space(), batch, options, nullptr, nullptr,
+                                    ref_ids.data(), ref.data())
+                    .ok());
+    v1::SearchResponse response;
+    const grpc::Status status =
+        testing::Search(stub(), testing::IdSearch(id, kK, ids, /*predecessor_mode=*/true),
+                        &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(testing::CompareAnswers(response.neighbor_ids().data(), response.distances().data(),
+                                      ref_ids.data(), ref.data(), kPoints, kK),
+              "")
+        << id;
+  }
+  std::vector<double> Points(const std::string& id) {
+    v1::GetPointsRequest request;
+    request.set_index_id(id);
+    for (int64_t i = 0; i < kPoints; ++i) request.add_ids(i);
+    v1::GetPointsResponse response;
+    grpc::ClientContext context;
+    testing::SetDeadline(context);
+    const grpc::Status status = stub().GetPoints(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return {response.coordinates().begin(), response.coordinates().end()};
+  }
+  std::vector<double> Uploaded() const {
+    return std::vector<double>(points_.data(), points_.data() + points_.size());
+  }
+  fs::path IndexDir(const std::string& id) const { return data_dir_ / "indexes" / id; }
+
+  testing::TempDir temp_dir_{"rcknn-reparameterize"};
+  const fs::path data_dir_ = temp_dir_.Path("data");
+  core::RowMatrix points_;
+  testing::TestServer test_;
+};
+
+TEST_F(ReparameterizeServiceTest, NewKernelOverTheSourcesPointsWithoutAnUpload) {
+  MakeSource("src");
+  for (const auto& [id, tree] : std::vector<std::pair<std::string, v1::SourceTree>>{
+           {"refit", v1::SOURCE_TREE_REFIT},
+           {"rebuild", v1::SOURCE_TREE_REBUILD},
+           {"auto", v1::SOURCE_TREE_UNSPECIFIED}}) {
+    SCOPED_TRACE(id);
+    const v1::CreateIndexRequest request = FromSource(id, "src", 0.66, tree);
+    v1::IndexInfo created;
+    const grpc::Status status = Create(stub(), request, &created);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(created.source_index_id(), "src");
+    EXPECT_EQ(created.num_points(), kPoints);
+    EXPECT_NE(created.state(), v1::INDEX_STATE_LOADING);
+    const v1::IndexInfo ready = testing::AwaitBuilt(stub(), id);
+    ASSERT_EQ(ready.state(), v1::INDEX_STATE_READY) << ready.error();
+    EXPECT_EQ(ready.spec().dimension(), 2);
+    EXPECT_EQ(ready.spec().metric(), v1::METRIC_RESIDUAL_CORRELATION);
+    EXPECT_EQ(ready.spec().kernel().lengthscales(0), 0.66);
+    if (tree == v1::SOURCE_TREE_REFIT) EXPECT_TRUE(ready.tree_refitted());
+    if (tree == v1::SOURCE_TREE_REBUILD) EXPECT_FALSE(ready.tree_refitted());
+    EXPECT_EQ(Points(id), Uploaded());
+    v1::IndexSpec expected = request.spec();
+    expected.set_dimension(2);
+    expected.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
+    ExpectExact(id, expected);
+    // Its points came with it: no upload is taken, and BuildIndex is refused.
+    EXPECT_THAT(testing::UploadPoints(stub(), id, points_, 100),
+                StatusIs(grpc::StatusCode::FAILED_PRECONDITION));
+    EXPECT_THAT(testing::BuildIndex(stub(), id), StatusIs(grpc::StatusCode::FAILED_PRECONDITION));
+  }
+  // The source is untouched, and an index of uploaded points reports no source.
+  EXPECT_EQ(testing::GetIndex(stub(), "src").source_index_id(), "");
+  ExpectExact("src", testing::ResidualSpec(2, v1::KERNEL_MATERN32, 2.0, 0.6, 16, 5));
+}
+
+TEST_F(ReparameterizeServiceTest, RefusedRequests) {
+  MakeSource("src");
+  v1::IndexInfo info;
+  EXPECT_THAT(Create(stub(), FromSource("x", "missing", 1.0, v1::SOURCE_TREE_UNSPECIFIED), &info),
+              StatusIs(grpc::StatusCode::NOT_FOUND, "missing"));
+  ASSERT_TRUE(testing::CreateIndex(stub(), "loading",
+                                   testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 1.0, 8))
+                  .ok());
+  EXPECT_THAT(Create(stub(), FromSource("x", "loading", 1.0, v1::SOURCE_TREE_UNSPECIFIED), &info),
+              StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "source_index_id"));
+  ASSERT_TRUE(testing::UploadPoints(stub(), "loading", points_, 100).ok());
+  EXPECT_THAT(Create(stub(), FromSource("x", "loading", 1.0, v1::SOURCE_TREE_UNSPECIFIED), &info),
+              StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "LOADING"));
+
+  auto invalid = [&](v1::CreateIndexRequest request, const std::string& field) {
+    SCOPED_TRACE(field);
+    v1::IndexInfo unused;
+    EXPECT_THAT(Create(stub(), request, &unused),
+                StatusIs(grpc::StatusCode::INVALID_ARGUMENT, field));
+  };
+  v1::CreateIndexRequest request = FromSource("x", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED);
+  request.mutable_spec()->set_dimension(3);
+  invalid(request, "spec.dimension");
+  request = FromSource("x", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED);
+  request.mutable_spec()->set_metric(v1::METRIC_EUCLIDEAN);
+  invalid(request, "spec.metric");
+  request = FromSource("x", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED);
+  request.mutable_spec()->set_factors_supplied(true);
+  invalid(request, "spec.factors_supplied");
+  request = FromSource("x", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED);
+  request.mutable_spec()->mutable_kernel()->set_lengthscales(0, -1.0);
+  invalid(request, "spec.kernel.lengthscales");
+  request = FromSource("x", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED);
+  request.set_source_tree(static_cast<v1::SourceTree>(7));
+  invalid(request, "source_tree");
+  request = FromSource("x", "src", 1.0, v1::SOURCE_TREE_REFIT);
+  request.clear_source_index_id();
+  invalid(request, "source_tree");
+  request = FromSource("x", "bad/id", 1.0, v1::SOURCE_TREE_UNSPECIFIED);
+  invalid(request, "source_index_id");
+  request = FromSource("bad/id", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED);
+  invalid(request, "index_id");
+  {
+    v1::IndexSpec euclidean;
+    euclidean.set_metric(v1::METRIC_EUCLIDEAN);
+    euclidean.set_dimension(2);
+    ASSERT_EQ(testing::CreateReadyIndex(stub(), "euclid", euclidean, points_).state(),
+              v1::INDEX_STATE_READY);
+    invalid(FromSource("x", "euclid", 1.0, v1::SOURCE_TREE_UNSPECIFIED), "source_index_id");
+  }
+  EXPECT_THAT(Create(stub(), FromSource("src", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED), &info),
+              StatusIs(grpc::StatusCode::ALREADY_EXISTS));
+  // Nothing of the refused requests was kept.
+  v1::ListIndexesResponse list;
+  ASSERT_TRUE(testing::ListIndexes(stub(), &list).ok());
+  EXPECT_EQ(list.indexes_size(), 3);
+  EXPECT_FALSE(fs::exists(IndexDir("x")));
+}
+
+TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
+  MakeSource("src");
+  v1::IndexInfo info;
+  const v1::CreateIndexRequest first = FromSource("derived", "src", 0.8, v1::SOURCE_TREE_REFIT);
+  ASSERT_TRUE(Create(stub(), first, &info).ok());
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "derived").state(), v1::INDEX_STATE_READY);
+  // The upload files are the source's, linked: the same inodes, not copies.
+  int linked = 0;
+  for (const fs::directory_entry& file : fs::directory_iterator(IndexDir("src"))) {
+    const std::string name = file.path().filename().string();
+    if (name.rfind("upload-", 0) != 0) continue;
+    struct stat a, b;
+    ASSERT_EQ(::stat(file.path().c_str(), &a), 0);
+    ASSERT_EQ(::stat((IndexDir("derived") / name).c_str(), &b), 0) << name;
+    EXPECT_EQ(a.st_ino, b.st_ino) << name;
+    ++linked;
+  }
+  EXPECT_EQ(linked, 1);  // one upload stream (in chunks of 150 points): one file
+  ASSERT_TRUE(testing::DeleteIndex(stub(), "src").ok());
+  // An index created from one that was itself created from a source, after that source is gone.
+  const v1::CreateIndexRequest second = FromSource("chained", "derived", 1.2, v1::SOURCE_TREE_REBUILD);
+  ASSERT_TRUE(Create(stub(), second, &info).ok());
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "chained").state(), v1::INDEX_STATE_READY);
+  // A directory left by a CreateIndex interrupted before its spec was committed.
+  fs::create_directories(IndexDir("ghost"));
+  fs::copy_file(IndexDir("derived") / "source.rcknn", IndexDir("ghost") / "source.rcknn");
+  Restart();
+  EXPECT_FALSE(fs::exists(IndexDir("ghost")));
+  for (const auto& [id, request] :
+       std::vector<std::pair<std::string, v1::CreateIndexRequest>>{{"derived", first},
+                                                                   {"chained", second}}) {
+    SCOPED_TRACE(id);
+    const v1::IndexInfo restored = testing::AwaitBuilt(stub(), id);
+    ASSERT_EQ(restored.state(), v1::INDEX_STATE_READY) << restored.error();
+    EXPECT_EQ(restored.source_index_id(), request.source_index_id());
+    EXPECT_EQ(Points(id), Uploaded());
+    v1::IndexSpec expected = request.spec();
+    expected.set_dimension(2);
+    expected.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
+    ExpectExact(id, expected);
+  }
+  v1::ListIndexesResponse list;
+  ASSERT_TRUE(testing::ListIndexes(stub(), &list).ok());
+  EXPECT_EQ(list.indexes_size(), 2);
+}
+
+}  // namespace
+}  // namespace rcknn
