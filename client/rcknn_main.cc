@@ -555,7 +555,8 @@ absl::Status RunSearch(RcknnClient& client, SearchQuery& query,
               result->requests == 1 ? "" : "s",
               static_cast<double>(result->stats.distance_evaluations()) /
                   std::max<int64_t>(1, result->num_queries));
-  PrintRows(*result, query_ids, absl::GetFlag(FLAGS_print), query.ids_are_ranks ? "rank" : "id");
+  PrintRows(*result, query_ids, absl::GetFlag(FLAGS_print),
+            query.ids_are_ranks ? "rank" : "id");
   return WriteResult(*result);
 }
 

@@ -288,6 +288,12 @@ grpc::Status RouterService::CreateIndex(grpc::ServerContext* context,
                                         v1::IndexInfo* response) {
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(ValidateRouterIndexId(request->index_id()));
+    // No silent fallback: the shards' requests below would drop the source.
+    if (!request->source_index_id().empty() ||
+        request->source_tree() != v1::SOURCE_TREE_UNSPECIFIED) {
+      return Invalid(request->source_index_id().empty() ? "source_tree" : "source_index_id",
+                     "indexes created from a source are not supported through rcknn-router");
+    }
     if (!request->has_spec()) return absl::InvalidArgumentError("spec: is required");
     v1::IndexSpec normalized;
     absl::StatusOr<core::IndexSpec> checked = server::ToCoreSpec(request->spec(), &normalized);

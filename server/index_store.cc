@@ -47,11 +47,16 @@ absl::Status FsError(absl::string_view what, const fs::path& path, const std::er
 
 absl::Status SyncFile(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  if (fd < 0) {
+    return absl::UnavailableError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
   const int rc = ::fsync(fd);
   const int saved = errno;
   ::close(fd);
-  if (rc != 0) return absl::UnavailableError(absl::StrCat("cannot fsync ", path, ": ", std::strerror(saved)));
+  if (rc != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot fsync ", path, ": ", std::strerror(saved)));
+  }
   return absl::OkStatus();
 }
 

@@ -4,6 +4,13 @@
 //   gp-loop-bench --workload=gold|dense|scale --mode=orderings [--threads=2]
 //     builds the index, then times every computed ordering (random, maximin in scaled
 //     coordinates, maximin under the residual correlation).
+//   gp-loop-bench --workload=gold|dense|scale --mode=reparam [--factors=1.01,1.1,2]
+//       [--all_points=true] [--scale_points=N]
+//     builds the source index, then for each lengthscale factor re-parameterises it with the
+//     tree refitted and with a fresh tree (alternately, refit first), times both builds and, with
+//     --all_points, the all-points predecessor search (k = 30) on each; checks the two answers
+//     against each other and a sample against the brute force; and reports what
+//     TreeStart::kAuto measures and chooses.
 //   gp-loop-bench --workload=gold|dense --mode=inducing [--lloyd=0,3,10]
 //     for each inducing-point choice (uniform draw, k-means++ with each Lloyd count): the
 //     residual variances p and the k-NN distances of the workload's query ids.
@@ -27,7 +34,7 @@
 #include "tests/testing/shared_data.h"
 
 ABSL_FLAG(std::string, workload, "gold", "gold | dense | scale");
-ABSL_FLAG(std::string, mode, "orderings", "orderings | inducing");
+ABSL_FLAG(std::string, mode, "orderings", "orderings | inducing | reparam");
 ABSL_FLAG(int, threads, 2, "worker threads (one tbb::task_arena of this size)");
 ABSL_FLAG(std::string, data_dir, rcknn::testing::DefaultDataDir(),
           "directory of the fixed data sets (tests/data)");
@@ -35,6 +42,9 @@ ABSL_FLAG(int64_t, scale_points, 1000000, "scale: number of generated points");
 ABSL_FLAG(std::string, methods, "random,maximin_euclidean,maximin_residual",
           "orderings: comma-separated methods to time");
 ABSL_FLAG(std::string, lloyd, "0,3,10", "inducing: Lloyd iteration counts to compare");
+ABSL_FLAG(std::string, factors, "1.01,1.1,2", "reparam: lengthscale factors to compare");
+ABSL_FLAG(bool, all_points, true, "reparam: time the all-points search on each index");
+ABSL_FLAG(int64_t, all_points_k, 30, "reparam: k of the all-points search");
 
 namespace rcknn {
 namespace {
@@ -123,6 +133,154 @@ int RunOrderings(const std::string& name, Workload w, tbb::task_arena& arena) {
               << std::endl;
   }
   return 0;
+}
+
+struct AllPoints {
+  double seconds = 0.0;
+  double evaluations_per_query = 0.0;
+  std::vector<int64_t> ids;
+  std::vector<double> dists;
+};
+
+absl::StatusOr<AllPoints> SearchAll(const KnnIndex& index, int64_t k, tbb::task_arena& arena) {
+  const int64_t n = index.size();
+  std::vector<int64_t> ids(n);
+  std::iota(ids.begin(), ids.end(), int64_t{0});
+  core::QueryBatch batch;
+  batch.ids = ids;
+  core::KnnOptions options;
+  options.k = k;
+  options.predecessor_mode = true;
+  AllPoints out;
+  out.ids.resize(n * k);
+  out.dists.resize(n * k);
+  core::TraversalStats stats;
+  const absl::Time start = absl::Now();
+  absl::Status status = index.Search(batch, options, &arena, nullptr, out.ids.data(),
+                                     out.dists.data(), &stats);
+  if (!status.ok()) return status;
+  out.seconds = Seconds(start);
+  out.evaluations_per_query = static_cast<double>(stats.distance_evaluations) / n;
+  return out;
+}
+
+// The brute force's answers for `count` ids spread over [0, n) against `all` (their rows).
+std::string CheckSample(const KnnIndex& index, const AllPoints& all, int64_t k, int64_t count,
+                        tbb::task_arena& arena) {
+  const int64_t n = index.size();
+  std::vector<int64_t> ids;
+  for (int64_t q = 0; q < count; ++q) ids.push_back((2 * q + 1) * n / (2 * count));
+  core::QueryBatch batch;
+  batch.ids = ids;
+  core::KnnOptions options;
+  options.k = k;
+  options.predecessor_mode = true;
+  std::vector<int64_t> ref_ids(count * k);
+  std::vector<double> ref(count * k);
+  absl::Status status = index.SearchBruteForce(batch, options, &arena, nullptr, ref_ids.data(),
+                                               ref.data());
+  if (!status.ok()) return status.ToString();
+  std::vector<int64_t> got_ids;
+  std::vector<double> got;
+  for (int64_t id : ids) {
+    got_ids.insert(got_ids.end(), all.ids.begin() + id * k, all.ids.begin() + (id + 1) * k);
+    got.insert(got.end(), all.dists.begin() + id * k, all.dists.begin() + (id + 1) * k);
+  }
+  return testing::CompareAnswers(got_ids.data(), got.data(), ref_ids.data(), ref.data(), count, k);
+}
+
+int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
+  const int64_t n = w.data.points.rows();
+  const int64_t k = absl::GetFlag(FLAGS_all_points_k);
+  const bool all_points = absl::GetFlag(FLAGS_all_points);
+  absl::Time start = absl::Now();
+  const core::IndexSpec base = w.spec;
+  absl::StatusOr<std::unique_ptr<KnnIndex>> source =
+      KnnIndex::Build(w.spec, std::move(w.data), &arena);
+  if (!source.ok()) {
+    std::cerr << source.status() << "\n";
+    return 1;
+  }
+  std::cout << absl::StrFormat(
+                   "{\"workload\":\"%s\",\"step\":\"source\",\"points\":%d,\"seconds\":%.3f,"
+                   "\"factor_seconds\":%.3f,\"tree_seconds\":%.3f}",
+                   name, n, Seconds(start), (*source)->timings().factor_seconds,
+                   (*source)->timings().tree_seconds)
+            << std::endl;
+  bool ok = true;
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_factors), ',')) {
+    double factor = 0.0;
+    if (!absl::SimpleAtod(part, &factor) || !(factor > 0.0)) {
+      std::cerr << "bad --factors entry " << part << "\n";
+      return 1;
+    }
+    core::IndexSpec spec = base;
+    for (double& l : spec.residual.kernel.lengthscales) l *= factor;
+    std::unique_ptr<KnnIndex> built[2];
+    AllPoints searched[2];
+    const core::TreeStart starts[2] = {core::TreeStart::kRefit, core::TreeStart::kRebuild};
+    for (int i = 0; i < 2; ++i) {
+      core::ReparameterizeOptions options;
+      options.tree_start = starts[i];
+      absl::StatusOr<std::unique_ptr<KnnIndex>> index =
+          KnnIndex::Reparameterize(**source, spec, options, &arena);
+      if (!index.ok()) {
+        std::cerr << index.status() << "\n";
+        return 1;
+      }
+      built[i] = *std::move(index);
+      if (all_points) {
+        absl::StatusOr<AllPoints> result = SearchAll(*built[i], k, arena);
+        if (!result.ok()) {
+          std::cerr << result.status() << "\n";
+          return 1;
+        }
+        searched[i] = *std::move(result);
+      }
+    }
+    std::string check = "not searched";
+    if (all_points) {
+      check = testing::CompareAnswers(searched[0].ids.data(), searched[0].dists.data(),
+                                      searched[1].ids.data(), searched[1].dists.data(), n, k);
+      if (check.empty()) check = CheckSample(*built[0], searched[0], k, 100, arena);
+      ok = ok && check.empty();
+    }
+    core::ReparameterizeOptions automatic;
+    absl::StatusOr<std::unique_ptr<KnnIndex>> chosen =
+        KnnIndex::Reparameterize(**source, spec, automatic, &arena);
+    if (!chosen.ok()) {
+      std::cerr << chosen.status() << "\n";
+      return 1;
+    }
+    const core::ReparameterizeReport& r = (*chosen)->reparameterize_report();
+    const core::BuildTimings& warm = built[0]->timings();
+    const core::BuildTimings& fresh = built[1]->timings();
+    std::cout << absl::StrFormat(
+                     "{\"workload\":\"%s\",\"step\":\"reparam\",\"points\":%d,"
+                     "\"lengthscale_factor\":%g,\"warm_factor_seconds\":%.3f,"
+                     "\"warm_tree_seconds\":%.3f,\"fresh_factor_seconds\":%.3f,"
+                     "\"fresh_tree_seconds\":%.3f,\"build_ratio\":%.3f,\"tree_ratio\":%.3f,"
+                     "\"warm_search_seconds\":%.3f,\"fresh_search_seconds\":%.3f,"
+                     "\"search_ratio\":%.3f,\"warm_evals_per_query\":%.1f,"
+                     "\"fresh_evals_per_query\":%.1f,\"exact\":%s,"
+                     "\"auto_refitted\":%s,\"auto_source_evals\":%.1f,\"auto_refit_evals\":%.1f,"
+                     "\"auto_predicted_saving_seconds\":%.3f,"
+                     "\"auto_predicted_build_seconds\":%.3f,\"auto_probe_seconds\":%.3f}",
+                     name, n, factor, warm.factor_seconds, warm.tree_seconds,
+                     fresh.factor_seconds, fresh.tree_seconds,
+                     (warm.factor_seconds + warm.tree_seconds) /
+                         (fresh.factor_seconds + fresh.tree_seconds),
+                     warm.tree_seconds / fresh.tree_seconds, searched[0].seconds,
+                     searched[1].seconds,
+                     all_points ? searched[0].seconds / searched[1].seconds : 0.0,
+                     searched[0].evaluations_per_query, searched[1].evaluations_per_query,
+                     check.empty() ? "true" : "false", r.refitted ? "true" : "false",
+                     r.source_evaluations, r.refit_evaluations, r.predicted_saving_seconds,
+                     r.predicted_build_seconds, r.probe_seconds)
+              << std::endl;
+    if (!check.empty() && all_points) std::cerr << "answers differ: " << check << "\n";
+  }
+  return ok ? 0 : 1;
 }
 
 double Quantile(std::vector<double> v, double q) {
@@ -214,6 +372,7 @@ int main(int argc, char** argv) {
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode == "orderings") return rcknn::RunOrderings(workload, std::move(*w), arena);
   if (mode == "inducing") return rcknn::RunInducing(workload, *w, arena);
+  if (mode == "reparam") return rcknn::RunReparam(workload, std::move(*w), arena);
   std::cerr << "unknown --mode " << mode << "\n";
   return 1;
 }

@@ -67,7 +67,9 @@ void ExpectExact(const KnnIndex& index, core::SearchStrategy strategy, const Knn
     const std::string diff =
         testing::CompareRow(index.space(), rows, q, ids[q], options, &got_ids[q * options.k],
                             &got[q * options.k], &ref[q * options.k], kTol);
-    if (!diff.empty() && ++failures <= 3) ADD_FAILURE() << what << " query " << ids[q] << ": " << diff;
+    if (!diff.empty() && ++failures <= 3) {
+      ADD_FAILURE() << what << " query " << ids[q] << ": " << diff;
+    }
   }
   EXPECT_EQ(failures, 0) << what;
 }
@@ -229,7 +231,9 @@ TEST_F(ReparameterizeTest, AutomaticChoiceFollowsItsRule) {
     EXPECT_GT(r.refit_evaluations, 0.0);
     EXPECT_EQ(r.predicted_build_seconds, source->fresh_tree_seconds());
     EXPECT_EQ(r.refitted, !(r.predicted_saving_seconds > r.predicted_build_seconds));
-    if (searches == 0.0) EXPECT_TRUE(r.refitted);
+    if (searches == 0.0) {
+      EXPECT_TRUE(r.refitted);
+    }
     if (searches == 1e9) {
       ASSERT_GT(r.refit_evaluations, r.source_evaluations) << "the change must cost evaluations";
       EXPECT_FALSE(r.refitted);

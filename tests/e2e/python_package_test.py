@@ -189,6 +189,50 @@ class IndexApiTest(unittest.TestCase):
                 assert_answers(self, ids[data.query_ids], dists[data.query_ids], data.pred_ids,
                                data.pred_dists)
 
+    def test_reparameterize_reaches_the_shipped_answers_without_an_upload(self):
+        # The small set's points under another kernel; re-parameterised to the shipped kernel
+        # they must give the shipped exact answers.
+        wrong = type(SMALL.kernel)(SMALL.set.variance * 2.0, SMALL.set.lengthscale * 1.7)
+        source = self.client.create_index("reparam_source", SMALL.points, kernel=wrong,
+                                          inducing=SMALL.inducing)
+
+        def delete_source():
+            with contextlib.suppress(rcknn.NotFound):
+                source.delete()
+        self.addCleanup(delete_source)
+        source.build()
+        for tree in ("auto", "refit", "rebuild"):
+            with self.subTest(tree):
+                index = source.reparameterize(kernel=SMALL.kernel, tree=tree,
+                                              index_id=f"reparam_{tree}")
+                self.addCleanup(index.delete)
+                info = index.info()
+                self.assertEqual(info.state, pb2.INDEX_STATE_READY)
+                self.assertEqual(info.source_index_id, "reparam_source")
+                self.assertEqual(info.num_points, SMALL.n)
+                if tree != "auto":
+                    self.assertEqual(info.tree_refitted, tree == "refit")
+                ids, dists = index.neighbors(SMALL.k, ids=SMALL.query_ids)
+                assert_answers(self, ids, dists, SMALL.knn_ids, SMALL.knn_dists)
+                ids, dists = index.neighbors(SMALL.k, ids=SMALL.query_ids, predecessor=True)
+                assert_answers(self, ids, dists, SMALL.pred_ids, SMALL.pred_dists)
+        # A generated id; the new index outlives its source.
+        index = source.reparameterize(kernel=SMALL.kernel)
+        self.addCleanup(index.delete)
+        self.assertTrue(index.id.startswith("reparam_source."), index.id)
+        source.delete()
+        ids, dists = index.neighbors(SMALL.k, ids=SMALL.query_ids)
+        assert_answers(self, ids, dists, SMALL.knn_ids, SMALL.knn_dists)
+        with self.assertRaises(rcknn.NotFound):
+            source.reparameterize(kernel=SMALL.kernel)
+        with self.assertRaises(rcknn.InvalidArgument):
+            index.reparameterize(tree="sometimes")
+        loading = self.client.create_index("reparam_loading", SMALL.points, kernel=SMALL.kernel,
+                                           inducing=64)
+        self.addCleanup(loading.delete)
+        with self.assertRaises(rcknn.FailedPrecondition):
+            loading.reparameterize(kernel=wrong)
+
     def test_include_self_and_out_of_sample_search(self):
         index = self.index("small", SMALL)
         ids, dists = index.neighbors(SMALL.k, ids=SMALL.query_ids, include_self=True)

@@ -147,8 +147,9 @@ TEST_F(ReparameterizeServiceTest, NewKernelOverTheSourcesPointsWithoutAnUpload) 
     EXPECT_EQ(ready.spec().dimension(), 2);
     EXPECT_EQ(ready.spec().metric(), v1::METRIC_RESIDUAL_CORRELATION);
     EXPECT_EQ(ready.spec().kernel().lengthscales(0), 0.66);
-    if (tree == v1::SOURCE_TREE_REFIT) EXPECT_TRUE(ready.tree_refitted());
-    if (tree == v1::SOURCE_TREE_REBUILD) EXPECT_FALSE(ready.tree_refitted());
+    if (tree != v1::SOURCE_TREE_UNSPECIFIED) {
+      EXPECT_EQ(ready.tree_refitted(), tree == v1::SOURCE_TREE_REFIT);
+    }
     EXPECT_EQ(Points(id), Uploaded());
     v1::IndexSpec expected = request.spec();
     expected.set_dimension(2);
@@ -243,7 +244,8 @@ TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
   EXPECT_EQ(linked, 1);  // one upload stream (in chunks of 150 points): one file
   ASSERT_TRUE(testing::DeleteIndex(stub(), "src").ok());
   // An index created from one that was itself created from a source, after that source is gone.
-  const v1::CreateIndexRequest second = FromSource("chained", "derived", 1.2, v1::SOURCE_TREE_REBUILD);
+  const v1::CreateIndexRequest second =
+      FromSource("chained", "derived", 1.2, v1::SOURCE_TREE_REBUILD);
   ASSERT_TRUE(Create(stub(), second, &info).ok());
   ASSERT_EQ(testing::AwaitBuilt(stub(), "chained").state(), v1::INDEX_STATE_READY);
   // A directory left by a CreateIndex interrupted before its spec was committed.

@@ -369,6 +369,10 @@ class Index:
         IndexInfo. rcknn.BuildFailed if it ended FAILED. progress: a bar (with tqdm)."""
         client = self.client
         client._unary(client._stub.BuildIndex, pb2.BuildIndexRequest(index_id=self.id))
+        return self._wait(progress)
+
+    def _wait(self, progress: bool) -> Any:
+        client = self.client
         bar = Progress(1000, "build", progress)
         reports = client._stub.WatchIndex(pb2.GetIndexRequest(index_id=self.id),
                                           timeout=client.timeout)
@@ -388,6 +392,57 @@ class Index:
         if info.state == pb2.INDEX_STATE_FAILED:
             raise BuildFailed(info.error or "the build failed")
         return info
+
+    def reparameterize(self, kernel: Optional[Kernel] = None, *, index_id: Optional[str] = None,
+                       inducing: Union[None, int, Any] = None,
+                       inducing_seed: Optional[int] = None, jitter: Optional[float] = None,
+                       tree: str = "auto", progress: bool = False) -> "Index":
+        """A new index over this (READY) index's points with other kernel settings, without
+        uploading the points again (CreateIndexRequest.source_index_id); waits until it is READY
+        and returns it. The points are shared by both indexes, in the server's memory and on
+        its disk; deleting this index leaves the new one whole.
+
+        kernel: the new kernel (rcknn.RBF, Matern12, ...); None: this index's.
+        index_id: the new index's id; None: this id with a random suffix.
+        inducing, inducing_seed, jitter: as in Client.create_index; None: this index's.
+        tree: "auto" (the source's tree refitted, or a fresh build where the server predicts
+          that pays), "refit" or "rebuild".
+        rcknn.NotFound, rcknn.FailedPrecondition (this index is not READY),
+        rcknn.InvalidArgument, rcknn.BuildFailed.
+        """
+        trees = {"auto": pb2.SOURCE_TREE_UNSPECIFIED, "refit": pb2.SOURCE_TREE_REFIT,
+                 "rebuild": pb2.SOURCE_TREE_REBUILD}
+        if tree not in trees:
+            raise InvalidArgument(f"tree: expected 'auto', 'refit' or 'rebuild', got {tree!r}")
+        spec = pb2.IndexSpec()
+        spec.CopyFrom(self.info().spec)
+        if kernel is not None:
+            spec.kernel.CopyFrom(kernel.to_proto(pb2))
+        if inducing is not None:
+            if np.ndim(inducing) == 0:
+                count = int(inducing)
+                if count != inducing:
+                    raise InvalidArgument(f"inducing: expected a count, got {inducing!r}")
+                del spec.inducing_points[:]
+                spec.inducing_count = count
+            else:
+                explicit = _arrays.as_points(inducing, "inducing", columns=spec.dimension)
+                spec.ClearField("inducing_count")
+                spec.ClearField("inducing_method")
+                spec.ClearField("lloyd_iterations")
+                del spec.inducing_points[:]
+                spec.inducing_points.extend(explicit.reshape(-1).tolist())
+        if inducing_seed is not None:
+            spec.inducing_seed = int(inducing_seed)
+        if jitter is not None:
+            spec.jitter = float(jitter)
+        new_id = index_id if index_id is not None else (
+            f"{self.id[:100]}.{uuid.uuid4().hex[:12]}")
+        self.client._unary(self.client._stub.CreateIndex, pb2.CreateIndexRequest(
+            index_id=new_id, spec=spec, source_index_id=self.id, source_tree=trees[tree]))
+        index = Index(self.client, new_id)
+        index._wait(progress)
+        return index
 
     def neighbors(self, k: int, *, ids: Optional[Sequence[int]] = None,
                   predecessor: bool = False, include_self: bool = False,
