@@ -69,15 +69,23 @@ struct ReparameterizeOptions {
   // kAuto: how many all-points searches the new index is expected to serve (the GP loop runs
   // one per hyperparameter setting).
   double expected_searches = 1.0;
+  // kAuto: the refitted tree is predicted to evaluate I = 1 + scale * (D - 1)^power times the
+  // distances a fresh tree would, D the distortion (docs/gp-loop.md: fitted to the measured
+  // evaluations of lengthscale changes of 1%, 10% and 2x).
+  double inflation_scale = kInflationScale;
+  double inflation_power = kInflationPower;
+  static constexpr double kInflationScale = 0.54;
+  static constexpr double kInflationPower = 1.7;
 };
 
 // What Reparameterize measured and chose (docs/gp-loop.md states the rule).
 struct ReparameterizeReport {
   bool refitted = false;            // the index uses the source's tree shape
   double refit_seconds = 0.0;       // CoverTree::Refit (0 with kRebuild)
-  double probe_seconds = 0.0;       // both probes (kAuto only)
-  double source_evaluations = 0.0;  // mean distance evaluations per probe query, source index
-  double refit_evaluations = 0.0;   // the same on the refitted tree under the new metric
+  double probe_seconds = 0.0;       // kAuto only
+  double refit_evaluations = 0.0;   // mean distance evaluations per probe query, refitted tree
+  double distortion = 1.0;          // EdgeDistortion of the refit (kAuto only)
+  double predicted_inflation = 1.0;       // I of ReparameterizeOptions
   double predicted_saving_seconds = 0.0;  // search time a fresh tree would save
   double predicted_build_seconds = 0.0;   // what a fresh tree would cost
 };
@@ -116,13 +124,14 @@ class KnnIndex {
   // An index over the points of `source` (shared in memory, not copied) with the metric of
   // `spec`: other kernel hyperparameters, kernel type, inducing points or jitter. V and p are
   // computed for `spec`; the tree is the source's refitted (CoverTree::Refit: exact, the shape
-  // kept) or a fresh one, as `options.tree_start` says. kAuto refits, then measures the mean
-  // distance evaluations per probe query on the source index (e_s) and on the refitted tree
-  // (e_r) and the refitted probe's seconds per evaluation (t), and builds afresh when
-  //   expected_searches * n * (e_r - e_s) * t  >  the source's fresh tree build seconds,
-  // that is when the search time a fresh tree is predicted to save (taking the source's cost as
-  // the fresh tree's) exceeds what building it costs. A fresh build is also chosen when the
-  // spec's tree base differs from the source tree's.
+  // kept) or a fresh one, as `options.tree_start` says. kAuto refits, then measures the
+  // distortion D of the tree's parent distances (the 90th / 10th percentile ratio of
+  // d_new / d_old over the edges), and with a probe the refitted tree's mean distance
+  // evaluations per query e and seconds per evaluation t, predicts that a fresh tree evaluates
+  // 1 / I of them with I = 1 + inflation_scale * (D - 1)^inflation_power, and builds afresh when
+  //   expected_searches * n * e * (1 - 1 / I) * t  >  the source's fresh tree build seconds,
+  // that is when the search time a fresh tree is predicted to save exceeds what building it
+  // costs. A fresh build is also chosen when the spec's tree base differs from the source's.
   // INVALID_ARGUMENT naming the field: a source or spec that is not residual correlation
   // ("metric"), another dimension ("dimension"), factors_supplied ("factors_supplied"), kRefit
   // with another tree base ("base"); otherwise the errors of Build(). Defined in

@@ -16,7 +16,29 @@ namespace {
 struct Probe {
   double evaluations = 0.0;  // mean per query
   double seconds = 0.0;
+  int64_t queries = 1;
 };
+
+// How unevenly the new metric moved the tree's parent distances: the ratio of the 90th to the
+// 10th percentile of d_new(c, parent) / d_old(c, parent) over the edges where both are
+// positive (1 when every distance was scaled alike: the tree is then what a fresh build would
+// give for the new metric, up to its level labels). 1 with fewer than 16 such edges.
+double EdgeDistortion(const CoverTree& source, const CoverTree& refitted) {
+  std::vector<double> ratios;
+  ratios.reserve(source.size());
+  for (int64_t node = 1; node < source.size(); ++node) {
+    const double before = source.parent_dist(node);
+    const double after = refitted.parent_dist(node);
+    if (before > 0.0 && after > 0.0) ratios.push_back(after / before);
+  }
+  if (ratios.size() < 16) return 1.0;
+  const size_t lo = ratios.size() / 10;
+  const size_t hi = ratios.size() - 1 - ratios.size() / 10;
+  std::nth_element(ratios.begin(), ratios.begin() + lo, ratios.end());
+  const double low = ratios[lo];
+  std::nth_element(ratios.begin(), ratios.begin() + hi, ratios.end());
+  return std::max(1.0, ratios[hi] / low);
+}
 
 // The probe queries of ReparameterizeOptions: ids spread evenly, predecessor mode.
 absl::StatusOr<Probe> RunProbe(const CoverTree& tree, const MetricSpace& space,
@@ -41,6 +63,7 @@ absl::StatusOr<Probe> RunProbe(const CoverTree& tree, const MetricSpace& space,
                                  absl::MakeSpan(evaluations)}));
   Probe probe;
   probe.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  probe.queries = count;
   probe.evaluations =
       static_cast<double>(std::accumulate(evaluations.begin(), evaluations.end(), int64_t{0})) /
       static_cast<double>(count);
@@ -99,22 +122,19 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Reparameterize(
     tree = std::move(refitted);
   }
   if (options.tree_start == TreeStart::kAuto && tree.has_value()) {
-    ASSIGN_OR_RETURN(Probe before, RunProbe(source.tree_, *source.space_, source.spec_.search,
-                                            options, arena, cancellation));
-    ASSIGN_OR_RETURN(Probe after,
+    chosen.distortion = EdgeDistortion(source.tree_, *tree);
+    chosen.predicted_inflation =
+        1.0 + options.inflation_scale *
+                  std::pow(chosen.distortion - 1.0, options.inflation_power);
+    ASSIGN_OR_RETURN(Probe probe,
                      RunProbe(*tree, *space, spec.search, options, arena, cancellation));
-    chosen.probe_seconds = before.seconds + after.seconds;
-    chosen.source_evaluations = before.evaluations;
-    chosen.refit_evaluations = after.evaluations;
+    chosen.probe_seconds = probe.seconds;
+    chosen.refit_evaluations = probe.evaluations;
     const double per_evaluation =
-        after.evaluations > 0.0
-            ? after.seconds / (after.evaluations * std::max<int64_t>(
-                                                       1, std::min(options.probe_queries,
-                                                                   space->size())))
-            : 0.0;
-    chosen.predicted_saving_seconds = options.expected_searches *
-                                      static_cast<double>(space->size()) *
-                                      (after.evaluations - before.evaluations) * per_evaluation;
+        probe.evaluations > 0.0 ? probe.seconds / (probe.evaluations * probe.queries) : 0.0;
+    chosen.predicted_saving_seconds =
+        options.expected_searches * static_cast<double>(space->size()) * probe.evaluations *
+        (1.0 - 1.0 / chosen.predicted_inflation) * per_evaluation;
     chosen.predicted_build_seconds = source.fresh_tree_seconds();
     if (chosen.predicted_saving_seconds > chosen.predicted_build_seconds) {
       chosen.refitted = false;

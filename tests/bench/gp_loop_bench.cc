@@ -263,7 +263,7 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
                      "\"warm_search_seconds\":%.3f,\"fresh_search_seconds\":%.3f,"
                      "\"search_ratio\":%.3f,\"warm_evals_per_query\":%.1f,"
                      "\"fresh_evals_per_query\":%.1f,\"exact\":%s,"
-                     "\"auto_refitted\":%s,\"auto_source_evals\":%.1f,\"auto_refit_evals\":%.1f,"
+                     "\"auto_refitted\":%s,\"auto_distortion\":%.3f,\"auto_refit_evals\":%.1f,"
                      "\"auto_predicted_saving_seconds\":%.3f,"
                      "\"auto_predicted_build_seconds\":%.3f,\"auto_probe_seconds\":%.3f}",
                      name, n, factor, warm.factor_seconds, warm.tree_seconds,
@@ -274,8 +274,9 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
                      searched[1].seconds,
                      all_points ? searched[0].seconds / searched[1].seconds : 0.0,
                      searched[0].evaluations_per_query, searched[1].evaluations_per_query,
-                     check.empty() ? "true" : "false", r.refitted ? "true" : "false",
-                     r.source_evaluations, r.refit_evaluations, r.predicted_saving_seconds,
+                     !all_points ? "null" : (check.empty() ? "true" : "false"),
+                     r.refitted ? "true" : "false",
+                     r.distortion, r.refit_evaluations, r.predicted_saving_seconds,
                      r.predicted_build_seconds, r.probe_seconds)
               << std::endl;
     if (!check.empty() && all_points) std::cerr << "answers differ: " << check << "\n";
