@@ -646,7 +646,7 @@ RowMatrix ReadRows(const std::string& path, int64_t columns) {
 // every field is read where it was written; written again from what was read, the file comes
 // out byte for byte the same.
 TEST_F(IndexSnapshotTest, FormatVersion1FilesRestoreAndRewriteByteForByte) {
-  const std::string dir = testing::DefaultDataDir() + "/data_dir_v1";
+  const std::string dir = testing::DefaultDataDir() + "/data_dir_v1/";
   for (const std::string id : {"euclid", "supplied"}) {
     SCOPED_TRACE(id);
     const bool supplied = id == "supplied";
@@ -659,16 +659,16 @@ TEST_F(IndexSnapshotTest, FormatVersion1FilesRestoreAndRewriteByteForByte) {
       spec.residual.kernel.type = KernelType::kMatern32;
       spec.residual.kernel.variance = 1.5;
       spec.residual.kernel.lengthscales = {0.5};
-      data.points = ReadRows(dir + "/supplied.points.f64", 2);
-      data.factors = ReadRows(dir + "/supplied.factors.f64", 6);
-      data.residual_variances = ReadRows(dir + "/supplied.variances.f64", 1).col(0);
+      data.points = ReadRows(dir + "supplied.points.f64", 2);
+      data.factors = ReadRows(dir + "supplied.factors.f64", 6);
+      data.residual_variances = ReadRows(dir + "supplied.variances.f64", 1).col(0);
     } else {
       spec.metric = Metric::kEuclidean;
       spec.dimension = 3;
-      data.points = ReadRows(dir + "/euclid.points.f64", 3);
+      data.points = ReadRows(dir + "euclid.points.f64", 3);
     }
     const int64_t n = data.points.rows();
-    const std::string original = dir + "/indexes/" + id + "/tree.rcknn";
+    const std::string original = dir + "indexes/" + id + "/tree.rcknn";
     absl::StatusOr<core::IndexFileContents> contents = core::ReadIndexFile(original);
     ASSERT_TRUE(contents.ok()) << contents.status();
     const core::IndexFileHeader header = contents->header;
