@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "core/parallel_tasks.h"
 #include "core/status_macros.h"
 #include "tbb/parallel_for.h"
 
@@ -49,16 +49,9 @@ class Builder {
       progress_(static_cast<double>(before + count) / n);
     }
   }
-  void Fail(absl::Status status) {
-    absl::MutexLock lock(&mutex_);
-    if (status_.ok()) status_ = std::move(status);
-    failed_.store(true, std::memory_order_relaxed);
-  }
-  bool failed() const { return failed_.load(std::memory_order_relaxed); }
-  absl::Status status() const {
-    absl::MutexLock lock(&mutex_);
-    return status_;
-  }
+  void Fail(absl::Status status) { error_.Set(std::move(status)); }
+  bool failed() const { return error_.failed(); }
+  absl::Status status() const { return error_.status(); }
 
   std::vector<std::vector<int64_t>> children_;
   std::vector<int32_t> level_;
@@ -86,9 +79,7 @@ class Builder {
   const Cancellation* cancellation_;
   const ProgressCallback& progress_;
   std::atomic<int64_t> placed_{0};
-  mutable absl::Mutex mutex_;
-  absl::Status status_;
-  std::atomic<bool> failed_{false};
+  FirstError error_;
 };
 
 std::vector<int64_t> Builder::ChooseCenters(std::vector<Member>& members, double radius,
