@@ -555,6 +555,77 @@ class ChunkingTest(unittest.TestCase):
                        SMALL.pred_dists)
 
 
+class Router:
+    """rcknn-router on a port picked by the kernel over `shards` (addresses), its log in WORK."""
+
+    def __init__(self, shards):
+        self.log_path = os.path.join(WORK, "router.log")
+        self.log_file = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [ARGS["router"], "--listen=127.0.0.1:0", "--metrics_listen=",
+             "--shards=" + ",".join(shards)], stdout=self.log_file, stderr=subprocess.STDOUT)
+        SERVERS.append(self)
+        self.address = None
+        deadline = time.time() + 30
+        while time.time() < deadline and self.process.poll() is None:
+            with open(self.log_path) as f:
+                match = re.search(r"listening on (\S+)", f.read())
+            if match:
+                self.address = match.group(1)
+                return
+            time.sleep(0.01)
+        self.kill()
+        with open(self.log_path) as f:
+            raise RuntimeError("rcknn-router did not start:\n" + f.read())
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+
+
+@unittest.skipUnless(ARGS.get("router"), "no --router")
+class RouterTest(unittest.TestCase):
+    """The package through rcknn-router over 2 shards: create_index declares the size
+    (CreateIndexRequest.expected_num_points), so the shards get equal id ranges, and the answers
+    are the exact ones."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.shards = [start_server("shard0"), start_server("shard1")]
+        cls.router = Router([shard.address for shard in cls.shards])
+        cls.client = rcknn.connect(cls.router.address, timeout=120)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+
+    def shard_index_names(self, shard):
+        with rcknn.connect(self.shards[shard].address, timeout=30) as direct:
+            return [info.index_id for info in direct.list_indexes()]
+
+    def test_declared_size_balances_the_shards_and_answers_are_exact(self):
+        index = self.client.create_index("routed", SMALL.points, kernel=SMALL.kernel,
+                                         inducing=SMALL.inducing)
+        self.addCleanup(index.delete)
+        half = -(-SMALL.n // 2)
+        self.assertIn(f"routed.rcknn-shard-1-of-2-range-{half}", self.shard_index_names(1))
+        self.assertEqual(index.build().num_points, SMALL.n)
+        ids, dists = index.neighbors(SMALL.k, ids=SMALL.query_ids, predecessor=True)
+        assert_answers(self, ids, dists, SMALL.pred_ids, SMALL.pred_dists)
+
+    def test_expected_points_given(self):
+        index = self.client.create_index("declared", SMALL.points[:10], kernel=SMALL.kernel,
+                                         inducing=4, expected_points=1000)
+        self.addCleanup(index.delete)
+        self.assertIn("declared.rcknn-shard-1-of-2-range-500", self.shard_index_names(1))
+        with self.assertRaises(rcknn.InvalidArgument) as raised:
+            self.client.create_index("negative", SMALL.points[:10], kernel=SMALL.kernel,
+                                     inducing=4, expected_points=-1)
+        self.assertIn("expected_points", str(raised.exception))
+
+
 class SecurityTest(unittest.TestCase):
     """TLS, mutual TLS and bearer tokens (certificates made now by make_test_certs.sh)."""
 

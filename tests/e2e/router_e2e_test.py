@@ -374,6 +374,21 @@ class RouterTest(unittest.TestCase):
                     index_id="too.big", spec=case.spec, expected_num_points=expected), timeout=10)
             self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
             self.assertIn("expected_num_points", caught.exception.details())
+        # Re-parameterised indexes are refused (the shards' requests would drop the source),
+        # and nothing is created on any shard.
+        for field, request in (
+                ("source_index_id", pb2.CreateIndexRequest(index_id="copy", spec=case.spec,
+                                                           source_index_id=case.name)),
+                ("source_tree", pb2.CreateIndexRequest(index_id="copy", spec=case.spec,
+                                                       source_tree=pb2.SOURCE_TREE_REFIT))):
+            with self.assertRaises(grpc.RpcError) as caught:
+                self.via_router.CreateIndex(request, timeout=10)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertTrue(caught.exception.details().startswith(field),
+                            caught.exception.details())
+        shard = pb2_grpc.RcknnStub(grpc.insecure_channel(self.shard0.address))
+        names = [i.index_id for i in shard.ListIndexes(pb2.ListIndexesRequest(), timeout=10).indexes]
+        self.assertFalse(any(n.startswith("copy.") for n in names), names)
 
     def test_5_replica_failover_and_unavailable_shard(self):
         case = self.cases[1]

@@ -131,6 +131,7 @@ class Client:
                      inducing: Union[int, Any] = 512, inducing_seed: int = 0,
                      jitter: float = 1e-6, metric: str = "residual",
                      factors: Any = None, residual_variances: Any = None,
+                     expected_points: Optional[int] = None,
                      progress: bool = False) -> "Index":
         """Creates index `index_id` and uploads `points` (an (n, d) array of any real dtype) in
         chunks on one stream; returns the Index (state LOADING: call build()).
@@ -143,6 +144,9 @@ class Client:
         metric: "residual" (residual correlation distance) or "euclidean" (kernel=None).
         factors, residual_variances: supplied factors instead of inducing points: V as an
           (n, m) array and p as n values; such an index answers queries by id only.
+        expected_points: CreateIndexRequest.expected_num_points, the size the index declares
+          (None: n, the points given here). rcknn-router sizes its shards' id ranges by it; a
+          server only checks it. Larger when more points follow (through client.stub).
         progress: a progress bar for the upload (with tqdm installed).
         """
         points = _arrays.as_points(points, "points")
@@ -182,8 +186,14 @@ class Client:
                 explicit = _arrays.as_points(inducing, "inducing", columns=d)
                 spec.inducing_points.extend(explicit.reshape(-1).tolist())
 
+        if expected_points is None:
+            expected_points = n
+        if int(expected_points) != expected_points or expected_points < 0:
+            raise InvalidArgument(
+                f"expected_points: expected a count >= 0, got {expected_points!r}")
         self._unary(self._stub.CreateIndex,
-                    pb2.CreateIndexRequest(index_id=index_id, spec=spec))
+                    pb2.CreateIndexRequest(index_id=index_id, spec=spec,
+                                           expected_num_points=int(expected_points)))
         index = Index(self, index_id)
         index._upload(points, factor_array, variances, progress)
         return index
