@@ -14,6 +14,8 @@
 //   gp-loop-bench --workload=gold|dense --mode=inducing [--lloyd=0,3,10]
 //     for each inducing-point choice (uniform draw, k-means++ with each Lloyd count): the
 //     residual variances p and the k-NN distances of the workload's query ids.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <iostream>
 #include <numeric>
@@ -52,6 +54,15 @@ namespace {
 using core::KnnIndex;
 
 double Seconds(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
+// CPU seconds (user + system) of this process so far: on a shared machine a far steadier
+// measure of a search's work than its wall time.
+double CpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
 
 struct Workload {
   core::IndexSpec spec;  // inducing points by count and seed (not the shipped ones)
@@ -137,6 +148,7 @@ int RunOrderings(const std::string& name, Workload w, tbb::task_arena& arena) {
 
 struct AllPoints {
   double seconds = 0.0;
+  double cpu_seconds = 0.0;
   double evaluations_per_query = 0.0;
   std::vector<int64_t> ids;
   std::vector<double> dists;
@@ -156,10 +168,12 @@ absl::StatusOr<AllPoints> SearchAll(const KnnIndex& index, int64_t k, tbb::task_
   out.dists.resize(n * k);
   core::TraversalStats stats;
   const absl::Time start = absl::Now();
+  const double cpu_start = CpuSeconds();
   absl::Status status = index.Search(batch, options, &arena, nullptr, out.ids.data(),
                                      out.dists.data(), &stats);
   if (!status.ok()) return status;
   out.seconds = Seconds(start);
+  out.cpu_seconds = CpuSeconds() - cpu_start;
   out.evaluations_per_query = static_cast<double>(stats.distance_evaluations) / n;
   return out;
 }
@@ -261,7 +275,9 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
                      "\"warm_tree_seconds\":%.3f,\"fresh_factor_seconds\":%.3f,"
                      "\"fresh_tree_seconds\":%.3f,\"build_ratio\":%.3f,\"tree_ratio\":%.3f,"
                      "\"warm_search_seconds\":%.3f,\"fresh_search_seconds\":%.3f,"
-                     "\"search_ratio\":%.3f,\"warm_evals_per_query\":%.1f,"
+                     "\"search_ratio\":%.3f,\"warm_search_cpu_seconds\":%.3f,"
+                     "\"fresh_search_cpu_seconds\":%.3f,\"search_cpu_ratio\":%.3f,"
+                     "\"warm_evals_per_query\":%.1f,"
                      "\"fresh_evals_per_query\":%.1f,\"exact\":%s,"
                      "\"auto_refitted\":%s,\"auto_distortion\":%.3f,\"auto_refit_evals\":%.1f,"
                      "\"auto_predicted_saving_seconds\":%.3f,"
@@ -273,6 +289,8 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
                      warm.tree_seconds / fresh.tree_seconds, searched[0].seconds,
                      searched[1].seconds,
                      all_points ? searched[0].seconds / searched[1].seconds : 0.0,
+                     searched[0].cpu_seconds, searched[1].cpu_seconds,
+                     all_points ? searched[0].cpu_seconds / searched[1].cpu_seconds : 0.0,
                      searched[0].evaluations_per_query, searched[1].evaluations_per_query,
                      !all_points ? "null" : (check.empty() ? "true" : "false"),
                      r.refitted ? "true" : "false",

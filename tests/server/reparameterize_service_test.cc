@@ -271,5 +271,30 @@ TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
   EXPECT_EQ(list.indexes_size(), 2);
 }
 
+TEST_F(ReparameterizeServiceTest, AnUnfinishedBuildIsBuiltAfreshAtStartUp) {
+  MakeSource("src");
+  v1::IndexInfo info;
+  const v1::CreateIndexRequest request = FromSource("derived", "src", 0.8, v1::SOURCE_TREE_REFIT);
+  ASSERT_TRUE(Create(stub(), request, &info).ok());
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "derived").state(), v1::INDEX_STATE_READY);
+  ASSERT_TRUE(testing::DeleteIndex(stub(), "src").ok());
+  test_.server->Shutdown(absl::ZeroDuration());
+  test_ = testing::TestServer();
+  // What a crash before the tree file's commit leaves: the spec, source.rcknn and the linked
+  // upload files, no tree.
+  ASSERT_TRUE(fs::remove(IndexDir("derived") / "tree.rcknn"));
+  test_ = testing::StartTestServer(Options());
+  const v1::IndexInfo restored = testing::AwaitBuilt(stub(), "derived");
+  ASSERT_EQ(restored.state(), v1::INDEX_STATE_READY) << restored.error();
+  EXPECT_EQ(restored.source_index_id(), "src");
+  EXPECT_FALSE(restored.tree_refitted());  // built afresh: the source is gone
+  v1::IndexSpec expected = request.spec();
+  expected.set_dimension(2);
+  expected.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
+  ExpectExact("derived", expected);
+  // The build saved its tree: the next start-up restores it.
+  EXPECT_TRUE(fs::exists(IndexDir("derived") / "tree.rcknn"));
+}
+
 }  // namespace
 }  // namespace rcknn
