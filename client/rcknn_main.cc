@@ -549,12 +549,13 @@ absl::Status RunSearch(RcknnClient& client, SearchQuery& query,
   if (!result.ok()) return result.status();
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   std::printf("%" PRId64 " queries, k = %" PRId64 "%s: %.3f s, %.0f queries/s (%" PRId64
-              " request%s, %.0f distance evaluations per query)\n",
+              " request%s, %.0f distance evaluations per query, %.3f s of server search)\n",
               result->num_queries, result->k, query.predecessor_mode ? ", predecessor mode" : "",
               seconds, result->num_queries / std::max(seconds, 1e-9), result->requests,
               result->requests == 1 ? "" : "s",
               static_cast<double>(result->stats.distance_evaluations()) /
-                  std::max<int64_t>(1, result->num_queries));
+                  std::max<int64_t>(1, result->num_queries),
+              result->stats.search_seconds());
   PrintRows(*result, query_ids, absl::GetFlag(FLAGS_print),
             query.ids_are_ranks ? "rank" : "id");
   return WriteResult(*result);

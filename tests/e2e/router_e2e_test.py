@@ -464,6 +464,45 @@ class RouterTest(unittest.TestCase):
         names = [i.index_id for i in shard.ListIndexes(pb2.ListIndexesRequest(), timeout=10).indexes]
         self.assertFalse(any(n.startswith("mid.") for n in names), names)
 
+    def shard_call_codes(self):
+        """rcknn_router_shard_calls_total from the router's /metrics, summed by grpc_code."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                      timeout=10).read().decode()
+        codes = {}
+        for line in text.splitlines():
+            if line.startswith("rcknn_router_shard_calls_total{"):
+                code = re.search(r'grpc_code="(\w+)"', line).group(1)
+                codes[code] = codes.get(code, 0.0) + float(line.rsplit(" ", 1)[1])
+        return codes
+
+    def test_8_deadline_and_cancellation_reach_the_shards(self):
+        """The client's deadline and its cancellation end the router's shard calls too (they
+        would otherwise run to the end and count OK)."""
+        case = next(c for c in self.cases if c.name == "dense")
+        heavy = pb2.SearchRequest(index_id=case.name, k=200, query_ids=list(range(case.n)))
+
+        def ended():  # shard calls cut short, by their own deadline or the parent's cancellation
+            codes = self.shard_call_codes()
+            return codes.get("DEADLINE_EXCEEDED", 0.0) + codes.get("CANCELLED", 0.0)
+
+        for what in ("deadline", "cancellation"):
+            before = ended()
+            if what == "cancellation":
+                future = self.via_router.Search.future(heavy, timeout=60)
+                time.sleep(0.2)
+                future.cancel()
+                self.assertEqual(future.code(), grpc.StatusCode.CANCELLED)
+            else:
+                with self.assertRaises(grpc.RpcError) as caught:
+                    self.via_router.Search(heavy, timeout=0.2)
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+            deadline = time.time() + 20
+            while ended() == before and time.time() < deadline:
+                time.sleep(0.05)
+            self.assertGreater(ended(), before,
+                               f"{what}: no shard call was cut short: {self.shard_call_codes()}")
+        # The shards are free again: a normal search answers.
+        self.expect_same_answers(case, "after the cancelled searches: ")
 
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0], "-v"])
