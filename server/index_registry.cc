@@ -62,6 +62,13 @@ absl::StatusOr<int64_t> IndexEntry::Append(PointBatch batch, int64_t max_points,
           absl::StrCat("index ", id_, " is ", IndexStateName(state_),
                        "; points can only be uploaded before BuildIndex"));
     }
+    if (!source_index_id_.empty() && persist) {
+      // Its upload files are its source's; one of its own would not restore with them. (A
+      // restart, which appends the stored files without `persist`, is not refused.)
+      return absl::FailedPreconditionError(
+          absl::StrCat("index ", id_, " was created from index ", source_index_id_,
+                       " and takes no uploads; BuildIndex builds it"));
+    }
     if (batch.num_points > max_points - num_points_) {
       return absl::ResourceExhaustedError(
           absl::StrCat("index ", id_, " would hold ", num_points_ + batch.num_points,

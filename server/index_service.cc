@@ -372,29 +372,11 @@ int64_t IndexService::LoadStoredIndexes() {
                    /*restore=*/true);
       }
     }
-    bool building = false;
-    if (status.ok() && !found.has_tree && !found.source_id.empty()) {
-      // An index created from a source whose build did not finish (a crash): it takes no
-      // uploads, so its build is all that can come next. It is built afresh from its own
-      // files, since the source may be gone.
-      core::IndexSpec build_spec;
-      MemoryReservation build_memory;
-      absl::StatusOr<core::IndexData> data = entry->BeginBuild(
-          BuildCheck(*entry, "building", nullptr, &build_spec, &build_memory));
-      status = data.status();
-      if (status.ok()) {
-        RCKNN_LOG(kInfo, "--data_dir: index ", found.id, " (created from index ", found.source_id,
-                  ") had not finished its build; building it afresh");
-        StartBuild(entry, std::move(build_spec), *std::move(data), std::move(build_memory),
-                   /*restore=*/false);
-        building = true;
-      }
-    }
     if (!status.ok()) {
       entry->MarkFailed(status);
       RCKNN_LOG(kError, "--data_dir: index ", found.id, " FAILED: ", status.ToString(),
                 " (its files are kept; DeleteIndex removes them)");
-    } else if (!found.has_tree && !building) {
+    } else if (!found.has_tree) {
       RCKNN_LOG(kInfo, "--data_dir: loaded index ", found.id, " (LOADING, ",
                 entry->Snapshot().num_points, " points in ", found.uploads.size(), " uploads)");
     }

@@ -271,7 +271,7 @@ TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
   EXPECT_EQ(list.indexes_size(), 2);
 }
 
-TEST_F(ReparameterizeServiceTest, AnUnfinishedBuildIsBuiltAfreshAtStartUp) {
+TEST_F(ReparameterizeServiceTest, AnUnfinishedBuildComesBackLoadingAndBuildsWithoutUploads) {
   MakeSource("src");
   v1::IndexInfo info;
   const v1::CreateIndexRequest request = FromSource("derived", "src", 0.8, v1::SOURCE_TREE_REFIT);
@@ -284,16 +284,27 @@ TEST_F(ReparameterizeServiceTest, AnUnfinishedBuildIsBuiltAfreshAtStartUp) {
   // upload files, no tree.
   ASSERT_TRUE(fs::remove(IndexDir("derived") / "tree.rcknn"));
   test_ = testing::StartTestServer(Options());
-  const v1::IndexInfo restored = testing::AwaitBuilt(stub(), "derived");
-  ASSERT_EQ(restored.state(), v1::INDEX_STATE_READY) << restored.error();
-  EXPECT_EQ(restored.source_index_id(), "src");
-  EXPECT_FALSE(restored.tree_refitted());  // built afresh: the source is gone
+  // Like any interrupted build: LOADING with all its points (not rebuilt by itself).
+  info = testing::GetIndex(stub(), "derived");
+  EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
+  EXPECT_EQ(info.num_points(), kPoints);
+  EXPECT_EQ(info.source_index_id(), "src");
+  // Its upload files are its source's: an upload of its own is refused (it would not restore).
+  EXPECT_THAT(testing::UploadPoints(stub(), "derived", testing::NormalPoints(3, 2, 4), 3),
+              StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "takes no uploads"));
+  EXPECT_EQ(testing::GetIndex(stub(), "derived").num_points(), kPoints);
+  const v1::IndexInfo built = testing::BuildAndWait(stub(), "derived");
+  ASSERT_EQ(built.state(), v1::INDEX_STATE_READY) << built.error();
+  EXPECT_FALSE(built.tree_refitted());  // built afresh: the source is gone
   v1::IndexSpec expected = request.spec();
   expected.set_dimension(2);
   expected.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
   ExpectExact("derived", expected);
-  // The build saved its tree: the next start-up restores it.
-  EXPECT_TRUE(fs::exists(IndexDir("derived") / "tree.rcknn"));
+  // And it restores from there.
+  Restart();
+  ASSERT_EQ(testing::AwaitBuilt(stub(), "derived").state(), v1::INDEX_STATE_READY);
+  EXPECT_EQ(Points("derived"), Uploaded());
+  ExpectExact("derived", expected);
 }
 
 }  // namespace
