@@ -294,6 +294,24 @@ class RouterTest(unittest.TestCase):
         listed = self.via_router.ListIndexes(pb2.ListIndexesRequest(), timeout=10)
         self.assertEqual([i.index_id for i in listed.indexes], sorted(c.name for c in self.cases))
 
+    def test_1_health_and_reflection(self):
+        """The router serves gRPC health and reflection like a server (raw bytes: no stubs)."""
+        identity = {"request_serializer": lambda x: x, "response_deserializer": lambda x: x}
+        check = self.router_channel.unary_unary("/grpc.health.v1.Health/Check", **identity)
+        serving = b"\x08\x01"
+        self.assertEqual(check(b"", timeout=10), serving)
+        self.assertEqual(check(b"\x0a\x0e" + b"rcknn.v1.Rcknn", timeout=10), serving)
+        for version in ("v1alpha", "v1"):
+            reflect = self.router_channel.stream_stream(
+                f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo", **identity)
+            symbol = b"rcknn.v1.Rcknn"
+            replies = list(reflect(iter([b"\x3a\x00",
+                                         b"\x22" + bytes([len(symbol)]) + symbol]), timeout=10))
+            self.assertEqual(len(replies), 2, version)
+            self.assertIn(b"rcknn.v1.Rcknn", replies[0])
+            self.assertIn(b"grpc.health.v1.Health", replies[0])
+            self.assertIn(b"rcknn/v1/rcknn.proto", replies[1])
+
     def test_2_every_mode_equals_one_server(self):
         for case in self.cases:
             self.expect_same_answers(case)
