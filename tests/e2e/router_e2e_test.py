@@ -521,6 +521,59 @@ class RouterTest(unittest.TestCase):
                                f"{what}: no shard call was cut short: {self.shard_call_codes()}")
         # The shards are free again: a normal search answers.
         self.expect_same_answers(case, "after the cancelled searches: ")
+    def test_9_tls_mutual_tls_and_tokens(self):
+        """The router's own port with --tls_cert/--tls_key/--tls_client_ca/--auth_token_file,
+        as a server's: a client with the CA, its certificate and a token gets the one server's
+        answers; no token is UNAUTHENTICATED, a read-only token cannot write, plaintext and a
+        client without a certificate do not connect."""
+        source_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        certs = rcknn_e2e.make_test_certs(source_dir, os.path.join(ARGS["work_dir"], "certs"))
+        cert = lambda name: os.path.join(certs, name)  # pylint: disable=unnecessary-lambda-assignment
+        tokens = os.path.join(ARGS["work_dir"], "router_tokens")
+        with open(tokens, "w") as f:
+            f.write("admin-secret\nreadonly reader-secret\n")
+        port = free_port()
+        shards = (f"{self.shard0.address},{self.shard1a.address}|{self.shard1b.address},"
+                  f"{self.shard2.address}")
+        secure = Process("router_tls", [
+            ARGS["router"], f"--listen=127.0.0.1:{port}", "--metrics_listen=",
+            f"--shards={shards}", f"--shard_points={SHARD_POINTS}",
+            f"--tls_cert={cert('server.pem')}", f"--tls_key={cert('server.key')}",
+            f"--tls_client_ca={cert('ca.pem')}", f"--auth_token_file={tokens}"])
+        self.processes.append(secure)
+        secure.start()
+        address = f"127.0.0.1:{port}"
+
+        def stub(token=None, client_cert=True, tls=True):
+            return pb2_grpc.RcknnStub(rcknn_e2e.connect(
+                address, tls_ca=cert("ca.pem") if tls else None,
+                tls_cert=cert("client.pem") if client_cert and tls else None,
+                tls_key=cert("client.key") if client_cert and tls else None, token=token,
+                options=CHANNEL_OPTIONS))
+
+        case = next(c for c in self.cases if c.name == "dense")
+        for token in ("admin-secret", "reader-secret"):
+            for request in self.requests(case)[:2]:
+                self.assertEqual(compare(stub(token).Search(request, timeout=60),
+                                         self.via_single.Search(request, timeout=60),
+                                         request.k), "")
+        for code, call in (
+                (grpc.StatusCode.UNAUTHENTICATED, stub().ListIndexes),
+                (grpc.StatusCode.UNAUTHENTICATED, stub("wrong").ListIndexes),
+                (grpc.StatusCode.UNAVAILABLE, stub("admin-secret", tls=False).ListIndexes),
+                (grpc.StatusCode.UNAVAILABLE,
+                 stub("admin-secret", client_cert=False).ListIndexes)):
+            with self.assertRaises(grpc.RpcError) as caught:
+                call(pb2.ListIndexesRequest(), timeout=10)
+            self.assertEqual(caught.exception.code(), code, caught.exception.details())
+        with self.assertRaises(grpc.RpcError) as caught:
+            stub("reader-secret").DeleteIndex(pb2.DeleteIndexRequest(index_id=case.name),
+                                              timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(self.via_router.GetIndex(pb2.GetIndexRequest(index_id=case.name),
+                                                  timeout=10).state, READY)
+        secure.kill()
+
 
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0], "-v"])
