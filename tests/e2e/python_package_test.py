@@ -233,6 +233,61 @@ class IndexApiTest(unittest.TestCase):
         with self.assertRaises(rcknn.FailedPrecondition):
             loading.reparameterize(kernel=wrong)
 
+    def test_orderings(self):
+        index = self.index("ordered", SMALL)
+        n = SMALL.n
+        # The identity, supplied: predecessor answers under it are the plain (shipped) ones.
+        identity = index.compute_ordering("identity", "supplied", permutation=np.arange(n))
+        np.testing.assert_array_equal(identity, np.arange(n))
+        ids, dists = index.neighbors(SMALL.k, ids=SMALL.query_ids, predecessor=True,
+                                     ordering="identity")
+        assert_answers(self, ids, dists, SMALL.pred_ids, SMALL.pred_dists)
+        # Seeded random orderings: a permutation, the same for the same seed.
+        first = index.compute_ordering("r1", "random", seed=3)
+        again = index.compute_ordering("r1-again", "random", seed=3)
+        np.testing.assert_array_equal(np.sort(first), np.arange(n))
+        np.testing.assert_array_equal(first, again)
+        self.assertFalse(np.array_equal(first, index.compute_ordering("r2", "random", seed=4)))
+        maximin = index.compute_ordering("mm", "maximin_residual")
+        np.testing.assert_array_equal(np.sort(maximin), np.arange(n))
+        self.assertEqual(index.orderings, ["identity", "mm", "r1", "r1-again", "r2"])
+        # Under an ordering: every neighbour comes earlier in it; ranks and ids agree.
+        rank = np.empty(n, dtype=np.int64)
+        rank[maximin] = np.arange(n)
+        ids, dists = index.neighbors(SMALL.k, predecessor=True, ordering="mm")
+        by_rank, rank_dists = index.neighbors(SMALL.k, predecessor=True, ordering="mm",
+                                              ranks=True)
+        valid = ids >= 0
+        self.assertTrue(np.all(rank[ids[valid]] < np.broadcast_to(rank[:, None], ids.shape)[valid]))
+        self.assertEqual(int(valid[maximin[0]].sum()), 0)  # rank 0 has no predecessor
+        np.testing.assert_array_equal(np.where(by_rank >= 0, maximin[by_rank], -1), ids[maximin])
+        np.testing.assert_array_equal(rank_dists, dists[maximin])
+        with self.assertRaises(rcknn.InvalidArgument):
+            index.compute_ordering("bad", "supplied", permutation=np.zeros(n, dtype=np.int64))
+        with self.assertRaises(rcknn.AlreadyExists):
+            index.compute_ordering("mm", "random")
+        with self.assertRaises(rcknn.NotFound):
+            index.neighbors(3, ids=[5], predecessor=True, ordering="missing")
+
+    def test_kmeans_plus_plus_inducing_points(self):
+        uniform = self.index("uniform", SMALL, inducing=64, inducing_seed=7)
+        seeded = [self.index(f"kmeans{i}", SMALL, inducing=64, inducing_seed=7,
+                             inducing_method="kmeans++", lloyd_iterations=lloyd)
+                  for i, lloyd in enumerate((None, None, 2))]
+        spec = seeded[0].info().spec
+        self.assertEqual(spec.inducing_method, pb2.INDUCING_METHOD_KMEANS_PLUSPLUS)
+        self.assertEqual(seeded[2].info().spec.lloyd_iterations, 2)
+        answers = [index.neighbors(SMALL.k, ids=SMALL.query_ids) for index in
+                   (uniform, *seeded)]
+        # Reproducible with the seed; another choice of points than the uniform draw, and
+        # Lloyd steps move them again.
+        np.testing.assert_array_equal(answers[1][1], answers[2][1])
+        self.assertFalse(np.array_equal(answers[0][1], answers[1][1]))
+        self.assertFalse(np.array_equal(answers[1][1], answers[3][1]))
+        with self.assertRaises(rcknn.InvalidArgument):
+            self.client.create_index("bad", SMALL.points, kernel=SMALL.kernel,
+                                     inducing_method="kmeans")
+
     def test_include_self_and_out_of_sample_search(self):
         index = self.index("small", SMALL)
         ids, dists = index.neighbors(SMALL.k, ids=SMALL.query_ids, include_self=True)

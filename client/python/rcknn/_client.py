@@ -132,6 +132,7 @@ class Client:
                      jitter: float = 1e-6, metric: str = "residual",
                      factors: Any = None, residual_variances: Any = None,
                      expected_points: Optional[int] = None,
+                     inducing_method: str = "uniform", lloyd_iterations: Optional[int] = None,
                      progress: bool = False) -> "Index":
         """Creates index `index_id` and uploads `points` (an (n, d) array of any real dtype) in
         chunks on one stream; returns the Index (state LOADING: call build()).
@@ -147,6 +148,10 @@ class Client:
         expected_points: CreateIndexRequest.expected_num_points, the size the index declares
           (None: n, the points given here). rcknn-router sizes its shards' id ranges by it; a
           server only checks it. Larger when more points follow (through client.stub).
+        inducing_method: with a count of inducing points, how they are chosen among the data:
+          "uniform" (a seeded uniform draw) or "kmeans++" (k-means++ seeding on the
+          lengthscale-scaled coordinates, seeded); lloyd_iterations: Lloyd steps after
+          "kmeans++" (None: the server's default, 0). docs/gp-loop.md.
         progress: a progress bar for the upload (with tqdm installed).
         """
         points = _arrays.as_points(points, "points")
@@ -182,6 +187,15 @@ class Client:
                 if count != inducing:
                     raise InvalidArgument(f"inducing: expected a count, got {inducing!r}")
                 spec.inducing_count = min(count, n) if n > 0 else count
+                methods = {"uniform": pb2.INDUCING_METHOD_UNIFORM,
+                           "kmeans++": pb2.INDUCING_METHOD_KMEANS_PLUSPLUS}
+                if inducing_method not in methods:
+                    raise InvalidArgument("inducing_method: expected 'uniform' or 'kmeans++', "
+                                          f"got {inducing_method!r}")
+                if inducing_method != "uniform":
+                    spec.inducing_method = methods[inducing_method]
+                if lloyd_iterations is not None:
+                    spec.lloyd_iterations = int(lloyd_iterations)
             else:
                 explicit = _arrays.as_points(inducing, "inducing", columns=d)
                 spec.inducing_points.extend(explicit.reshape(-1).tolist())
@@ -218,13 +232,15 @@ class Client:
 
     def _search(self, index_id: str, k: int, ids: Optional[np.ndarray],
                 points: Optional[np.ndarray], predecessor: bool, include_self: bool,
-                progress: bool) -> Tuple[np.ndarray, np.ndarray, Dict[str, float]]:
+                progress: bool, ordering: str = "",
+                ranks: bool = False) -> Tuple[np.ndarray, np.ndarray, Dict[str, float]]:
         def attempt():
             return self._search_once(index_id, k, ids, points, predecessor, include_self,
-                                     progress)
+                                     progress, ordering, ranks)
         return self._with_limit_retry(attempt)
 
-    def _search_once(self, index_id, k, ids, points, predecessor, include_self, progress):
+    def _search_once(self, index_id, k, ids, points, predecessor, include_self, progress,
+                     ordering="", ranks=False):
         by_id = ids is not None
         nq = ids.shape[0] if by_id else points.shape[0]
         d = 0 if by_id else points.shape[1]
@@ -239,7 +255,8 @@ class Client:
         def request(first: int) -> Any:
             count = min(per_request, nq - first)
             message = pb2.SearchRequest(index_id=index_id, k=k, predecessor_mode=predecessor,
-                                        include_self=include_self, raw_answer=True)
+                                        include_self=include_self, raw_answer=True,
+                                        ordering=ordering, ids_are_ranks=ranks)
             if by_id:
                 message.query_ids.extend(ids[first:first + count].tolist())
             else:
@@ -456,6 +473,7 @@ class Index:
 
     def neighbors(self, k: int, *, ids: Optional[Sequence[int]] = None,
                   predecessor: bool = False, include_self: bool = False,
+                  ordering: Optional[str] = None, ranks: bool = False,
                   progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """The k nearest stored points of stored points, by id.
 
@@ -463,6 +481,10 @@ class Index:
           neighbour matrix).
         predecessor: only ids j < i qualify (query 0 gets nothing).
         include_self: the query point itself is a candidate.
+        ordering: the name of one of the index's orderings (compute_ordering()); with
+          predecessor, only points earlier in it qualify: j for i iff rank(j) < rank(i).
+        ranks: with ordering, `ids` and the answer's ids are ranks in it (ids None: row r is
+          the point at rank r); otherwise both are point ids.
         Returns (ids, distances): (len(ids), k) int64 and float64 arrays, each row ascending by
         (distance, id), padded with -1 / +inf.
         """
@@ -471,8 +493,40 @@ class Index:
         else:
             query_ids = _arrays.as_ids(ids, "ids")
         out_ids, out_dists, self.last_stats = self.client._search(
-            self.id, int(k), query_ids, None, bool(predecessor), bool(include_self), progress)
+            self.id, int(k), query_ids, None, bool(predecessor), bool(include_self), progress,
+            ordering or "", bool(ranks))
         return out_ids, out_dists
+
+    def compute_ordering(self, name: str, method: str = "maximin_residual", *, seed: int = 0,
+                         permutation: Any = None) -> np.ndarray:
+        """Computes an ordering of this READY index's points and keeps it with the index under
+        `name` (ComputeOrdering); returns the permutation, permutation[r] = the id at rank r,
+        as an int64 array.
+
+        method: "random" (seeded by `seed`), "maximin_euclidean" (exact maximin in the
+          lengthscale-scaled coordinates), "maximin_residual" (exact maximin under the residual
+          correlation distance) or "supplied" (`permutation`, any integer array of n ids,
+          checked by the server). docs/gp-loop.md.
+        """
+        methods = {"supplied": pb2.ORDERING_METHOD_SUPPLIED,
+                   "random": pb2.ORDERING_METHOD_RANDOM,
+                   "maximin_euclidean": pb2.ORDERING_METHOD_MAXIMIN_EUCLIDEAN,
+                   "maximin_residual": pb2.ORDERING_METHOD_MAXIMIN_RESIDUAL}
+        if method not in methods:
+            raise InvalidArgument(f"method: expected one of {sorted(methods)}, got {method!r}")
+        request = pb2.ComputeOrderingRequest(index_id=self.id, name=name,
+                                             method=methods[method], seed=int(seed))
+        if method == "supplied":
+            if permutation is None:
+                raise InvalidArgument("permutation: required with method='supplied'")
+            request.permutation.extend(_arrays.as_ids(permutation, "permutation").tolist())
+        answer = self.client._unary(self.client._stub.ComputeOrdering, request)
+        return np.array(answer.permutation, dtype=np.int64)
+
+    @property
+    def orderings(self) -> List[str]:
+        """The names of the orderings kept with this index, ascending."""
+        return list(self.info().orderings)
 
     def search(self, points: Any, k: int, *, progress: bool = False
                ) -> Tuple[np.ndarray, np.ndarray]:
