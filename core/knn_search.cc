@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "core/block_traversal.h"
 #include "core/brute_force_knn.h"
 #include "core/parallel_tasks.h"
@@ -45,13 +46,70 @@ struct WalkScratch {
   std::vector<int64_t> ids;                      // their point ids
   std::vector<double> distances;
   std::vector<double> bounds;                    // ring bounds of those children
+  std::vector<std::pair<double, int64_t>> offers;  // (product distance, child) to re-evaluate
+};
+
+// Distances from a chunk of walks' queries (consecutive in the tree's depth-first order) to the
+// children of the nodes near the root, each node's children measured for the whole chunk by one
+// matrix product the first time one of its walks expands it. Every walk evaluates most of the
+// root's children (the larger part of its evaluations), and a product evaluates a pair several
+// times faster than a dot product each; deeper nodes are shared by few walks of a chunk
+// (TreeSearchOptions::product_depth). Not canonical: within RoundingBound of the canonical value.
+class ChunkProducts {
+ public:
+  // `root_rows`: the root's children, gathered once per search. Forgets every product.
+  void Reset(const MetricSpace& space, const CoverTree& tree, const PointRows& rows,
+             const PointRows& root_rows, int64_t max_depth) {
+    space_ = &space;
+    tree_ = &tree;
+    rows_ = &rows;
+    root_rows_ = &root_rows;
+    max_depth_ = max_depth;
+    offsets_.clear();
+    pool_.clear();
+  }
+  // Row `row`'s distances to the children of `node` in child order, or null if `node` is deeper
+  // than max_depth. The pointer is valid until the next call.
+  const double* Children(int64_t node, int64_t row) {
+    if (tree_->node_depth(node) > max_depth_) return nullptr;
+    const int64_t first = tree_->first_child(node);
+    const int64_t count = tree_->end_child(node) - first;
+    const int64_t num = rows_->size();
+    auto [it, inserted] = offsets_.try_emplace(node, static_cast<int64_t>(pool_.size()));
+    if (inserted) {
+      pool_.resize(pool_.size() + num * count);
+      double* out = pool_.data() + it->second;
+      if (node == 0) {
+        space_->RowsToRows(*rows_, 0, num, *root_rows_, 0, count, out);
+      } else {
+        const PointRows children = space_->Gather(tree_->points(first, first + count));
+        space_->RowsToRows(*rows_, 0, num, children, 0, count, out);
+      }
+    }
+    return pool_.data() + it->second + row * count;
+  }
+
+ private:
+  const MetricSpace* space_ = nullptr;
+  const CoverTree* tree_ = nullptr;
+  const PointRows* rows_ = nullptr;
+  const PointRows* root_rows_ = nullptr;
+  int64_t max_depth_ = 0;
+  absl::flat_hash_map<int64_t, int64_t> offsets_;  // node -> its block in pool_
+  std::vector<double> pool_;
 };
 
 // One query's best-first walk. Returns false, leaving `top` incomplete, if the walk would
 // exceed `budget` evaluations. `id_bound` is the out-of-sample query's QueryBatch::IdBound.
+// With `products`, the children of the nodes near the root are measured by it, row
+// `product_row`: the bounds of those children are loosened by `rounding` (and so are the ring
+// bounds of their descendants, which use those distances), and a child's point enters `top` with
+// its canonical distance, evaluated only where the product's distance says it may enter. So `top`
+// holds canonical distances either way.
 bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows, int64_t row,
           const KnnOptions& options, int64_t id_bound, int64_t budget, TopK& top,
-          WalkScratch& scratch, TraversalStats& stats, int64_t& evaluations) {
+          WalkScratch& scratch, TraversalStats& stats, int64_t& evaluations,
+          ChunkProducts* products = nullptr, int64_t product_row = 0, double rounding = 0.0) {
   const int64_t query_id = rows.ids[row];
   // Predecessor mode and an id bound are one filter: only ids below `below` qualify, and a
   // subtree whose minimum id is not below it holds no candidate.
@@ -89,6 +147,11 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
     scratch.bounds.clear();
     const double limit = top.threshold() + kPruneSlack;
     const int64_t depth = tree.node_depth(entry.node);
+    const double* product =
+        products != nullptr ? products->Children(entry.node, product_row) : nullptr;
+    const bool from_product = product != nullptr;
+    // Below the root, the path may hold a product's distances.
+    const double path_slack = depth >= 1 && products != nullptr ? rounding : 0.0;
     path.resize(depth + 1);
     for (int64_t r = entry.record, j = depth; r >= 0; r = records[r].parent_record, --j) {
       path[j] = records[r].distance;
@@ -101,10 +164,11 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       // Ring bounds through every ancestor: a child whose whole subtree (itself included) is
       // provably too far is skipped without evaluating it.
       const auto* ring = tree.rings(c);
-      double ring_bound = entry.bound;
+      double ring_max = 0.0;
       for (int64_t j = 0; j <= depth; ++j) {
-        ring_bound = std::max(ring_bound, std::max(ring[j].first - path[j], path[j] - ring[j].second));
+        ring_max = std::max(ring_max, std::max(ring[j].first - path[j], path[j] - ring[j].second));
       }
+      const double ring_bound = std::max(entry.bound, ring_max - path_slack);
       if (ring_bound > limit) {
         ++stats.pruned_by_bound;
         continue;
@@ -116,18 +180,47 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
     const int64_t count = static_cast<int64_t>(scratch.nodes.size());
     if (evaluations + count > budget) return false;
     scratch.distances.resize(count);
-    space.RowToIds(rows, row, scratch.ids, scratch.distances.data());
     evaluations += count;
-    for (int64_t j = 0; j < count; ++j) {
-      const double d = scratch.distances[j];
-      const int64_t id = scratch.ids[j];
-      if (d <= top.threshold() && Qualifies(id, query_id, options, id_bound)) top.Offer(d, id);
+    if (from_product) {
+      for (int64_t j = 0; j < count; ++j) {
+        scratch.distances[j] = product[scratch.nodes[j] - tree.first_child(entry.node)];
+      }
+      // A child whose product distance exceeds the k-th canonical distance so far by more than
+      // the rounding is farther than it canonically too; the others are re-evaluated, nearest
+      // first, so that the k-th falls early and few are.
+      const double margin = 2.0 * rounding + kPruneSlack;
+      auto& offers = scratch.offers;
+      offers.clear();
+      for (int64_t j = 0; j < count; ++j) {
+        if (scratch.distances[j] <= top.threshold() + margin &&
+            Qualifies(scratch.ids[j], query_id, options, id_bound)) {
+          offers.emplace_back(scratch.distances[j], j);
+        }
+      }
+      const int64_t sorted = std::min<int64_t>(static_cast<int64_t>(offers.size()), options.k);
+      std::partial_sort(offers.begin(), offers.begin() + sorted, offers.end());
+      for (const auto& [product_distance, j] : offers) {
+        if (product_distance > top.threshold() + margin) continue;
+        double d;
+        space.RowToIds(rows, row, absl::MakeConstSpan(&scratch.ids[j], 1), &d);
+        ++evaluations;
+        top.Offer(d, scratch.ids[j]);
+      }
+    } else {
+      space.RowToIds(rows, row, scratch.ids, scratch.distances.data());
+      for (int64_t j = 0; j < count; ++j) {
+        const double d = scratch.distances[j];
+        const int64_t id = scratch.ids[j];
+        if (d <= top.threshold() && Qualifies(id, query_id, options, id_bound)) top.Offer(d, id);
+      }
     }
+    const double child_slack = from_product ? rounding : 0.0;
     for (int64_t j = 0; j < count; ++j) {
       const int64_t c = scratch.nodes[j];
       if (tree.end_child(c) == tree.first_child(c)) continue;
       const double d = scratch.distances[j];
-      const double child_bound = std::max(scratch.bounds[j], d - tree.max_dist(c));
+      const double child_bound =
+          std::max(scratch.bounds[j], d - child_slack - tree.max_dist(c));
       if (child_bound > top.threshold() + kPruneSlack) {
         ++stats.pruned_by_bound;
         continue;
@@ -186,6 +279,13 @@ absl::Status TreeKnnSearch(const TreeSearchContext& context, const QueryBatch& q
     return std::max<int64_t>(0, std::min(n, bound));
   };
 
+  // The root's children, gathered once for a large batch (ChunkProducts).
+  PointRows root_rows;
+  const bool use_products =
+      nq >= search_options.min_product_batch && tree.end_child(0) > tree.first_child(0);
+  if (use_products) root_rows = space.Gather(tree.points(tree.first_child(0), tree.end_child(0)));
+  tbb::enumerable_thread_specific<ChunkProducts> local_products;
+
   // Walks the queries of `list` in parallel, in chunks of `chunk_size` prepared together.
   auto walk_list = [&](const std::vector<int64_t>& list, int64_t chunk_size) {
     const int64_t total = static_cast<int64_t>(list.size());
@@ -199,6 +299,10 @@ absl::Status TreeKnnSearch(const TreeSearchContext& context, const QueryBatch& q
       const PointRows& rows = *prepared;
       TraversalStats& st = local_stats.local();
       WalkScratch& scratch = local_scratch.local();
+      ChunkProducts& products = local_products.local();
+      if (use_products) {
+        products.Reset(space, tree, rows, root_rows, search_options.product_depth);
+      }
       TopK top(options.k);
       for (int64_t i = 0; i < num; ++i) {
         top.Reset(options.k);
@@ -210,7 +314,8 @@ absl::Status TreeKnnSearch(const TreeSearchContext& context, const QueryBatch& q
                            static_cast<int64_t>(search_options.scan_fraction *
                                                 candidates_of(q, rows.ids[i])));
         if (Walk(tree, space, rows, i, options, queries.IdBound(q), budget, top, scratch, st,
-                 evaluations[q])) {
+                 evaluations[q], use_products ? &products : nullptr, i,
+                 use_products ? space.RoundingBound(rows, i) : 0.0)) {
           top.Write(out_ids + q * options.k, out_distances + q * options.k);
           done[q] = 1;
         }

@@ -41,6 +41,15 @@ struct TreeSearchOptions {
   // (docs/benchmarks.md) the block traversal evaluates about 5x more distances than the walk and
   // has not yet been shown faster.
   int64_t min_block_batch = std::numeric_limits<int64_t>::max();
+  // Batches of at least this many queries walk with the distances to the children of the nodes
+  // near the root measured by one matrix product per chunk of walks (knn_search.cc,
+  // ChunkProducts) instead of one dot product each; smaller ones (a single query) do not pay for
+  // gathering the children.
+  int64_t min_product_batch = 64;
+  // Nodes up to this depth (the root: 0) have their children measured by those products. Deeper
+  // than the root, the walks of one chunk share too few expansions for the products to pay
+  // (docs/benchmarks.md).
+  int64_t product_depth = 0;
   // kAuto: queries with at most this many candidates are scanned outright.
   int64_t scan_candidates_below = 2048;
   BlockTraversalOptions block;

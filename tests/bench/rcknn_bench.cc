@@ -63,6 +63,9 @@ ABSL_FLAG(int64_t, block_size, rcknn::core::BlockTraversalOptions().block_size,
           "queries per block of the block traversal");
 ABSL_FLAG(int64_t, leaf_size, rcknn::core::BlockTraversalOptions().leaf_size,
           "subtrees of at most this many points are evaluated whole by the block traversal");
+ABSL_FLAG(int64_t, product_depth, rcknn::core::TreeSearchOptions().product_depth,
+          "walks of large batches measure the children of nodes up to this depth by matrix "
+          "products (-1: never)");
 ABSL_FLAG(double, base, rcknn::core::CoverTreeOptions().base, "cover tree base");
 ABSL_FLAG(double, scan_fraction, rcknn::core::TreeSearchOptions().scan_fraction,
           "fraction of the points a walk may evaluate before the query is scanned");
@@ -237,6 +240,7 @@ core::IndexSpec Tuned(core::IndexSpec spec) {
   spec.search.scan_fraction = absl::GetFlag(FLAGS_scan_fraction);
   spec.search.block.block_size = absl::GetFlag(FLAGS_block_size);
   spec.search.block.leaf_size = absl::GetFlag(FLAGS_leaf_size);
+  spec.search.product_depth = absl::GetFlag(FLAGS_product_depth);
   const std::string search = absl::GetFlag(FLAGS_search);
   if (search == "walk") spec.search.strategy = core::SearchStrategy::kWalk;
   if (search == "scan") spec.search.strategy = core::SearchStrategy::kScan;

@@ -162,7 +162,15 @@ RowMatrix QueryPoints(const RowMatrix& stored, double scale, uint64_t seed, int6
   return testing::CaseQueryPoints(stored, scale, seed, count);
 }
 
-enum class Path { kIndexSearch, kBruteForce, kPureWalk, kPureScan, kBlocks, kScanFractionOne };
+enum class Path {
+  kIndexSearch,
+  kBruteForce,
+  kPureWalk,
+  kProductWalk,
+  kPureScan,
+  kBlocks,
+  kScanFractionOne
+};
 
 std::string PathName(Path path) {
   switch (path) {
@@ -172,6 +180,8 @@ std::string PathName(Path path) {
       return "BruteForceKnn";
     case Path::kPureWalk:
       return "TreeKnnSearch(walk)";
+    case Path::kProductWalk:
+      return "TreeKnnSearch(walk, root product)";
     case Path::kPureScan:
       return "TreeKnnSearch(scan)";
     case Path::kBlocks:
@@ -201,6 +211,13 @@ absl::Status RunSearch(const KnnIndex& index, Path path, const QueryBatch& batch
                                  out.dists.data(), &out.stats);
     case Path::kPureWalk:
       search.strategy = core::SearchStrategy::kWalk;
+      search.min_product_batch = std::numeric_limits<int64_t>::max();
+      break;
+    case Path::kProductWalk:
+      // Every batch, the smallest too, with the products, below the root too.
+      search.strategy = core::SearchStrategy::kWalk;
+      search.min_product_batch = 1;
+      search.product_depth = 2;
       break;
     case Path::kPureScan:
       search.strategy = core::SearchStrategy::kScan;
@@ -223,7 +240,7 @@ absl::Status RunSearch(const KnnIndex& index, Path path, const QueryBatch& batch
 }
 
 constexpr Path kAllPaths[] = {Path::kIndexSearch, Path::kBruteForce, Path::kPureWalk,
-                              Path::kPureScan, Path::kBlocks};
+                              Path::kProductWalk, Path::kPureScan, Path::kBlocks};
 
 // Every path and option set for one case, against the oracle.
 void CheckCase(const SearchCase& c, tbb::task_arena& arena) {
@@ -412,7 +429,8 @@ TEST_F(KnnSearchTest, RandomCases) {
 // everywhere (the settings of random case 16 below). Distances near 0 then carry rounding noise
 // of up to sqrt(e) ~ 1e-5..1e-4 (e the rounding of rho), above kPruneSlack = 1e-6, so lower bounds
 // built from small distances (a query close to an ancestor; rings of d(y, ancestor)) are only
-// as good as the rounding. The pure walk must still return every true neighbour.
+// as good as the rounding. The pure walk must still return every true neighbour, with the root
+// product too (whose distances carry that rounding).
 TEST_F(KnnSearchTest, ExtremeDenseRegimeWalkIsExact) {
   SearchCase c = Residual("extreme_dense_rbf_1d", KernelType::kRbf, 0.898079635630108, 1, 5000, 40);
   c.variance = 1.4951146865495117;
@@ -429,10 +447,12 @@ TEST_F(KnnSearchTest, ExtremeDenseRegimeWalkIsExact) {
   for (int64_t k : {10, 30, 100, 300, 714}) {
     KnnOptions options;
     options.k = k;
-    Answer got;
-    ASSERT_TRUE(RunSearch(*index, Path::kPureWalk, batch, options, &arena_, got).ok());
-    ExpectMatchesOracle(PathName(Path::kPureWalk), index->space(), rows, ids, options, got,
-                        Oracle(dist, ids, options));
+    for (Path path : {Path::kPureWalk, Path::kProductWalk}) {
+      Answer got;
+      ASSERT_TRUE(RunSearch(*index, path, batch, options, &arena_, got).ok());
+      ExpectMatchesOracle(PathName(path), index->space(), rows, ids, options, got,
+                          Oracle(dist, ids, options));
+    }
   }
 }
 
