@@ -84,6 +84,10 @@ class IndexEntry {
 
   const std::string& id() const { return id_; }
   const std::string& source_index_id() const { return source_index_id_; }
+  // Restored from --data_dir with the refitted source tree it was built with (a restored
+  // core::KnnIndex does not carry its ReparameterizeReport): IndexInfo.tree_refitted.
+  void set_restored_refitted(bool refitted) { restored_refitted_.store(refitted); }
+  bool restored_refitted() const { return restored_refitted_.load(); }
   const v1::IndexSpec& spec() const { return spec_; }
   const core::IndexSpec& core_spec() const { return core_spec_; }
 
@@ -172,6 +176,7 @@ class IndexEntry {
  private:
   const std::string id_;
   const std::string source_index_id_;
+  std::atomic<bool> restored_refitted_{false};
   const v1::IndexSpec spec_;
   const core::IndexSpec core_spec_;
   core::Cancellation build_cancellation_;

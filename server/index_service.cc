@@ -249,8 +249,11 @@ void IndexService::StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec
       if (make) {
         index = make(spec, arena, entry->build_cancellation(), progress);
       } else if (restore) {
+        bool refitted = false;
         index = store_->RestoreTree(entry->id(), entry->uploads(), spec, std::move(*shared_data),
-                                    arena, entry->build_cancellation(), progress, &build_seconds);
+                                    arena, entry->build_cancellation(), progress, &build_seconds,
+                                    &refitted);
+        entry->set_restored_refitted(refitted && index.ok() && !(*index)->tree_rebuilt());
       } else {
         index = core::KnnIndex::Build(spec, std::move(*shared_data), arena,
                                       entry->build_cancellation(), progress);

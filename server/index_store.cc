@@ -32,6 +32,9 @@ constexpr char kSpecFile[] = "spec.rcknn";
 constexpr char kTreeFile[] = "tree.rcknn";
 constexpr char kBuildSpecFile[] = "build-spec.rcknn";
 constexpr char kSourceFile[] = "source.rcknn";
+// An empty file, present when tree.rcknn holds a re-parameterised index's refitted source tree
+// (IndexInfo.tree_refitted): committed before the tree file, removed before a fresh tree's.
+constexpr char kRefittedFile[] = "tree-refitted.rcknn";
 constexpr char kUploadPrefix[] = "upload-";
 constexpr char kOrderingPrefix[] = "ordering-";
 constexpr char kSuffix[] = ".rcknn";
@@ -274,6 +277,8 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
       has_build_spec = true;
     } else if (name == kSourceFile) {
       has_source = true;
+    } else if (name == kRefittedFile) {
+      // Read with the tree (RestoreTree).
     } else if (int64_t sequence = 0;
                absl::StartsWith(name, kUploadPrefix) && absl::EndsWith(name, kSuffix) &&
                absl::SimpleAtoi(name.substr(sizeof(kUploadPrefix) - 1,
@@ -489,6 +494,20 @@ absl::Status IndexStore::WriteUpload(absl::string_view id, int64_t sequence,
 
 absl::Status IndexStore::WriteTree(absl::string_view id, int64_t uploads, double build_seconds,
                                    const core::KnnIndex& index) {
+  // The marker first: a crash before the tree's commit leaves no tree to mislabel, and the
+  // next build rewrites or removes the marker.
+  const fs::path refitted = fs::path(IndexDir(id)) / kRefittedFile;
+  std::error_code error;
+  if (index.reparameterize_report().refitted) {
+    { std::ofstream marker(refitted); }
+    if (!fs::exists(refitted, error)) return FsError("cannot create", refitted, error);
+    RETURN_IF_ERROR(SyncFile(refitted.string()));
+    RETURN_IF_ERROR(core::SyncDirectory(refitted.parent_path().string()));
+  } else if (fs::exists(refitted, error)) {
+    fs::remove(refitted, error);
+    if (error) return FsError("cannot remove", refitted, error);
+    RETURN_IF_ERROR(core::SyncDirectory(refitted.parent_path().string()));
+  }
   return core::WriteIndexFile((fs::path(IndexDir(id)) / kTreeFile).string(),
                               core::IndexFileHeaderOf(index, id, uploads, build_seconds),
                               index.tree().storage(), [&] { PauseBeforeCommit(id, kTreeFile); });
@@ -511,8 +530,10 @@ absl::Status IndexStore::WriteOrdering(absl::string_view id, const StoredOrderin
 absl::StatusOr<std::unique_ptr<core::KnnIndex>> IndexStore::RestoreTree(
     absl::string_view id, int64_t uploads, const core::IndexSpec& spec, core::IndexData data,
     tbb::task_arena* arena, const core::Cancellation* cancellation,
-    const core::ProgressCallback& progress, double* build_seconds) {
+    const core::ProgressCallback& progress, double* build_seconds, bool* refitted) {
   const std::string path = (fs::path(IndexDir(id)) / kTreeFile).string();
+  std::error_code error;
+  *refitted = fs::exists(fs::path(IndexDir(id)) / kRefittedFile, error);
   ASSIGN_OR_RETURN(core::IndexFileContents contents, core::ReadIndexFile(path));
   const core::IndexFileHeader& header = contents.header;
   if (header.owner != id) {

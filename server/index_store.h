@@ -107,15 +107,18 @@ class IndexStore {
   absl::Status WriteBuildSpec(absl::string_view id, const std::optional<v1::IndexSpec>& spec);
   // Commits upload number `sequence` (1, 2, ...) of the index.
   absl::Status WriteUpload(absl::string_view id, int64_t sequence, const PointBatch& batch);
-  // Commits the built index, made from `uploads` uploads holding the index's points.
+  // Commits the built index, made from `uploads` uploads holding the index's points; first
+  // tree-refitted.rcknn when it is a re-parameterised index's refitted source tree (or removes
+  // a stale one).
   absl::Status WriteTree(absl::string_view id, int64_t uploads, double build_seconds,
                          const core::KnnIndex& index);
   // The saved index over `data` (the points of the index's uploads, in order); `uploads` as
-  // LoadAll found them. `build_seconds` receives the original build's duration.
+  // LoadAll found them. `build_seconds` receives the original build's duration, `refitted`
+  // whether the saved tree is a refitted source tree (tree-refitted.rcknn).
   absl::StatusOr<std::unique_ptr<core::KnnIndex>> RestoreTree(
       absl::string_view id, int64_t uploads, const core::IndexSpec& spec, core::IndexData data,
       tbb::task_arena* arena, const core::Cancellation* cancellation,
-      const core::ProgressCallback& progress, double* build_seconds);
+      const core::ProgressCallback& progress, double* build_seconds, bool* refitted);
   // Commits an ordering of the index (its name follows the rule of index ids).
   absl::Status WriteOrdering(absl::string_view id, const StoredOrdering& ordering);
   // Removes the index's directory: moved to the trash in one rename (durable), then deleted.

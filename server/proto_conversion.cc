@@ -488,7 +488,8 @@ void FillIndexInfo(const IndexEntry& entry, v1::IndexInfo* info) {
   info->set_source_index_id(entry.source_index_id());
   if (snapshot.state == IndexState::kReady && !entry.source_index_id().empty()) {
     absl::StatusOr<std::shared_ptr<const core::KnnIndex>> index = entry.ReadyIndex();
-    info->set_tree_refitted(index.ok() && (*index)->reparameterize_report().refitted);
+    info->set_tree_refitted(index.ok() && ((*index)->reparameterize_report().refitted ||
+                                           entry.restored_refitted()));
   }
 }
 

@@ -260,6 +260,8 @@ TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
     const v1::IndexInfo restored = testing::AwaitBuilt(stub(), id);
     ASSERT_EQ(restored.state(), v1::INDEX_STATE_READY) << restored.error();
     EXPECT_EQ(restored.source_index_id(), request.source_index_id());
+    // Which tree it was built with is kept across the restart (tree-refitted.rcknn).
+    EXPECT_EQ(restored.tree_refitted(), id == "derived");
     EXPECT_EQ(Points(id), Uploaded());
     v1::IndexSpec expected = request.spec();
     expected.set_dimension(2);
@@ -300,9 +302,12 @@ TEST_F(ReparameterizeServiceTest, AnUnfinishedBuildComesBackLoadingAndBuildsWith
   expected.set_dimension(2);
   expected.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
   ExpectExact("derived", expected);
-  // And it restores from there.
+  // And it restores from there, as built afresh: the refitted tree's marker went with it.
+  EXPECT_FALSE(fs::exists(IndexDir("derived") / "tree-refitted.rcknn"));
   Restart();
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "derived").state(), v1::INDEX_STATE_READY);
+  const v1::IndexInfo restored = testing::AwaitBuilt(stub(), "derived");
+  ASSERT_EQ(restored.state(), v1::INDEX_STATE_READY) << restored.error();
+  EXPECT_FALSE(restored.tree_refitted());
   EXPECT_EQ(Points("derived"), Uploaded());
   ExpectExact("derived", expected);
 }
