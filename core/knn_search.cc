@@ -8,6 +8,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "core/block_traversal.h"
+#include "core/blocked_scan.h"
 #include "core/brute_force_knn.h"
 #include "core/parallel_tasks.h"
 #include "core/search_planner.h"
@@ -409,7 +410,7 @@ absl::Status TreeKnnSearch(const TreeSearchContext& context, const QueryBatch& q
     for (int64_t q = 0; q < nq; ++q) {
       if (!done[q]) scan_list.push_back(q);
     }
-    return ScanQueries(space, queries, scan_list, options, cancellation, out_ids, out_distances,
+    return BlockedScan(space, queries, scan_list, options, cancellation, out_ids, out_distances,
                        scan_stats, absl::MakeSpan(evaluations));
   };
   absl::Status status;

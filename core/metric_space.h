@@ -77,6 +77,21 @@ class MetricSpace {
   // out[i * nb + j] = d(a[a0 + i], b[b0 + j]).
   virtual void RowsToRows(const PointRows& a, int64_t a0, int64_t na, const PointRows& b,
                           int64_t b0, int64_t nb, double* out) const = 0;
+  // RowsToRange and RowsToRows for a scan that keeps only candidates within a limit: a distance
+  // above limits[i] (for row first + i, resp. a0 + i) may come back as +infinity instead, which
+  // spares the exact value of most pairs. Every distance at most limits[i] comes back as a
+  // non-canonical evaluation (within RoundingBound of RowToIds), like the methods above. The
+  // defaults return every distance.
+  virtual void RowsToRangeWithin(const PointRows& rows, int64_t first, int64_t num,
+                                 int64_t begin, int64_t count, const double* limits,
+                                 double* out) const {
+    RowsToRange(rows, first, num, begin, count, out);
+  }
+  virtual void RowsToRowsWithin(const PointRows& a, int64_t a0, int64_t na, const PointRows& b,
+                                int64_t b0, int64_t nb, const double* limits,
+                                double* out) const {
+    RowsToRows(a, a0, na, b, b0, nb, out);
+  }
   // out[j] = d(rows[row], stored point ids[j]), canonically (see above).
   virtual void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
                         double* out) const = 0;

@@ -56,12 +56,12 @@ absl::Status CheckFinite(const RowMatrix& m, const char* field) {
 
 // Squared distances of one scaled point `a` to rows [begin, begin + count) of a d x n
 // dimension-major matrix: vectorises over the points.
-void SquaredDistancesToRange(const double* a, const RowMatrix& by_dim, int64_t begin,
-                             int64_t count, double* r2) {
+void SquaredDistancesToRange(const double* a, const double* by_dim, int64_t stride, int d,
+                             int64_t begin, int64_t count, double* r2) {
   std::fill(r2, r2 + count, 0.0);
-  for (int64_t t = 0; t < by_dim.rows(); ++t) {
+  for (int t = 0; t < d; ++t) {
     const double at = a[t];
-    const double* column = by_dim.row(t).data() + begin;
+    const double* column = by_dim + t * stride + begin;
     for (int64_t j = 0; j < count; ++j) {
       const double diff = at - column[j];
       r2[j] += diff * diff;
@@ -78,10 +78,49 @@ double SquaredDistance(const double* a, const double* b, int d) {
   return r2;
 }
 
+// out[j] = ResidualDistance(kernel_values[j], v_dots[j], isp, isp_other[j]) for j < count, bit
+// for bit (out may alias v_dots): the same operations, with the square roots in vector
+// instructions (correctly rounded like std::sqrt, which the compiler keeps scalar because of
+// errno).
+void ResidualDistances(const double* kernel_values, const double* v_dots, double isp,
+                       const double* isp_other, int64_t count, double* out) {
+  for (int64_t j = 0; j < count; ++j) {
+    out[j] = ResidualSquaredDistance(kernel_values[j], v_dots[j], isp, isp_other[j]);
+  }
+  Eigen::Map<Eigen::ArrayXd> values(out, count);
+  values = values.sqrt();
+}
+
+// The distances of the pairs whose distance may be at most `limit`, +inf for the others (the
+// "Within" methods): ResidualDistance's operations on every pair, but the square root (the
+// costly step) only where 1 - |rho| is within limit^2, widened by far more than the roundings of
+// the square and the root, so no pair at distance <= limit is dropped.
+void ResidualDistancesWithin(const double* kernel_values, double* v_dots, double isp,
+                             const double* isp_other, int64_t count, double limit) {
+  if (!(limit < std::numeric_limits<double>::infinity())) {
+    ResidualDistances(kernel_values, v_dots, isp, isp_other, count, v_dots);
+    return;
+  }
+  const double bound = limit * limit * (1.0 + 1e-12);
+  constexpr double kFar = std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < count; ++j) {
+    const double s = ResidualSquaredDistance(kernel_values[j], v_dots[j], isp, isp_other[j]);
+    v_dots[j] = s <= bound ? s : kFar;
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    if (v_dots[j] <= bound) v_dots[j] = std::sqrt(v_dots[j]);
+  }
+}
+
 struct RowScratch {
   std::vector<double> r2;
   std::vector<double> isp;
+  std::vector<double> by_dim;
   std::vector<int64_t> positions;
+  double* ByDim(int64_t n) {
+    if (static_cast<int64_t>(by_dim.size()) < n) by_dim.resize(n);
+    return by_dim.data();
+  }
   int64_t* Positions(int64_t n) {
     if (static_cast<int64_t>(positions.size()) < n) positions.resize(n);
     return positions.data();
@@ -385,9 +424,7 @@ void ResidualSpace::FinishRow(const PointRows& rows, int64_t row, const int64_t*
     for (int64_t j = 0; j < count; ++j) gathered[j] = inv_sqrt_p_[positions[j]];
     isp_other = gathered;
   }
-  for (int64_t j = 0; j < count; ++j) {
-    dots[j] = ResidualDistance(r2[j], dots[j], isp_row, isp_other[j]);
-  }
+  ResidualDistances(r2, dots, isp_row, isp_other, count, dots);
   // Identity and coincidence (rare: only where the kernel value is the variance, r ~ 0).
   const double variance = kernel_.variance();
   for (int64_t j = 0; j < count; ++j) {
@@ -416,7 +453,8 @@ void ResidualSpace::RowsToRange(const PointRows& rows, int64_t first, int64_t nu
   g.noalias() = rows.features.middleRows(first, num) * v_.middleRows(begin, count).transpose();
   double* r2 = Scratch().R2(count);
   for (int64_t i = 0; i < num; ++i) {
-    SquaredDistancesToRange(rows.coords.row(first + i).data(), scaled_by_dim_, begin, count, r2);
+    SquaredDistancesToRange(rows.coords.row(first + i).data(), scaled_by_dim_.data(),
+                            scaled_by_dim_.cols(), kernel_.dimension(), begin, count, r2);
     FinishRow(rows, first + i, nullptr, begin, count, r2, out + i * count);
   }
 }
@@ -433,12 +471,59 @@ void ResidualSpace::RowsToRows(const PointRows& a, int64_t a0, int64_t na, const
     for (int64_t j = 0; j < nb; ++j) r2[j] = SquaredDistance(ac, b.coords.row(b0 + j).data(), d);
     kernel_.ValuesFromSquaredDistances(r2, nb);
     double* row_out = out + i * nb;
-    const double isp_a = a.inv_sqrt_p[a0 + i];
-    for (int64_t j = 0; j < nb; ++j) {
-      row_out[j] = ResidualDistance(r2[j], row_out[j], isp_a, b.inv_sqrt_p[b0 + j]);
-    }
+    ResidualDistances(r2, row_out, a.inv_sqrt_p[a0 + i], b.inv_sqrt_p.data() + b0, nb, row_out);
     for (int64_t j = 0; j < nb; ++j) {
       if (r2[j] != variance || row_out[j] == 0.0) continue;
+      const int64_t id = b.ids[b0 + j];
+      if (id >= 0 ? Coincide(a, a0 + i, id) : Coincide(b, b0 + j, a.ids[a0 + i])) {
+        row_out[j] = 0.0;
+      }
+    }
+  }
+}
+
+void ResidualSpace::RowsToRangeWithin(const PointRows& rows, int64_t first, int64_t num,
+                                      int64_t begin, int64_t count, const double* limits,
+                                      double* out) const {
+  Eigen::Map<RowMatrix> g(out, num, count);
+  g.noalias() = rows.features.middleRows(first, num) * v_.middleRows(begin, count).transpose();
+  const double variance = kernel_.variance();
+  double* r2 = Scratch().R2(count);
+  for (int64_t i = 0; i < num; ++i) {
+    double* row_out = out + i * count;
+    SquaredDistancesToRange(rows.coords.row(first + i).data(), scaled_by_dim_.data(),
+                            scaled_by_dim_.cols(), kernel_.dimension(), begin, count, r2);
+    kernel_.ValuesFromSquaredDistances(r2, count);
+    ResidualDistancesWithin(r2, row_out, rows.inv_sqrt_p[first + i], inv_sqrt_p_.data() + begin,
+                            count, limits[i]);
+    for (int64_t j = 0; j < count; ++j) {
+      if (r2[j] == variance && Coincide(rows, first + i, id_at(begin + j))) row_out[j] = 0.0;
+    }
+  }
+}
+
+void ResidualSpace::RowsToRowsWithin(const PointRows& a, int64_t a0, int64_t na,
+                                     const PointRows& b, int64_t b0, int64_t nb,
+                                     const double* limits, double* out) const {
+  Eigen::Map<RowMatrix> g(out, na, nb);
+  g.noalias() = a.features.middleRows(a0, na) * b.features.middleRows(b0, nb).transpose();
+  const int d = kernel_.dimension();
+  const double variance = kernel_.variance();
+  RowScratch& scratch = Scratch();
+  // b's coordinates one dimension at a time, so the squared distances vectorise over b.
+  double* by_dim = scratch.ByDim(d * nb);
+  for (int64_t j = 0; j < nb; ++j) {
+    for (int t = 0; t < d; ++t) by_dim[t * nb + j] = b.coords(b0 + j, t);
+  }
+  double* r2 = scratch.R2(nb);
+  for (int64_t i = 0; i < na; ++i) {
+    double* row_out = out + i * nb;
+    SquaredDistancesToRange(a.coords.row(a0 + i).data(), by_dim, nb, d, 0, nb, r2);
+    kernel_.ValuesFromSquaredDistances(r2, nb);
+    ResidualDistancesWithin(r2, row_out, a.inv_sqrt_p[a0 + i], b.inv_sqrt_p.data() + b0, nb,
+                            limits[i]);
+    for (int64_t j = 0; j < nb; ++j) {
+      if (r2[j] != variance) continue;
       const int64_t id = b.ids[b0 + j];
       if (id >= 0 ? Coincide(a, a0 + i, id) : Coincide(b, b0 + j, a.ids[a0 + i])) {
         row_out[j] = 0.0;

@@ -39,10 +39,17 @@ inline constexpr int64_t kDefaultInducingCount = 512;
 
 // The one definition of the metric. Every path (tree, search, brute force, tests) calls it.
 // kernel_value = k(x_i, x_j), v_dot = V_i . V_j, inv_sqrt_p_* = 1 / sqrt(p_*).
+// ResidualSquaredDistance is d^2 = 1 - |rho|: the part before the square root, which the
+// blocked paths apply to whole rows at once in vector instructions (correctly rounded, so the
+// same bits).
+inline double ResidualSquaredDistance(double kernel_value, double v_dot, double inv_sqrt_p_i,
+                                      double inv_sqrt_p_j) {
+  const double rho = (kernel_value - v_dot) * inv_sqrt_p_i * inv_sqrt_p_j;
+  return 1.0 - std::min(std::fabs(rho), 1.0);
+}
 inline double ResidualDistance(double kernel_value, double v_dot, double inv_sqrt_p_i,
                                double inv_sqrt_p_j) {
-  const double rho = (kernel_value - v_dot) * inv_sqrt_p_i * inv_sqrt_p_j;
-  return std::sqrt(1.0 - std::min(std::fabs(rho), 1.0));
+  return std::sqrt(ResidualSquaredDistance(kernel_value, v_dot, inv_sqrt_p_i, inv_sqrt_p_j));
 }
 
 struct ResidualOptions {
@@ -95,6 +102,11 @@ class ResidualSpace final : public MetricSpace {
                    int64_t count, double* out) const override;
   void RowsToRows(const PointRows& a, int64_t a0, int64_t na, const PointRows& b, int64_t b0,
                   int64_t nb, double* out) const override;
+  void RowsToRangeWithin(const PointRows& rows, int64_t first, int64_t num, int64_t begin,
+                         int64_t count, const double* limits, double* out) const override;
+  void RowsToRowsWithin(const PointRows& a, int64_t a0, int64_t na, const PointRows& b,
+                        int64_t b0, int64_t nb, const double* limits,
+                        double* out) const override;
   void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
                 double* out) const override;
   double RoundingBound(const PointRows& rows, int64_t row) const override;

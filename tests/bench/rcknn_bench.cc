@@ -19,6 +19,7 @@
 #include <utility>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <numeric>
@@ -86,12 +87,27 @@ int64_t PeakRssBytes() {
 
 double Seconds(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
 
+// CPU seconds of the whole process (every thread): unlike wall time, not inflated when other
+// processes share the cores.
+double CpuSeconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+struct Rate {
+  double gflops = 0.0;      // per wall second
+  double cpu_gflops = 0.0;  // per CPU second of the process
+};
+Rate GemmGflops(int threads, tbb::task_arena& arena);
+
 struct Answers {
   std::vector<int64_t> ids;
   std::vector<double> dists;
   std::vector<int64_t> evaluations;
   TraversalStats stats;
   double seconds = 0.0;
+  double cpu_seconds = 0.0;
 };
 
 Answers RunSearch(const KnnIndex& index, const std::vector<int64_t>& query_ids,
@@ -104,12 +120,14 @@ Answers RunSearch(const KnnIndex& index, const std::vector<int64_t>& query_ids,
   QueryBatch batch;
   batch.ids = query_ids;
   const absl::Time start = absl::Now();
+  const double cpu_start = CpuSeconds();
   const absl::Status status =
       brute ? index.SearchBruteForce(batch, options, &arena, nullptr, a.ids.data(),
                                      a.dists.data(), &a.stats)
             : index.Search(batch, options, &arena, nullptr, a.ids.data(), a.dists.data(),
                            &a.stats, absl::MakeSpan(a.evaluations));
   a.seconds = Seconds(start);
+  a.cpu_seconds = CpuSeconds() - cpu_start;
   if (!status.ok()) {
     std::cerr << "search failed: " << status << "\n";
     std::exit(1);
@@ -249,6 +267,8 @@ core::IndexSpec Tuned(core::IndexSpec spec) {
 }
 
 int RunShared(const std::string& workload, int threads, tbb::task_arena& arena) {
+  // Before the index exists, so its matrices do not add to the peak RSS.
+  const Rate gemm = GemmGflops(threads, arena);
   absl::StatusOr<testing::Dataset> set =
       testing::LoadDataset(absl::GetFlag(FLAGS_data_dir),
                            workload.substr(0, 5) == "dense" ? "dense" : "gold");
@@ -282,7 +302,30 @@ int RunShared(const std::string& workload, int threads, tbb::task_arena& arena) 
     bad += CountMismatches(**index, query_ids, options, brute,
                            options.predecessor_mode ? set->pred_dists : set->knn_dists, 0, nq);
   }
-  Print(workload, threads, set->n, nq, options.k, **index, tree, nq / brute.seconds, bad == 0, nq);
+  // The arithmetic rate (2 m flops per evaluation: the matrix products' share) of the tree
+  // search (on gold almost all of it the scan) and of the brute force, against Eigen's own GEMM
+  // measured right after in the same process; per wall second and per CPU second (the latter
+  // comparable on a machine shared with other processes).
+  const auto& residual = dynamic_cast<const core::ResidualSpace&>((*index)->space());
+  const double flops_per_eval = 2.0 * residual.v().cols();
+  std::string extra;
+  for (const auto& [name, answers] : {std::pair<const char*, const Answers*>{"tree", &tree},
+                                      std::pair<const char*, const Answers*>{"brute", &brute}}) {
+    const double flops =
+        flops_per_eval * static_cast<double>(answers->stats.distance_evaluations);
+    extra += absl::StrFormat(
+        ",\"%s_gflops\":%.1f,\"%s_gemm_ratio\":%.3f,\"%s_gemm_cpu_ratio\":%.3f", name,
+        flops / answers->seconds / 1e9, name, flops / answers->seconds / 1e9 / gemm.gflops, name,
+        flops / answers->cpu_seconds / 1e9 / gemm.cpu_gflops);
+  }
+  extra += absl::StrFormat(",\"gemm_gflops\":%.1f,\"gemm_cpu_gflops\":%.1f", gemm.gflops,
+                           gemm.cpu_gflops);
+  const double end_to_end =
+      (*index)->timings().factor_seconds + (*index)->timings().tree_seconds + tree.seconds;
+  extra += absl::StrFormat(",\"end_to_end_seconds\":%.4f,\"speedup_vs_brute\":%.2f",
+                           end_to_end, brute.seconds / tree.seconds);
+  Print(workload, threads, set->n, nq, options.k, **index, tree, nq / brute.seconds, bad == 0, nq,
+        extra);
   if (!absl::GetFlag(FLAGS_snapshot_dir).empty() &&
       !RunSnapshot(workload, threads, **index, Tuned(set->Spec()), set->Data(), query_ids,
                    options, tree, arena)) {
@@ -505,8 +548,9 @@ int RunBuild(int threads, tbb::task_arena& arena) {
   return 0;
 }
 
-// Eigen's own float64 matrix product at this thread count: the yardstick for the brute force.
-int RunGemm(int threads, tbb::task_arena& arena) {
+// Eigen's own float64 matrix product at this thread count, in GFLOP/s: the yardstick for the
+// brute force. Each thread multiplies its own matrices (the brute force's shape of parallelism).
+Rate GemmGflops(int threads, tbb::task_arena& arena) {
   const int64_t rows = 1024, cols = 4096, inner = 512, reps = 8;
   std::vector<core::RowMatrix> a(threads), b(threads), c(threads);
   for (int t = 0; t < threads; ++t) {
@@ -515,15 +559,23 @@ int RunGemm(int threads, tbb::task_arena& arena) {
     c[t].resize(rows, cols);
   }
   const absl::Time start = absl::Now();
+  const double cpu_start = CpuSeconds();
   arena.execute([&] {
     tbb::parallel_for(0, threads, [&](int t) {
       for (int r = 0; r < reps; ++r) c[t].noalias() = a[t] * b[t].transpose();
     });
   });
   const double seconds = Seconds(start);
+  const double cpu_seconds = CpuSeconds() - cpu_start;
   const double flops = 2.0 * rows * cols * inner * reps * threads;
-  std::cout << absl::StrFormat("{\"workload\":\"gemm\",\"threads\":%d,\"gflops\":%.1f}", threads,
-                               flops / seconds / 1e9)
+  return {flops / seconds / 1e9, flops / cpu_seconds / 1e9};
+}
+
+int RunGemm(int threads, tbb::task_arena& arena) {
+  const Rate rate = GemmGflops(threads, arena);
+  std::cout << absl::StrFormat(
+                   "{\"workload\":\"gemm\",\"threads\":%d,\"gflops\":%.1f,\"cpu_gflops\":%.1f}",
+                   threads, rate.gflops, rate.cpu_gflops)
             << std::endl;
   return 0;
 }
