@@ -15,6 +15,7 @@ namespace {
 
 constexpr int64_t kMemberBlock = 256;  // members compared with the centers at once
 constexpr int64_t kCenterChunk = 256;  // centers per gathered block of rows
+constexpr int64_t kBatchBlocks = 16;   // member blocks compared with known centers in parallel
 constexpr int64_t kRootBlock = 4096;   // ids per task when measuring distances to the root
 constexpr int32_t kUnsetLevel = std::numeric_limits<int32_t>::max();
 
@@ -84,83 +85,131 @@ class Builder {
 
 std::vector<int64_t> Builder::ChooseCenters(std::vector<Member>& members, double radius,
                                             std::vector<int64_t>& centers) {
+  // The greedy rule is sequential (a member becomes a center if no earlier center covers it),
+  // but most of its work is comparing members with centers chosen long before them. So members
+  // go in batches of kBatchBlocks blocks: first every block of the batch against the centers
+  // known when the batch starts, in parallel (block x chunk of centers); then block by block, in
+  // order, against the centers the batch itself added, and the block's own sequential pass. The
+  // batches and chunks are fixed by the member count alone, so the tree does not depend on the
+  // thread count; ties go to the earliest center either way.
   const int64_t num = static_cast<int64_t>(members.size());
   std::vector<int64_t> assigned(num, -1);
   std::vector<PointRows> full_chunks;  // centers [256 c, 256 c + 256) as rows
   std::vector<double> distances;
-  for (int64_t start = 0; start < num; start += kMemberBlock) {
-    const int64_t count = std::min(kMemberBlock, num - start);
-    std::vector<int64_t> ids(count);
-    for (int64_t i = 0; i < count; ++i) ids[i] = members[start + i].id;
-    const PointRows rows = space_.Gather(ids);
-
-    // Compare the block with every center chosen before it, chunk by chunk.
+  std::vector<PointRows> block_rows(kBatchBlocks);
+  for (int64_t batch = 0; batch < num; batch += kBatchBlocks * kMemberBlock) {
+    const int64_t batch_end = std::min(num, batch + kBatchBlocks * kMemberBlock);
+    const int64_t num_blocks = (batch_end - batch + kMemberBlock - 1) / kMemberBlock;
+    auto block_count = [&](int64_t b) {
+      return std::min(kMemberBlock, batch_end - batch - b * kMemberBlock);
+    };
+    auto gather = [&](int64_t b) {
+      const int64_t first = batch + b * kMemberBlock;
+      std::vector<int64_t> ids(block_count(b));
+      for (size_t i = 0; i < ids.size(); ++i) ids[i] = members[first + i].id;
+      block_rows[b] = space_.Gather(ids);
+    };
     const int64_t known = static_cast<int64_t>(centers.size());
-    if (known > 0) {
-      const int64_t num_full = known / kCenterChunk;
-      PointRows partial;
-      if (known % kCenterChunk != 0) {
-        std::vector<int64_t> partial_ids;
-        for (int64_t c = num_full * kCenterChunk; c < known; ++c) {
-          partial_ids.push_back(members[centers[c]].id);
-        }
-        partial = space_.Gather(partial_ids);
+    const int64_t num_full = known / kCenterChunk;
+    PointRows partial;  // centers [256 num_full, known)
+    if (known % kCenterChunk != 0) {
+      std::vector<int64_t> partial_ids;
+      for (int64_t c = num_full * kCenterChunk; c < known; ++c) {
+        partial_ids.push_back(members[centers[c]].id);
       }
-      const int64_t num_chunks = num_full + (known % kCenterChunk != 0 ? 1 : 0);
-      // Per chunk and member: (distance, center index) of the nearest center in the chunk.
-      std::vector<std::pair<double, int64_t>> nearest(num_chunks * count);
-      auto compare_chunk = [&](int64_t c) {
-        const PointRows& chunk = c < num_full ? full_chunks[c] : partial;
-        const int64_t nc = chunk.size();
-        std::vector<double> d(count * nc);
-        space_.RowsToRows(rows, 0, count, chunk, 0, nc, d.data());
-        for (int64_t i = 0; i < count; ++i) {
-          std::pair<double, int64_t> best{std::numeric_limits<double>::infinity(), -1};
-          for (int64_t j = 0; j < nc; ++j) {
-            if (d[i * nc + j] < best.first) best = {d[i * nc + j], c * kCenterChunk + j};
-          }
-          nearest[c * count + i] = best;
+      partial = space_.Gather(partial_ids);
+    }
+    const int64_t num_chunks = num_full + (known % kCenterChunk != 0 ? 1 : 0);
+    // Per block, chunk and member: (distance, center index) of the nearest center in the chunk.
+    std::vector<std::pair<double, int64_t>> nearest(num_blocks * num_chunks * kMemberBlock);
+    auto compare = [&](int64_t task) {
+      const int64_t b = task / std::max<int64_t>(num_chunks, 1);
+      const int64_t c = task % std::max<int64_t>(num_chunks, 1);
+      if (c == 0) gather(b);
+      if (num_chunks == 0) return;
+      const PointRows& rows = block_rows[b];
+      const PointRows& chunk = c < num_full ? full_chunks[c] : partial;
+      const int64_t count = block_count(b);
+      const int64_t nc = chunk.size();
+      std::vector<double> d(count * nc);
+      space_.RowsToRows(rows, 0, count, chunk, 0, nc, d.data());
+      std::pair<double, int64_t>* out = &nearest[(b * num_chunks + c) * kMemberBlock];
+      for (int64_t i = 0; i < count; ++i) {
+        std::pair<double, int64_t> best{std::numeric_limits<double>::infinity(), -1};
+        for (int64_t j = 0; j < nc; ++j) {
+          if (d[i * nc + j] < best.first) best = {d[i * nc + j], c * kCenterChunk + j};
         }
-      };
+        out[i] = best;
+      }
+    };
+    if (num_chunks > 0) {
+      // The first chunk of each block gathers the block's rows, which the others read.
+      tbb::parallel_for(int64_t{0}, num_blocks, [&](int64_t b) { compare(b * num_chunks); });
       if (num_chunks > 1) {
-        tbb::parallel_for(int64_t{0}, num_chunks, compare_chunk);
-      } else {
-        compare_chunk(0);
+        tbb::parallel_for(int64_t{0}, num_blocks * num_chunks, [&](int64_t task) {
+          if (task % num_chunks != 0) compare(task);
+        });
       }
-      for (int64_t c = 0; c < num_chunks; ++c) {
-        for (int64_t i = 0; i < count; ++i) {
-          const auto& [d, index] = nearest[c * count + i];
-          if (d < members[start + i].dist) {
-            members[start + i].dist = d;
-            assigned[start + i] = index;
-          }
-        }
-      }
+    } else {
+      tbb::parallel_for(int64_t{0}, num_blocks, [&](int64_t b) { gather(b); });
     }
 
-    // Members still uncovered become centers, in order, and cover the rest of the block.
-    for (int64_t i = 0; i < count; ++i) {
-      Member& member = members[start + i];
-      if (member.dist <= radius) continue;
-      const int64_t index = static_cast<int64_t>(centers.size());
-      assigned[start + i] = index;
-      centers.push_back(start + i);
-      if (centers.size() % kCenterChunk == 0) {
-        std::vector<int64_t> chunk_ids(kCenterChunk);
-        for (int64_t c = 0; c < kCenterChunk; ++c) {
-          chunk_ids[c] = members[centers[centers.size() - kCenterChunk + c]].id;
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      const int64_t start = batch + b * kMemberBlock;
+      const int64_t count = block_count(b);
+      const PointRows& rows = block_rows[b];
+      for (int64_t c = 0; c < num_chunks; ++c) {
+        const std::pair<double, int64_t>* best = &nearest[(b * num_chunks + c) * kMemberBlock];
+        for (int64_t i = 0; i < count; ++i) {
+          if (best[i].first < members[start + i].dist) {
+            members[start + i].dist = best[i].first;
+            assigned[start + i] = best[i].second;
+          }
         }
-        full_chunks.push_back(space_.Gather(chunk_ids));
       }
-      const int64_t rest = count - i - 1;
-      if (rest == 0) continue;
-      distances.resize(rest);
-      space_.RowsToRows(rows, i + 1, rest, rows, i, 1, distances.data());
-      for (int64_t j = 0; j < rest; ++j) {
-        Member& other = members[start + i + 1 + j];
-        if (distances[j] < other.dist) {
-          other.dist = distances[j];
-          assigned[start + i + 1 + j] = index;
+      // Centers chosen by the earlier blocks of this batch.
+      const int64_t added = static_cast<int64_t>(centers.size()) - known;
+      if (added > 0) {
+        std::vector<int64_t> added_ids(added);
+        for (int64_t c = 0; c < added; ++c) added_ids[c] = members[centers[known + c]].id;
+        const PointRows added_rows = space_.Gather(added_ids);
+        distances.resize(count * added);
+        space_.RowsToRows(rows, 0, count, added_rows, 0, added, distances.data());
+        for (int64_t i = 0; i < count; ++i) {
+          Member& member = members[start + i];
+          for (int64_t c = 0; c < added; ++c) {
+            if (distances[i * added + c] < member.dist) {
+              member.dist = distances[i * added + c];
+              assigned[start + i] = known + c;
+            }
+          }
+        }
+      }
+
+      // Members still uncovered become centers, in order, and cover the rest of the block.
+      for (int64_t i = 0; i < count; ++i) {
+        Member& member = members[start + i];
+        if (member.dist <= radius) continue;
+        const int64_t index = static_cast<int64_t>(centers.size());
+        assigned[start + i] = index;
+        centers.push_back(start + i);
+        if (centers.size() % kCenterChunk == 0) {
+          std::vector<int64_t> chunk_ids(kCenterChunk);
+          for (int64_t c = 0; c < kCenterChunk; ++c) {
+            chunk_ids[c] = members[centers[centers.size() - kCenterChunk + c]].id;
+          }
+          full_chunks.push_back(space_.Gather(chunk_ids));
+        }
+        const int64_t rest = count - i - 1;
+        if (rest == 0) continue;
+        distances.resize(rest);
+        space_.RowsToRows(rows, i + 1, rest, rows, i, 1, distances.data());
+        for (int64_t j = 0; j < rest; ++j) {
+          Member& other = members[start + i + 1 + j];
+          if (distances[j] < other.dist) {
+            other.dist = distances[j];
+            assigned[start + i + 1 + j] = index;
+          }
         }
       }
     }
