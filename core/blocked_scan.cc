@@ -110,7 +110,21 @@ absl::Status BlockedScan(const MetricSpace& space, const QueryBatch& queries,
       return options.PredecessorKey(queries.ids[a]) < options.PredecessorKey(queries.ids[b]);
     });
   }
-  const int64_t num_blocks = (nq + kQueryBlock - 1) / kQueryBlock;
+  // Blocks of up to kQueryBlock queries; in predecessor mode a block also ends before its id
+  // range grows past an eighth of its first id (a block scans the ids below its largest, so
+  // sparse ids, like 1,024 random queries, would otherwise scan far more than each query needs).
+  std::vector<int64_t> block_begin;
+  for (int64_t i = 0; i < nq; ++i) {
+    const int64_t first = block_begin.empty() ? 0 : block_begin.back();
+    bool cut = block_begin.empty() || i - first == kQueryBlock;
+    if (!cut && options.predecessor_mode && options.rank.empty()) {
+      const int64_t first_id = queries.ids[order[first]];
+      cut = queries.ids[order[i]] - first_id > std::max(kTile, first_id / 8);
+    }
+    if (cut) block_begin.push_back(i);
+  }
+  const int64_t num_blocks = static_cast<int64_t>(block_begin.size());
+  block_begin.push_back(nq);
   const int64_t wanted_chunks = (kMinTasks + num_blocks - 1) / num_blocks;
   const int64_t max_chunks = std::max<int64_t>(1, n / kMinChunk);
   const int64_t num_chunks = std::min(wanted_chunks, max_chunks);
@@ -121,14 +135,14 @@ absl::Status BlockedScan(const MetricSpace& space, const QueryBatch& queries,
   tbb::enumerable_thread_specific<TraversalStats> local_stats;
   tbb::enumerable_thread_specific<TileScratch> local_scratch;
   auto block_rows = [&](int64_t block) {
-    const int64_t first = block * kQueryBlock;
-    const int64_t num = std::min(kQueryBlock, nq - first);
+    const int64_t first = block_begin[block];
+    const int64_t num = block_begin[block + 1] - first;
     return QueryRows(space, queries, absl::MakeConstSpan(order).subspan(first, num));
   };
   RETURN_IF_ERROR(ParallelTasks(num_blocks * num_chunks, cancellation, [&](int64_t task) {
     const int64_t block = task / num_chunks;
     const int64_t part = task % num_chunks;
-    const int64_t first = block * kQueryBlock;
+    const int64_t first = block_begin[block];
     ASSIGN_OR_RETURN(const PointRows rows, block_rows(block));
     const int64_t num = rows.size();
     std::vector<CandidateSet>& block_sets = sets[task];
@@ -151,7 +165,7 @@ absl::Status BlockedScan(const MetricSpace& space, const QueryBatch& queries,
 
   // Merge each block's parts and finish every query canonically.
   RETURN_IF_ERROR(ParallelTasks(num_blocks, /*cancellation=*/nullptr, [&](int64_t block) {
-    const int64_t first = block * kQueryBlock;
+    const int64_t first = block_begin[block];
     ASSIGN_OR_RETURN(const PointRows rows, block_rows(block));
     const int64_t num = rows.size();
     std::vector<CandidateSet>& merged = sets[block * num_chunks];
