@@ -53,6 +53,7 @@ absl::StatusOr<int64_t> IndexEntry::Append(PointBatch batch, int64_t max_points,
                                            const PersistUpload& persist,
                                            MemoryReservation memory) {
   absl::MutexLock write_lock(&write_mutex_);
+  const NotifyOnExit notify(this);
   int64_t sequence = 0;
   {
     absl::MutexLock lock(&mutex_);
@@ -110,6 +111,7 @@ int64_t IndexEntry::uploads() const {
 absl::StatusOr<core::IndexData> IndexEntry::BeginBuild(
     const std::function<absl::Status(int64_t num_points)>& check) {
   absl::MutexLock write_lock(&write_mutex_);
+  const NotifyOnExit notify(this);
   absl::MutexLock lock(&mutex_);
   if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
   if (state_ != IndexState::kLoading) {
@@ -142,6 +144,7 @@ absl::Status IndexEntry::BeginSourcedBuild(
     int64_t num_points, int64_t uploads,
     const std::function<absl::Status(int64_t num_points)>& check, MemoryReservation memory) {
   absl::MutexLock write_lock(&write_mutex_);
+  const NotifyOnExit notify(this);
   absl::MutexLock lock(&mutex_);
   if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
   if (state_ != IndexState::kLoading || num_points_ != 0) {
@@ -192,10 +195,17 @@ void IndexEntry::SetBuildProgress(double fraction) {
   const double value = std::clamp(fraction, 0.0, 1.0);
   while (value > seen && !build_progress_.compare_exchange_weak(seen, value)) {
   }
+  // Watchers hear of whole steps only, once each.
+  const int64_t step = static_cast<int64_t>(value / kProgressStep);
+  int64_t notified = notified_progress_step_.load();
+  while (step > notified && !notified_progress_step_.compare_exchange_weak(notified, step)) {
+  }
+  if (step > notified) NotifyWatchers();
 }
 
 void IndexEntry::FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> index,
                              double build_seconds, MemoryReservation build_memory) {
+  const NotifyOnExit notify(this);
   absl::MutexLock lock(&mutex_);
   build_seconds_ = build_seconds >= 0.0 ? build_seconds
                                         : absl::ToDoubleSeconds(absl::Now() - build_start_);
@@ -233,6 +243,7 @@ void IndexEntry::FinishBuild(absl::StatusOr<std::unique_ptr<core::KnnIndex>> ind
 }
 
 void IndexEntry::MarkFailed(const absl::Status& error) {
+  const NotifyOnExit notify(this);
   absl::MutexLock lock(&mutex_);
   error_ = error.ToString();
   state_ = IndexState::kFailed;
@@ -299,11 +310,21 @@ IndexSnapshot IndexEntry::Snapshot() const {
   return snapshot;
 }
 
-void IndexEntry::AwaitChange(uint64_t version, absl::Duration timeout) const {
-  absl::MutexLock lock(&mutex_);
-  auto changed = [this, version]()
-                     ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return version_ != version || deleted_; };
-  mutex_.AwaitWithTimeout(absl::Condition(&changed), timeout);
+IndexEntry::WatcherId IndexEntry::AddWatcher(std::function<void()> on_change) {
+  absl::MutexLock lock(&watchers_mutex_);
+  const WatcherId id = next_watcher_++;
+  watchers_.emplace(id, std::move(on_change));
+  return id;
+}
+
+void IndexEntry::RemoveWatcher(WatcherId id) {
+  absl::MutexLock lock(&watchers_mutex_);
+  watchers_.erase(id);
+}
+
+void IndexEntry::NotifyWatchers() {
+  absl::MutexLock lock(&watchers_mutex_);
+  for (const auto& [id, on_change] : watchers_) on_change();
 }
 
 absl::Status IndexEntry::RunWrite(const std::function<absl::Status()>& write,
@@ -322,6 +343,7 @@ void IndexEntry::SetStoredOrderings(std::vector<StoredOrdering> orderings) {
 
 absl::Status IndexEntry::AddOrdering(std::shared_ptr<const NamedOrdering> ordering,
                                      MemoryReservation memory) {
+  const NotifyOnExit notify(this);
   absl::MutexLock lock(&mutex_);
   if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
   if (state_ != IndexState::kReady) {
@@ -365,6 +387,7 @@ std::vector<std::string> IndexEntry::OrderingNames() const {
 
 void IndexEntry::MarkDeleted() {
   build_cancellation_.Cancel();
+  const NotifyOnExit notify(this);
   absl::MutexLock lock(&mutex_);
   deleted_ = true;
   loading_ = PointBatch();

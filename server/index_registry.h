@@ -143,8 +143,20 @@ class IndexEntry {
   absl::StatusOr<std::shared_ptr<const core::KnnIndex>> ReadyIndex() const;
 
   IndexSnapshot Snapshot() const;
-  // Waits until the version differs from `version`, the entry is deleted, or `timeout` passes.
-  void AwaitChange(uint64_t version, absl::Duration timeout) const;
+
+  // Change notification (WatchIndex): `on_change` is called after every change of the
+  // snapshot's version, every build progress step of kProgressStep, the deletion of the entry
+  // and every NotifyWatchers(), on the thread that made the change (a pool, I/O or gRPC thread)
+  // and never under the entry's own lock, so it may read the entry. It must not block, and must
+  // not add or remove watchers. Calls are serialised: one at a time per entry.
+  static constexpr double kProgressStep = 0.01;
+  using WatcherId = int64_t;
+  WatcherId AddWatcher(std::function<void()> on_change);
+  // Once it returns, the watcher's `on_change` is not running and will not run again. Must not
+  // be called from an `on_change`.
+  void RemoveWatcher(WatcherId id);
+  // Calls every watcher (server shutdown: the watchers see it and end).
+  void NotifyWatchers();
 
   // The build's cancellation: cancelled by MarkDeleted and at server shutdown.
   const core::Cancellation* build_cancellation() const { return &build_cancellation_; }
@@ -181,6 +193,27 @@ class IndexEntry {
   const core::IndexSpec core_spec_;
   core::Cancellation build_cancellation_;
   std::atomic<double> build_progress_{0.0};
+  // The last step of kProgressStep watchers were told about.
+  std::atomic<int64_t> notified_progress_step_{0};
+
+  // Calls the watchers when it goes out of scope: declared before the MutexLock of mutex_ in a
+  // method that changes the entry, it runs after the lock is released.
+  class NotifyOnExit {
+   public:
+    explicit NotifyOnExit(IndexEntry* entry) : entry_(entry) {}
+    ~NotifyOnExit() { entry_->NotifyWatchers(); }
+    NotifyOnExit(const NotifyOnExit&) = delete;
+    NotifyOnExit& operator=(const NotifyOnExit&) = delete;
+
+   private:
+    IndexEntry* const entry_;
+  };
+
+  // Held while watchers are called (never with mutex_ held), so RemoveWatcher waits for a call
+  // in progress.
+  absl::Mutex watchers_mutex_ ABSL_ACQUIRED_BEFORE(mutex_);
+  WatcherId next_watcher_ ABSL_GUARDED_BY(watchers_mutex_) = 0;
+  absl::flat_hash_map<WatcherId, std::function<void()>> watchers_ ABSL_GUARDED_BY(watchers_mutex_);
 
   // Held by Append and BeginBuild around the whole step, including the disk write.
   absl::Mutex write_mutex_ ABSL_ACQUIRED_BEFORE(mutex_);

@@ -12,6 +12,18 @@
 
 namespace rcknn::server {
 
+IndexWatch::IndexWatch(std::shared_ptr<IndexEntry> entry, std::function<void()> on_change,
+                       std::atomic<int64_t>* open)
+    : entry_(std::move(entry)), open_(open) {
+  open_->fetch_add(1);
+  id_ = entry_->AddWatcher(std::move(on_change));
+}
+
+IndexWatch::~IndexWatch() {
+  entry_->RemoveWatcher(id_);
+  open_->fetch_sub(1);
+}
+
 IndexService::IndexService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool,
                            ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store)
     : options_(options),
@@ -21,6 +33,11 @@ IndexService::IndexService(const ServerOptions& options, IndexRegistry* registry
       budget_(budget),
       store_(store),
       io_(std::max(1, options.io_threads)) {}
+
+void IndexService::BeginShutdown() {
+  shutting_down_.store(true);
+  for (const std::shared_ptr<IndexEntry>& entry : registry_->List()) entry->NotifyWatchers();
+}
 
 void IndexService::UpdateIndexGauges() {
   IndexStateCounts counts;
@@ -395,6 +412,12 @@ absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::GetIndex(
 
 std::vector<std::shared_ptr<IndexEntry>> IndexService::ListIndexes() const {
   return registry_->List();
+}
+
+absl::StatusOr<std::unique_ptr<IndexWatch>> IndexService::WatchIndex(
+    const std::string& index_id, std::function<void()> on_change) {
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(index_id));
+  return std::make_unique<IndexWatch>(std::move(entry), std::move(on_change), &open_watches_);
 }
 
 absl::Status IndexService::DeleteIndex(const std::string& index_id) {

@@ -82,6 +82,24 @@ using SearchCallback = std::function<void(absl::Status status, const SearchOutco
 inline constexpr absl::string_view kRejectedQueueFull = "queue_full";
 inline constexpr absl::string_view kRejectedMemory = "memory";
 
+// An open WatchIndex: its `on_change` is called (IndexEntry::AddWatcher) until it is destroyed.
+class IndexWatch {
+ public:
+  IndexWatch(std::shared_ptr<IndexEntry> entry, std::function<void()> on_change,
+             std::atomic<int64_t>* open);
+  // Once it returns, `on_change` is not running and will not run again.
+  ~IndexWatch();
+  IndexWatch(const IndexWatch&) = delete;
+  IndexWatch& operator=(const IndexWatch&) = delete;
+
+  IndexEntry& entry() const { return *entry_; }
+
+ private:
+  const std::shared_ptr<IndexEntry> entry_;
+  std::atomic<int64_t>* const open_;
+  IndexEntry::WatcherId id_ = 0;
+};
+
 class IndexService {
  public:
   // `registry`, `pool`, `metrics`, `budget` and `store` (null: nothing is persisted) must
@@ -102,8 +120,8 @@ class IndexService {
   void RunBlocking(std::function<void()> job) { io_.Submit(std::move(job)); }
 
   // WatchIndex streams end (UNAVAILABLE) once this is set, so a graceful shutdown does not wait
-  // on them.
-  void BeginShutdown() { shutting_down_.store(true); }
+  // on them: every index's watchers are notified.
+  void BeginShutdown();
   bool shutting_down() const { return shutting_down_.load(); }
 
   // Blocking (disk): run it on the I/O executor. Registers index `id` with its validated spec
@@ -142,6 +160,15 @@ class IndexService {
 
   absl::StatusOr<std::shared_ptr<IndexEntry>> GetIndex(const std::string& index_id) const;
   std::vector<std::shared_ptr<IndexEntry>> ListIndexes() const;
+
+  // Calls `on_change` after every change of index `index_id` (its state, points, build progress
+  // steps, deletion) and at BeginShutdown, from the thread that made the change, until the watch
+  // is destroyed (IndexEntry::AddWatcher states what `on_change` may do). Registered before it
+  // returns: the caller reads the index's state after this and misses no change. NOT_FOUND.
+  absl::StatusOr<std::unique_ptr<IndexWatch>> WatchIndex(const std::string& index_id,
+                                                         std::function<void()> on_change);
+  // Watches not yet destroyed.
+  int64_t open_watches() const { return open_watches_.load(); }
 
   // Blocking (disk): run it on the I/O executor. Removes the index and then its files.
   absl::Status DeleteIndex(const std::string& index_id);
@@ -201,6 +228,7 @@ class IndexService {
   MemoryBudget* const budget_;
   IndexStore* const store_;
   std::atomic<bool> shutting_down_{false};
+  std::atomic<int64_t> open_watches_{0};
   // Last member: its destructor runs the remaining jobs while everything they use still exists.
   BlockingExecutor io_;
 };

@@ -337,6 +337,10 @@ int64_t RcknnServer::queued_queries() const {
   return pool_ == nullptr ? 0 : pool_->queued_queries();
 }
 
+int64_t RcknnServer::open_watches() const {
+  return service_ == nullptr ? 0 : service_->index_service().open_watches();
+}
+
 RcknnServer::~RcknnServer() { Shutdown(absl::ZeroDuration()); }
 
 void RcknnServer::Shutdown(absl::Duration grace) {

@@ -57,6 +57,8 @@ class RcknnServer {
   int64_t searches_in_flight() const;
   // Queries waiting to start on the pool (admission control, --max_queued_queries).
   int64_t queued_queries() const;
+  // WatchIndex streams open on the server (IndexService::open_watches).
+  int64_t open_watches() const;
 
   // Re-reads --auth_token_file and replaces the tokens for every later call (rcknn-server does
   // this on SIGHUP). On any error (unreadable file, a malformed line, no token) the old tokens

@@ -18,10 +18,6 @@
 namespace rcknn::server {
 namespace {
 
-// WatchIndex reports progress at most this often, and only steps of at least kProgressStep.
-constexpr absl::Duration kWatchInterval = absl::Milliseconds(100);
-constexpr double kProgressStep = 0.01;
-
 // Unary Search: started by the handler, finished by the pool's callback; a client cancel (or
 // the deadline, which gRPC reports the same way) cancels the batch mid-way. The call is
 // finished by whichever of the two steps comes last, the handler storing the cancel handle or
@@ -100,7 +96,119 @@ class ComputeOrderingReactor final : public grpc::ServerUnaryReactor {
   absl::Status result_;
 };
 
+// WatchIndex: woken by the index's change notifications (IndexEntry::AddWatcher), so no thread
+// waits or polls between reports. One write is in flight at a time; changes that arrive
+// meanwhile are reported together once it completes (the latest state, never a stale one). The
+// stream ends OK after the READY or FAILED report, NOT_FOUND once the index is deleted,
+// UNAVAILABLE at shutdown (IndexService::BeginShutdown notifies every index) and CANCELLED when
+// the client goes away.
+class WatchIndexReactor final : public grpc::ServerWriteReactor<v1::IndexInfo> {
+ public:
+  WatchIndexReactor(IndexService* service, const v1::GetIndexRequest* request)
+      : service_(service) {
+    // Registered before the first report: a change after it is never missed.
+    absl::StatusOr<std::unique_ptr<IndexWatch>> watch =
+        [&]() -> absl::StatusOr<std::unique_ptr<IndexWatch>> {
+      RETURN_IF_ERROR(ValidateIndexId(request->index_id()));
+      return service->WatchIndex(request->index_id(), [this] { Report(); });
+    }();
+    if (!watch.ok()) {
+      absl::MutexLock lock(&mutex_);
+      FinishLocked(watch.status());
+      return;
+    }
+    watch_ = *std::move(watch);
+    entry_ = &watch_->entry();
+    Report();
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mutex_);
+    writing_ = false;
+    if (!ok) {
+      FinishLocked(absl::CancelledError("the watcher went away"));
+    } else if (terminal_written_) {
+      FinishLocked(absl::OkStatus());
+    } else {
+      ReportLocked();
+    }
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mutex_);
+    cancelled_ = true;
+    if (!writing_) FinishLocked(absl::CancelledError("the watch was cancelled"));
+  }
+
+  void OnDone() override {
+    // Once the watch is gone no notification is running or will run: `this` can go.
+    watch_.reset();
+    delete this;
+  }
+
+ private:
+  void Report() {
+    absl::MutexLock lock(&mutex_);
+    if (!writing_) ReportLocked();  // else OnWriteDone reports what changed meanwhile
+  }
+
+  // Writes the index's state if it changed since the last report; otherwise ends the stream if
+  // the index is gone, the call cancelled or the server shutting down.
+  void ReportLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (finished_) return;
+    if (cancelled_) {
+      FinishLocked(absl::CancelledError("the watch was cancelled"));
+      return;
+    }
+    if (entry_->deleted()) {
+      FinishLocked(absl::NotFoundError(absl::StrCat("index ", entry_->id(), " was deleted")));
+      return;
+    }
+    const IndexSnapshot snapshot = entry_->Snapshot();
+    if (first_ || snapshot.version != version_ ||
+        snapshot.build_progress >= progress_ + IndexEntry::kProgressStep) {
+      info_.Clear();
+      FillIndexInfo(*entry_, &info_);
+      first_ = false;
+      version_ = snapshot.version;
+      progress_ = snapshot.build_progress;
+      terminal_written_ =
+          snapshot.state == IndexState::kReady || snapshot.state == IndexState::kFailed;
+      writing_ = true;
+      StartWrite(&info_);
+      return;
+    }
+    if (service_->shutting_down()) {
+      FinishLocked(absl::UnavailableError("the server is shutting down"));
+    }
+  }
+
+  void FinishLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(ToGrpcStatus(status));
+  }
+
+  IndexService* const service_;
+  std::unique_ptr<IndexWatch> watch_;  // null if the call failed before watching
+  IndexEntry* entry_ = nullptr;        // the watched index, while watch_ is set
+  absl::Mutex mutex_;
+  v1::IndexInfo info_ ABSL_GUARDED_BY(mutex_);  // the write in flight
+  bool first_ ABSL_GUARDED_BY(mutex_) = true;
+  uint64_t version_ ABSL_GUARDED_BY(mutex_) = 0;
+  double progress_ ABSL_GUARDED_BY(mutex_) = 0.0;
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;
+  bool terminal_written_ ABSL_GUARDED_BY(mutex_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mutex_) = false;
+  bool finished_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
 }  // namespace
+
+grpc::ServerWriteReactor<v1::IndexInfo>* RcknnService::WatchIndex(
+    grpc::CallbackServerContext* context, const v1::GetIndexRequest* request) {
+  return new WatchIndexReactor(&service_, request);
+}
 
 grpc::ServerUnaryReactor* RcknnService::ComputeOrdering(grpc::CallbackServerContext* context,
                                                         const v1::ComputeOrderingRequest* request,
@@ -223,43 +331,6 @@ grpc::Status RcknnService::GetIndex(grpc::ServerContext* context,
   if (!entry.ok()) return ToGrpcStatus(entry.status());
   FillIndexInfo(**entry, response);
   return grpc::Status::OK;
-}
-
-grpc::Status RcknnService::WatchIndex(grpc::ServerContext* context,
-                                      const v1::GetIndexRequest* request,
-                                      grpc::ServerWriter<v1::IndexInfo>* writer) {
-  return ToGrpcStatus(DoWatchIndex(context, *request, writer));
-}
-
-absl::Status RcknnService::DoWatchIndex(grpc::ServerContext* context,
-                                        const v1::GetIndexRequest& request,
-                                        grpc::ServerWriter<v1::IndexInfo>* writer) {
-  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
-  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, service_.GetIndex(request.index_id()));
-  bool first = true;
-  uint64_t version = 0;
-  double progress = 0.0;
-  for (;;) {
-    if (context->IsCancelled()) return absl::CancelledError("the watch was cancelled");
-    if (entry->deleted()) {
-      return absl::NotFoundError(absl::StrCat("index ", entry->id(), " was deleted"));
-    }
-    const IndexSnapshot snapshot = entry->Snapshot();
-    const bool terminal =
-        snapshot.state == IndexState::kReady || snapshot.state == IndexState::kFailed;
-    if (first || snapshot.version != version ||
-        snapshot.build_progress >= progress + kProgressStep) {
-      v1::IndexInfo info;
-      FillIndexInfo(*entry, &info);
-      if (!writer->Write(info)) return absl::CancelledError("the watcher went away");
-      first = false;
-      version = snapshot.version;
-      progress = snapshot.build_progress;
-    }
-    if (terminal) return absl::OkStatus();
-    if (service_.shutting_down()) return absl::UnavailableError("the server is shutting down");
-    entry->AwaitChange(version, kWatchInterval);
-  }
 }
 
 grpc::Status RcknnService::ListIndexes(grpc::ServerContext* context,

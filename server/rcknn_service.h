@@ -6,7 +6,8 @@
 // No handler blocks a gRPC thread on the pool or the disk: Search and SearchStream are callback
 // reactors completed by the pool; CreateIndex, DeleteIndex and the end of UploadPoints run on the
 // I/O executor and finish from there. GetIndex, ListIndexes and BuildIndex are quick;
-// WatchIndex is synchronous and sleeps between reports on a gRPC sync thread.
+// WatchIndex is a write reactor woken by the index's change notifications (no thread waits
+// between reports).
 //
 // The two client-streaming methods (UploadPoints, SearchStream) take raw messages and parse them
 // themselves (server/stream_reactors.h): gRPC's synchronous Read() reports a message that does
@@ -33,9 +34,9 @@ namespace rcknn::server {
 
 using AsyncRcknnService = v1::Rcknn::WithRawCallbackMethod_UploadPoints<
     v1::Rcknn::WithRawCallbackMethod_SearchStream<v1::Rcknn::WithCallbackMethod_Search<
-        v1::Rcknn::WithCallbackMethod_CreateIndex<
-            v1::Rcknn::WithCallbackMethod_DeleteIndex<
-                v1::Rcknn::WithCallbackMethod_ComputeOrdering<v1::Rcknn::Service>>>>>>;
+        v1::Rcknn::WithCallbackMethod_CreateIndex<v1::Rcknn::WithCallbackMethod_DeleteIndex<
+            v1::Rcknn::WithCallbackMethod_ComputeOrdering<
+                v1::Rcknn::WithCallbackMethod_WatchIndex<v1::Rcknn::Service>>>>>>>;
 
 class RcknnService final : public AsyncRcknnService {
  public:
@@ -61,8 +62,8 @@ class RcknnService final : public AsyncRcknnService {
                          v1::GetPointsResponse* response) override;
   grpc::Status GetIndex(grpc::ServerContext* context, const v1::GetIndexRequest* request,
                         v1::IndexInfo* response) override;
-  grpc::Status WatchIndex(grpc::ServerContext* context, const v1::GetIndexRequest* request,
-                          grpc::ServerWriter<v1::IndexInfo>* writer) override;
+  grpc::ServerWriteReactor<v1::IndexInfo>* WatchIndex(grpc::CallbackServerContext* context,
+                                                      const v1::GetIndexRequest* request) override;
   grpc::Status ListIndexes(grpc::ServerContext* context, const v1::ListIndexesRequest* request,
                            v1::ListIndexesResponse* response) override;
   grpc::ServerUnaryReactor* DeleteIndex(grpc::CallbackServerContext* context,
@@ -90,9 +91,6 @@ class RcknnService final : public AsyncRcknnService {
                                                       std::function<void(absl::Status)> done);
 
  private:
-  absl::Status DoWatchIndex(grpc::ServerContext* context, const v1::GetIndexRequest& request,
-                            grpc::ServerWriter<v1::IndexInfo>* writer);
-
   IndexService service_;
 };
 

@@ -549,7 +549,9 @@ TEST(ResidualLayoutTest, DistancesByIdDoNotDependOnTheLayout) {
           const int64_t id = moved->id_at(p);
           ASSERT_NEAR(range[p], da[id], moved->RoundingBound(b, r))
               << "RowsToRange row " << r << " position " << p;
-          if (da[id] == 0.0) ASSERT_EQ(range[p], 0.0) << "duplicate at position " << p;
+          if (da[id] == 0.0) {
+            ASSERT_EQ(range[p], 0.0) << "duplicate at position " << p;
+          }
         }
       }
     }

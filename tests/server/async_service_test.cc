@@ -1,7 +1,8 @@
 // The asynchronous service core against an in-process server, through the client library (the
 // raw stub only to hold streams open, which the library never does): answer sizes for any k (no
 // overflow), admission control (--max_queued_queries) for Search and SearchStream, no thread per
-// stream, and the option checks of --io_threads and --max_queued_queries.
+// stream or per watch, WatchIndex woken by changes, and the option checks of --io_threads and
+// --max_queued_queries.
 #include <dirent.h>
 
 #include <cstdint>
@@ -239,6 +240,90 @@ TEST(AsyncServiceTest, StreamsTakeNoThreadEach) {
     stream->WritesDone();
     EXPECT_TRUE(stream->Finish().ok());
   }
+}
+
+// WatchIndex is a reactor woken by the index's changes: open watches hold no thread, a change
+// reaches every one of them at once, and a cancelled or deleted watch ends and unregisters.
+TEST(AsyncServiceTest, WatchesAreWokenByChangesAndEndWhenCancelled) {
+  testing::TestServer server = testing::StartTestServer();
+  std::unique_ptr<client::RcknnClient> client = testing::MakeClient(server);
+  ASSERT_TRUE(client->CreateIndex("idx", HeavySpec()).ok());
+  ASSERT_TRUE(client->GetIndex("idx").ok());  // gRPC's own threads exist before counting
+  const int before = ThreadCount();
+  constexpr int kWatches = 64;
+  // The raw stub: 64 watches held open at once, which the client library never does.
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::IndexInfo>>> watches;
+  v1::GetIndexRequest request;
+  request.set_index_id("idx");
+  for (int w = 0; w < kWatches; ++w) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    testing::SetDeadline(*contexts.back());
+    watches.push_back(server.stub->WatchIndex(contexts.back().get(), request));
+    v1::IndexInfo info;
+    ASSERT_TRUE(watches.back()->Read(&info));  // the first report: LOADING, no points
+    EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
+    EXPECT_EQ(info.num_points(), 0);
+  }
+  EXPECT_EQ(server.server->open_watches(), kWatches);
+  const int during = ThreadCount();
+  EXPECT_LT(during - before, kWatches / 4) << before << " threads before, " << during << " with "
+                                           << kWatches << " open watches";
+
+  // An upload changes the index: every watch reports it, without waiting for a poll.
+  const core::RowMatrix points = testing::NormalPoints(100, 3, 5);
+  ASSERT_TRUE(client->UploadPoints("idx", {absl::MakeConstSpan(points.data(), points.size()), 3})
+                  .ok());
+  const absl::Time uploaded = absl::Now();
+  for (auto& watch : watches) {
+    v1::IndexInfo info;
+    ASSERT_TRUE(watch->Read(&info));
+    EXPECT_EQ(info.num_points(), 100);
+  }
+  const absl::Duration delivered = absl::Now() - uploaded;
+  // A hang detector, not a timing target: the reports follow the change, not a timer.
+  EXPECT_LT(delivered, absl::Seconds(5));
+  std::printf("one upload reported to %d watches in %.2f ms\n", kWatches,
+              absl::ToDoubleMilliseconds(delivered));
+
+  // Cancelled watches end CANCELLED and leave the index's watchers.
+  for (int w = 0; w < kWatches / 2; ++w) contexts[w]->TryCancel();
+  for (int w = 0; w < kWatches / 2; ++w) {
+    v1::IndexInfo info;
+    EXPECT_FALSE(watches[w]->Read(&info));
+    EXPECT_THAT(watches[w]->Finish(), StatusIs(grpc::StatusCode::CANCELLED));
+  }
+  EXPECT_TRUE(WaitFor([&] { return server.server->open_watches() == kWatches / 2; }))
+      << server.server->open_watches() << " watches open";
+  // Deleting the index ends the others, NOT_FOUND.
+  ASSERT_TRUE(client->DeleteIndex("idx").ok());
+  for (int w = kWatches / 2; w < kWatches; ++w) {
+    v1::IndexInfo info;
+    EXPECT_FALSE(watches[w]->Read(&info));
+    EXPECT_THAT(watches[w]->Finish(), StatusIs(grpc::StatusCode::NOT_FOUND, "idx was deleted"));
+  }
+  EXPECT_TRUE(WaitFor([&] { return server.server->open_watches() == 0; }));
+}
+
+// A watch of an index that is not going anywhere ends UNAVAILABLE at shutdown, so a graceful
+// shutdown does not wait out its grace for it.
+TEST(AsyncServiceTest, ShutdownEndsOpenWatches) {
+  testing::TestServer server = testing::StartTestServer();
+  std::unique_ptr<client::RcknnClient> client = testing::MakeClient(server);
+  ASSERT_TRUE(client->CreateIndex("idx", HeavySpec()).ok());
+  grpc::ClientContext context;
+  testing::SetDeadline(context);
+  v1::GetIndexRequest request;
+  request.set_index_id("idx");
+  std::unique_ptr<grpc::ClientReader<v1::IndexInfo>> watch =
+      server.stub->WatchIndex(&context, request);
+  v1::IndexInfo info;
+  ASSERT_TRUE(watch->Read(&info));
+  const absl::Time start = absl::Now();
+  server.server->Shutdown(absl::Seconds(60));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30)) << "the shutdown waited for the watch";
+  EXPECT_FALSE(watch->Read(&info));
+  EXPECT_THAT(watch->Finish(), StatusIs(grpc::StatusCode::UNAVAILABLE, "shutting down"));
 }
 
 TEST(AsyncServiceTest, OptionsAreChecked) {

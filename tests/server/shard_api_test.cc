@@ -103,7 +103,9 @@ TEST_F(ShardApiTest, GetPointsReturnsTheUploadedCoordinatesWhileLoadingAndReady)
         EXPECT_EQ(response.coordinates(i * kDimension + c), points_(ids[i], c)) << pass;
       }
     }
-    if (pass == 0) ASSERT_EQ(testing::BuildAndWait(stub(), "a").state(), v1::INDEX_STATE_READY);
+    if (pass == 0) {
+      ASSERT_EQ(testing::BuildAndWait(stub(), "a").state(), v1::INDEX_STATE_READY);
+    }
   }
   v1::GetPointsResponse response;
   grpc::Status status = GetPoints(stub(), "a", {3, kN}, &response);
