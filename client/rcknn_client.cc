@@ -206,16 +206,32 @@ absl::StatusOr<v1::UploadPointsResponse> RcknnClient::UploadPoints(
   return response;
 }
 
-absl::StatusOr<v1::IndexInfo> RcknnClient::BuildIndex(const std::string& index_id) {
+absl::StatusOr<v1::IndexInfo> RcknnClient::BuildIndex(const std::string& index_id,
+                                                      absl::Span<const double> inducing_points) {
   grpc::ClientContext context;
   Prepare(&context);
   v1::BuildIndexRequest request;
   request.set_index_id(index_id);
+  request.mutable_inducing_points()->Add(inducing_points.begin(), inducing_points.end());
   v1::IndexInfo info;
   if (grpc::Status status = stub_->BuildIndex(&context, request, &info); !status.ok()) {
     return FromGrpc(status);
   }
   return info;
+}
+
+absl::StatusOr<std::vector<double>> RcknnClient::GetPoints(const std::string& index_id,
+                                                           absl::Span<const int64_t> ids) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::GetPointsRequest request;
+  request.set_index_id(index_id);
+  request.mutable_ids()->Add(ids.begin(), ids.end());
+  v1::GetPointsResponse response;
+  if (grpc::Status status = stub_->GetPoints(&context, request, &response); !status.ok()) {
+    return FromGrpc(status);
+  }
+  return std::vector<double>(response.coordinates().begin(), response.coordinates().end());
 }
 
 absl::StatusOr<v1::IndexInfo> RcknnClient::WaitForIndex(
@@ -311,6 +327,14 @@ absl::StatusOr<SearchResult> RcknnClient::Search(const SearchQuery& query,
     } else {
       request.mutable_query_points()->Add(query.points.values.data() + first * d,
                                           query.points.values.data() + (first + count) * d);
+    }
+    // Bounds go with their queries; a count that does not match them is the server's to refuse.
+    if (!query.id_bounds.empty()) {
+      const int64_t end = std::min<int64_t>(first + count, query.id_bounds.size());
+      if (first < end) {
+        request.mutable_query_id_bounds()->Add(query.id_bounds.data() + first,
+                                               query.id_bounds.data() + end);
+      }
     }
     return request;
   };

@@ -98,6 +98,9 @@ struct SearchQuery {
   // SearchRequest.ordering and ids_are_ranks (empty / false: upload order, ids).
   std::string ordering;
   bool ids_are_ranks = false;
+  // SearchRequest.query_id_bounds (empty: none): one per query point, each query keeps only
+  // neighbours with lower ids. With query points only.
+  absl::Span<const int64_t> id_bounds;
   // Optional: cancels the search (every request of it) when its Cancel() is called.
   CallCanceller* canceller = nullptr;
 };
@@ -136,8 +139,13 @@ class RcknnClient {
       const std::string& index_id, const PointsView& points, absl::Span<const double> factors = {},
       int64_t factor_columns = 0, absl::Span<const double> residual_variances = {},
       const ProgressCallback& on_progress = nullptr);
-  // Starts the build; returns at once (state BUILDING).
-  absl::StatusOr<v1::IndexInfo> BuildIndex(const std::string& index_id);
+  // Starts the build; returns at once (state BUILDING). `inducing_points` (row-major, empty:
+  // the spec's draw): BuildIndexRequest.inducing_points.
+  absl::StatusOr<v1::IndexInfo> BuildIndex(const std::string& index_id,
+                                           absl::Span<const double> inducing_points = {});
+  // GetPoints: the coordinates of stored points `ids`, row-major, dimension values each.
+  absl::StatusOr<std::vector<double>> GetPoints(const std::string& index_id,
+                                                absl::Span<const int64_t> ids);
   // Follows WatchIndex until READY or FAILED, calling `on_update` for each report. Returns the
   // final IndexInfo (FAILED is a value here, not an error).
   absl::StatusOr<v1::IndexInfo> WaitForIndex(

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -23,6 +24,21 @@ core::RowMatrix ToMatrix(const std::vector<double>& values, int64_t rows, int64_
 
 }  // namespace
 
+absl::Status ValidateIndexId(absl::string_view id, absl::string_view field) {
+  if (id.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": is empty; name the index"));
+  if (id.size() > kMaxIndexIdLength) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": is ", id.size(), " characters long, the limit is ", kMaxIndexIdLength));
+  }
+  for (char c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": may hold only the characters A-Z a-z 0-9 . _ -"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::string IndexStateName(IndexState state) {
   switch (state) {
     case IndexState::kLoading:
@@ -37,12 +53,8 @@ std::string IndexStateName(IndexState state) {
   return "UNKNOWN";
 }
 
-IndexEntry::IndexEntry(std::string id, v1::IndexSpec spec, core::IndexSpec core_spec,
-                       std::string source_index_id)
-    : id_(std::move(id)),
-      source_index_id_(std::move(source_index_id)),
-      spec_(std::move(spec)),
-      core_spec_(std::move(core_spec)) {}
+IndexEntry::IndexEntry(std::string id, IndexSpecRecord spec, std::string source_index_id)
+    : id_(std::move(id)), source_index_id_(std::move(source_index_id)), spec_(std::move(spec)) {}
 
 int64_t IndexEntry::factor_columns() const {
   absl::MutexLock lock(&mutex_);
@@ -127,8 +139,8 @@ absl::StatusOr<core::IndexData> IndexEntry::BeginBuild(
     if (absl::Status status = check(num_points_); !status.ok()) return status;
   }
   core::IndexData data;
-  data.points = ToMatrix(loading_.coordinates, num_points_, core_spec_.dimension);
-  if (core_spec_.factors_supplied) {
+  data.points = ToMatrix(loading_.coordinates, num_points_, spec_.core.dimension);
+  if (spec_.core.factors_supplied) {
     data.factors = ToMatrix(loading_.factors, num_points_, loading_.factor_columns);
     data.residual_variances =
         Eigen::Map<const Eigen::VectorXd>(loading_.residual_variances.data(), num_points_);
@@ -165,7 +177,7 @@ absl::Status IndexEntry::BeginSourcedBuild(
 }
 
 absl::StatusOr<std::vector<double>> IndexEntry::Coordinates(absl::Span<const int64_t> ids) const {
-  const int d = core_spec_.dimension;
+  const int d = spec_.core.dimension;
   absl::MutexLock lock(&mutex_);
   if (deleted_) return absl::NotFoundError(absl::StrCat("index ", id_, " was deleted"));
   const double* points = nullptr;

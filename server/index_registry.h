@@ -27,14 +27,33 @@
 #include "core/cancellation.h"
 #include "core/knn_index.h"
 #include "core/ordering.h"
-#include "rcknn/v1/rcknn.pb.h"
 #include "server/memory_budget.h"
 
 namespace rcknn::server {
 
+inline constexpr int kMaxIndexIdLength = 128;
+
+// 1..kMaxIndexIdLength characters from [A-Za-z0-9._-]; INVALID_ARGUMENT naming `field`.
+absl::Status ValidateIndexId(absl::string_view id, absl::string_view field = "index_id");
+
 enum class IndexState { kLoading, kBuilding, kReady, kFailed };
 
 std::string IndexStateName(IndexState state);
+
+// An index's spec in the two forms the server keeps. `core` is what the service works with;
+// `wire` is the spec as the client gave it, normalized, in its wire encoding (made and read by
+// the gRPC adapters: server/proto_conversion.h ToSpecRecord): the service never reads it, the
+// store persists it and GetIndex reports it.
+struct IndexSpecRecord {
+  core::IndexSpec core;
+  // The client chose the inducing count (otherwise a build takes min(512, n): SpecForBuild).
+  bool inducing_count_set = false;
+  std::string wire;
+};
+
+// Decodes a spec from its wire form (IndexSpecRecord::wire), as kept in --data_dir; given by
+// the gRPC adapters, which know the wire types (server/proto_conversion.h SpecRecordFromWire).
+using SpecDecoder = std::function<absl::StatusOr<IndexSpecRecord>(absl::string_view wire)>;
 
 // Validated points of one upload stream, not yet applied.
 struct PointBatch {
@@ -77,10 +96,9 @@ struct StoredOrdering {
 // One index. Thread-safe.
 class IndexEntry {
  public:
-  // `spec` is the validated proto spec as it will be reported; `core_spec` its core form;
-  // `source_index_id` the index whose points this one shares (empty: uploaded points).
-  IndexEntry(std::string id, v1::IndexSpec spec, core::IndexSpec core_spec,
-             std::string source_index_id = "");
+  // `spec`: the validated spec; `source_index_id` the index whose points this one shares
+  // (empty: uploaded points).
+  IndexEntry(std::string id, IndexSpecRecord spec, std::string source_index_id = "");
 
   const std::string& id() const { return id_; }
   const std::string& source_index_id() const { return source_index_id_; }
@@ -88,8 +106,8 @@ class IndexEntry {
   // core::KnnIndex does not carry its ReparameterizeReport): IndexInfo.tree_refitted.
   void set_restored_refitted(bool refitted) { restored_refitted_.store(refitted); }
   bool restored_refitted() const { return restored_refitted_.load(); }
-  const v1::IndexSpec& spec() const { return spec_; }
-  const core::IndexSpec& core_spec() const { return core_spec_; }
+  const IndexSpecRecord& spec() const { return spec_; }
+  const core::IndexSpec& core_spec() const { return spec_.core; }
 
   // Columns of the factor rows uploaded so far (0 before the first factors arrive).
   int64_t factor_columns() const;
@@ -189,8 +207,7 @@ class IndexEntry {
   const std::string id_;
   const std::string source_index_id_;
   std::atomic<bool> restored_refitted_{false};
-  const v1::IndexSpec spec_;
-  const core::IndexSpec core_spec_;
+  const IndexSpecRecord spec_;
   core::Cancellation build_cancellation_;
   std::atomic<double> build_progress_{0.0};
   // The last step of kProgressStep watchers were told about.

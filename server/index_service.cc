@@ -8,7 +8,6 @@
 #include "absl/time/clock.h"
 #include "core/status_macros.h"
 #include "server/logging.h"
-#include "server/proto_conversion.h"
 
 namespace rcknn::server {
 
@@ -24,14 +23,33 @@ IndexWatch::~IndexWatch() {
   open_->fetch_sub(1);
 }
 
+absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
+                                             int64_t n) {
+  core::IndexSpec out = spec;
+  if (spec.metric != core::Metric::kResidualCorrelation || spec.factors_supplied ||
+      spec.residual.inducing_points.has_value()) {
+    return out;
+  }
+  if (!inducing_count_set) {
+    out.residual.inducing_count = std::min<int64_t>(core::kDefaultInducingCount, n);
+  } else if (spec.residual.inducing_count > n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.inducing_count: ", spec.residual.inducing_count,
+        " inducing points were asked for, but the index holds only ", n, " points"));
+  }
+  return out;
+}
+
 IndexService::IndexService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool,
-                           ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store)
+                           ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store,
+                           SpecDecoder decode_spec)
     : options_(options),
       registry_(registry),
       pool_(pool),
       metrics_(metrics),
       budget_(budget),
       store_(store),
+      decode_spec_(std::move(decode_spec)),
       io_(std::max(1, options.io_threads)) {}
 
 void IndexService::BeginShutdown() {
@@ -68,12 +86,12 @@ void IndexService::UpdateIndexGauges() {
 }
 
 absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::CreateIndex(const std::string& id,
-                                                                      v1::IndexSpec reported,
-                                                                      core::IndexSpec spec) {
-  auto entry = std::make_shared<IndexEntry>(id, std::move(reported), std::move(spec));
+                                                                      IndexSpecRecord spec) {
+  auto entry = std::make_shared<IndexEntry>(id, std::move(spec));
   RETURN_IF_ERROR(registry_->Add(entry));
   if (store_ != nullptr) {
-    if (absl::Status status = store_->CreateIndex(entry->id(), entry->spec()); !status.ok()) {
+    if (absl::Status status = store_->CreateIndex(entry->id(), entry->spec().wire);
+        !status.ok()) {
       (void)registry_->Remove(entry->id());
       return status;
     }
@@ -84,11 +102,9 @@ absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::CreateIndex(const std:
 }
 
 absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::CreateIndexFromSource(
-    const v1::CreateIndexRequest& request) {
-  RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
-  RETURN_IF_ERROR(ValidateIndexId(request.source_index_id(), "source_index_id"));
-  ASSIGN_OR_RETURN(const core::TreeStart tree_start, ToCoreTreeStart(request.source_tree()));
-  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> source, registry_->Get(request.source_index_id()));
+    const std::string& id, const std::string& source_id, IndexSpecRecord record,
+    core::TreeStart tree_start) {
+  ASSIGN_OR_RETURN(const std::shared_ptr<IndexEntry> source, registry_->Get(source_id));
   absl::StatusOr<std::shared_ptr<const core::KnnIndex>> source_index = source->ReadyIndex();
   if (!source_index.ok()) {
     return absl::FailedPreconditionError(
@@ -96,11 +112,7 @@ absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::CreateIndexFromSource(
                      IndexStateName(source->Snapshot().state),
                      "; an index is created from a source once the source is READY"));
   }
-  ASSIGN_OR_RETURN(v1::IndexSpec wanted, SpecFromSource(request, source->spec()));
-  v1::IndexSpec normalized;
-  ASSIGN_OR_RETURN(core::IndexSpec core_spec, ToCoreSpec(wanted, &normalized));
-  auto entry = std::make_shared<IndexEntry>(request.index_id(), std::move(normalized),
-                                            std::move(core_spec), source->id());
+  auto entry = std::make_shared<IndexEntry>(id, std::move(record), source->id());
   const int64_t n = (*source_index)->size();
   const int64_t uploads = source->uploads();
   RETURN_IF_ERROR(registry_->Add(entry));
@@ -112,7 +124,7 @@ absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::CreateIndexFromSource(
     // Under the source's write lock: its files cannot be deleted while they are linked.
     const SourceLink link{source->id(), uploads, n};
     absl::Status stored = source->RunWrite(
-        [&] { return store_->CreateIndex(entry->id(), entry->spec(), &link); });
+        [&] { return store_->CreateIndex(entry->id(), entry->spec().wire, &link); });
     if (!stored.ok()) {
       if (stored.code() == absl::StatusCode::kNotFound) {
         stored = absl::NotFoundError(
@@ -164,9 +176,9 @@ absl::Status IndexService::BeginUpload(const std::string& index_id, UploadState*
   }
   state->existing = snapshot.num_points;
   state->staged.factor_columns = state->entry->factor_columns();
-  const v1::IndexSpec& spec = state->entry->spec();
-  if (state->staged.factor_columns == 0 && spec.factors_supplied() && spec.has_inducing_count()) {
-    state->staged.factor_columns = spec.inducing_count();
+  const IndexSpecRecord& spec = state->entry->spec();
+  if (state->staged.factor_columns == 0 && spec.core.factors_supplied && spec.inducing_count_set) {
+    state->staged.factor_columns = spec.core.residual.inducing_count;
   }
   return absl::OkStatus();
 }
@@ -207,22 +219,21 @@ absl::StatusOr<UploadResult> IndexService::FinishUpload(UploadState* state) {
 }
 
 absl::StatusOr<std::shared_ptr<IndexEntry>> IndexService::BuildIndex(
-    const std::string& index_id, const google::protobuf::RepeatedField<double>& inducing_points) {
+    const std::string& index_id, std::optional<IndexSpecRecord> build_spec) {
   ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(index_id));
-  std::optional<v1::IndexSpec> build_spec;
   std::optional<core::IndexSpec> base;
-  if (!inducing_points.empty()) {
-    ASSIGN_OR_RETURN(build_spec, SpecWithInducingPoints(entry->spec(), inducing_points));
-    v1::IndexSpec unused;
-    ASSIGN_OR_RETURN(base, ToCoreSpec(*build_spec, &unused));
+  std::optional<std::string> build_wire;
+  if (build_spec.has_value()) {
+    base = build_spec->core;
     base->tree = entry->core_spec().tree;
     base->search = entry->core_spec().search;
+    build_wire = std::move(build_spec->wire);
   }
   // The build's spec is durable before the build starts (under the entry's lock, so that no
   // other BuildIndex can interleave): a restart restores the tree over the same metric.
   std::function<absl::Status()> commit;
   if (store_ != nullptr) {
-    commit = [this, &entry, &build_spec] { return store_->WriteBuildSpec(entry->id(), build_spec); };
+    commit = [this, &entry, &build_wire] { return store_->WriteBuildSpec(entry->id(), build_wire); };
   }
   core::IndexSpec spec;
   MemoryReservation build_memory;
@@ -240,7 +251,7 @@ std::function<absl::Status(int64_t)> IndexService::BuildCheck(
     core::IndexSpec* spec, MemoryReservation* memory, std::function<absl::Status()> commit) {
   return [this, &entry, verb, base, spec, memory, commit = std::move(commit)](int64_t n) {
     ASSIGN_OR_RETURN(*spec, SpecForBuild(base != nullptr ? *base : entry.core_spec(),
-                                         entry.spec().has_inducing_count(), n));
+                                         entry.spec().inducing_count_set, n));
     ASSIGN_OR_RETURN(MemoryReservation reserved,
                      budget_->Reserve(core::KnnIndex::EstimateBuildBytes(*spec, n),
                                       absl::StrCat(verb, " index ", entry.id())));
@@ -332,20 +343,9 @@ void IndexService::PublishBuild(const std::shared_ptr<IndexEntry>& entry,
 
 int64_t IndexService::LoadStoredIndexes() {
   if (store_ == nullptr) return 0;
-  std::vector<StoredIndex> stored = store_->LoadAll();
+  std::vector<StoredIndex> stored = store_->LoadAll(decode_spec_);
   for (StoredIndex& found : stored) {
-    v1::IndexSpec normalized;
-    absl::StatusOr<core::IndexSpec> spec = absl::DataLossError("the spec could not be read");
-    if (found.status.ok()) {
-      spec = ToCoreSpec(found.spec, &normalized);
-      if (!spec.ok()) {
-        found.status = absl::DataLossError(
-            absl::StrCat("the saved spec is not valid: ", spec.status().message()));
-      }
-    }
-    auto entry = std::make_shared<IndexEntry>(
-        found.id, spec.ok() ? std::move(normalized) : found.spec,
-        spec.ok() ? *std::move(spec) : core::IndexSpec(), found.source_id);
+    auto entry = std::make_shared<IndexEntry>(found.id, found.spec, found.source_id);
     if (absl::Status added = registry_->Add(entry, /*enforce_limit=*/false); !added.ok()) {
       RCKNN_LOG(kError, "--data_dir: index ", found.id, " not loaded: ", added.message());
       continue;
@@ -367,16 +367,9 @@ int64_t IndexService::LoadStoredIndexes() {
     }
     std::optional<core::IndexSpec> base;
     if (status.ok() && found.has_tree && found.build_spec.has_value()) {
-      v1::IndexSpec unused;
-      absl::StatusOr<core::IndexSpec> checked = ToCoreSpec(*found.build_spec, &unused);
-      if (checked.ok()) {
-        base = *std::move(checked);
-        base->tree = entry->core_spec().tree;
-        base->search = entry->core_spec().search;
-      } else {
-        status = absl::DataLossError(
-            absl::StrCat("the saved build spec is not valid: ", checked.status().message()));
-      }
+      base = found.build_spec->core;
+      base->tree = entry->core_spec().tree;
+      base->search = entry->core_spec().search;
     }
     if (status.ok() && found.has_tree) {
       entry->SetStoredOrderings(std::move(found.orderings));
@@ -537,17 +530,17 @@ absl::StatusOr<QueryPool::CancelHandle> IndexService::StartSearch(const SearchCa
   return handle;
 }
 
-absl::Status IndexService::StartComputeOrdering(const v1::ComputeOrderingRequest& request,
+absl::Status IndexService::StartComputeOrdering(const std::string& index_id,
+                                               const std::string& name,
+                                               core::OrderingRequest core_request,
                                                std::shared_ptr<core::Cancellation> cancellation,
-                                               v1::Ordering* response,
-                                               std::function<void(absl::Status)> done) {
-  ASSIGN_OR_RETURN(core::OrderingRequest core_request, ToCoreOrderingRequest(request));
-  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(request.index_id()));
+                                               OrderingDone done) {
+  ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> entry, registry_->Get(index_id));
   ASSIGN_OR_RETURN(std::shared_ptr<const core::KnnIndex> index, entry->ReadyIndex());
-  if (entry->HasOrdering(request.name())) {
-    return absl::AlreadyExistsError(absl::StrCat("name: index ", request.index_id(),
-                                                 " already has an ordering named \"",
-                                                 request.name(), "\""));
+  if (entry->HasOrdering(name)) {
+    return absl::AlreadyExistsError(absl::StrCat("name: index ", index_id,
+                                                 " already has an ordering named \"", name,
+                                                 "\""));
   }
   const int64_t n = index->size();
   // The answer carries the whole permutation (a varint per id): refuse before computing what
@@ -570,9 +563,8 @@ absl::Status IndexService::StartComputeOrdering(const v1::ComputeOrderingRequest
                                     "computing this ordering"));
   auto memory = std::make_shared<MemoryReservation>(std::move(reserved));
   const absl::Time start = absl::Now();
-  const std::string name = request.name();
-  pool_->Run([this, entry, index, core_request, cancellation, memory, start, name, response,
-              done = std::move(done)]() mutable {
+  pool_->Run([this, entry, index, core_request = std::move(core_request), cancellation, memory,
+              start, name, done = std::move(done)]() mutable {
     absl::StatusOr<std::vector<int64_t>> permutation =
         core::ComputeOrdering(*index, core_request, pool_->arena(), cancellation.get());
     if (!permutation.ok()) {
@@ -592,7 +584,7 @@ absl::Status IndexService::StartComputeOrdering(const v1::ComputeOrderingRequest
         NamedOrdering{stored->name, stored->method, stored->seconds, *std::move(ordering)});
     const int64_t kept = named->ordering.memory_bytes();
     // The commit blocks on the disk.
-    io_.Submit([this, entry, stored, named, memory, kept, response, done = std::move(done)] {
+    io_.Submit([this, entry, stored, named, memory, kept, done = std::move(done)] {
       memory->Resize(kept);
       const absl::Status status = entry->RunWrite([&]() -> absl::Status {
         if (entry->HasOrdering(stored->name)) {
@@ -603,16 +595,12 @@ absl::Status IndexService::StartComputeOrdering(const v1::ComputeOrderingRequest
         if (store_ != nullptr) RETURN_IF_ERROR(store_->WriteOrdering(entry->id(), *stored));
         return entry->AddOrdering(named, std::move(*memory));
       });
-      if (status.ok()) {
-        UpdateIndexGauges();
-        response->set_index_id(entry->id());
-        response->set_name(stored->name);
-        response->set_method(ToProto(stored->method));
-        response->mutable_permutation()->Assign(stored->permutation.begin(),
-                                                stored->permutation.end());
-        response->set_seconds(stored->seconds);
+      if (!status.ok()) {
+        done(status);
+        return;
       }
-      done(status);
+      UpdateIndexGauges();
+      done(std::shared_ptr<const StoredOrdering>(stored));
     });
   });
   return absl::OkStatus();

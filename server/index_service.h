@@ -1,7 +1,8 @@
 // The index service under the gRPC adapters of server/rcknn_service.h: what each RPC does, in
-// core and server types, with absl::Status results. It knows no transport: the adapters
-// validate and convert requests (server/proto_conversion.h), call this class, map its status and
-// fill the response.
+// core and server types, with absl::Status results. It knows no transport and no wire type
+// (nothing here includes protobuf): the adapters validate and convert requests
+// (server/proto_conversion.h), call this class, map its status and fill the response. The one
+// wire form it holds, IndexSpecRecord::wire, it only stores and hands back.
 //
 // Threads: nothing here blocks a caller on the query pool or on the disk. Searches run on the
 // QueryPool and report through a callback; every blocking disk operation (spec writes, upload
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,7 +26,7 @@
 #include "core/knn_index.h"
 #include "core/knn_query.h"
 #include "core/traversal_stats.h"
-#include "rcknn/v1/rcknn.pb.h"
+#include "core/ordering.h"
 #include "server/blocking_executor.h"
 #include "server/index_registry.h"
 #include "server/index_store.h"
@@ -78,6 +80,12 @@ struct SearchOutcome {
 // Called once, on a pool thread; must not block.
 using SearchCallback = std::function<void(absl::Status status, const SearchOutcome& outcome)>;
 
+// The checks that need the number of uploaded points `n`, made when BuildIndex is called.
+// Returns the spec to build with (the default inducing count becomes min(512, n)).
+// INVALID_ARGUMENT naming "spec.inducing_count" when more were asked for than n.
+absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
+                                             int64_t n);
+
 // Why searches were refused before they ran (rcknn_search_rejected_total{reason}).
 inline constexpr absl::string_view kRejectedQueueFull = "queue_full";
 inline constexpr absl::string_view kRejectedMemory = "memory";
@@ -103,9 +111,11 @@ class IndexWatch {
 class IndexService {
  public:
   // `registry`, `pool`, `metrics`, `budget` and `store` (null: nothing is persisted) must
-  // outlive the service. The I/O executor has options.io_threads threads.
+  // outlive the service. The I/O executor has options.io_threads threads. `decode_spec` reads
+  // the stored specs back (LoadStoredIndexes).
   IndexService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool,
-               ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store);
+               ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store,
+               SpecDecoder decode_spec);
   // Runs the I/O jobs still queued (which may finish builds), then returns.
   ~IndexService() = default;
 
@@ -124,21 +134,23 @@ class IndexService {
   void BeginShutdown();
   bool shutting_down() const { return shutting_down_.load(); }
 
-  // Blocking (disk): run it on the I/O executor. Registers index `id` with its validated spec
-  // (`reported`: the spec as GetIndex reports it and the store keeps it) and commits the spec.
-  // ALREADY_EXISTS, RESOURCE_EXHAUSTED naming --max_indexes, the store's errors.
+  // Blocking (disk): run it on the I/O executor. Registers index `id` (validated) with its
+  // validated spec and commits the spec. ALREADY_EXISTS, RESOURCE_EXHAUSTED naming
+  // --max_indexes, the store's errors.
   absl::StatusOr<std::shared_ptr<IndexEntry>> CreateIndex(const std::string& id,
-                                                          v1::IndexSpec reported,
-                                                          core::IndexSpec spec);
+                                                          IndexSpecRecord spec);
 
-  // Blocking (disk): run it on the I/O executor. CreateIndex with source_index_id: validates the
-  // request against the source (NOT_FOUND, FAILED_PRECONDITION unless READY, INVALID_ARGUMENT
-  // naming the field: server/proto_conversion.h SpecFromSource), registers the new index,
-  // commits its spec and the links to the source's upload files, and starts its build on the
-  // pool (core::KnnIndex::Reparameterize over the source's points, shared). Returns the entry,
-  // BUILDING. The errors of CreateIndex too.
-  absl::StatusOr<std::shared_ptr<IndexEntry>> CreateIndexFromSource(
-      const v1::CreateIndexRequest& request);
+  // Blocking (disk): run it on the I/O executor. CreateIndex over the points of index
+  // `source_id` (CreateIndexRequest.source_index_id; `spec` validated against the source's by
+  // the caller): NOT_FOUND naming "source_index_id" if the source is gone, FAILED_PRECONDITION
+  // unless it is READY; registers the new index, commits its spec and the links to the source's
+  // upload files, and starts its build on the pool (core::KnnIndex::Reparameterize over the
+  // source's points, shared, from `tree_start`). Returns the entry, BUILDING. The errors of
+  // CreateIndex too.
+  absl::StatusOr<std::shared_ptr<IndexEntry>> CreateIndexFromSource(const std::string& id,
+                                                                    const std::string& source_id,
+                                                                    IndexSpecRecord spec,
+                                                                    core::TreeStart tree_start);
 
   // The first chunk of an upload stream: finds the index (NOT_FOUND), which must be LOADING
   // (FAILED_PRECONDITION), and sets up `state`.
@@ -151,12 +163,12 @@ class IndexService {
   absl::StatusOr<UploadResult> FinishUpload(UploadState* state);
 
   // Starts the build of `index_id` on the pool; returns the entry, now BUILDING.
-  // `inducing_points` (BuildIndexRequest.inducing_points; empty: the spec's) replace the spec's
-  // seeded draw: INVALID_ARGUMENT naming "inducing_points" when the spec cannot take them. They
-  // are committed (build-spec.rcknn) before the build starts.
+  // `build_spec` (absent: the index's own) is the index's spec with explicit inducing points
+  // in place of its seeded draw (BuildIndexRequest.inducing_points, validated by the caller:
+  // server/proto_conversion.h SpecWithInducingPoints); it is committed (build-spec.rcknn)
+  // before the build starts, and the build keeps the index's tree and search options.
   absl::StatusOr<std::shared_ptr<IndexEntry>> BuildIndex(
-      const std::string& index_id,
-      const google::protobuf::RepeatedField<double>& inducing_points = {});
+      const std::string& index_id, std::optional<IndexSpecRecord> build_spec = std::nullopt);
 
   absl::StatusOr<std::shared_ptr<IndexEntry>> GetIndex(const std::string& index_id) const;
   std::vector<std::shared_ptr<IndexEntry>> ListIndexes() const;
@@ -173,24 +185,26 @@ class IndexService {
   // Blocking (disk): run it on the I/O executor. Removes the index and then its files.
   absl::Status DeleteIndex(const std::string& index_id);
 
+  // Ordering `name` (validated) of index `index_id`, computed as `request` asks (validated
+  // without the index by the caller: server/proto_conversion.h ToCoreOrderingRequest). Checks it
+  // against the index (NOT_FOUND, FAILED_PRECONDITION unless READY, ALREADY_EXISTS for a taken
+  // name, RESOURCE_EXHAUSTED when the permutation would not fit one message or the memory
+  // budget), then computes the ordering on the pool (one worker for a maximin walk), commits it
+  // to the store on the I/O executor and keeps it with the index. On success `done` is called
+  // once, from a pool or I/O thread, with the ordering as kept (its error otherwise); on error
+  // nothing was started and `done` is never called. `cancellation` stops the computation.
+  using OrderingDone = std::function<void(absl::StatusOr<std::shared_ptr<const StoredOrdering>>)>;
+  absl::Status StartComputeOrdering(const std::string& index_id, const std::string& name,
+                                    core::OrderingRequest request,
+                                    std::shared_ptr<core::Cancellation> cancellation,
+                                    OrderingDone done);
+
   // Validates `call` against its index (once: server/search_plan.h), sizes and reserves the
   // answer, asks `allocate` for its buffers and queues it on the pool. On success `done` will
   // be called once, on a pool thread (never on this one), and the returned handle cancels the
   // search; the search metrics are recorded before `done` runs. On error (NOT_FOUND,
   // FAILED_PRECONDITION, INVALID_ARGUMENT, RESOURCE_EXHAUSTED for the limits, the memory budget
   // or a full queue) nothing was allocated or queued and `done` is never called.
-  // Validates `request` (server/proto_conversion.h) against its index (NOT_FOUND,
-  // FAILED_PRECONDITION unless READY, ALREADY_EXISTS for a taken name, RESOURCE_EXHAUSTED when
-  // the permutation would not fit one message or the memory budget), then computes the ordering
-  // on the pool (one worker for a maximin walk), commits it to the store on the I/O executor,
-  // keeps it with the index and fills `response`. On success `done` is called once, from a
-  // pool or I/O thread; on error nothing was started and `done` is never called.
-  // `cancellation` stops the computation.
-  absl::Status StartComputeOrdering(const v1::ComputeOrderingRequest& request,
-                                    std::shared_ptr<core::Cancellation> cancellation,
-                                    v1::Ordering* response,
-                                    std::function<void(absl::Status)> done);
-
   absl::StatusOr<QueryPool::CancelHandle> StartSearch(const SearchCall& call,
                                                       const AnswerAllocator& allocate,
                                                       SearchCallback done);
@@ -227,6 +241,7 @@ class IndexService {
   ServerMetrics* const metrics_;
   MemoryBudget* const budget_;
   IndexStore* const store_;
+  const SpecDecoder decode_spec_;
   std::atomic<bool> shutting_down_{false};
   std::atomic<int64_t> open_watches_{0};
   // Last member: its destructor runs the remaining jobs while everything they use still exists.

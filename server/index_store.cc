@@ -21,7 +21,6 @@
 #include "core/snapshot_file.h"
 #include "core/status_macros.h"
 #include "server/logging.h"
-#include "server/proto_conversion.h"
 
 namespace rcknn::server {
 namespace {
@@ -73,16 +72,16 @@ absl::Status CheckOwner(core::SnapshotReader& reader, absl::string_view id) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::IndexSpec> ReadSpec(const std::string& path, absl::string_view id) {
+// The spec's bytes, checked by the file's checksum; decoding them is the service's (its
+// SpecDecoder).
+absl::StatusOr<std::string> ReadSpec(const std::string& path, absl::string_view id) {
   ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotReader> reader,
                    core::SnapshotReader::Open(path, core::SnapshotKind::kIndexSpec));
   RETURN_IF_ERROR(CheckOwner(*reader, id));
   std::string bytes;
   RETURN_IF_ERROR(reader->ReadString(&bytes, uint64_t{1} << 30));
   RETURN_IF_ERROR(reader->Finish());
-  v1::IndexSpec spec;
-  if (!spec.ParseFromString(bytes)) return reader->Corrupt("the spec does not parse");
-  return spec;
+  return bytes;
 }
 
 absl::StatusOr<PointBatch> ReadUpload(const std::string& path, absl::string_view id,
@@ -209,7 +208,7 @@ std::string IndexStore::IndexDir(absl::string_view id) const {
   return (fs::path(data_dir_) / "indexes" / std::string(id)).string();
 }
 
-std::vector<StoredIndex> IndexStore::LoadAll() {
+std::vector<StoredIndex> IndexStore::LoadAll(const SpecDecoder& decode) {
   std::error_code error;
   // The trash holds only indexes a client deleted.
   for (const fs::directory_entry& entry : fs::directory_iterator(fs::path(data_dir_) / "trash", error)) {
@@ -233,14 +232,14 @@ std::vector<StoredIndex> IndexStore::LoadAll() {
   std::sort(ids.begin(), ids.end());
   std::vector<StoredIndex> indexes;
   for (const std::string& id : ids) {
-    StoredIndex index = LoadIndex(id);
+    StoredIndex index = LoadIndex(id, decode);
     if (index.id.empty()) continue;  // an index that was never created
     indexes.push_back(std::move(index));
   }
   return indexes;
 }
 
-StoredIndex IndexStore::LoadIndex(const std::string& id) {
+StoredIndex IndexStore::LoadIndex(const std::string& id, const SpecDecoder& decode) {
   StoredIndex index;
   index.id = id;
   const fs::path dir = IndexDir(id);
@@ -315,19 +314,33 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
     index.status = absl::DataLossError(absl::StrCat((dir / kSpecFile).string(), ": missing"));
     return index;
   }
-  absl::StatusOr<v1::IndexSpec> spec = ReadSpec((dir / kSpecFile).string(), id);
+  absl::StatusOr<std::string> spec = ReadSpec((dir / kSpecFile).string(), id);
   if (!spec.ok()) {
     index.status = spec.status();
     return index;
   }
-  index.spec = *std::move(spec);
+  absl::StatusOr<IndexSpecRecord> decoded = decode(*spec);
+  if (!decoded.ok()) {
+    index.spec.wire = *std::move(spec);
+    index.status = absl::DataLossError(absl::StrCat(
+        (dir / kSpecFile).string(), ": the saved spec is not valid: ", decoded.status().message()));
+    return index;
+  }
+  index.spec = *std::move(decoded);
   if (has_build_spec) {
-    absl::StatusOr<v1::IndexSpec> build_spec = ReadSpec((dir / kBuildSpecFile).string(), id);
+    absl::StatusOr<std::string> build_spec = ReadSpec((dir / kBuildSpecFile).string(), id);
     if (!build_spec.ok()) {
       index.status = build_spec.status();
       return index;
     }
-    index.build_spec = *std::move(build_spec);
+    absl::StatusOr<IndexSpecRecord> build_decoded = decode(*build_spec);
+    if (!build_decoded.ok()) {
+      index.status = absl::DataLossError(
+          absl::StrCat((dir / kBuildSpecFile).string(), ": the saved build spec is not valid: ",
+                       build_decoded.status().message()));
+      return index;
+    }
+    index.build_spec = *std::move(build_decoded);
   }
   // The id the upload files carry: this index's, or for one created from a source the id of
   // the index that received the uploads.
@@ -358,7 +371,7 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
     }
     absl::StatusOr<PointBatch> batch =
         ReadUpload((dir / UploadFile(expected)).string(), upload_owner, expected,
-                   index.spec.dimension());
+                   index.spec.core.dimension);
     if (!batch.ok()) {
       index.status = batch.status();
       return index;
@@ -388,7 +401,7 @@ StoredIndex IndexStore::LoadIndex(const std::string& id) {
   return index;
 }
 
-absl::Status IndexStore::CreateIndex(absl::string_view id, const v1::IndexSpec& spec,
+absl::Status IndexStore::CreateIndex(absl::string_view id, absl::string_view spec,
                                      const SourceLink* source) {
   const fs::path dir = IndexDir(id);
   std::error_code error;
@@ -404,7 +417,7 @@ absl::Status IndexStore::CreateIndex(absl::string_view id, const v1::IndexSpec& 
                    core::SnapshotWriter::Create((dir / kSpecFile).string(),
                                                 core::SnapshotKind::kIndexSpec));
   writer->WriteString(id);
-  writer->WriteString(spec.SerializeAsString());
+  writer->WriteString(spec);
   return writer->Commit();
 }
 
@@ -459,7 +472,7 @@ void IndexStore::PauseBeforeCommit(absl::string_view id, const std::string& file
 }
 
 absl::Status IndexStore::WriteBuildSpec(absl::string_view id,
-                                       const std::optional<v1::IndexSpec>& spec) {
+                                       const std::optional<std::string>& spec) {
   const fs::path path = fs::path(IndexDir(id)) / kBuildSpecFile;
   if (!spec.has_value()) {
     std::error_code error;
@@ -471,7 +484,7 @@ absl::Status IndexStore::WriteBuildSpec(absl::string_view id,
   ASSIGN_OR_RETURN(std::unique_ptr<core::SnapshotWriter> writer,
                    core::SnapshotWriter::Create(path.string(), core::SnapshotKind::kIndexSpec));
   writer->WriteString(id);
-  writer->WriteString(spec->SerializeAsString());
+  writer->WriteString(*spec);
   return writer->Commit();
 }
 

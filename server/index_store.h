@@ -4,7 +4,8 @@
 // copied from another index is refused like a corrupt one.
 //
 //   <data_dir>/LOCK                             held (flock) by the server using the directory
-//   <data_dir>/indexes/<id>/spec.rcknn          the IndexSpec, written by CreateIndex
+//   <data_dir>/indexes/<id>/spec.rcknn          the IndexSpec (its wire encoding, as
+//                                               IndexSpecRecord::wire), written by CreateIndex
 //   <data_dir>/indexes/<id>/upload-NNNNNN.rcknn one per acknowledged UploadPoints stream, 1, 2, ...
 //                                               (an index created from a source: hard links to
 //                                               the source's, which name their first owner)
@@ -45,7 +46,6 @@
 #include "absl/strings/string_view.h"
 #include "core/cancellation.h"
 #include "core/knn_index.h"
-#include "rcknn/v1/rcknn.pb.h"
 #include "server/index_registry.h"
 #include "tbb/task_arena.h"
 
@@ -62,12 +62,14 @@ struct SourceLink {
 struct StoredIndex {
   std::string id;
   std::string source_id;  // source.rcknn: the index it was created from (empty: none)
-  v1::IndexSpec spec;
+  // Decoded by LoadAll's decoder; when it could not be (status says why), only `wire` is set,
+  // to the bytes found.
+  IndexSpecRecord spec;
   std::vector<PointBatch> uploads;  // in upload order
   bool has_tree = false;
   std::vector<StoredOrdering> orderings;  // ordered by name
   // The spec of the last BuildIndex that gave explicit inducing points (build-spec.rcknn).
-  std::optional<v1::IndexSpec> build_spec;
+  std::optional<IndexSpecRecord> build_spec;
   // Not OK if any file of the index is missing, corrupt, truncated, of another version or of
   // another index: the index is then reported FAILED with this reason.
   absl::Status status;
@@ -93,18 +95,20 @@ class IndexStore {
   // Every index directory, ordered by id, with what its files hold. Removes what no client was
   // ever told of: temporary files of interrupted writes, index directories whose spec was never
   // committed, and the trash. Nothing else is removed, whatever state it is in.
-  std::vector<StoredIndex> LoadAll();
+  // The specs are decoded with `decode` (a spec it refuses makes the index's status DATA_LOSS).
+  std::vector<StoredIndex> LoadAll(const SpecDecoder& decode);
 
   // Creates the index's directory and commits its spec. ALREADY_EXISTS if the directory holds a
   // committed spec. With `source`: first commits source.rcknn and hard-links the source's upload
   // files into the new directory (copies them where the file system refuses links), so that
   // deleting the source leaves them; the spec, committed last, makes the index exist (a
   // directory with source.rcknn and no spec is an interrupted CreateIndex, removed at start-up).
-  absl::Status CreateIndex(absl::string_view id, const v1::IndexSpec& spec,
+  // `spec` is IndexSpecRecord::wire, kept as given.
+  absl::Status CreateIndex(absl::string_view id, absl::string_view spec,
                            const SourceLink* source = nullptr);
   // Commits the spec a build uses when it differs from the index's (BuildIndex with inducing
-  // points), or removes a stale one when `spec` is empty.
-  absl::Status WriteBuildSpec(absl::string_view id, const std::optional<v1::IndexSpec>& spec);
+  // points; IndexSpecRecord::wire), or removes a stale one when `spec` is empty.
+  absl::Status WriteBuildSpec(absl::string_view id, const std::optional<std::string>& spec);
   // Commits upload number `sequence` (1, 2, ...) of the index.
   absl::Status WriteUpload(absl::string_view id, int64_t sequence, const PointBatch& batch);
   // Commits the built index, made from `uploads` uploads holding the index's points; first
@@ -130,7 +134,7 @@ class IndexStore {
   std::string IndexDir(absl::string_view id) const;
   // source.rcknn, then the links of the source's upload files (CreateIndex with a source).
   absl::Status LinkSource(absl::string_view id, const SourceLink& source);
-  StoredIndex LoadIndex(const std::string& id);
+  StoredIndex LoadIndex(const std::string& id, const SpecDecoder& decode);
 
   const std::string data_dir_;
   const int lock_fd_;

@@ -58,21 +58,6 @@ absl::Status CheckFinite(const google::protobuf::RepeatedField<double>& values, 
 
 }  // namespace
 
-absl::Status ValidateIndexId(absl::string_view id, absl::string_view field) {
-  if (id.empty()) return Invalid(field, "is empty; name the index");
-  if (id.size() > kMaxIndexIdLength) {
-    return Invalid(field, absl::StrCat("is ", id.size(), " characters long, the limit is ",
-                                       kMaxIndexIdLength));
-  }
-  for (char c : id) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
-      return Invalid(field, "may hold only the characters A-Z a-z 0-9 . _ -");
-    }
-  }
-  return absl::OkStatus();
-}
-
-
 absl::Status ValidateSearchRequest(const v1::SearchRequest& request) {
   RETURN_IF_ERROR(ValidateIndexId(request.index_id()));
   if (request.k() < 1) {
@@ -337,6 +322,29 @@ absl::StatusOr<core::TreeStart> ToCoreTreeStart(int source_tree) {
   }
 }
 
+absl::StatusOr<IndexSpecRecord> ToSpecRecord(const v1::IndexSpec& spec) {
+  v1::IndexSpec normalized;
+  IndexSpecRecord record;
+  ASSIGN_OR_RETURN(record.core, ToCoreSpec(spec, &normalized));
+  record.inducing_count_set = normalized.has_inducing_count();
+  record.wire = normalized.SerializeAsString();
+  return record;
+}
+
+absl::StatusOr<IndexSpecRecord> SpecRecordFromWire(absl::string_view wire) {
+  v1::IndexSpec spec;
+  if (!spec.ParseFromArray(wire.data(), static_cast<int>(wire.size()))) {
+    return absl::DataLossError("the spec does not parse");
+  }
+  return ToSpecRecord(spec);
+}
+
+v1::IndexSpec WireSpec(const IndexSpecRecord& spec) {
+  v1::IndexSpec out;
+  if (!out.ParseFromArray(spec.wire.data(), static_cast<int>(spec.wire.size()))) out.Clear();
+  return out;
+}
+
 absl::StatusOr<v1::IndexSpec> SpecFromSource(const v1::CreateIndexRequest& request,
                                              const v1::IndexSpec& source_spec) {
   RETURN_IF_ERROR(ToCoreTreeStart(request.source_tree()).status());
@@ -366,24 +374,6 @@ absl::StatusOr<v1::IndexSpec> SpecFromSource(const v1::CreateIndexRequest& reque
                    "an index created from a source computes V and p from its kernel");
   }
   return spec;
-}
-
-absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
-                                             int64_t n) {
-  core::IndexSpec out = spec;
-  if (spec.metric != core::Metric::kResidualCorrelation || spec.factors_supplied ||
-      spec.residual.inducing_points.has_value()) {
-    return out;
-  }
-  if (!inducing_count_set) {
-    out.residual.inducing_count = std::min<int64_t>(core::kDefaultInducingCount, n);
-  } else if (spec.residual.inducing_count > n) {
-    return Invalid("spec.inducing_count", absl::StrCat(spec.residual.inducing_count,
-                                                       " inducing points were asked for, "
-                                                       "but the index holds only ",
-                                                       n, " points"));
-  }
-  return out;
 }
 
 absl::Status AppendUploadChunk(const v1::UploadPointsRequest& chunk, const core::IndexSpec& spec,
@@ -472,8 +462,8 @@ v1::IndexState ToProto(IndexState state) {
 void FillIndexInfo(const IndexEntry& entry, v1::IndexInfo* info) {
   const IndexSnapshot snapshot = entry.Snapshot();
   info->set_index_id(entry.id());
-  *info->mutable_spec() = entry.spec();
-  if (snapshot.inducing_count > 0 && !entry.spec().has_inducing_count()) {
+  *info->mutable_spec() = WireSpec(entry.spec());
+  if (snapshot.inducing_count > 0 && !info->spec().has_inducing_count()) {
     info->mutable_spec()->set_inducing_count(snapshot.inducing_count);
   }
   info->set_state(ToProto(snapshot.state));
@@ -491,6 +481,15 @@ void FillIndexInfo(const IndexEntry& entry, v1::IndexInfo* info) {
     info->set_tree_refitted(index.ok() && ((*index)->reparameterize_report().refitted ||
                                            entry.restored_refitted()));
   }
+}
+
+void FillOrdering(const std::string& index_id, const StoredOrdering& ordering,
+                  v1::Ordering* out) {
+  out->set_index_id(index_id);
+  out->set_name(ordering.name);
+  out->set_method(ToProto(ordering.method));
+  out->mutable_permutation()->Assign(ordering.permutation.begin(), ordering.permutation.end());
+  out->set_seconds(ordering.seconds);
 }
 
 void FillSearchStats(const core::TraversalStats& stats, double seconds, v1::SearchStats* out) {

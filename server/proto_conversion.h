@@ -20,13 +20,9 @@
 
 namespace rcknn::server {
 
-inline constexpr int kMaxIndexIdLength = 128;
 inline constexpr int kMaxDimension = 65536;
 // Lloyd steps cost O(n m d) each; more than this is a mistake rather than a refinement.
 inline constexpr int kMaxLloydIterations = 1000;
-
-// 1..kMaxIndexIdLength characters from [A-Za-z0-9._-].
-absl::Status ValidateIndexId(absl::string_view id, absl::string_view field = "index_id");
 
 // The checks on a SearchRequest that need no index: the index id, k >= 1, and exactly one of
 // query_ids and query_points. INVALID_ARGUMENT naming the field.
@@ -42,6 +38,17 @@ absl::StatusOr<v1::IndexSpec> SpecWithInducingPoints(
 // reports it: jitter filled in when unset.
 absl::StatusOr<core::IndexSpec> ToCoreSpec(const v1::IndexSpec& spec, v1::IndexSpec* normalized);
 
+// The spec as the index service keeps it: the core form, whether the inducing count was given,
+// and the normalized spec's wire encoding (reported by GetIndex, persisted by the store).
+// The errors of ToCoreSpec.
+absl::StatusOr<IndexSpecRecord> ToSpecRecord(const v1::IndexSpec& spec);
+// ToSpecRecord of a spec in its wire encoding (as the store keeps it): DATA_LOSS if it does
+// not parse. The IndexService's SpecDecoder.
+absl::StatusOr<IndexSpecRecord> SpecRecordFromWire(absl::string_view wire);
+// The spec a record keeps (empty if its wire form does not parse: an index whose files were
+// unreadable).
+v1::IndexSpec WireSpec(const IndexSpecRecord& spec);
+
 // The spec of CreateIndex with source_index_id, given the source's reported spec: the request's
 // spec (absent: the source's) with dimension and metric filled in from the source when unset.
 // INVALID_ARGUMENT naming the field: "source_index_id" for a source that is not residual
@@ -53,10 +60,6 @@ absl::StatusOr<v1::IndexSpec> SpecFromSource(const v1::CreateIndexRequest& reque
 // CreateIndexRequest.source_tree in core terms. INVALID_ARGUMENT naming "source_tree".
 absl::StatusOr<core::TreeStart> ToCoreTreeStart(int source_tree);
 
-// The checks that need the number of uploaded points `n`, made when BuildIndex is called.
-// Returns the spec to build with (the default inducing count becomes min(512, n)).
-absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
-                                             int64_t n);
 
 // Validates chunk `chunk` (0-based) of an upload stream whose first point gets id `first_id`,
 // and appends it to `staged`. `staged->factor_columns` is the factor row length known so far
@@ -69,6 +72,9 @@ absl::Status AppendUploadChunk(const v1::UploadPointsRequest& chunk, const core:
 absl::StatusOr<core::OrderingRequest> ToCoreOrderingRequest(
     const v1::ComputeOrderingRequest& request);
 v1::OrderingMethod ToProto(core::OrderingMethod method);
+// The answer of ComputeOrdering for `ordering` of index `index_id`.
+void FillOrdering(const std::string& index_id, const StoredOrdering& ordering,
+                  v1::Ordering* out);
 
 v1::IndexState ToProto(IndexState state);
 void FillIndexInfo(const IndexEntry& entry, v1::IndexInfo* info);

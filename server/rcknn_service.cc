@@ -71,11 +71,18 @@ class ComputeOrderingReactor final : public grpc::ServerUnaryReactor {
   ComputeOrderingReactor(IndexService* service, grpc::CallbackServerContext* context,
                          const v1::ComputeOrderingRequest* request, v1::Ordering* response)
       : cancellation_(std::make_shared<core::Cancellation>(DeadlineOf(*context))) {
+    absl::StatusOr<core::OrderingRequest> converted = ToCoreOrderingRequest(*request);
     const absl::Status started =
-        service->StartComputeOrdering(*request, cancellation_, response, [this](absl::Status status) {
-          result_ = std::move(status);
-          Step();
-        });
+        !converted.ok()
+            ? converted.status()
+            : service->StartComputeOrdering(
+                  request->index_id(), request->name(), *std::move(converted), cancellation_,
+                  [this, index_id = request->index_id(), response](
+                      absl::StatusOr<std::shared_ptr<const StoredOrdering>> ordering) {
+                    if (ordering.ok()) FillOrdering(index_id, **ordering, response);
+                    result_ = ordering.status();
+                    Step();
+                  });
     if (!started.ok()) {
       Finish(ToGrpcStatus(started));  // the callback never runs
       return;
@@ -221,9 +228,27 @@ grpc::ServerUnaryReactor* RcknnService::CreateIndex(grpc::CallbackServerContext*
                                                     v1::IndexInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (!request->source_index_id().empty()) {
-    // Validated against the source, registered and committed on the I/O executor.
-    service_.RunBlocking([this, reactor, request, response] {
-      absl::StatusOr<std::shared_ptr<IndexEntry>> entry = service_.CreateIndexFromSource(*request);
+    // Validated against the source's spec here; registered and committed on the I/O executor.
+    absl::StatusOr<std::pair<IndexSpecRecord, core::TreeStart>> converted =
+        [&]() -> absl::StatusOr<std::pair<IndexSpecRecord, core::TreeStart>> {
+      RETURN_IF_ERROR(ValidateIndexId(request->index_id()));
+      RETURN_IF_ERROR(ValidateIndexId(request->source_index_id(), "source_index_id"));
+      ASSIGN_OR_RETURN(const core::TreeStart tree_start, ToCoreTreeStart(request->source_tree()));
+      ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> source,
+                       service_.GetIndex(request->source_index_id()));
+      ASSIGN_OR_RETURN(v1::IndexSpec wanted, SpecFromSource(*request, WireSpec(source->spec())));
+      ASSIGN_OR_RETURN(IndexSpecRecord spec, ToSpecRecord(wanted));
+      return std::make_pair(std::move(spec), tree_start);
+    }();
+    if (!converted.ok()) {
+      reactor->Finish(ToGrpcStatus(converted.status()));
+      return reactor;
+    }
+    service_.RunBlocking([this, reactor, request, response,
+                          converted = *std::move(converted)]() mutable {
+      absl::StatusOr<std::shared_ptr<IndexEntry>> entry = service_.CreateIndexFromSource(
+          request->index_id(), request->source_index_id(), std::move(converted.first),
+          converted.second);
       if (entry.ok()) FillIndexInfo(**entry, response);
       reactor->Finish(ToGrpcStatus(entry.status()));
     });
@@ -234,8 +259,7 @@ grpc::ServerUnaryReactor* RcknnService::CreateIndex(grpc::CallbackServerContext*
         "source_tree: is used only with source_index_id")));
     return reactor;
   }
-  v1::IndexSpec normalized;
-  absl::StatusOr<core::IndexSpec> spec = [&]() -> absl::StatusOr<core::IndexSpec> {
+  absl::StatusOr<IndexSpecRecord> spec = [&]() -> absl::StatusOr<IndexSpecRecord> {
     RETURN_IF_ERROR(ValidateIndexId(request->index_id()));
     if (!request->has_spec()) return absl::InvalidArgumentError("spec: is required");
     if (request->expected_num_points() < 0) {
@@ -243,17 +267,16 @@ grpc::ServerUnaryReactor* RcknnService::CreateIndex(grpc::CallbackServerContext*
                                                      request->expected_num_points(),
                                                      "; give a count >= 0 (0: unknown)"));
     }
-    return ToCoreSpec(request->spec(), &normalized);
+    return ToSpecRecord(request->spec());
   }();
   if (!spec.ok()) {
     reactor->Finish(ToGrpcStatus(spec.status()));
     return reactor;
   }
   // Committing the spec file blocks on the disk.
-  service_.RunBlocking([this, reactor, request, response, normalized = std::move(normalized),
-                        spec = *std::move(spec)]() mutable {
+  service_.RunBlocking([this, reactor, request, response, spec = *std::move(spec)]() mutable {
     absl::StatusOr<std::shared_ptr<IndexEntry>> entry =
-        service_.CreateIndex(request->index_id(), std::move(normalized), std::move(spec));
+        service_.CreateIndex(request->index_id(), std::move(spec));
     if (entry.ok()) FillIndexInfo(**entry, response);
     reactor->Finish(ToGrpcStatus(entry.status()));
   });
@@ -289,11 +312,17 @@ absl::Status RcknnService::AcceptUploadChunk(const v1::UploadPointsRequest& chun
 grpc::Status RcknnService::BuildIndex(grpc::ServerContext* context,
                                       const v1::BuildIndexRequest* request,
                                       v1::IndexInfo* response) {
-  if (absl::Status status = ValidateIndexId(request->index_id()); !status.ok()) {
-    return ToGrpcStatus(status);
-  }
   absl::StatusOr<std::shared_ptr<IndexEntry>> entry =
-      service_.BuildIndex(request->index_id(), request->inducing_points());
+      [&]() -> absl::StatusOr<std::shared_ptr<IndexEntry>> {
+    RETURN_IF_ERROR(ValidateIndexId(request->index_id()));
+    if (request->inducing_points().empty()) return service_.BuildIndex(request->index_id());
+    // The index's spec with the given points in place of its draw.
+    ASSIGN_OR_RETURN(std::shared_ptr<IndexEntry> index, service_.GetIndex(request->index_id()));
+    ASSIGN_OR_RETURN(v1::IndexSpec build_spec,
+                     SpecWithInducingPoints(WireSpec(index->spec()), request->inducing_points()));
+    ASSIGN_OR_RETURN(IndexSpecRecord record, ToSpecRecord(build_spec));
+    return service_.BuildIndex(request->index_id(), std::move(record));
+  }();
   if (!entry.ok()) return ToGrpcStatus(entry.status());
   FillIndexInfo(**entry, response);
   return grpc::Status::OK;

@@ -26,6 +26,7 @@
 #include "server/index_service.h"
 #include "server/index_store.h"
 #include "server/memory_budget.h"
+#include "server/proto_conversion.h"
 #include "server/query_pool.h"
 #include "server/server_metrics.h"
 #include "server/server_options.h"
@@ -44,7 +45,7 @@ class RcknnService final : public AsyncRcknnService {
   // outlive the service and every build it starts on the pool.
   RcknnService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool,
                ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store)
-      : service_(options, registry, pool, metrics, budget, store) {}
+      : service_(options, registry, pool, metrics, budget, store, SpecRecordFromWire) {}
 
   // See IndexService.
   int64_t LoadStoredIndexes() { return service_.LoadStoredIndexes(); }

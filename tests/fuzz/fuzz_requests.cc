@@ -27,6 +27,7 @@
 #include "core/knn_query.h"
 #include "google/protobuf/stubs/logging.h"
 #include "rcknn/v1/rcknn.pb.h"
+#include "server/index_service.h"
 #include "server/proto_conversion.h"
 #include "server/search_plan.h"
 #include "tbb/task_arena.h"

@@ -235,8 +235,8 @@ TEST(ShutdownTest, GraceExpiryCancelsSearchesAndBuilds) {
   testing::TestServer test = testing::StartTestServer();
   ASSERT_EQ(testing::CreateHeavyIndex(test, "heavy", 8192).state(), v1::INDEX_STATE_READY);
   std::unique_ptr<client::RcknnClient> client = testing::MakeClient(test);
-  // Twice the heavy index's points: the tree takes seconds, so the build is far from done
-  // when the shutdown comes.
+  // More than twice the heavy index's points: the tree part takes long enough (well over the
+  // shutdown below) that the build is still running when its cancellation comes.
   const core::RowMatrix points = testing::NormalPoints(40000, 3, 12);
   const client::PointsView view{absl::MakeConstSpan(points.data(), points.size()), 3};
   const std::vector<int64_t> ids = Range(0, 8192);
@@ -252,7 +252,7 @@ TEST(ShutdownTest, GraceExpiryCancelsSearchesAndBuilds) {
   ASSERT_TRUE(WaitFor([&] {
     absl::StatusOr<v1::IndexInfo> info = client->GetIndex("building");
     return info.ok() && info->build_progress() > 0.5;
-  }));
+  }, absl::Seconds(120)));
   auto search = std::async(std::launch::async,
                            [&] { return client->Search(IdQuery("heavy", ids, kHeavyK)); });
   ASSERT_TRUE(WaitFor([&] { return test.server->searches_in_flight() == 1; }));

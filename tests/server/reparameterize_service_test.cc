@@ -1,10 +1,12 @@
-// CreateIndex with source_index_id through a real in-process server: the new index takes its
+// CreateIndex with source_index_id through a real in-process server and the client library: the
+// new index takes its
 // source's points without an upload, answers exactly under its own kernel, reports its source
 // and its tree, shares the upload files on disk (hard links) so that deleting the source leaves
 // it intact across a restart, and every bad request gets its precise code naming the field.
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -27,13 +29,6 @@ using testing::StatusIs;
 constexpr int64_t kPoints = 400;
 constexpr int64_t kK = 8;
 
-grpc::Status Create(v1::Rcknn::Stub& stub, const v1::CreateIndexRequest& request,
-                    v1::IndexInfo* info) {
-  grpc::ClientContext context;
-  testing::SetDeadline(context);
-  return stub.CreateIndex(&context, request, info);
-}
-
 v1::CreateIndexRequest FromSource(const std::string& id, const std::string& source,
                                   double lengthscale, v1::SourceTree tree) {
   v1::CreateIndexRequest request;
@@ -54,9 +49,16 @@ class ReparameterizeServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     points_ = testing::NormalPoints(kPoints, 2, 11);
-    test_ = testing::StartTestServer(Options());
+    Start();
   }
-  void TearDown() override { test_ = testing::TestServer(); }
+  void TearDown() override {
+    client_.reset();
+    test_ = testing::TestServer();
+  }
+  void Start() {
+    test_ = testing::StartTestServer(Options());
+    client_ = testing::MakeClient(test_);
+  }
   server::ServerOptions Options() const {
     server::ServerOptions options;
     options.data_dir = data_dir_.string();
@@ -64,14 +66,29 @@ class ReparameterizeServiceTest : public ::testing::Test {
   }
   void Restart() {
     test_.server->Shutdown(absl::ZeroDuration());
+    client_.reset();
     test_ = testing::TestServer();
-    test_ = testing::StartTestServer(Options());
+    Start();
   }
-  v1::Rcknn::Stub& stub() { return *test_.stub; }
+  client::RcknnClient& client() { return *client_; }
+  // Create (one upload stream), build, and wait: READY.
+  void MakeReady(const std::string& id, const v1::IndexSpec& spec) {
+    ASSERT_TRUE(client().CreateIndex(id, spec).ok());
+    ASSERT_TRUE(client().UploadPoints(id, testing::View(points_)).ok());
+    const absl::StatusOr<v1::IndexInfo> info = testing::BuildAndWait(client(), id);
+    ASSERT_TRUE(info.ok()) << info.status();
+    ASSERT_EQ(info->state(), v1::INDEX_STATE_READY) << info->error();
+  }
   void MakeSource(const std::string& id) {
-    const v1::IndexInfo info = testing::CreateReadyIndex(
-        stub(), id, testing::ResidualSpec(2, v1::KERNEL_MATERN32, 2.0, 0.6, 16, 5), points_, 150);
-    ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
+    MakeReady(id, testing::ResidualSpec(2, v1::KERNEL_MATERN32, 2.0, 0.6, 16, 5));
+  }
+  // WaitForIndex: the final IndexInfo (an empty one naming the error if the call failed).
+  v1::IndexInfo AwaitBuilt(const std::string& id) {
+    absl::StatusOr<v1::IndexInfo> info = client().WaitForIndex(id);
+    if (info.ok()) return *std::move(info);
+    v1::IndexInfo failed;
+    failed.set_error(info.status().ToString());
+    return failed;
   }
   // The index `id` must answer every point's k-NN (predecessor mode) as a brute force over
   // `points_` under `spec` does.
@@ -96,26 +113,20 @@ class ReparameterizeServiceTest : public ::testing::Test {
     ASSERT_TRUE(core::BruteForceKnn((*local)->space(), batch, options, nullptr, nullptr,
                                     ref_ids.data(), ref.data())
                     .ok());
-    v1::SearchResponse response;
-    const grpc::Status status =
-        testing::Search(stub(), testing::IdSearch(id, kK, ids, /*predecessor_mode=*/true),
-                        &response);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-    EXPECT_EQ(testing::CompareAnswers(response.neighbor_ids().data(), response.distances().data(),
+    client::SearchQuery query = testing::IdQuery(id, ids, kK);
+    query.predecessor_mode = true;
+    const absl::StatusOr<client::SearchResult> answer = client().Search(query);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(testing::CompareAnswers(answer->ids.data(), answer->distances.data(),
                                       ref_ids.data(), ref.data(), kPoints, kK),
               "")
         << id;
   }
   std::vector<double> Points(const std::string& id) {
-    v1::GetPointsRequest request;
-    request.set_index_id(id);
-    for (int64_t i = 0; i < kPoints; ++i) request.add_ids(i);
-    v1::GetPointsResponse response;
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    const grpc::Status status = stub().GetPoints(&context, request, &response);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return {response.coordinates().begin(), response.coordinates().end()};
+    absl::StatusOr<std::vector<double>> points =
+        client().GetPoints(id, testing::Range(0, kPoints));
+    EXPECT_TRUE(points.ok()) << points.status();
+    return points.ok() ? *std::move(points) : std::vector<double>();
   }
   std::vector<double> Uploaded() const {
     return std::vector<double>(points_.data(), points_.data() + points_.size());
@@ -126,6 +137,7 @@ class ReparameterizeServiceTest : public ::testing::Test {
   const fs::path data_dir_ = temp_dir_.Path("data");
   core::RowMatrix points_;
   testing::TestServer test_;
+  std::unique_ptr<client::RcknnClient> client_;
 };
 
 TEST_F(ReparameterizeServiceTest, NewKernelOverTheSourcesPointsWithoutAnUpload) {
@@ -136,13 +148,12 @@ TEST_F(ReparameterizeServiceTest, NewKernelOverTheSourcesPointsWithoutAnUpload) 
            {"auto", v1::SOURCE_TREE_UNSPECIFIED}}) {
     SCOPED_TRACE(id);
     const v1::CreateIndexRequest request = FromSource(id, "src", 0.66, tree);
-    v1::IndexInfo created;
-    const grpc::Status status = Create(stub(), request, &created);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-    EXPECT_EQ(created.source_index_id(), "src");
-    EXPECT_EQ(created.num_points(), kPoints);
-    EXPECT_NE(created.state(), v1::INDEX_STATE_LOADING);
-    const v1::IndexInfo ready = testing::AwaitBuilt(stub(), id);
+    const absl::StatusOr<v1::IndexInfo> created = client().CreateIndex(request);
+    ASSERT_TRUE(created.ok()) << created.status();
+    EXPECT_EQ(created->source_index_id(), "src");
+    EXPECT_EQ(created->num_points(), kPoints);
+    EXPECT_NE(created->state(), v1::INDEX_STATE_LOADING);
+    const v1::IndexInfo ready = AwaitBuilt(id);
     ASSERT_EQ(ready.state(), v1::INDEX_STATE_READY) << ready.error();
     EXPECT_EQ(ready.spec().dimension(), 2);
     EXPECT_EQ(ready.spec().metric(), v1::METRIC_RESIDUAL_CORRELATION);
@@ -156,34 +167,34 @@ TEST_F(ReparameterizeServiceTest, NewKernelOverTheSourcesPointsWithoutAnUpload) 
     expected.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
     ExpectExact(id, expected);
     // Its points came with it: no upload is taken, and BuildIndex is refused.
-    EXPECT_THAT(testing::UploadPoints(stub(), id, points_, 100),
-                StatusIs(grpc::StatusCode::FAILED_PRECONDITION));
-    EXPECT_THAT(testing::BuildIndex(stub(), id), StatusIs(grpc::StatusCode::FAILED_PRECONDITION));
+    EXPECT_THAT(client().UploadPoints(id, testing::View(points_)),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "BuildIndex"));
+    EXPECT_THAT(client().BuildIndex(id),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "BuildIndex is accepted once"));
   }
   // The source is untouched, and an index of uploaded points reports no source.
-  EXPECT_EQ(testing::GetIndex(stub(), "src").source_index_id(), "");
+  const absl::StatusOr<v1::IndexInfo> source = client().GetIndex("src");
+  ASSERT_TRUE(source.ok()) << source.status();
+  EXPECT_EQ(source->source_index_id(), "");
   ExpectExact("src", testing::ResidualSpec(2, v1::KERNEL_MATERN32, 2.0, 0.6, 16, 5));
 }
 
 TEST_F(ReparameterizeServiceTest, RefusedRequests) {
   MakeSource("src");
-  v1::IndexInfo info;
-  EXPECT_THAT(Create(stub(), FromSource("x", "missing", 1.0, v1::SOURCE_TREE_UNSPECIFIED), &info),
-              StatusIs(grpc::StatusCode::NOT_FOUND, "missing"));
-  ASSERT_TRUE(testing::CreateIndex(stub(), "loading",
-                                   testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 1.0, 8))
-                  .ok());
-  EXPECT_THAT(Create(stub(), FromSource("x", "loading", 1.0, v1::SOURCE_TREE_UNSPECIFIED), &info),
-              StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "source_index_id"));
-  ASSERT_TRUE(testing::UploadPoints(stub(), "loading", points_, 100).ok());
-  EXPECT_THAT(Create(stub(), FromSource("x", "loading", 1.0, v1::SOURCE_TREE_UNSPECIFIED), &info),
-              StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "LOADING"));
+  EXPECT_THAT(client().CreateIndex(FromSource("x", "missing", 1.0, v1::SOURCE_TREE_UNSPECIFIED)),
+              StatusIs(absl::StatusCode::kNotFound, "missing"));
+  ASSERT_TRUE(
+      client().CreateIndex("loading", testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 1.0, 8)).ok());
+  EXPECT_THAT(client().CreateIndex(FromSource("x", "loading", 1.0, v1::SOURCE_TREE_UNSPECIFIED)),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "source_index_id"));
+  ASSERT_TRUE(client().UploadPoints("loading", testing::View(points_)).ok());
+  EXPECT_THAT(client().CreateIndex(FromSource("x", "loading", 1.0, v1::SOURCE_TREE_UNSPECIFIED)),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "LOADING"));
 
   auto invalid = [&](v1::CreateIndexRequest request, const std::string& field) {
     SCOPED_TRACE(field);
-    v1::IndexInfo unused;
-    EXPECT_THAT(Create(stub(), request, &unused),
-                StatusIs(grpc::StatusCode::INVALID_ARGUMENT, field));
+    EXPECT_THAT(client().CreateIndex(request),
+                StatusIs(absl::StatusCode::kInvalidArgument, field));
   };
   v1::CreateIndexRequest request = FromSource("x", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED);
   request.mutable_spec()->set_dimension(3);
@@ -211,25 +222,23 @@ TEST_F(ReparameterizeServiceTest, RefusedRequests) {
     v1::IndexSpec euclidean;
     euclidean.set_metric(v1::METRIC_EUCLIDEAN);
     euclidean.set_dimension(2);
-    ASSERT_EQ(testing::CreateReadyIndex(stub(), "euclid", euclidean, points_).state(),
-              v1::INDEX_STATE_READY);
+    MakeReady("euclid", euclidean);
     invalid(FromSource("x", "euclid", 1.0, v1::SOURCE_TREE_UNSPECIFIED), "source_index_id");
   }
-  EXPECT_THAT(Create(stub(), FromSource("src", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED), &info),
-              StatusIs(grpc::StatusCode::ALREADY_EXISTS));
+  EXPECT_THAT(client().CreateIndex(FromSource("src", "src", 1.0, v1::SOURCE_TREE_UNSPECIFIED)),
+              StatusIs(absl::StatusCode::kAlreadyExists, "src"));
   // Nothing of the refused requests was kept.
-  v1::ListIndexesResponse list;
-  ASSERT_TRUE(testing::ListIndexes(stub(), &list).ok());
-  EXPECT_EQ(list.indexes_size(), 3);
+  const absl::StatusOr<std::vector<v1::IndexInfo>> list = client().ListIndexes();
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(list->size(), 3u);
   EXPECT_FALSE(fs::exists(IndexDir("x")));
 }
 
 TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
   MakeSource("src");
-  v1::IndexInfo info;
   const v1::CreateIndexRequest first = FromSource("derived", "src", 0.8, v1::SOURCE_TREE_REFIT);
-  ASSERT_TRUE(Create(stub(), first, &info).ok());
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "derived").state(), v1::INDEX_STATE_READY);
+  ASSERT_TRUE(client().CreateIndex(first).ok());
+  ASSERT_EQ(AwaitBuilt("derived").state(), v1::INDEX_STATE_READY);
   // The upload files are the source's, linked: the same inodes, not copies.
   int linked = 0;
   for (const fs::directory_entry& file : fs::directory_iterator(IndexDir("src"))) {
@@ -241,13 +250,13 @@ TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
     EXPECT_EQ(a.st_ino, b.st_ino) << name;
     ++linked;
   }
-  EXPECT_EQ(linked, 1);  // one upload stream (in chunks of 150 points): one file
-  ASSERT_TRUE(testing::DeleteIndex(stub(), "src").ok());
+  EXPECT_EQ(linked, 1);  // one upload stream: one file
+  ASSERT_TRUE(client().DeleteIndex("src").ok());
   // An index created from one that was itself created from a source, after that source is gone.
   const v1::CreateIndexRequest second =
       FromSource("chained", "derived", 1.2, v1::SOURCE_TREE_REBUILD);
-  ASSERT_TRUE(Create(stub(), second, &info).ok());
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "chained").state(), v1::INDEX_STATE_READY);
+  ASSERT_TRUE(client().CreateIndex(second).ok());
+  ASSERT_EQ(AwaitBuilt("chained").state(), v1::INDEX_STATE_READY);
   // A directory left by a CreateIndex interrupted before its spec was committed.
   fs::create_directories(IndexDir("ghost"));
   fs::copy_file(IndexDir("derived") / "source.rcknn", IndexDir("ghost") / "source.rcknn");
@@ -257,7 +266,7 @@ TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
        std::vector<std::pair<std::string, v1::CreateIndexRequest>>{{"derived", first},
                                                                    {"chained", second}}) {
     SCOPED_TRACE(id);
-    const v1::IndexInfo restored = testing::AwaitBuilt(stub(), id);
+    const v1::IndexInfo restored = AwaitBuilt(id);
     ASSERT_EQ(restored.state(), v1::INDEX_STATE_READY) << restored.error();
     EXPECT_EQ(restored.source_index_id(), request.source_index_id());
     // Which tree it was built with is kept across the restart (tree-refitted.rcknn).
@@ -268,9 +277,9 @@ TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
     expected.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
     ExpectExact(id, expected);
   }
-  v1::ListIndexesResponse list;
-  ASSERT_TRUE(testing::ListIndexes(stub(), &list).ok());
-  EXPECT_EQ(list.indexes_size(), 2);
+  const absl::StatusOr<std::vector<v1::IndexInfo>> list = client().ListIndexes();
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(list->size(), 2u);
 }
 
 TEST_F(ReparameterizeServiceTest, AnUnfinishedBuildComesBackLoadingAndBuildsWithoutUploads) {

@@ -256,4 +256,20 @@ client::SearchQuery IdQuery(const std::string& index_id, const std::vector<int64
   return query;
 }
 
+client::PointsView View(const core::RowMatrix& points) {
+  return View(points, 0, points.rows());
+}
+
+client::PointsView View(const core::RowMatrix& points, int64_t first, int64_t rows) {
+  const int d = static_cast<int>(points.cols());
+  return {absl::MakeConstSpan(points.data() + first * d, static_cast<size_t>(rows * d)), d};
+}
+
+absl::StatusOr<v1::IndexInfo> BuildAndWait(client::RcknnClient& client, const std::string& id) {
+  if (absl::StatusOr<v1::IndexInfo> started = client.BuildIndex(id); !started.ok()) {
+    return started.status();
+  }
+  return client.WaitForIndex(id);
+}
+
 }  // namespace rcknn::testing

@@ -177,6 +177,14 @@ v1::IndexSpec HeavySpec();
 v1::IndexInfo CreateHeavyIndex(const TestServer& server, const std::string& id,
                                int64_t points = kHeavyPoints);
 
+// All rows of `points` (or rows [first, first + rows)) as the client library takes them.
+client::PointsView View(const core::RowMatrix& points);
+client::PointsView View(const core::RowMatrix& points, int64_t first, int64_t rows);
+
+// Through the client library: BuildIndex, then WaitForIndex; the final IndexInfo (READY or
+// FAILED), or the first call's error.
+absl::StatusOr<v1::IndexInfo> BuildAndWait(client::RcknnClient& client, const std::string& id);
+
 // A search of `ids` of `index_id` for the client library (`ids` must outlive it).
 client::SearchQuery IdQuery(const std::string& index_id, const std::vector<int64_t>& ids,
                             int64_t k);
