@@ -284,29 +284,34 @@ TEST_F(ReparameterizeServiceTest, SharedFilesOutliveTheSourceAcrossRestarts) {
 
 TEST_F(ReparameterizeServiceTest, AnUnfinishedBuildComesBackLoadingAndBuildsWithoutUploads) {
   MakeSource("src");
-  v1::IndexInfo info;
   const v1::CreateIndexRequest request = FromSource("derived", "src", 0.8, v1::SOURCE_TREE_REFIT);
-  ASSERT_TRUE(Create(stub(), request, &info).ok());
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "derived").state(), v1::INDEX_STATE_READY);
-  ASSERT_TRUE(testing::DeleteIndex(stub(), "src").ok());
+  ASSERT_TRUE(client().CreateIndex(request).ok());
+  ASSERT_EQ(AwaitBuilt("derived").state(), v1::INDEX_STATE_READY);
+  ASSERT_TRUE(client().DeleteIndex("src").ok());
   test_.server->Shutdown(absl::ZeroDuration());
+  client_.reset();
   test_ = testing::TestServer();
   // What a crash before the tree file's commit leaves: the spec, source.rcknn and the linked
   // upload files, no tree.
   ASSERT_TRUE(fs::remove(IndexDir("derived") / "tree.rcknn"));
-  test_ = testing::StartTestServer(Options());
+  Start();
   // Like any interrupted build: LOADING with all its points (not rebuilt by itself).
-  info = testing::GetIndex(stub(), "derived");
-  EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
-  EXPECT_EQ(info.num_points(), kPoints);
-  EXPECT_EQ(info.source_index_id(), "src");
+  absl::StatusOr<v1::IndexInfo> info = client().GetIndex("derived");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->state(), v1::INDEX_STATE_LOADING);
+  EXPECT_EQ(info->num_points(), kPoints);
+  EXPECT_EQ(info->source_index_id(), "src");
   // Its upload files are its source's: an upload of its own is refused (it would not restore).
-  EXPECT_THAT(testing::UploadPoints(stub(), "derived", testing::NormalPoints(3, 2, 4), 3),
-              StatusIs(grpc::StatusCode::FAILED_PRECONDITION, "takes no uploads"));
-  EXPECT_EQ(testing::GetIndex(stub(), "derived").num_points(), kPoints);
-  const v1::IndexInfo built = testing::BuildAndWait(stub(), "derived");
-  ASSERT_EQ(built.state(), v1::INDEX_STATE_READY) << built.error();
-  EXPECT_FALSE(built.tree_refitted());  // built afresh: the source is gone
+  const core::RowMatrix extra = testing::NormalPoints(3, 2, 4);
+  EXPECT_THAT(client().UploadPoints("derived", testing::View(extra)),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "takes no uploads"));
+  info = client().GetIndex("derived");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->num_points(), kPoints);
+  const absl::StatusOr<v1::IndexInfo> built = testing::BuildAndWait(client(), "derived");
+  ASSERT_TRUE(built.ok()) << built.status();
+  ASSERT_EQ(built->state(), v1::INDEX_STATE_READY) << built->error();
+  EXPECT_FALSE(built->tree_refitted());  // built afresh: the source is gone
   v1::IndexSpec expected = request.spec();
   expected.set_dimension(2);
   expected.set_metric(v1::METRIC_RESIDUAL_CORRELATION);
@@ -314,7 +319,7 @@ TEST_F(ReparameterizeServiceTest, AnUnfinishedBuildComesBackLoadingAndBuildsWith
   // And it restores from there, as built afresh: the refitted tree's marker went with it.
   EXPECT_FALSE(fs::exists(IndexDir("derived") / "tree-refitted.rcknn"));
   Restart();
-  const v1::IndexInfo restored = testing::AwaitBuilt(stub(), "derived");
+  const v1::IndexInfo restored = AwaitBuilt("derived");
   ASSERT_EQ(restored.state(), v1::INDEX_STATE_READY) << restored.error();
   EXPECT_FALSE(restored.tree_refitted());
   EXPECT_EQ(Points("derived"), Uploaded());
