@@ -124,8 +124,11 @@ class WatchIndexReactor final : public grpc::ServerWriteReactor<v1::IndexInfo> {
       FinishLocked(watch.status());
       return;
     }
-    watch_ = *std::move(watch);
-    entry_ = &watch_->entry();
+    {
+      absl::MutexLock lock(&mutex_);
+      watch_ = *std::move(watch);
+      entry_ = &watch_->entry();
+    }
     Report();
   }
 
@@ -148,7 +151,8 @@ class WatchIndexReactor final : public grpc::ServerWriteReactor<v1::IndexInfo> {
   }
 
   void OnDone() override {
-    // Once the watch is gone no notification is running or will run: `this` can go.
+    // Once the watch is gone no notification is running or will run: `this` can go. (Not under
+    // mutex_: a running notification holds it.)
     watch_.reset();
     delete this;
   }
@@ -162,7 +166,8 @@ class WatchIndexReactor final : public grpc::ServerWriteReactor<v1::IndexInfo> {
   // Writes the index's state if it changed since the last report; otherwise ends the stream if
   // the index is gone, the call cancelled or the server shutting down.
   void ReportLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-    if (finished_) return;
+    // A notification before the constructor has kept the watch: its own Report follows.
+    if (finished_ || entry_ == nullptr) return;
     if (cancelled_) {
       FinishLocked(absl::CancelledError("the watch was cancelled"));
       return;
@@ -197,9 +202,9 @@ class WatchIndexReactor final : public grpc::ServerWriteReactor<v1::IndexInfo> {
   }
 
   IndexService* const service_;
-  std::unique_ptr<IndexWatch> watch_;  // null if the call failed before watching
-  IndexEntry* entry_ = nullptr;        // the watched index, while watch_ is set
   absl::Mutex mutex_;
+  std::unique_ptr<IndexWatch> watch_;  // null if the call failed before watching
+  IndexEntry* entry_ ABSL_GUARDED_BY(mutex_) = nullptr;  // the watched index, once watch_ is set
   v1::IndexInfo info_ ABSL_GUARDED_BY(mutex_);  // the write in flight
   bool first_ ABSL_GUARDED_BY(mutex_) = true;
   uint64_t version_ ABSL_GUARDED_BY(mutex_) = 0;
