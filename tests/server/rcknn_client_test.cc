@@ -143,6 +143,7 @@ TEST(RcknnClientTest, RawAnswersEqualPackedOnes) {
   }
 
   grpc::ClientContext context;
+  testing::SetDeadline(context);
   v1::SearchRequest request = testing::IdSearch("r", 15, {0, 7, 2999}, true);
   request.set_raw_answer(true);
   v1::SearchResponse response;
