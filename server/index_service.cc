@@ -23,23 +23,6 @@ IndexWatch::~IndexWatch() {
   open_->fetch_sub(1);
 }
 
-absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
-                                             int64_t n) {
-  core::IndexSpec out = spec;
-  if (spec.metric != core::Metric::kResidualCorrelation || spec.factors_supplied ||
-      spec.residual.inducing_points.has_value()) {
-    return out;
-  }
-  if (!inducing_count_set) {
-    out.residual.inducing_count = std::min<int64_t>(core::kDefaultInducingCount, n);
-  } else if (spec.residual.inducing_count > n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "spec.inducing_count: ", spec.residual.inducing_count,
-        " inducing points were asked for, but the index holds only ", n, " points"));
-  }
-  return out;
-}
-
 IndexService::IndexService(const ServerOptions& options, IndexRegistry* registry, QueryPool* pool,
                            ServerMetrics* metrics, MemoryBudget* budget, IndexStore* store,
                            SpecDecoder decode_spec)

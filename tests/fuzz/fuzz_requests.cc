@@ -141,7 +141,11 @@ void FuzzCreateIndex(const v1::CreateIndexRequest& request, int variant) {
   v1::IndexSpec normalized;
   absl::StatusOr<core::IndexSpec> spec = FuzzSpec(request.spec(), variant, &normalized);
   if (!id_status.ok() || !request.has_spec() || !spec.ok()) return;
-  server::IndexEntry entry(request.index_id(), normalized, *std::move(spec));
+  server::IndexSpecRecord record;
+  record.core = *std::move(spec);
+  record.inducing_count_set = normalized.has_inducing_count();
+  record.wire = normalized.SerializeAsString();
+  server::IndexEntry entry(request.index_id(), std::move(record));
   v1::IndexInfo info;
   server::FillIndexInfo(entry, &info);
   FuzzCheck(info.index_id() == request.index_id(), "IndexInfo names another index");
