@@ -37,9 +37,9 @@ struct TreeSearchOptions {
   // evaluate before the query moves to the scan. 1 or more: never scan; 0: always scan.
   double scan_fraction = 0.1;
   // kAuto: batches by id of at least this many queries (after the outright scans) take the block
-  // traversal when the probes walk. Off by default: on the workloads measured so far
-  // (docs/benchmarks.md) the block traversal evaluates about 5x more distances than the walk and
-  // has not yet been shown faster.
+  // traversal when the probes walk. Off by default: on the workloads measured so far the block
+  // traversal evaluates several times more distances than the walk and has not been shown
+  // faster (docs/benchmarks.md has the counters).
   int64_t min_block_batch = std::numeric_limits<int64_t>::max();
   // Batches of at least this many queries walk with the distances to the children of the nodes
   // near the root measured by one matrix product per chunk of walks (knn_search.cc,
