@@ -64,26 +64,14 @@ class OrderingServiceTest : public ::testing::Test {
     points_ = testing::NormalPoints(kPoints, 2, 3);
     Start();
   }
-  void TearDown() override {
-    client_.reset();
-    test_ = testing::TestServer();
-  }
+  void TearDown() override { served_.Stop(); }
   void Start() {
-    test_ = testing::StartTestServer(Options());
-    client_ = testing::MakeClient(test_);
-  }
-  server::ServerOptions Options() const {
     server::ServerOptions options;
     options.data_dir = data_dir_;
-    return options;
+    served_.Start(std::move(options));
   }
-  void Restart() {
-    test_.server->Shutdown(absl::ZeroDuration());
-    client_.reset();
-    test_ = testing::TestServer();
-    Start();
-  }
-  client::RcknnClient& client() { return *client_; }
+  void Restart() { served_.Restart(); }
+  client::RcknnClient& client() { return served_.client(); }
   void MakeReady(const std::string& id) {
     const v1::IndexInfo info =
         CreateReady(client(), id, testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 0.5, 16), points_);
@@ -103,8 +91,7 @@ class OrderingServiceTest : public ::testing::Test {
   testing::TempDir temp_dir_{"rcknn-ordering"};
   const std::string data_dir_ = temp_dir_.Path("data");
   core::RowMatrix points_;
-  testing::TestServer test_;
-  std::unique_ptr<client::RcknnClient> client_;
+  testing::ClientOnServer served_;
 };
 
 TEST_F(OrderingServiceTest, ComputesKeepsAndListsOrderings) {

@@ -51,26 +51,14 @@ class ReparameterizeServiceTest : public ::testing::Test {
     points_ = testing::NormalPoints(kPoints, 2, 11);
     Start();
   }
-  void TearDown() override {
-    client_.reset();
-    test_ = testing::TestServer();
-  }
+  void TearDown() override { served_.Stop(); }
   void Start() {
-    test_ = testing::StartTestServer(Options());
-    client_ = testing::MakeClient(test_);
-  }
-  server::ServerOptions Options() const {
     server::ServerOptions options;
     options.data_dir = data_dir_.string();
-    return options;
+    served_.Start(std::move(options));
   }
-  void Restart() {
-    test_.server->Shutdown(absl::ZeroDuration());
-    client_.reset();
-    test_ = testing::TestServer();
-    Start();
-  }
-  client::RcknnClient& client() { return *client_; }
+  void Restart() { served_.Restart(); }
+  client::RcknnClient& client() { return served_.client(); }
   // Create (one upload stream), build, and wait: READY.
   void MakeReady(const std::string& id, const v1::IndexSpec& spec) {
     ASSERT_TRUE(client().CreateIndex(id, spec).ok());
@@ -136,8 +124,7 @@ class ReparameterizeServiceTest : public ::testing::Test {
   testing::TempDir temp_dir_{"rcknn-reparameterize"};
   const fs::path data_dir_ = temp_dir_.Path("data");
   core::RowMatrix points_;
-  testing::TestServer test_;
-  std::unique_ptr<client::RcknnClient> client_;
+  testing::ClientOnServer served_;
 };
 
 TEST_F(ReparameterizeServiceTest, NewKernelOverTheSourcesPointsWithoutAnUpload) {
@@ -288,9 +275,7 @@ TEST_F(ReparameterizeServiceTest, AnUnfinishedBuildComesBackLoadingAndBuildsWith
   ASSERT_TRUE(client().CreateIndex(request).ok());
   ASSERT_EQ(AwaitBuilt("derived").state(), v1::INDEX_STATE_READY);
   ASSERT_TRUE(client().DeleteIndex("src").ok());
-  test_.server->Shutdown(absl::ZeroDuration());
-  client_.reset();
-  test_ = testing::TestServer();
+  served_.Stop();
   // What a crash before the tree file's commit leaves: the spec, source.rcknn and the linked
   // upload files, no tree.
   ASSERT_TRUE(fs::remove(IndexDir("derived") / "tree.rcknn"));

@@ -41,6 +41,23 @@ std::unique_ptr<client::RcknnClient> MakeClient(const TestServer& server,
   return std::make_unique<client::RcknnClient>(options, server.channel);
 }
 
+void ClientOnServer::Start(server::ServerOptions options) {
+  options_ = std::move(options);
+  test_ = StartTestServer(options_);
+  client_ = MakeClient(test_);
+}
+
+void ClientOnServer::Stop() {
+  client_.reset();
+  if (test_.server != nullptr) test_.server->Shutdown(absl::ZeroDuration());
+  test_ = TestServer();
+}
+
+void ClientOnServer::Restart() {
+  Stop();
+  Start(options_);
+}
+
 v1::IndexSpec SpecOf(const Dataset& set) {
   v1::IndexSpec spec;
   spec.set_metric(v1::METRIC_RESIDUAL_CORRELATION);

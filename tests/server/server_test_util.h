@@ -46,6 +46,22 @@ inline constexpr absl::Duration kCallTimeout = absl::Seconds(60);
 std::unique_ptr<client::RcknnClient> MakeClient(const TestServer& server,
                                                 client::ClientOptions options = {});
 
+// A test server and a client library instance on it that a test can stop and start again over
+// the same options (a data directory's lock is released before the next server takes it).
+class ClientOnServer {
+ public:
+  void Start(server::ServerOptions options);
+  // Shuts the server down without grace and drops the client; nothing runs afterwards.
+  void Stop();
+  void Restart();
+  client::RcknnClient& client() { return *client_; }
+
+ private:
+  server::ServerOptions options_;
+  TestServer test_;
+  std::unique_ptr<client::RcknnClient> client_;
+};
+
 // The status of a call, whatever form it comes in.
 inline absl::Status StatusOf(const absl::Status& status) { return status; }
 template <typename T>

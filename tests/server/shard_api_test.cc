@@ -53,29 +53,16 @@ client::SearchQuery PointQuery(const std::string& id, int64_t k, const core::Row
 class ShardApiTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    options_.data_dir = temp_dir_.Path("data");
-    Start();
+    server::ServerOptions options;
+    options.data_dir = temp_dir_.Path("data");
+    served_.Start(std::move(options));
   }
-  void TearDown() override {
-    client_.reset();
-    test_ = testing::TestServer();
-  }
-  void Start() {
-    test_ = testing::StartTestServer(options_);
-    client_ = testing::MakeClient(test_);
-  }
-  void Restart() {
-    test_.server->Shutdown(absl::ZeroDuration());
-    client_.reset();
-    test_ = testing::TestServer();  // releases the directory's lock
-    Start();
-  }
-  client::RcknnClient& client() { return *client_; }
+  void TearDown() override { served_.Stop(); }
+  void Restart() { served_.Restart(); }
+  client::RcknnClient& client() { return served_.client(); }
 
   testing::TempDir temp_dir_{"rcknn-shard-api"};
-  server::ServerOptions options_;
-  testing::TestServer test_;
-  std::unique_ptr<client::RcknnClient> client_;
+  testing::ClientOnServer served_;
   const core::RowMatrix points_ = testing::NormalPoints(kN, kDimension, 41);
 };
 
