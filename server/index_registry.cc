@@ -1,7 +1,5 @@
 #include "server/index_registry.h"
 
-#include "server/index_service.h"  // SpecForBuild, defined here for the fuzz target
-
 #include <algorithm>
 #include <utility>
 
@@ -39,23 +37,6 @@ absl::Status ValidateIndexId(absl::string_view id, absl::string_view field) {
     }
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
-                                             int64_t n) {
-  core::IndexSpec out = spec;
-  if (spec.metric != core::Metric::kResidualCorrelation || spec.factors_supplied ||
-      spec.residual.inducing_points.has_value()) {
-    return out;
-  }
-  if (!inducing_count_set) {
-    out.residual.inducing_count = std::min<int64_t>(core::kDefaultInducingCount, n);
-  } else if (spec.residual.inducing_count > n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "spec.inducing_count: ", spec.residual.inducing_count,
-        " inducing points were asked for, but the index holds only ", n, " points"));
-  }
-  return out;
 }
 
 std::string IndexStateName(IndexState state) {

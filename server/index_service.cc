@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/status_macros.h"
+#include "server/build_spec.h"
 #include "server/logging.h"
 
 namespace rcknn::server {

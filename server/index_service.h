@@ -80,12 +80,6 @@ struct SearchOutcome {
 // Called once, on a pool thread; must not block.
 using SearchCallback = std::function<void(absl::Status status, const SearchOutcome& outcome)>;
 
-// The checks that need the number of uploaded points `n`, made when BuildIndex is called.
-// Returns the spec to build with (the default inducing count becomes min(512, n)).
-// INVALID_ARGUMENT naming "spec.inducing_count" when more were asked for than n.
-absl::StatusOr<core::IndexSpec> SpecForBuild(const core::IndexSpec& spec, bool inducing_count_set,
-                                             int64_t n);
-
 // Why searches were refused before they ran (rcknn_search_rejected_total{reason}).
 inline constexpr absl::string_view kRejectedQueueFull = "queue_full";
 inline constexpr absl::string_view kRejectedMemory = "memory";

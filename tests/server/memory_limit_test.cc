@@ -20,7 +20,7 @@
 #include "core/knn_index.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/index_service.h"
+#include "server/build_spec.h"
 #include "server/memory_budget.h"
 #include "server/proto_conversion.h"
 #include "tests/server/server_test_util.h"
