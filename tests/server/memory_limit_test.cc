@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,7 +31,7 @@
 namespace rcknn {
 namespace {
 
-using ::testing::HasSubstr;
+using testing::StatusIs;
 
 constexpr int kDimension = 3;
 constexpr int64_t kPointBytes = kDimension * sizeof(double);
@@ -54,21 +55,21 @@ int64_t BuildEstimate(const v1::IndexSpec& spec, int64_t n) {
 }
 
 // Sum of GetIndex's memory_bytes over every index (ListIndexes).
-int64_t IndexedMemory(v1::Rcknn::Stub& stub) {
-  v1::ListIndexesResponse response;
-  EXPECT_TRUE(testing::ListIndexes(stub, &response).ok());
+int64_t IndexedMemory(client::RcknnClient& client) {
+  const absl::StatusOr<std::vector<v1::IndexInfo>> list = client.ListIndexes();
+  EXPECT_TRUE(list.ok()) << list.status();
   int64_t bytes = 0;
-  for (const v1::IndexInfo& info : response.indexes()) bytes += info.memory_bytes();
+  if (list.ok()) {
+    for (const v1::IndexInfo& info : *list) bytes += info.memory_bytes();
+  }
   return bytes;
 }
 
 // Same ids and the same distances to the bit: both answers come from one immutable index.
-bool SameAnswer(const v1::SearchResponse& a, const v1::SearchResponse& b) {
-  return a.neighbor_ids_size() == b.neighbor_ids_size() &&
-         std::equal(a.neighbor_ids().begin(), a.neighbor_ids().end(), b.neighbor_ids().begin()) &&
-         a.distances_size() == b.distances_size() &&
-         std::memcmp(a.distances().data(), b.distances().data(),
-                     sizeof(double) * a.distances_size()) == 0;
+bool SameAnswer(const client::SearchResult& a, const client::SearchResult& b) {
+  return a.ids == b.ids && a.distances.size() == b.distances.size() &&
+         std::memcmp(a.distances.data(), b.distances.data(),
+                     sizeof(double) * a.distances.size()) == 0;
 }
 
 TEST(MemoryLimitTest, DefaultLimitFollowsTheCgroupMemoryLimit) {
@@ -129,33 +130,35 @@ TEST(MemoryLimitTest, FormatBytesGivesBinaryUnitsAndTheExactCount) {
 TEST(MemoryLimitTest, UploadOverTheBudgetIsRefusedAndChangesNothing) {
   server::ServerOptions options;
   options.max_memory_bytes = 1 << 20;
-  testing::TestServer test = testing::StartTestServer(options);
-  const server::MemoryBudget& budget = test.server->memory_budget();
+  testing::ClientOnServer served;
+  served.Start(options, testing::UploadInChunksOf(1000, kDimension));
+  client::RcknnClient& client = served.client();
+  const server::MemoryBudget& budget = served.server().memory_budget();
   EXPECT_EQ(budget.limit(), 1 << 20);
   EXPECT_EQ(budget.used(), 0);
   const core::RowMatrix points = testing::NormalPoints(60000, kDimension, 1);
-  ASSERT_TRUE(testing::CreateIndex(*test.stub, "a", EuclideanSpec()).ok());
-  ASSERT_TRUE(testing::UploadPoints(*test.stub, "a", points, 0, 2000, 500).ok());
+  ASSERT_TRUE(client.CreateIndex("a", EuclideanSpec()).ok());
+  ASSERT_TRUE(client.UploadPoints("a", testing::View(points, 0, 2000)).ok());
   const int64_t held = budget.used();
   EXPECT_EQ(held, 2000 * kPointBytes);
-  EXPECT_EQ(testing::GetIndex(*test.stub, "a").memory_bytes(), held);
+  EXPECT_EQ(testing::InfoOf(client, "a").memory_bytes(), held);
 
   // 50,000 points (1.2 MB) in chunks of 1,000: refused at the chunk that crosses the limit.
-  const grpc::Status status = testing::UploadPoints(*test.stub, "a", points, 2000, 50000, 1000);
-  EXPECT_THAT(status,
-              testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_memory_bytes"));
-  EXPECT_THAT(status.error_message(), HasSubstr("index a"));
+  const absl::StatusOr<v1::UploadPointsResponse> refused =
+      client.UploadPoints("a", testing::View(points, 2000, 50000));
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, "--max_memory_bytes"));
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, "index a"));
   EXPECT_EQ(budget.used(), held);
-  const v1::IndexInfo info = testing::GetIndex(*test.stub, "a");
+  const v1::IndexInfo info = testing::InfoOf(client, "a");
   EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(info.num_points(), 2000);
   EXPECT_EQ(info.memory_bytes(), held);
 
   // What still fits is taken, and counted.
-  ASSERT_TRUE(testing::UploadPoints(*test.stub, "a", points, 2000, 10000, 1000).ok());
+  ASSERT_TRUE(client.UploadPoints("a", testing::View(points, 2000, 10000)).ok());
   EXPECT_EQ(budget.used(), 12000 * kPointBytes);
-  EXPECT_EQ(testing::GetIndex(*test.stub, "a").memory_bytes(), 12000 * kPointBytes);
-  ASSERT_TRUE(testing::DeleteIndex(*test.stub, "a").ok());
+  EXPECT_EQ(testing::InfoOf(client, "a").memory_bytes(), 12000 * kPointBytes);
+  ASSERT_TRUE(client.DeleteIndex("a").ok());
   EXPECT_EQ(budget.used(), 0);
 }
 
@@ -168,66 +171,67 @@ TEST(MemoryLimitTest, BuildAndSearchOverTheBudgetAreRefused) {
   ASSERT_GT(estimate, n * m * 8);
   server::ServerOptions options;
   options.max_memory_bytes = upload_bytes + estimate + (64 << 10);
-  testing::TestServer test = testing::StartTestServer(options);
-  v1::Rcknn::Stub& stub = *test.stub;
-  const server::MemoryBudget& budget = test.server->memory_budget();
+  testing::ClientOnServer served;
+  served.Start(options, testing::UploadInChunksOf(500, kDimension));
+  client::RcknnClient& client = served.client();
+  const server::MemoryBudget& budget = served.server().memory_budget();
   const core::RowMatrix points = testing::NormalPoints(n, kDimension, 2);
-  ASSERT_TRUE(testing::CreateIndex(stub, "target", spec).ok());
-  ASSERT_TRUE(testing::UploadPoints(stub, "target", points, 0, n, 500).ok());
+  ASSERT_TRUE(client.CreateIndex("target", spec).ok());
+  ASSERT_TRUE(client.UploadPoints("target", testing::View(points)).ok());
   ASSERT_EQ(budget.used(), upload_bytes);
 
   // Another index's points leave room for only half the build.
   const int64_t hog_points = (budget.limit() - upload_bytes - estimate / 2) / kPointBytes;
   const core::RowMatrix hog = testing::NormalPoints(hog_points, kDimension, 3);
-  ASSERT_TRUE(testing::CreateIndex(stub, "hog", EuclideanSpec()).ok());
-  ASSERT_TRUE(testing::UploadPoints(stub, "hog", hog, 0, hog_points, 1000).ok());
+  ASSERT_TRUE(client.CreateIndex("hog", EuclideanSpec()).ok());
+  ASSERT_TRUE(client.UploadPoints("hog", testing::View(hog)).ok());
   const int64_t before = budget.used();
-  grpc::Status status = testing::BuildIndex(stub, "target");
-  EXPECT_THAT(status,
-              testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_memory_bytes"));
-  EXPECT_THAT(status.error_message(), HasSubstr("target"));
+  const absl::StatusOr<v1::IndexInfo> refused = client.BuildIndex("target");
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, "--max_memory_bytes"));
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, "target"));
   EXPECT_EQ(budget.used(), before);
-  v1::IndexInfo info = testing::GetIndex(stub, "target");
+  v1::IndexInfo info = testing::InfoOf(client, "target");
   EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(info.num_points(), n);
   EXPECT_EQ(info.memory_bytes(), upload_bytes);
 
   // Deleting the other index frees exactly its memory, and the build then fits.
-  const int64_t hog_bytes = testing::GetIndex(stub, "hog").memory_bytes();
+  const int64_t hog_bytes = testing::InfoOf(client, "hog").memory_bytes();
   EXPECT_EQ(hog_bytes, hog_points * kPointBytes);
-  ASSERT_TRUE(testing::DeleteIndex(stub, "hog").ok());
+  ASSERT_TRUE(client.DeleteIndex("hog").ok());
   EXPECT_EQ(budget.used(), before - hog_bytes);
-  info = testing::BuildAndWait(stub, "target");
-  ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
+  const absl::StatusOr<v1::IndexInfo> built = testing::BuildAndWait(client, "target");
+  ASSERT_TRUE(built.ok()) << built.status();
+  ASSERT_EQ(built->state(), v1::INDEX_STATE_READY) << built->error();
   // V alone is n x m doubles; the estimate bounds the whole index from above.
-  const int64_t index_bytes = info.memory_bytes();
+  const int64_t index_bytes = built->memory_bytes();
   EXPECT_GE(index_bytes, n * m * 8);
   EXPECT_LE(index_bytes, estimate);
   EXPECT_EQ(budget.used(), index_bytes);
-  EXPECT_EQ(IndexedMemory(stub), index_bytes);
+  EXPECT_EQ(IndexedMemory(client), index_bytes);
 
   // 2,000 queries x k = 500: 16 MB of answer, far over what is left.
-  std::vector<int64_t> ids(n);
-  for (int64_t i = 0; i < n; ++i) ids[i] = i;
-  v1::SearchResponse response;
-  status = testing::Search(stub, testing::IdSearch("target", 500, ids), &response);
-  EXPECT_THAT(status,
-              testing::StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_memory_bytes"));
+  const std::vector<int64_t> ids = testing::Range(0, n);
+  EXPECT_THAT(client.Search(testing::IdQuery("target", ids, 500)),
+              StatusIs(absl::StatusCode::kResourceExhausted, "--max_memory_bytes"));
   EXPECT_EQ(budget.used(), index_bytes);
   // A smaller answer fits; its reservation ends with the call.
-  status = testing::Search(stub, testing::IdSearch("target", 10, ids), &response);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_EQ(response.num_queries(), n);
+  const absl::StatusOr<client::SearchResult> result =
+      client.Search(testing::IdQuery("target", ids, 10));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->num_queries, n);
+  EXPECT_EQ(result->requests, 1);
   EXPECT_EQ(budget.used(), index_bytes);
 
-  ASSERT_TRUE(testing::DeleteIndex(stub, "target").ok());
+  ASSERT_TRUE(client.DeleteIndex("target").ok());
   EXPECT_EQ(budget.used(), 0);
 }
 
 TEST(MemoryLimitTest, MemoryBytesOfLoadingAndReadyIndexes) {
-  testing::TestServer test = testing::StartTestServer();
-  v1::Rcknn::Stub& stub = *test.stub;
-  const server::MemoryBudget& budget = test.server->memory_budget();
+  testing::ClientOnServer served;
+  served.Start(server::ServerOptions(), testing::UploadInChunksOf(1000, kDimension));
+  client::RcknnClient& client = served.client();
+  const server::MemoryBudget& budget = served.server().memory_budget();
   EXPECT_GT(budget.limit(), int64_t{1} << 20);  // 80% of the machine
   const int64_t n = 3000;
   const core::RowMatrix points = testing::NormalPoints(n, kDimension, 4);
@@ -242,24 +246,25 @@ TEST(MemoryLimitTest, MemoryBytesOfLoadingAndReadyIndexes) {
       {"euclidean", EuclideanSpec(), n * kPointBytes}};
   int64_t total = 0;
   for (const Case& c : cases) {
-    ASSERT_TRUE(testing::CreateIndex(stub, c.id, c.spec).ok());
-    EXPECT_EQ(testing::GetIndex(stub, c.id).memory_bytes(), 0);
-    ASSERT_TRUE(testing::UploadPoints(stub, c.id, points, 0, n, 1000).ok());
-    EXPECT_EQ(testing::GetIndex(stub, c.id).memory_bytes(), n * kPointBytes) << c.id;
+    ASSERT_TRUE(client.CreateIndex(c.id, c.spec).ok());
+    EXPECT_EQ(testing::InfoOf(client, c.id).memory_bytes(), 0);
+    ASSERT_TRUE(client.UploadPoints(c.id, testing::View(points)).ok());
+    EXPECT_EQ(testing::InfoOf(client, c.id).memory_bytes(), n * kPointBytes) << c.id;
     EXPECT_EQ(budget.used(), total + n * kPointBytes) << c.id;
-    const v1::IndexInfo info = testing::BuildAndWait(stub, c.id);
-    ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
-    EXPECT_GE(info.memory_bytes(), c.lower_bound) << c.id;
-    EXPECT_LE(info.memory_bytes(), BuildEstimate(c.spec, n)) << c.id;
-    EXPECT_EQ(testing::GetIndex(stub, c.id).memory_bytes(), info.memory_bytes()) << c.id;
-    total += info.memory_bytes();
+    const absl::StatusOr<v1::IndexInfo> info = testing::BuildAndWait(client, c.id);
+    ASSERT_TRUE(info.ok()) << info.status();
+    ASSERT_EQ(info->state(), v1::INDEX_STATE_READY) << info->error();
+    EXPECT_GE(info->memory_bytes(), c.lower_bound) << c.id;
+    EXPECT_LE(info->memory_bytes(), BuildEstimate(c.spec, n)) << c.id;
+    EXPECT_EQ(testing::InfoOf(client, c.id).memory_bytes(), info->memory_bytes()) << c.id;
+    total += info->memory_bytes();
     EXPECT_EQ(budget.used(), total) << c.id;
   }
-  EXPECT_EQ(IndexedMemory(stub), total);
+  EXPECT_EQ(IndexedMemory(client), total);
   for (const Case& c : cases) {
-    const int64_t bytes = testing::GetIndex(stub, c.id).memory_bytes();
+    const int64_t bytes = testing::InfoOf(client, c.id).memory_bytes();
     const int64_t before = budget.used();
-    ASSERT_TRUE(testing::DeleteIndex(stub, c.id).ok());
+    ASSERT_TRUE(client.DeleteIndex(c.id).ok());
     EXPECT_EQ(before - budget.used(), bytes) << c.id;
   }
   EXPECT_EQ(budget.used(), 0);
@@ -282,40 +287,53 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
   server::ServerOptions options;
   options.threads = 2;
   options.max_memory_bytes = max_memory_bytes;
-  testing::TestServer test = testing::StartTestServer(options);
-  v1::Rcknn::Stub& stub = *test.stub;
-  const server::MemoryBudget& budget = test.server->memory_budget();
+  testing::ClientOnServer served;
+  // Uploads to an index of one's own go in chunks of 250 points, to the shared one in chunks of
+  // 100; one client library instance of each kind serves every client thread.
+  served.Start(options, testing::UploadInChunksOf(250, kDimension));
+  client::RcknnClient& client = served.client();
+  const std::unique_ptr<client::RcknnClient> shared_client =
+      testing::MakeClient(served.test(), testing::UploadInChunksOf(100, kDimension));
+  const server::MemoryBudget& budget = served.server().memory_budget();
   LoadResult result;
 
   const int64_t ref_n = 4000;
-  const v1::IndexInfo ref = testing::CreateReadyIndex(
-      stub, "ref", testing::ResidualSpec(kDimension, v1::KERNEL_RBF, 1.0, 1.0, 32, 7),
-      testing::NormalPoints(ref_n, kDimension, 5), 1000);
-  EXPECT_EQ(ref.state(), v1::INDEX_STATE_READY) << ref.error();
-  std::vector<v1::SearchRequest> searches;
-  std::vector<v1::SearchResponse> references;
+  const absl::StatusOr<v1::IndexInfo> ref = testing::CreateReadyIndex(
+      client, "ref", testing::ResidualSpec(kDimension, v1::KERNEL_RBF, 1.0, 1.0, 32, 7),
+      testing::NormalPoints(ref_n, kDimension, 5));
+  EXPECT_TRUE(ref.ok()) << ref.status();
+  if (ref.ok()) {
+    EXPECT_EQ(ref->state(), v1::INDEX_STATE_READY) << ref->error();
+  }
+  std::vector<std::vector<int64_t>> search_ids;
   for (int s = 0; s < 6; ++s) {
     std::vector<int64_t> ids;
     for (int64_t i = 0; i < 64; ++i) ids.push_back((s * 613 + i * 59) % ref_n);
-    searches.push_back(testing::IdSearch("ref", 5 + 5 * s, ids, s % 2 == 1));
-    references.emplace_back();
-    EXPECT_TRUE(testing::Search(stub, searches.back(), &references.back()).ok());
+    search_ids.push_back(std::move(ids));
   }
-  EXPECT_TRUE(testing::CreateIndex(stub, "shared", EuclideanSpec()).ok());
+  std::vector<client::SearchQuery> searches;
+  std::vector<client::SearchResult> references;
+  for (int s = 0; s < 6; ++s) {
+    searches.push_back(testing::IdQuery("ref", search_ids[s], 5 + 5 * s));
+    searches.back().predecessor_mode = s % 2 == 1;
+    absl::StatusOr<client::SearchResult> reference = client.Search(searches.back());
+    EXPECT_TRUE(reference.ok()) << reference.status();
+    references.push_back(reference.ok() ? *std::move(reference) : client::SearchResult());
+  }
+  EXPECT_TRUE(client.CreateIndex("shared", EuclideanSpec()).ok());
   const core::RowMatrix points = testing::NormalPoints(kRounds * kOwnUpload, kDimension, 6);
 
   absl::Mutex mutex;
   std::atomic<int64_t> shared_points{0};
   std::map<std::string, int64_t> own_points;  // guarded by mutex
-  auto record = [&](const std::string& what, const grpc::Status& status) {
+  auto record = [&](const std::string& what, const absl::Status& status) {
     absl::MutexLock lock(&mutex);
     if (status.ok()) {
       ++result.ok;
-    } else if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+    } else if (status.code() == absl::StatusCode::kResourceExhausted) {
       ++result.refused;
     } else {
-      result.errors.push_back(
-          absl::StrCat(what, ": code ", status.error_code(), ": ", status.error_message()));
+      result.errors.push_back(absl::StrCat(what, ": ", status.ToString()));
     }
     return status.ok();
   };
@@ -327,50 +345,51 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
   for (int c = 0; c < kClients; ++c) {
     clients.emplace_back([&, c] {
       const std::string own = absl::StrCat("own-", c);
-      if (!record("CreateIndex " + own, testing::CreateIndex(stub, own, EuclideanSpec()))) return;
+      if (!record("CreateIndex " + own, client.CreateIndex(own, EuclideanSpec()).status())) return;
       int64_t points_in_own = 0;
       for (int round = 0; round < kRounds; ++round) {
         switch ((c + round) % 4) {
           case 0:
             if (record("UploadPoints " + own,
-                       testing::UploadPoints(stub, own, points, round * kOwnUpload, kOwnUpload,
-                                             250))) {
+                       client.UploadPoints(own, testing::View(points, round * kOwnUpload,
+                                                              kOwnUpload))
+                           .status())) {
               points_in_own += kOwnUpload;
             }
             break;
           case 1:
             if (record("UploadPoints shared",
-                       testing::UploadPoints(stub, "shared", points, round * kOwnUpload,
-                                             kSharedUpload, 100))) {
+                       shared_client
+                           ->UploadPoints("shared",
+                                          testing::View(points, round * kOwnUpload, kSharedUpload))
+                           .status())) {
               shared_points += kSharedUpload;
             }
             break;
           case 2: {
             const int s = (c * 7 + round) % static_cast<int>(searches.size());
-            v1::SearchResponse response;
-            if (record("Search ref", testing::Search(stub, searches[s], &response)) &&
-                !SameAnswer(response, references[s])) {
+            const absl::StatusOr<client::SearchResult> answer = client.Search(searches[s]);
+            if (record("Search ref", answer.status()) && !SameAnswer(*answer, references[s])) {
               fail(absl::StrCat("Search ref: search ", s, " answered differently"));
             }
             break;
           }
-          case 3: {
-            grpc::Status status;
-            testing::GetIndex(stub, round % 2 == 0 ? "ref" : own, &status);
-            record("GetIndex", status);
+          case 3:
+            record("GetIndex", client.GetIndex(round % 2 == 0 ? "ref" : own).status());
             break;
-          }
         }
       }
       if (points_in_own > 0) {
-        const grpc::Status status = testing::BuildIndex(stub, own);
-        if (record("BuildIndex " + own, status)) {
-          const v1::IndexInfo info = testing::AwaitBuilt(stub, own);
-          if (info.state() != v1::INDEX_STATE_READY) {
-            fail(absl::StrCat(own, ": build ended ", v1::IndexState_Name(info.state()), ": ",
-                              info.error()));
+        if (record("BuildIndex " + own, client.BuildIndex(own).status())) {
+          const absl::StatusOr<v1::IndexInfo> info = client.WaitForIndex(own);
+          if (!info.ok()) {
+            fail(absl::StrCat(own, ": WaitForIndex: ", info.status().ToString()));
+          } else if (info->state() != v1::INDEX_STATE_READY) {
+            fail(absl::StrCat(own, ": build ended ", v1::IndexState_Name(info->state()), ": ",
+                              info->error()));
           }
-        } else if (testing::GetIndex(stub, own).state() != v1::INDEX_STATE_LOADING) {
+        } else if (const absl::StatusOr<v1::IndexInfo> info = client.GetIndex(own);
+                   !info.ok() || info->state() != v1::INDEX_STATE_LOADING) {
           fail(absl::StrCat(own, ": a refused build left the index not LOADING"));
         }
       }
@@ -379,28 +398,32 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
         own_points[own] = points_in_own;
       }
       // A third of the clients delete their index: its memory must go back.
-      if (c % 3 == 0) record("DeleteIndex " + own, testing::DeleteIndex(stub, own));
+      if (c % 3 == 0) record("DeleteIndex " + own, client.DeleteIndex(own));
     });
   }
-  for (std::thread& client : clients) client.join();
+  for (std::thread& thread : clients) thread.join();
 
   // Every index holds what was acknowledged, and the budget holds exactly the indexes.
   for (const auto& [id, n] : own_points) {
-    grpc::Status status;
-    const v1::IndexInfo info = testing::GetIndex(stub, id, &status);
-    if (status.error_code() == grpc::StatusCode::NOT_FOUND) continue;  // deleted
-    EXPECT_EQ(info.num_points(), n) << id;
+    const absl::StatusOr<v1::IndexInfo> info = client.GetIndex(id);
+    if (absl::IsNotFound(info.status())) continue;  // deleted
+    EXPECT_TRUE(info.ok()) << info.status();
+    if (info.ok()) {
+      EXPECT_EQ(info->num_points(), n) << id;
+    }
   }
-  const v1::IndexInfo shared = testing::GetIndex(stub, "shared");
+  const v1::IndexInfo shared = testing::InfoOf(client, "shared");
   EXPECT_EQ(shared.num_points(), shared_points.load());
   EXPECT_EQ(shared.memory_bytes(), shared_points.load() * kPointBytes);
-  EXPECT_EQ(budget.used(), IndexedMemory(stub));
+  EXPECT_EQ(budget.used(), IndexedMemory(client));
   EXPECT_LE(budget.used(), budget.limit());
   // The server still answers, exactly.
   for (size_t s = 0; s < searches.size(); ++s) {
-    v1::SearchResponse response;
-    EXPECT_TRUE(testing::Search(stub, searches[s], &response).ok());
-    EXPECT_TRUE(SameAnswer(response, references[s])) << "search " << s;
+    const absl::StatusOr<client::SearchResult> answer = client.Search(searches[s]);
+    EXPECT_TRUE(answer.ok()) << answer.status();
+    if (answer.ok()) {
+      EXPECT_TRUE(SameAnswer(*answer, references[s])) << "search " << s;
+    }
   }
   std::printf("%lld calls OK, %lld refused (budget %lld bytes, %lld held at the end)\n",
               static_cast<long long>(result.ok), static_cast<long long>(result.refused),

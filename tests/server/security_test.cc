@@ -8,9 +8,10 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/rcknn_client.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -24,6 +25,7 @@ namespace rcknn::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::StatusIs;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
@@ -69,32 +71,27 @@ class SecurityTest : public ::testing::Test {
     return started.ok() ? *std::move(started) : nullptr;
   }
 
-  // A channel trusting `ca` ("ca" or "other_ca"), presenting the client certificate if asked,
-  // sending `token` if not empty.
-  static std::shared_ptr<grpc::Channel> Connect(const server::RcknnServer& server,
-                                                const std::string& ca, bool client_cert,
-                                                const std::string& token = "") {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ReadFile(Path(ca + ".pem"));
+  // A client library instance trusting `ca` ("ca" or "other_ca"), presenting the client
+  // certificate if asked, sending `token` if not empty; each call has a 10 s deadline.
+  static std::unique_ptr<client::RcknnClient> Connect(const server::RcknnServer& server,
+                                                      const std::string& ca, bool client_cert,
+                                                      const std::string& token = "") {
+    client::ClientOptions options;
+    options.target = server.address();
+    options.timeout = absl::Seconds(10);
+    options.tls = true;
+    options.tls_root_certs = ReadFile(Path(ca + ".pem"));
     if (client_cert) {
-      ssl.pem_cert_chain = ReadFile(Path("client.pem"));
-      ssl.pem_private_key = ReadFile(Path("client.key"));
+      options.tls_cert_chain = ReadFile(Path("client.pem"));
+      options.tls_private_key = ReadFile(Path("client.key"));
     }
-    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::SslCredentials(ssl);
-    if (!token.empty()) {
-      credentials =
-          grpc::CompositeChannelCredentials(credentials, grpc::AccessTokenCredentials(token));
-    }
-    return grpc::CreateChannel(server.address(), credentials);
+    options.token = token;
+    return std::make_unique<client::RcknnClient>(options);
   }
 
-  static grpc::Status List(grpc::Channel& channel) {
-    std::unique_ptr<v1::Rcknn::Stub> stub =
-        v1::Rcknn::NewStub(std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-    v1::ListIndexesResponse response;
-    return stub->ListIndexes(&context, v1::ListIndexesRequest(), &response);
+  static absl::Status List(const server::RcknnServer& server, const std::string& ca,
+                           bool client_cert, const std::string& token = "") {
+    return Connect(server, ca, client_cert, token)->ListIndexes().status();
   }
 
   static std::string* dir_;
@@ -107,56 +104,56 @@ v1::IndexSpec SmallSpec() { return ResidualSpec(2, v1::KERNEL_RBF, 1.0, 1.0, 16)
 TEST_F(SecurityTest, TlsHandshakeAndSearch) {
   auto server = Start(TlsOptions(/*client_ca=*/false, /*tokens=*/false));
   ASSERT_NE(server, nullptr);
-  auto stub = v1::Rcknn::NewStub(Connect(*server, "ca", /*client_cert=*/false));
-  const v1::IndexInfo info = CreateReadyIndex(*stub, "tls", SmallSpec(), NormalPoints(200, 2, 5));
-  ASSERT_EQ(info.state(), v1::INDEX_STATE_READY);
-  grpc::ClientContext context;
-  testing::SetDeadline(context);
-  v1::SearchResponse response;
-  ASSERT_TRUE(stub->Search(&context, IdSearch("tls", 5, {0, 1, 2}), &response).ok());
-  EXPECT_EQ(response.neighbor_ids_size(), 15);
+  const auto client = Connect(*server, "ca", /*client_cert=*/false);
+  const absl::StatusOr<v1::IndexInfo> info =
+      CreateReadyIndex(*client, "tls", SmallSpec(), NormalPoints(200, 2, 5));
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->state(), v1::INDEX_STATE_READY);
+  const std::vector<int64_t> ids = {0, 1, 2};
+  const absl::StatusOr<client::SearchResult> result = client->Search(IdQuery("tls", ids, 5));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->ids.size(), 15u);
 }
 
 TEST_F(SecurityTest, ClientTrustingAnotherCaIsRefused) {
   auto server = Start(TlsOptions(false, false));
   ASSERT_NE(server, nullptr);
-  EXPECT_EQ(List(*Connect(*server, "other_ca", false)).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(List(*server, "other_ca", false), StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST_F(SecurityTest, PlaintextClientIsRefused) {
   auto server = Start(TlsOptions(false, false));
   ASSERT_NE(server, nullptr);
-  EXPECT_EQ(List(*grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()))
-                .error_code(),
-            grpc::StatusCode::UNAVAILABLE);
+  client::ClientOptions options;
+  options.target = server->address();
+  options.timeout = absl::Seconds(10);
+  EXPECT_THAT(client::RcknnClient(options).ListIndexes(), StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST_F(SecurityTest, MutualTlsNeedsClientCertificate) {
   auto server = Start(TlsOptions(/*client_ca=*/true, false));
   ASSERT_NE(server, nullptr);
-  EXPECT_EQ(List(*Connect(*server, "ca", /*client_cert=*/false)).error_code(),
-            grpc::StatusCode::UNAVAILABLE);
-  EXPECT_TRUE(List(*Connect(*server, "ca", /*client_cert=*/true)).ok());
+  EXPECT_THAT(List(*server, "ca", /*client_cert=*/false), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_TRUE(List(*server, "ca", /*client_cert=*/true).ok());
 }
 
 TEST_F(SecurityTest, MissingOrWrongTokenIsUnauthenticated) {
   auto server = Start(TlsOptions(false, /*tokens=*/true));
   ASSERT_NE(server, nullptr);
-  const grpc::Status missing = List(*Connect(*server, "ca", false));
-  EXPECT_EQ(missing.error_code(), grpc::StatusCode::UNAUTHENTICATED) << missing.error_message();
-  EXPECT_EQ(List(*Connect(*server, "ca", false, "wrong-token")).error_code(),
-            grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(List(*Connect(*server, "ca", false, "admin-toke")).error_code(),
-            grpc::StatusCode::UNAUTHENTICATED);
-  // Not the bearer scheme.
-  auto stub = v1::Rcknn::NewStub(Connect(*server, "ca", false));
+  EXPECT_THAT(List(*server, "ca", false), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(List(*server, "ca", false, "wrong-token"),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(List(*server, "ca", false, "admin-toke"),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  // Not the bearer scheme: the raw stub, since the client library always sends "Bearer <token>".
+  const auto plain = Connect(*server, "ca", false);
   grpc::ClientContext context;
   testing::SetDeadline(context);
   context.AddMetadata("authorization", "admin-token");
   v1::ListIndexesResponse response;
-  EXPECT_EQ(stub->ListIndexes(&context, v1::ListIndexesRequest(), &response).error_code(),
-            grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_TRUE(List(*Connect(*server, "ca", false, "admin-token")).ok());
+  EXPECT_THAT(plain->stub().ListIndexes(&context, v1::ListIndexesRequest(), &response),
+              StatusIs(grpc::StatusCode::UNAUTHENTICATED));
+  EXPECT_TRUE(List(*server, "ca", false, "admin-token").ok());
   // Refused before any handler, yet counted: four refusals and one success.
   const std::string text = server->metrics().TextExposition();
   EXPECT_THAT(text, HasSubstr("grpc_server_handled_total{grpc_code=\"UNAUTHENTICATED\","
@@ -168,61 +165,34 @@ TEST_F(SecurityTest, MissingOrWrongTokenIsUnauthenticated) {
 TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
   auto server = Start(TlsOptions(false, true));
   ASSERT_NE(server, nullptr);
-  auto admin = v1::Rcknn::NewStub(Connect(*server, "ca", false, "admin-token"));
-  ASSERT_EQ(CreateReadyIndex(*admin, "ro", SmallSpec(), NormalPoints(200, 2, 6)).state(),
-            v1::INDEX_STATE_READY);
+  const auto admin = Connect(*server, "ca", false, "admin-token");
+  const absl::StatusOr<v1::IndexInfo> ready =
+      CreateReadyIndex(*admin, "ro", SmallSpec(), NormalPoints(200, 2, 6));
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  ASSERT_EQ(ready->state(), v1::INDEX_STATE_READY);
 
-  auto reader = v1::Rcknn::NewStub(Connect(*server, "ca", false, "reader-token"));
-  {
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::SearchResponse response;
-    ASSERT_TRUE(reader->Search(&context, IdSearch("ro", 5, {3}), &response).ok());
-    EXPECT_EQ(response.neighbor_ids_size(), 5);
-  }
-  {
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::IndexInfo info;
-    v1::GetIndexRequest request;
-    request.set_index_id("ro");
-    EXPECT_TRUE(reader->GetIndex(&context, request, &info).ok());
-  }
-  EXPECT_TRUE(List(*Connect(*server, "ca", false, "reader-token")).ok());
+  const auto reader = Connect(*server, "ca", false, "reader-token");
+  const std::vector<int64_t> ids = {3};
+  const absl::StatusOr<client::SearchResult> result = reader->Search(IdQuery("ro", ids, 5));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->ids.size(), 5u);
+  EXPECT_TRUE(reader->GetIndex("ro").ok());
+  EXPECT_TRUE(reader->ListIndexes().ok());
 
-  const grpc::Status create = CreateIndex(*reader, "new", SmallSpec());
-  EXPECT_EQ(create.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-  EXPECT_THAT(create.error_message(), HasSubstr("read-only"));
-  EXPECT_EQ(UploadPoints(*reader, "ro", NormalPoints(10, 2, 7), 10).error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
-  {
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::BuildIndexRequest request;
-    request.set_index_id("ro");
-    v1::IndexInfo info;
-    EXPECT_EQ(reader->BuildIndex(&context, request, &info).error_code(),
-              grpc::StatusCode::PERMISSION_DENIED);
-  }
-  {
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::DeleteIndexRequest request;
-    request.set_index_id("ro");
-    v1::DeleteIndexResponse response;
-    EXPECT_EQ(reader->DeleteIndex(&context, request, &response).error_code(),
-              grpc::StatusCode::PERMISSION_DENIED);
-  }
+  EXPECT_THAT(reader->CreateIndex("new", SmallSpec()),
+              StatusIs(absl::StatusCode::kPermissionDenied, "read-only"));
+  const core::RowMatrix points = NormalPoints(10, 2, 7);
+  EXPECT_THAT(reader->UploadPoints("ro", View(points)),
+              StatusIs(absl::StatusCode::kPermissionDenied, "read-only"));
+  EXPECT_THAT(reader->BuildIndex("ro"),
+              StatusIs(absl::StatusCode::kPermissionDenied, "read-only"));
+  EXPECT_THAT(reader->DeleteIndex("ro"),
+              StatusIs(absl::StatusCode::kPermissionDenied, "read-only"));
   EXPECT_THAT(server->metrics().TextExposition(),
               HasSubstr("grpc_server_handled_total{grpc_code=\"PERMISSION_DENIED\","
                         "grpc_method=\"BuildIndex\",grpc_service=\"rcknn.v1.Rcknn\"} 1"));
   // The index is still there, and the admin token may delete it.
-  grpc::ClientContext context;
-  testing::SetDeadline(context);
-  v1::DeleteIndexRequest request;
-  request.set_index_id("ro");
-  v1::DeleteIndexResponse response;
-  EXPECT_TRUE(admin->DeleteIndex(&context, request, &response).ok());
+  EXPECT_TRUE(admin->DeleteIndex("ro").ok());
 }
 
 TEST_F(SecurityTest, ReloadedTokenFileReplacesTheTokens) {
@@ -231,39 +201,44 @@ TEST_F(SecurityTest, ReloadedTokenFileReplacesTheTokens) {
   WriteFile(options.auth_token_file, "old-token\nreadonly old-reader\n");
   auto server = Start(options);
   ASSERT_NE(server, nullptr);
-  EXPECT_TRUE(List(*Connect(*server, "ca", false, "old-token")).ok());
-  EXPECT_EQ(List(*Connect(*server, "ca", false, "new-token")).error_code(),
-            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(List(*server, "ca", false, "old-token").ok());
+  EXPECT_THAT(List(*server, "ca", false, "new-token"),
+              StatusIs(absl::StatusCode::kUnauthenticated));
 
   WriteFile(options.auth_token_file, "new-token\n");
   ASSERT_TRUE(server->ReloadAuthTokens().ok());
-  EXPECT_TRUE(List(*Connect(*server, "ca", false, "new-token")).ok());
-  EXPECT_EQ(List(*Connect(*server, "ca", false, "old-token")).error_code(),
-            grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(List(*Connect(*server, "ca", false, "old-reader")).error_code(),
-            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(List(*server, "ca", false, "new-token").ok());
+  EXPECT_THAT(List(*server, "ca", false, "old-token"),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(List(*server, "ca", false, "old-reader"),
+              StatusIs(absl::StatusCode::kUnauthenticated));
 
   // A file that does not parse, or none at all, is refused and the tokens in force stay.
   WriteFile(options.auth_token_file, "# no token left\n");
-  EXPECT_EQ(server->ReloadAuthTokens().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(server->ReloadAuthTokens(), StatusIs(absl::StatusCode::kInvalidArgument));
   std::remove(options.auth_token_file.c_str());
-  EXPECT_EQ(server->ReloadAuthTokens().code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(List(*Connect(*server, "ca", false, "new-token")).ok());
+  EXPECT_THAT(server->ReloadAuthTokens(), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_TRUE(List(*server, "ca", false, "new-token").ok());
 
   // Without a token file there is nothing to reload.
   auto plain = Start(TlsOptions(false, false));
   ASSERT_NE(plain, nullptr);
-  EXPECT_EQ(plain->ReloadAuthTokens().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(plain->ReloadAuthTokens(), StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 TEST_F(SecurityTest, HealthStaysOpenWithoutToken) {
   auto server = Start(TlsOptions(false, true));
   ASSERT_NE(server, nullptr);
-  auto health = grpc::health::v1::Health::NewStub(Connect(*server, "ca", false));
+  // A raw stub of the health service, which the client library does not call.
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadFile(Path("ca.pem"));
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(server->address(), grpc::SslCredentials(ssl)));
   grpc::ClientContext context;
   testing::SetDeadline(context);
   grpc::health::v1::HealthCheckResponse response;
-  ASSERT_TRUE(health->Check(&context, grpc::health::v1::HealthCheckRequest(), &response).ok());
+  ASSERT_THAT(health->Check(&context, grpc::health::v1::HealthCheckRequest(), &response),
+              StatusIs(grpc::StatusCode::OK));
   EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
@@ -280,37 +255,37 @@ TEST_F(SecurityTest, ClientLibrarySendsTlsAndToken) {
   options.token = "reader-token";
   client::RcknnClient reader(options);
   EXPECT_TRUE(reader.ListIndexes().ok());
-  EXPECT_EQ(reader.DeleteIndex("x").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(reader.DeleteIndex("x"), StatusIs(absl::StatusCode::kPermissionDenied, "read-only"));
   options.token = "nope";
-  EXPECT_EQ(client::RcknnClient(options).ListIndexes().status().code(),
-            absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(client::RcknnClient(options).ListIndexes(),
+              StatusIs(absl::StatusCode::kUnauthenticated));
 }
 
 TEST_F(SecurityTest, StartUpErrors) {
   server::ServerOptions options = TlsOptions(false, true);
   options.auth_token_file = Path("no-such-file");
-  auto missing = server::RcknnServer::Start(options);
-  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(missing.status().message(), HasSubstr("--auth_token_file"));
+  EXPECT_THAT(server::RcknnServer::Start(options),
+              StatusIs(absl::StatusCode::kNotFound, "--auth_token_file"));
 
   WriteFile(Path("empty_tokens"), "# nothing\n\n");
   options.auth_token_file = Path("empty_tokens");
-  EXPECT_EQ(server::RcknnServer::Start(options).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(server::RcknnServer::Start(options),
+              StatusIs(absl::StatusCode::kInvalidArgument, "--auth_token_file"));
 
   options = TlsOptions(false, true);
   options.tls_cert_file.clear();
   options.tls_key_file.clear();
-  EXPECT_EQ(server::RcknnServer::Start(options).status().code(),
-            absl::StatusCode::kInvalidArgument);  // tokens need TLS
+  EXPECT_THAT(server::RcknnServer::Start(options),
+              StatusIs(absl::StatusCode::kInvalidArgument, "--auth_token_file needs --tls_cert"));
 
   options = TlsOptions(false, false);
   options.tls_key_file.clear();
-  EXPECT_EQ(server::RcknnServer::Start(options).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(server::RcknnServer::Start(options),
+              StatusIs(absl::StatusCode::kInvalidArgument, "--tls_cert and --tls_key go together"));
   options = TlsOptions(false, false);
   options.tls_cert_file = Path("no-such-cert.pem");
-  EXPECT_EQ(server::RcknnServer::Start(options).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(server::RcknnServer::Start(options),
+              StatusIs(absl::StatusCode::kNotFound, "no-such-cert.pem"));
 }
 
 TEST(TokenFileTest, Format) {

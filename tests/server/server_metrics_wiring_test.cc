@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,7 +15,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -23,6 +23,8 @@
 
 namespace rcknn {
 namespace {
+
+using testing::StatusIs;
 
 constexpr char kIndex[] = "metrics";
 
@@ -53,13 +55,13 @@ struct Sums {
   int64_t pruned_by_bound = 0;
   int64_t pruned_by_predecessor = 0;
 
-  void Add(const v1::SearchResponse& response) {
-    queries += response.num_queries();
-    evaluations += response.stats().distance_evaluations();
-    heap_pushes += response.stats().heap_pushes();
-    nodes_visited += response.stats().nodes_visited();
-    pruned_by_bound += response.stats().subtrees_pruned_by_bound();
-    pruned_by_predecessor += response.stats().subtrees_pruned_by_predecessor();
+  void Add(const client::SearchResult& result) {
+    queries += result.num_queries;
+    evaluations += result.stats.distance_evaluations();
+    heap_pushes += result.stats.heap_pushes();
+    nodes_visited += result.stats.nodes_visited();
+    pruned_by_bound += result.stats.subtrees_pruned_by_bound();
+    pruned_by_predecessor += result.stats.subtrees_pruned_by_predecessor();
   }
 };
 
@@ -72,17 +74,27 @@ std::vector<int64_t> QueryIds(int count, int seed, int64_t n) {
 class ServerMetricsWiringTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    test_ = testing::StartTestServer();
+    served_.Start(server::ServerOptions(), testing::UploadInChunksOf(700, 2));
     points_ = testing::NormalPoints(kPoints, 2, 5);
-    const v1::IndexInfo info = testing::CreateReadyIndex(
-        *test_.stub, kIndex, testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 1.0, 32), points_, 700);
-    ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
+    const absl::StatusOr<v1::IndexInfo> info = testing::CreateReadyIndex(
+        client(), kIndex, testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 1.0, 32), points_);
+    ASSERT_TRUE(info.ok()) << info.status();
+    ASSERT_EQ(info->state(), v1::INDEX_STATE_READY) << info->error();
   }
+  void TearDown() override { served_.Stop(); }
 
-  std::string Text() const { return test_.server->metrics().TextExposition(); }
+  client::RcknnClient& client() { return served_.client(); }
+  // A client that sends at most `per_request` queries per request: a search of more goes as
+  // several requests on one SearchStream.
+  std::unique_ptr<client::RcknnClient> StreamingClient(int64_t per_request) {
+    client::ClientOptions options;
+    options.max_queries_per_request = per_request;
+    return testing::MakeClient(served_.test(), options);
+  }
+  std::string Text() { return served_.server().metrics().TextExposition(); }
 
   static constexpr int64_t kPoints = 3000;
-  testing::TestServer test_;
+  testing::ClientOnServer served_;
   core::RowMatrix points_;
 };
 
@@ -90,36 +102,28 @@ TEST_F(ServerMetricsWiringTest, TraversalCountersEqualTheStatsReturnedToClients)
   Sums sums;
   int searches = 0;
   for (int r = 0; r < 6; ++r) {
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::SearchResponse response;
-    ASSERT_TRUE(test_.stub
-                    ->Search(&context,
-                             testing::IdSearch(kIndex, 3 + r, QueryIds(1 + 9 * r, r, kPoints),
-                                               /*predecessor_mode=*/r % 2 == 1),
-                             &response)
-                    .ok());
-    sums.Add(response);
+    const std::vector<int64_t> ids = QueryIds(1 + 9 * r, r, kPoints);
+    client::SearchQuery query = testing::IdQuery(kIndex, ids, 3 + r);
+    query.predecessor_mode = r % 2 == 1;
+    const absl::StatusOr<client::SearchResult> result = client().Search(query);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(result->requests, 1);  // one unary Search
+    sums.Add(*result);
     ++searches;
   }
+  // Two searches of 20 queries, each as 5 requests of 4 on one SearchStream.
+  const std::unique_ptr<client::RcknnClient> streaming = StreamingClient(4);
   int streams = 0;
+  int stream_requests = 0;
   for (int s = 0; s < 2; ++s) {
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    auto stream = test_.stub->SearchStream(&context);
-    for (int r = 0; r < 5; ++r) {
-      ASSERT_TRUE(stream->Write(testing::IdSearch(kIndex, 5, QueryIds(2 + 11 * r, 100 + r, kPoints),
-                                                  /*predecessor_mode=*/r == 3)));
-    }
-    stream->WritesDone();
-    v1::SearchResponse response;
-    int answers = 0;
-    while (stream->Read(&response)) {
-      sums.Add(response);
-      ++answers;
-    }
-    ASSERT_TRUE(stream->Finish().ok());
-    EXPECT_EQ(answers, 5);
+    const std::vector<int64_t> ids = QueryIds(20, 100 + s, kPoints);
+    client::SearchQuery query = testing::IdQuery(kIndex, ids, 5);
+    query.predecessor_mode = s == 1;
+    const absl::StatusOr<client::SearchResult> result = streaming->Search(query);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->requests, 5);
+    sums.Add(*result);
+    stream_requests += static_cast<int>(result->requests);
     ++streams;
   }
   ASSERT_GT(sums.evaluations, 0);
@@ -137,7 +141,7 @@ TEST_F(ServerMetricsWiringTest, TraversalCountersEqualTheStatsReturnedToClients)
   // One observation per query and one per batch (a Search, or a SearchStream message).
   EXPECT_EQ(SeriesValue(text, "rcknn_query_distance_evaluations_count"), sums.queries);
   EXPECT_EQ(SeriesValue(text, "rcknn_query_distance_evaluations_sum"), sums.evaluations);
-  EXPECT_EQ(SeriesValue(text, "rcknn_search_batch_size_count"), searches + 5 * streams);
+  EXPECT_EQ(SeriesValue(text, "rcknn_search_batch_size_count"), searches + stream_requests);
   EXPECT_EQ(SeriesValue(text, "rcknn_search_batch_size_sum"), sums.queries);
 
   EXPECT_EQ(SeriesValue(text, Handled("Search", "OK")), searches);
@@ -152,46 +156,29 @@ TEST_F(ServerMetricsWiringTest, TraversalCountersEqualTheStatsReturnedToClients)
 }
 
 TEST_F(ServerMetricsWiringTest, ErrorsAreCountedWithTheirCodes) {
+  const std::vector<int64_t> one = {1};
   int not_found = 0;
   int invalid = 0;
   for (int i = 0; i < 3; ++i) {  // unknown index
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::SearchResponse response;
-    const grpc::Status status =
-        test_.stub->Search(&context, testing::IdSearch("absent", 3, {1}), &response);
-    ASSERT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_THAT(client().Search(testing::IdQuery("absent", one, 3)),
+                StatusIs(absl::StatusCode::kNotFound, "absent"));
     ++not_found;
   }
-  {
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::GetIndexRequest request;
-    request.set_index_id("absent");
-    v1::IndexInfo info;
-    ASSERT_EQ(test_.stub->GetIndex(&context, request, &info).error_code(),
-              grpc::StatusCode::NOT_FOUND);
-  }
+  EXPECT_THAT(client().GetIndex("absent"), StatusIs(absl::StatusCode::kNotFound, "absent"));
   for (int i = 0; i < 2; ++i) {  // k = 0
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::SearchResponse response;
-    const grpc::Status status =
-        test_.stub->Search(&context, testing::IdSearch(kIndex, 0, {1}), &response);
-    ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(client().Search(testing::IdQuery(kIndex, one, 0)),
+                StatusIs(absl::StatusCode::kInvalidArgument, "k: must be >= 1"));
     ++invalid;
   }
-  {  // a stream that fails on its second message: the answered batch still counts
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    auto stream = test_.stub->SearchStream(&context);
-    ASSERT_TRUE(stream->Write(testing::IdSearch(kIndex, 3, {1, 2})));
-    stream->Write(testing::IdSearch(kIndex, 0, {1, 2}));
-    stream->WritesDone();
-    v1::SearchResponse response;
-    while (stream->Read(&response)) {
-    }
-    ASSERT_EQ(stream->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    // A stream that fails on its second message (an id past the index): the answered batch
+    // still counts.
+    const std::vector<int64_t> ids = {1, 2, kPoints, 3};
+    int64_t answered = 0;
+    EXPECT_THAT(StreamingClient(2)->Search(testing::IdQuery(kIndex, ids, 3),
+                                           [&](int64_t done, int64_t) { answered = done; }),
+                StatusIs(absl::StatusCode::kInvalidArgument, "request 1: query_ids[0]"));
+    EXPECT_EQ(answered, 2);
   }
 
   const std::string text = Text();
@@ -211,56 +198,42 @@ TEST_F(ServerMetricsWiringTest, ErrorsAreCountedWithTheirCodes) {
 TEST_F(ServerMetricsWiringTest, IndexAndPoolGaugesFollowTheRegistry) {
   // The build task updates the gauges just after it publishes READY, which WatchIndex may report
   // first: wait for them (bounded).
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return SeriesValue(Text(), "rcknn_index_build_seconds_count") >= 1; },
+      absl::Seconds(5)));
   std::string text = Text();
-  for (int i = 0; i < 500 && SeriesValue(text, "rcknn_index_build_seconds_count") < 1; ++i) {
-    absl::SleepFor(absl::Milliseconds(10));
-    text = Text();
-  }
   EXPECT_EQ(SeriesValue(text, "rcknn_indexes{state=\"ready\"}"), 1) << text;
   EXPECT_EQ(SeriesValue(text, "rcknn_indexes{state=\"loading\"}"), 0);
   EXPECT_EQ(SeriesValue(text, "rcknn_index_points"), kPoints);
   EXPECT_GT(SeriesValue(text, "rcknn_index_memory_bytes"), 0);
   EXPECT_EQ(SeriesValue(text, "rcknn_index_build_seconds_count"), 1);
-  EXPECT_EQ(SeriesValue(text, "rcknn_query_pool_threads"), test_.server->threads());
+  EXPECT_EQ(SeriesValue(text, "rcknn_query_pool_threads"), served_.server().threads());
 
-  ASSERT_TRUE(testing::CreateIndex(*test_.stub, "second",
-                                   testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 1.0, 8))
-                  .ok());
   ASSERT_TRUE(
-      testing::UploadPoints(*test_.stub, "second", testing::NormalPoints(100, 2, 6), 50).ok());
+      client().CreateIndex("second", testing::ResidualSpec(2, v1::KERNEL_RBF, 1.0, 1.0, 8)).ok());
+  const core::RowMatrix second_points = testing::NormalPoints(100, 2, 6);
+  ASSERT_TRUE(client().UploadPoints("second", testing::View(second_points)).ok());
   text = Text();
   EXPECT_EQ(SeriesValue(text, "rcknn_indexes{state=\"loading\"}"), 1);
   EXPECT_EQ(SeriesValue(text, "rcknn_index_points"), kPoints + 100);
 
-  grpc::ClientContext context;
-  testing::SetDeadline(context);
-  v1::DeleteIndexRequest request;
-  request.set_index_id(kIndex);
-  v1::DeleteIndexResponse response;
-  ASSERT_TRUE(test_.stub->DeleteIndex(&context, request, &response).ok());
+  ASSERT_TRUE(client().DeleteIndex(kIndex).ok());
   text = Text();
   EXPECT_EQ(SeriesValue(text, "rcknn_indexes{state=\"ready\"}"), 0);
   EXPECT_EQ(SeriesValue(text, "rcknn_index_points"), 100);
-  grpc::ClientContext get_context;
-  testing::SetDeadline(get_context);
-  v1::GetIndexRequest get;
-  get.set_index_id("second");
-  v1::IndexInfo second;
-  ASSERT_TRUE(test_.stub->GetIndex(&get_context, get, &second).ok());
-  EXPECT_EQ(SeriesValue(text, "rcknn_index_memory_bytes"), second.memory_bytes());
+  const absl::StatusOr<v1::IndexInfo> second = client().GetIndex("second");
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(SeriesValue(text, "rcknn_index_memory_bytes"), second->memory_bytes());
 }
 
 TEST_F(ServerMetricsWiringTest, ExpositionPassesPromtool) {
   for (int r = 0; r < 3; ++r) {
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::SearchResponse response;
-    test_.stub->Search(&context, testing::IdSearch(kIndex, 4, QueryIds(10, r, kPoints)), &response);
+    const std::vector<int64_t> ids = QueryIds(10, r, kPoints);
+    EXPECT_TRUE(client().Search(testing::IdQuery(kIndex, ids, 4)).ok());
   }
-  grpc::ClientContext context;
-  testing::SetDeadline(context);
-  v1::SearchResponse response;
-  test_.stub->Search(&context, testing::IdSearch("absent", 4, {1}), &response);
+  const std::vector<int64_t> one = {1};
+  EXPECT_THAT(client().Search(testing::IdQuery("absent", one, 4)),
+              StatusIs(absl::StatusCode::kNotFound));
 
   const std::string path =
       absl::StrCat(::testing::TempDir(), "/rcknn_server_metrics_", getpid(), ".txt");

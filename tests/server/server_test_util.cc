@@ -41,10 +41,11 @@ std::unique_ptr<client::RcknnClient> MakeClient(const TestServer& server,
   return std::make_unique<client::RcknnClient>(options, server.channel);
 }
 
-void ClientOnServer::Start(server::ServerOptions options) {
+void ClientOnServer::Start(server::ServerOptions options, client::ClientOptions client_options) {
   options_ = std::move(options);
+  client_options_ = std::move(client_options);
   test_ = StartTestServer(options_);
-  client_ = MakeClient(test_);
+  client_ = MakeClient(test_, client_options_);
 }
 
 void ClientOnServer::Stop() {
@@ -55,7 +56,13 @@ void ClientOnServer::Stop() {
 
 void ClientOnServer::Restart() {
   Stop();
-  Start(options_);
+  Start(options_, client_options_);
+}
+
+client::ClientOptions UploadInChunksOf(int64_t rows, int values_per_row) {
+  client::ClientOptions options;
+  options.upload_chunk_bytes = rows * 9 * values_per_row;
+  return options;
 }
 
 v1::IndexSpec SpecOf(const Dataset& set) {
@@ -262,6 +269,34 @@ v1::IndexInfo CreateHeavyIndex(const TestServer& server, const std::string& id, 
     return failed;
   }
   return *info;
+}
+
+absl::StatusOr<v1::IndexInfo> CreateReadyIndex(client::RcknnClient& client, const std::string& id,
+                                               const v1::IndexSpec& spec,
+                                               const core::RowMatrix& points) {
+  if (absl::StatusOr<v1::IndexInfo> created = client.CreateIndex(id, spec); !created.ok()) {
+    return created.status();
+  }
+  if (auto uploaded = client.UploadPoints(id, View(points)); !uploaded.ok()) {
+    return uploaded.status();
+  }
+  return BuildAndWait(client, id);
+}
+
+v1::IndexInfo InfoOf(client::RcknnClient& client, const std::string& id) {
+  absl::StatusOr<v1::IndexInfo> info = client.GetIndex(id);
+  EXPECT_TRUE(info.ok()) << id << ": " << info.status();
+  return info.ok() ? *std::move(info) : v1::IndexInfo();
+}
+
+std::vector<std::string> ListIds(client::RcknnClient& client) {
+  const absl::StatusOr<std::vector<v1::IndexInfo>> list = client.ListIndexes();
+  EXPECT_TRUE(list.ok()) << list.status();
+  std::vector<std::string> ids;
+  if (list.ok()) {
+    for (const v1::IndexInfo& info : *list) ids.push_back(info.index_id());
+  }
+  return ids;
 }
 
 client::SearchQuery IdQuery(const std::string& index_id, const std::vector<int64_t>& ids,

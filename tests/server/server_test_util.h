@@ -48,19 +48,29 @@ std::unique_ptr<client::RcknnClient> MakeClient(const TestServer& server,
 
 // A test server and a client library instance on it that a test can stop and start again over
 // the same options (a data directory's lock is released before the next server takes it).
+// The client is MakeClient's with `client_options`.
 class ClientOnServer {
  public:
-  void Start(server::ServerOptions options);
+  void Start(server::ServerOptions options, client::ClientOptions client_options = {});
   // Shuts the server down without grace and drops the client; nothing runs afterwards.
   void Stop();
   void Restart();
+  bool running() const { return test_.server != nullptr; }
   client::RcknnClient& client() { return *client_; }
+  server::RcknnServer& server() { return *test_.server; }
+  const TestServer& test() const { return test_; }
 
  private:
   server::ServerOptions options_;
+  client::ClientOptions client_options_;
   TestServer test_;
   std::unique_ptr<client::RcknnClient> client_;
 };
+
+// Client options whose uploads go in chunks of `rows` rows of `values_per_row` numbers each (the
+// coordinates, plus the factor row and the residual variance when supplied): the client library
+// sizes a chunk at 9 bytes per number (ClientOptions::upload_chunk_bytes).
+client::ClientOptions UploadInChunksOf(int64_t rows, int values_per_row);
 
 // The status of a call, whatever form it comes in.
 inline absl::Status StatusOf(const absl::Status& status) { return status; }
@@ -200,6 +210,20 @@ client::PointsView View(const core::RowMatrix& points, int64_t first, int64_t ro
 // Through the client library: BuildIndex, then WaitForIndex; the final IndexInfo (READY or
 // FAILED), or the first call's error.
 absl::StatusOr<v1::IndexInfo> BuildAndWait(client::RcknnClient& client, const std::string& id);
+
+// Through the client library: CreateIndex, UploadPoints (all of `points`), BuildIndex and
+// WaitForIndex; the final IndexInfo (READY or FAILED, checked by the caller), or the first call's
+// error.
+absl::StatusOr<v1::IndexInfo> CreateReadyIndex(client::RcknnClient& client, const std::string& id,
+                                               const v1::IndexSpec& spec,
+                                               const core::RowMatrix& points);
+
+// The IndexInfo of `id` through the client library; a failed call fails the test and gives an
+// empty IndexInfo.
+v1::IndexInfo InfoOf(client::RcknnClient& client, const std::string& id);
+
+// The ids ListIndexes reports, in its order (by id); empty if the call failed (a test failure).
+std::vector<std::string> ListIds(client::RcknnClient& client);
 
 // A search of `ids` of `index_id` for the client library (`ids` must outlive it).
 client::SearchQuery IdQuery(const std::string& index_id, const std::vector<int64_t>& ids,
