@@ -68,8 +68,8 @@ int64_t IndexedMemory(client::RcknnClient& client) {
 // Same ids and the same distances to the bit: both answers come from one immutable index.
 bool SameAnswer(const client::SearchResult& a, const client::SearchResult& b) {
   return a.ids == b.ids && a.distances.size() == b.distances.size() &&
-         std::memcmp(a.distances.data(), b.distances.data(),
-                     sizeof(double) * a.distances.size()) == 0;
+         std::memcmp(a.distances.data(), b.distances.data(), sizeof(double) * a.distances.size()) ==
+             0;
 }
 
 TEST(MemoryLimitTest, DefaultLimitFollowsTheCgroupMemoryLimit) {
@@ -96,16 +96,17 @@ TEST(MemoryLimitTest, DefaultLimitFollowsTheCgroupMemoryLimit) {
   // does a lower limit on its slice.
   ASSERT_TRUE(testing::WriteBytes(self, "0::/system.slice/rcknn-server.service\n"));
   fs::create_directories(root.Path("system.slice/rcknn-server.service"));
-  ASSERT_TRUE(testing::WriteBytes(root.Path("system.slice/rcknn-server.service/memory.max"),
-                                  "max\n"));
+  ASSERT_TRUE(
+      testing::WriteBytes(root.Path("system.slice/rcknn-server.service/memory.max"), "max\n"));
   EXPECT_EQ(usable(), physical);
   ASSERT_TRUE(testing::WriteBytes(root.Path("system.slice/rcknn-server.service/memory.max"),
                                   "500000000\n"));
   EXPECT_EQ(usable(), std::min<int64_t>(physical, 500000000));
   ASSERT_TRUE(testing::WriteBytes(root.Path("system.slice/memory.max"), "400000000\n"));
   EXPECT_EQ(usable(), std::min<int64_t>(physical, 400000000));
-  EXPECT_EQ(server::ResolveMemoryLimit(0, root.path(), self),
-            static_cast<int64_t>(0.8 * static_cast<double>(std::min<int64_t>(physical, 400000000))));
+  EXPECT_EQ(
+      server::ResolveMemoryLimit(0, root.path(), self),
+      static_cast<int64_t>(0.8 * static_cast<double>(std::min<int64_t>(physical, 400000000))));
 
   // A container with its own cgroup namespace sees itself at the root.
   ASSERT_TRUE(testing::WriteBytes(self, "0::/\n"));
@@ -350,10 +351,10 @@ LoadResult RunLoad(int64_t max_memory_bytes) {
       for (int round = 0; round < kRounds; ++round) {
         switch ((c + round) % 4) {
           case 0:
-            if (record("UploadPoints " + own,
-                       client.UploadPoints(own, testing::View(points, round * kOwnUpload,
-                                                              kOwnUpload))
-                           .status())) {
+            if (record(
+                    "UploadPoints " + own,
+                    client.UploadPoints(own, testing::View(points, round * kOwnUpload, kOwnUpload))
+                        .status())) {
               points_in_own += kOwnUpload;
             }
             break;

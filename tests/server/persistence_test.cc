@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <memory>
 #include <set>
 #include <string>
 #include <utility>
@@ -47,29 +48,36 @@ v1::IndexSpec SuppliedSpec() {
   return spec;
 }
 
-std::vector<std::string> ListIds(v1::Rcknn::Stub& stub) {
-  v1::ListIndexesResponse response;
-  EXPECT_TRUE(testing::ListIndexes(stub, &response).ok());
-  std::vector<std::string> ids;
-  for (const v1::IndexInfo& info : response.indexes()) ids.push_back(info.index_id());
-  return ids;
-}
+// A search of an index whose answers are compared across restarts, owning its queries.
+struct Probe {
+  std::string index_id;
+  int64_t k = 0;
+  std::vector<int64_t> ids;  // or
+  core::RowMatrix points;
+  bool predecessor_mode = false;
 
-// Searches of an index whose answers are compared across restarts: stored ids (plain and
-// predecessor mode) and, unless the factors were supplied, out-of-sample points.
-std::vector<v1::SearchRequest> Probes(const std::string& id, int64_t n, bool by_points) {
+  int64_t num_queries() const { return ids.empty() ? points.rows() : ids.size(); }
+  client::SearchQuery Query() const {
+    client::SearchQuery query;
+    query.index_id = index_id;
+    query.k = k;
+    if (ids.empty()) {
+      query.points = testing::View(points);
+    } else {
+      query.ids = ids;
+    }
+    query.predecessor_mode = predecessor_mode;
+    return query;
+  }
+};
+
+// Stored ids (plain and predecessor mode) and, unless the factors were supplied, out-of-sample
+// points.
+std::vector<Probe> Probes(const std::string& id, int64_t n, bool by_points) {
   std::vector<int64_t> ids;
   for (int64_t i = 0; i < n; i += 7) ids.push_back(i);
-  std::vector<v1::SearchRequest> probes = {testing::IdSearch(id, 10, ids),
-                                           testing::IdSearch(id, 4, ids, true)};
-  if (by_points) {
-    v1::SearchRequest request;
-    request.set_index_id(id);
-    request.set_k(10);
-    const core::RowMatrix points = testing::NormalPoints(50, kDimension, 99);
-    request.mutable_query_points()->Add(points.data(), points.data() + points.size());
-    probes.push_back(request);
-  }
+  std::vector<Probe> probes = {{id, 10, ids, {}, false}, {id, 4, ids, {}, true}};
+  if (by_points) probes.push_back({id, 10, {}, testing::NormalPoints(50, kDimension, 99), false});
   return probes;
 }
 
@@ -79,17 +87,15 @@ struct Answers {
   std::vector<double> distances;
 };
 
-Answers Answer(v1::Rcknn::Stub& stub, const std::vector<v1::SearchRequest>& probes) {
+Answers Answer(client::RcknnClient& client, const std::vector<Probe>& probes) {
   Answers answers;
-  for (const v1::SearchRequest& probe : probes) {
-    v1::SearchResponse response;
-    const grpc::Status status = testing::Search(stub, probe, &response);
-    EXPECT_TRUE(status.ok()) << probe.index_id() << ": " << status.error_message();
-    if (!status.ok()) return Answers();
-    answers.ids.insert(answers.ids.end(), response.neighbor_ids().begin(),
-                       response.neighbor_ids().end());
-    answers.distances.insert(answers.distances.end(), response.distances().begin(),
-                             response.distances().end());
+  for (const Probe& probe : probes) {
+    const absl::StatusOr<client::SearchResult> result = client.Search(probe.Query());
+    EXPECT_TRUE(result.ok()) << probe.index_id << ": " << result.status();
+    if (!result.ok()) return Answers();
+    answers.ids.insert(answers.ids.end(), result->ids.begin(), result->ids.end());
+    answers.distances.insert(answers.distances.end(), result->distances.begin(),
+                             result->distances.end());
   }
   return answers;
 }
@@ -103,6 +109,39 @@ void ExpectIdentical(const Answers& got, const Answers& want, const std::string&
     ASSERT_EQ(std::memcmp(&got.distances[i], &want.distances[i], sizeof(double)), 0)
         << id << ": distance " << i << ": " << got.distances[i] << " vs " << want.distances[i];
   }
+}
+
+// Rows [first, first + rows) of `points` in one UploadPoints stream, with the same rows of
+// `factors` and `variances` when given (both or neither).
+absl::Status Upload(client::RcknnClient& client, const std::string& id,
+                    const core::RowMatrix& points, int64_t first, int64_t rows,
+                    const core::RowMatrix* factors = nullptr,
+                    const std::vector<double>* variances = nullptr) {
+  absl::Span<const double> factor_rows;
+  absl::Span<const double> variance_rows;
+  int64_t columns = 0;
+  if (factors != nullptr) {
+    columns = factors->cols();
+    factor_rows = absl::MakeConstSpan(factors->data() + first * columns, rows * columns);
+    variance_rows = absl::MakeConstSpan(variances->data() + first, rows);
+  }
+  return client
+      .UploadPoints(id, testing::View(points, first, rows), factor_rows, columns, variance_rows)
+      .status();
+}
+
+// WatchIndex to the end: the final IndexInfo (READY or FAILED); a failed call fails the test.
+v1::IndexInfo Watch(client::RcknnClient& client, const std::string& id) {
+  absl::StatusOr<v1::IndexInfo> info = client.WaitForIndex(id);
+  EXPECT_TRUE(info.ok()) << id << ": " << info.status();
+  return info.ok() ? *std::move(info) : v1::IndexInfo();
+}
+
+// BuildIndex, then Watch.
+v1::IndexInfo Build(client::RcknnClient& client, const std::string& id) {
+  const absl::StatusOr<v1::IndexInfo> started = client.BuildIndex(id);
+  EXPECT_TRUE(started.ok()) << id << ": " << started.status();
+  return started.ok() ? Watch(client, id) : v1::IndexInfo();
 }
 
 // Flips one bit of a payload byte (past the 48-byte header) and returns the new content.
@@ -126,25 +165,26 @@ std::set<std::string> FilesIn(const fs::path& dir) {
 class PersistenceTest : public ::testing::Test {
  protected:
   // Stops the server before the directory is removed.
-  void TearDown() override { test_ = testing::TestServer(); }
+  void TearDown() override { served_.Stop(); }
 
   server::ServerOptions Options() const {
     server::ServerOptions options;
     options.data_dir = data_dir_.string();
     return options;
   }
-  // Stops the running server (if any), then starts one on the same data directory.
-  void Restart() {
-    if (test_.server != nullptr) test_.server->Shutdown(absl::ZeroDuration());
-    test_ = testing::TestServer();  // releases the directory's lock
-    test_ = testing::StartTestServer(Options());
+  // Stops the running server (if any), then starts one with Options(): the data directory's lock
+  // is released first. Uploads go in chunks of 400 points, so each upload below is several.
+  void Restart(server::ServerOptions options) {
+    served_.Stop();
+    served_.Start(std::move(options), testing::UploadInChunksOf(400, kDimension));
   }
-  v1::Rcknn::Stub& stub() { return *test_.stub; }
+  void Restart() { Restart(Options()); }
+  client::RcknnClient& client() { return served_.client(); }
   fs::path IndexDir(const std::string& id) const { return data_dir_ / "indexes" / id; }
 
   testing::TempDir temp_dir_{"rcknn-persistence"};
   const fs::path data_dir_ = temp_dir_.Path("data");  // the server creates it
-  testing::TestServer test_;
+  testing::ClientOnServer served_;
 };
 
 TEST_F(PersistenceTest, BuiltIndexesComeBackAnsweringBitForBit) {
@@ -168,42 +208,42 @@ TEST_F(PersistenceTest, BuiltIndexesComeBackAnsweringBitForBit) {
   std::vector<v1::IndexInfo> before;
   std::vector<Answers> answers;
   for (const Case& c : cases) {
-    ASSERT_TRUE(testing::CreateIndex(stub(), c.id, c.spec).ok()) << c.id;
+    ASSERT_TRUE(client().CreateIndex(c.id, c.spec).ok()) << c.id;
     // Three uploads of uneven size, each in several chunks.
     for (auto [first, rows] : {std::pair<int64_t, int64_t>{0, 1000}, {1000, 1500}, {2500, 500}}) {
-      const grpc::Status status =
-          testing::UploadPoints(stub(), c.id, points, first, rows, 400,
-                                c.supplied ? &factors : nullptr, c.supplied ? &variances : nullptr);
-      ASSERT_TRUE(status.ok()) << c.id << ": " << status.error_message();
+      const absl::Status status =
+          Upload(client(), c.id, points, first, rows, c.supplied ? &factors : nullptr,
+                 c.supplied ? &variances : nullptr);
+      ASSERT_TRUE(status.ok()) << c.id << ": " << status;
     }
-    const v1::IndexInfo info = testing::BuildAndWait(stub(), c.id);
+    const v1::IndexInfo info = Build(client(), c.id);
     ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << c.id << ": " << info.error();
-    before.push_back(testing::GetIndex(stub(), c.id));
-    answers.push_back(Answer(stub(), Probes(c.id, n, !c.supplied)));
+    before.push_back(testing::InfoOf(client(), c.id));
+    answers.push_back(Answer(client(), Probes(c.id, n, !c.supplied)));
     EXPECT_TRUE(fs::exists(IndexDir(c.id) / "tree.rcknn")) << c.id;
     EXPECT_TRUE(fs::exists(IndexDir(c.id) / "upload-000003.rcknn")) << c.id;
   }
 
   Restart();
-  EXPECT_THAT(ListIds(stub()),
+  EXPECT_THAT(testing::ListIds(client()),
               ::testing::UnorderedElementsAre("computed", "supplied", "euclidean"));
   for (size_t i = 0; i < cases.size(); ++i) {
     const std::string& id = cases[i].id;
-    const v1::IndexInfo info = testing::AwaitBuilt(stub(), id);
+    const v1::IndexInfo info = Watch(client(), id);
     ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << id << ": " << info.error();
-    const v1::IndexInfo after = testing::GetIndex(stub(), id);
+    const v1::IndexInfo after = testing::InfoOf(client(), id);
     EXPECT_EQ(after.num_points(), n) << id;
     EXPECT_EQ(after.build_seconds(), before[i].build_seconds()) << id;
     EXPECT_EQ(after.factor_seconds(), before[i].factor_seconds()) << id;
     EXPECT_EQ(after.tree_seconds(), before[i].tree_seconds()) << id;
     EXPECT_EQ(after.memory_bytes(), before[i].memory_bytes()) << id;
     EXPECT_EQ(after.spec().SerializeAsString(), before[i].spec().SerializeAsString()) << id;
-    ExpectIdentical(Answer(stub(), Probes(id, n, !cases[i].supplied)), answers[i], id);
+    ExpectIdentical(Answer(client(), Probes(id, n, !cases[i].supplied)), answers[i], id);
   }
   // A restored index is saved as it was: a second restart restores it again.
   Restart();
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "computed").state(), v1::INDEX_STATE_READY);
-  ExpectIdentical(Answer(stub(), Probes("computed", n, true)), answers[0], "computed");
+  ASSERT_EQ(Watch(client(), "computed").state(), v1::INDEX_STATE_READY);
+  ExpectIdentical(Answer(client(), Probes("computed", n, true)), answers[0], "computed");
 }
 
 // Raw little-endian float64 values, `columns` per row.
@@ -231,12 +271,12 @@ TEST_F(PersistenceTest, DataDirOfFormatVersion1ComesBack) {
   };
   for (const Case& c : {Case{"euclid", 3, 0}, Case{"supplied", 2, 6}}) {
     SCOPED_TRACE(c.id);
-    const v1::IndexInfo info = testing::AwaitBuilt(stub(), c.id);
+    const v1::IndexInfo info = Watch(client(), c.id);
     ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
     const core::RowMatrix points = ReadRows(source / (c.id + ".points.f64"), c.dimension);
     ASSERT_EQ(info.num_points(), points.rows());
     const std::string rebuilt = c.id + "_rebuilt";
-    ASSERT_TRUE(testing::CreateIndex(stub(), rebuilt, info.spec()).ok());
+    ASSERT_TRUE(client().CreateIndex(rebuilt, info.spec()).ok());
     core::RowMatrix factors;
     std::vector<double> variances;
     if (c.factor_columns > 0) {
@@ -244,13 +284,13 @@ TEST_F(PersistenceTest, DataDirOfFormatVersion1ComesBack) {
       const core::RowMatrix p = ReadRows(source / (c.id + ".variances.f64"), 1);
       variances.assign(p.data(), p.data() + p.size());
     }
-    const grpc::Status uploaded = testing::UploadPoints(
-        stub(), rebuilt, points, 0, points.rows(), 100, c.factor_columns > 0 ? &factors : nullptr,
-        c.factor_columns > 0 ? &variances : nullptr);
-    ASSERT_TRUE(uploaded.ok()) << uploaded.error_message();
-    ASSERT_EQ(testing::BuildAndWait(stub(), rebuilt).state(), v1::INDEX_STATE_READY);
-    ExpectIdentical(Answer(stub(), Probes(c.id, points.rows(), false)),
-                    Answer(stub(), Probes(rebuilt, points.rows(), false)), c.id);
+    const absl::Status uploaded = Upload(client(), rebuilt, points, 0, points.rows(),
+                                         c.factor_columns > 0 ? &factors : nullptr,
+                                         c.factor_columns > 0 ? &variances : nullptr);
+    ASSERT_TRUE(uploaded.ok()) << uploaded;
+    ASSERT_EQ(Build(client(), rebuilt).state(), v1::INDEX_STATE_READY);
+    ExpectIdentical(Answer(client(), Probes(c.id, points.rows(), false)),
+                    Answer(client(), Probes(rebuilt, points.rows(), false)), c.id);
   }
 }
 
@@ -259,82 +299,73 @@ TEST_F(PersistenceTest, LoadingIndexComesBackLoadingAndCanBeBuilt) {
   const int64_t n = 3000;
   const core::RowMatrix points = testing::NormalPoints(n, kDimension, 31);
   const v1::IndexSpec spec = testing::ResidualSpec(kDimension, v1::KERNEL_MATERN52, 1.0, 0.8, 48);
-  ASSERT_TRUE(testing::CreateIndex(stub(), "loading", spec).ok());
-  ASSERT_TRUE(testing::UploadPoints(stub(), "loading", points, 0, 1200, 500).ok());
-  ASSERT_TRUE(testing::UploadPoints(stub(), "loading", points, 1200, 800, 500).ok());
+  ASSERT_TRUE(client().CreateIndex("loading", spec).ok());
+  ASSERT_TRUE(Upload(client(), "loading", points, 0, 1200).ok());
+  ASSERT_TRUE(Upload(client(), "loading", points, 1200, 800).ok());
 
   Restart();
-  v1::IndexInfo info = testing::GetIndex(stub(), "loading");
+  v1::IndexInfo info = testing::InfoOf(client(), "loading");
   EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(info.num_points(), 2000);
   EXPECT_EQ(info.memory_bytes(), 2000 * kDimension * 8);
-  v1::UploadPointsResponse uploaded;
-  ASSERT_TRUE(
-      testing::UploadPoints(stub(), "loading", points, 2000, 1000, 500, nullptr, nullptr, &uploaded)
-          .ok());
-  EXPECT_EQ(uploaded.total_points(), n);
+  const absl::StatusOr<v1::UploadPointsResponse> uploaded =
+      client().UploadPoints("loading", testing::View(points, 2000, 1000));
+  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
+  EXPECT_EQ(uploaded->total_points(), n);
   EXPECT_TRUE(fs::exists(IndexDir("loading") / "upload-000003.rcknn"));
-  info = testing::BuildAndWait(stub(), "loading");
+  info = Build(client(), "loading");
   ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
   EXPECT_EQ(info.num_points(), n);
 
   // The same points uploaded at once to a server without --data_dir give the same answers.
-  testing::TestServer reference = testing::StartTestServer();
-  ASSERT_EQ(testing::CreateReadyIndex(*reference.stub, "loading", spec, points, 700).state(),
-            v1::INDEX_STATE_READY);
-  const std::vector<v1::SearchRequest> probes = Probes("loading", n, true);
-  const Answers want = Answer(*reference.stub, probes);
-  const Answers got = Answer(stub(), probes);
+  testing::ClientOnServer reference;
+  reference.Start(server::ServerOptions());
+  const absl::StatusOr<v1::IndexInfo> ready =
+      testing::CreateReadyIndex(reference.client(), "loading", spec, points);
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  ASSERT_EQ(ready->state(), v1::INDEX_STATE_READY);
+  const std::vector<Probe> probes = Probes("loading", n, true);
+  const Answers want = Answer(reference.client(), probes);
+  const Answers got = Answer(client(), probes);
   ASSERT_EQ(got.ids.size(), want.ids.size());
   int64_t offset = 0;
-  for (const v1::SearchRequest& probe : probes) {
-    const int64_t queries = probe.query_ids().empty() ? probe.query_points().size() / kDimension
-                                                      : probe.query_ids().size();
+  for (const Probe& probe : probes) {
     EXPECT_EQ(testing::CompareAnswers(got.ids.data() + offset, got.distances.data() + offset,
                                       want.ids.data() + offset, want.distances.data() + offset,
-                                      queries, probe.k()),
+                                      probe.num_queries(), probe.k),
               "");
-    offset += queries * probe.k();
+    offset += probe.num_queries() * probe.k;
   }
   Restart();
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "loading").state(), v1::INDEX_STATE_READY);
-  ExpectIdentical(Answer(stub(), probes), got, "loading");
+  ASSERT_EQ(Watch(client(), "loading").state(), v1::INDEX_STATE_READY);
+  ExpectIdentical(Answer(client(), probes), got, "loading");
 }
 
 TEST_F(PersistenceTest, FailedUploadLeavesNoFile) {
   Restart();
-  const core::RowMatrix points = testing::NormalPoints(600, kDimension, 41);
-  ASSERT_TRUE(testing::CreateIndex(stub(), "partial", EuclideanSpec()).ok());
-  ASSERT_TRUE(testing::UploadPoints(stub(), "partial", points, 0, 300, 100).ok());
+  core::RowMatrix points = testing::NormalPoints(600, kDimension, 41);
+  ASSERT_TRUE(client().CreateIndex("partial", EuclideanSpec()).ok());
+  ASSERT_TRUE(Upload(client(), "partial", points, 0, 300).ok());
   {
-    // Two good chunks, then one with a NaN: INVALID_ARGUMENT mid-stream.
-    grpc::ClientContext context;
-    testing::SetDeadline(context);
-    v1::UploadPointsResponse response;
-    auto writer = stub().UploadPoints(&context, &response);
-    for (int chunk = 0; chunk < 3; ++chunk) {
-      v1::UploadPointsRequest request;
-      request.set_index_id("partial");
-      const double* rows = points.data() + (300 + chunk * 100) * kDimension;
-      request.mutable_coordinates()->Add(rows, rows + 100 * kDimension);
-      if (chunk == 2) request.set_coordinates(7, std::numeric_limits<double>::quiet_NaN());
-      if (!writer->Write(request)) break;
-    }
-    writer->WritesDone();
-    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    // Chunks of 100 points: two good ones, then one with a NaN: INVALID_ARGUMENT mid-stream.
+    const std::unique_ptr<client::RcknnClient> chunked =
+        testing::MakeClient(served_.test(), testing::UploadInChunksOf(100, kDimension));
+    core::RowMatrix bad = points.middleRows(300, 300);
+    bad(200 + 2, 1) = std::numeric_limits<double>::quiet_NaN();
+    EXPECT_THAT(chunked->UploadPoints("partial", testing::View(bad)),
+                testing::StatusIs(absl::StatusCode::kInvalidArgument, "coordinates"));
   }
   EXPECT_THAT(FilesIn(IndexDir("partial")),
               ::testing::ElementsAre("spec.rcknn", "upload-000001.rcknn"));
   Restart();
-  const v1::IndexInfo info = testing::GetIndex(stub(), "partial");
+  const v1::IndexInfo info = testing::InfoOf(client(), "partial");
   EXPECT_EQ(info.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(info.num_points(), 300);
   // The next acknowledged upload takes the next number.
-  v1::UploadPointsResponse uploaded;
-  ASSERT_TRUE(
-      testing::UploadPoints(stub(), "partial", points, 300, 300, 100, nullptr, nullptr, &uploaded)
-          .ok());
-  EXPECT_EQ(uploaded.total_points(), 600);
+  const absl::StatusOr<v1::UploadPointsResponse> uploaded =
+      client().UploadPoints("partial", testing::View(points, 300, 300));
+  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
+  EXPECT_EQ(uploaded->total_points(), 600);
   EXPECT_THAT(FilesIn(IndexDir("partial")),
               ::testing::ElementsAre("spec.rcknn", "upload-000001.rcknn", "upload-000002.rcknn"));
 }
@@ -342,44 +373,41 @@ TEST_F(PersistenceTest, FailedUploadLeavesNoFile) {
 TEST_F(PersistenceTest, DeletedIndexesDoNotComeBack) {
   Restart();
   const core::RowMatrix points = testing::NormalPoints(500, kDimension, 51);
-  ASSERT_EQ(testing::CreateReadyIndex(stub(), "ready", EuclideanSpec(), points, 200).state(),
-            v1::INDEX_STATE_READY);
-  ASSERT_TRUE(testing::CreateIndex(stub(), "loading", EuclideanSpec()).ok());
-  ASSERT_TRUE(testing::UploadPoints(stub(), "loading", points, 0, 200, 100).ok());
-  ASSERT_TRUE(testing::CreateIndex(stub(), "kept", EuclideanSpec()).ok());
+  const absl::StatusOr<v1::IndexInfo> ready =
+      testing::CreateReadyIndex(client(), "ready", EuclideanSpec(), points);
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  ASSERT_EQ(ready->state(), v1::INDEX_STATE_READY);
+  ASSERT_TRUE(client().CreateIndex("loading", EuclideanSpec()).ok());
+  ASSERT_TRUE(Upload(client(), "loading", points, 0, 200).ok());
+  ASSERT_TRUE(client().CreateIndex("kept", EuclideanSpec()).ok());
   ASSERT_TRUE(fs::exists(IndexDir("ready")));
   ASSERT_TRUE(fs::exists(IndexDir("loading")));
-  ASSERT_TRUE(testing::DeleteIndex(stub(), "ready").ok());
-  ASSERT_TRUE(testing::DeleteIndex(stub(), "loading").ok());
+  ASSERT_TRUE(client().DeleteIndex("ready").ok());
+  ASSERT_TRUE(client().DeleteIndex("loading").ok());
   EXPECT_FALSE(fs::exists(IndexDir("ready")));
   EXPECT_FALSE(fs::exists(IndexDir("loading")));
   EXPECT_THAT(FilesIn(data_dir_ / "trash"), ::testing::IsEmpty());
   Restart();
-  EXPECT_THAT(ListIds(stub()), ::testing::ElementsAre("kept"));
-  grpc::Status status;
-  testing::GetIndex(stub(), "ready", &status);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(testing::ListIds(client()), ::testing::ElementsAre("kept"));
+  EXPECT_THAT(client().GetIndex("ready"), testing::StatusIs(absl::StatusCode::kNotFound, "ready"));
   // The id is free again.
-  EXPECT_TRUE(testing::CreateIndex(stub(), "ready", EuclideanSpec()).ok());
+  EXPECT_TRUE(client().CreateIndex("ready", EuclideanSpec()).ok());
 }
 
 TEST_F(PersistenceTest, SecondServerOnTheSameDataDirIsRefused) {
   Restart();
-  ASSERT_TRUE(testing::CreateIndex(stub(), "first", EuclideanSpec()).ok());
+  ASSERT_TRUE(client().CreateIndex("first", EuclideanSpec()).ok());
   server::ServerOptions options = Options();
   options.listen_address = "127.0.0.1:0";
   options.metrics_listen_address.clear();
   options.threads = 1;
-  auto second = server::RcknnServer::Start(options);
-  ASSERT_FALSE(second.ok());
-  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(second.status().message()), HasSubstr(data_dir_.string()));
+  EXPECT_THAT(server::RcknnServer::Start(options),
+              testing::StatusIs(absl::StatusCode::kFailedPrecondition, data_dir_.string()));
   // The first server is untouched by the attempt.
-  EXPECT_TRUE(testing::CreateIndex(stub(), "second", EuclideanSpec()).ok());
-  EXPECT_THAT(ListIds(stub()), ::testing::ElementsAre("first", "second"));
+  EXPECT_TRUE(client().CreateIndex("second", EuclideanSpec()).ok());
+  EXPECT_THAT(testing::ListIds(client()), ::testing::ElementsAre("first", "second"));
   // Once it has stopped, the directory can be used again.
-  test_.server->Shutdown(absl::ZeroDuration());
-  test_ = testing::TestServer();
+  served_.Stop();
   auto third = server::RcknnServer::Start(options);
   ASSERT_TRUE(third.ok()) << third.status();
 }
@@ -390,15 +418,14 @@ TEST_F(PersistenceTest, CorruptFileFailsOnlyItsIndex) {
   const core::RowMatrix points = testing::NormalPoints(n, kDimension, 61);
   const v1::IndexSpec spec = testing::ResidualSpec(kDimension, v1::KERNEL_RBF, 1.0, 1.0, 32);
   for (const char* id : {"good", "bad-upload", "bad-tree"}) {
-    ASSERT_TRUE(testing::CreateIndex(stub(), id, spec).ok());
-    ASSERT_TRUE(testing::UploadPoints(stub(), id, points, 0, 1000, 500).ok());
-    ASSERT_TRUE(testing::UploadPoints(stub(), id, points, 1000, 500, 500).ok());
-    ASSERT_EQ(testing::BuildAndWait(stub(), id).state(), v1::INDEX_STATE_READY) << id;
+    ASSERT_TRUE(client().CreateIndex(id, spec).ok());
+    ASSERT_TRUE(Upload(client(), id, points, 0, 1000).ok());
+    ASSERT_TRUE(Upload(client(), id, points, 1000, 500).ok());
+    ASSERT_EQ(Build(client(), id).state(), v1::INDEX_STATE_READY) << id;
   }
-  const std::vector<v1::SearchRequest> probes = Probes("good", n, true);
-  const Answers want = Answer(stub(), probes);
-  test_.server->Shutdown(absl::ZeroDuration());
-  test_ = testing::TestServer();
+  const std::vector<Probe> probes = Probes("good", n, true);
+  const Answers want = Answer(client(), probes);
+  served_.Stop();
 
   const fs::path bad_upload = IndexDir("bad-upload") / "upload-000001.rcknn";
   const fs::path bad_tree = IndexDir("bad-tree") / "tree.rcknn";
@@ -406,20 +433,20 @@ TEST_F(PersistenceTest, CorruptFileFailsOnlyItsIndex) {
   const std::string tree_bytes = FlipPayloadByte(bad_tree);
 
   Restart();
-  const v1::IndexInfo good = testing::AwaitBuilt(stub(), "good");
+  const v1::IndexInfo good = Watch(client(), "good");
   ASSERT_EQ(good.state(), v1::INDEX_STATE_READY) << good.error();
-  ExpectIdentical(Answer(stub(), probes), want, "good");
+  ExpectIdentical(Answer(client(), probes), want, "good");
+  const std::vector<int64_t> zero = {0};
   for (const auto& [id, file] :
        {std::pair<std::string, fs::path>{"bad-upload", bad_upload}, {"bad-tree", bad_tree}}) {
-    const v1::IndexInfo info = testing::AwaitBuilt(stub(), id);
+    const v1::IndexInfo info = Watch(client(), id);
     EXPECT_EQ(info.state(), v1::INDEX_STATE_FAILED) << id;
     EXPECT_THAT(info.error(), HasSubstr(file.filename().string())) << id;
     EXPECT_THAT(info.error(), HasSubstr("checksum")) << id;
     EXPECT_EQ(info.memory_bytes(), 0) << id;
-    v1::SearchResponse response;
-    const grpc::Status status = testing::Search(stub(), testing::IdSearch(id, 3, {0}), &response);
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << id;
-    EXPECT_THAT(status.error_message(), HasSubstr("FAILED")) << id;
+    EXPECT_THAT(client().Search(testing::IdQuery(id, zero, 3)),
+                testing::StatusIs(absl::StatusCode::kFailedPrecondition, "FAILED"))
+        << id;
   }
   // Nothing of a FAILED index is removed or rewritten behind the operator's back.
   EXPECT_EQ(testing::ReadBytes(bad_upload), upload_bytes);
@@ -427,53 +454,53 @@ TEST_F(PersistenceTest, CorruptFileFailsOnlyItsIndex) {
   EXPECT_TRUE(fs::exists(IndexDir("bad-upload") / "upload-000002.rcknn"));
   EXPECT_TRUE(fs::exists(IndexDir("bad-tree") / "upload-000001.rcknn"));
   // Only the good index holds memory.
-  EXPECT_EQ(test_.server->memory_budget().used(), good.memory_bytes());
+  EXPECT_EQ(served_.server().memory_budget().used(), good.memory_bytes());
 
   // A restart finds them FAILED again, for the same reasons.
   Restart();
-  EXPECT_EQ(testing::AwaitBuilt(stub(), "bad-upload").state(), v1::INDEX_STATE_FAILED);
-  EXPECT_EQ(testing::AwaitBuilt(stub(), "bad-tree").state(), v1::INDEX_STATE_FAILED);
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "good").state(), v1::INDEX_STATE_READY);
-  ASSERT_TRUE(testing::DeleteIndex(stub(), "bad-upload").ok());
-  ASSERT_TRUE(testing::DeleteIndex(stub(), "bad-tree").ok());
+  EXPECT_EQ(Watch(client(), "bad-upload").state(), v1::INDEX_STATE_FAILED);
+  EXPECT_EQ(Watch(client(), "bad-tree").state(), v1::INDEX_STATE_FAILED);
+  ASSERT_EQ(Watch(client(), "good").state(), v1::INDEX_STATE_READY);
+  ASSERT_TRUE(client().DeleteIndex("bad-upload").ok());
+  ASSERT_TRUE(client().DeleteIndex("bad-tree").ok());
   EXPECT_FALSE(fs::exists(IndexDir("bad-upload")));
   EXPECT_FALSE(fs::exists(IndexDir("bad-tree")));
   Restart();
-  EXPECT_THAT(ListIds(stub()), ::testing::ElementsAre("good"));
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "good").state(), v1::INDEX_STATE_READY);
-  ExpectIdentical(Answer(stub(), probes), want, "good");
+  EXPECT_THAT(testing::ListIds(client()), ::testing::ElementsAre("good"));
+  ASSERT_EQ(Watch(client(), "good").state(), v1::INDEX_STATE_READY);
+  ExpectIdentical(Answer(client(), probes), want, "good");
 }
 
 TEST_F(PersistenceTest, IndexOverTheBudgetAtStartFailsAndComesBackWithMore) {
   Restart();
   const int64_t n = 3000;
   const core::RowMatrix points = testing::NormalPoints(n, kDimension, 81);
-  ASSERT_EQ(testing::CreateReadyIndex(stub(), "big", EuclideanSpec(), points, 1000).state(),
-            v1::INDEX_STATE_READY);
-  ASSERT_TRUE(testing::CreateIndex(stub(), "small", EuclideanSpec()).ok());
-  ASSERT_TRUE(testing::UploadPoints(stub(), "small", points, 0, 100, 100).ok());
-  const std::vector<v1::SearchRequest> probes = Probes("big", n, true);
-  const Answers want = Answer(stub(), probes);
-  test_.server->Shutdown(absl::ZeroDuration());
-  test_ = testing::TestServer();
+  const absl::StatusOr<v1::IndexInfo> ready =
+      testing::CreateReadyIndex(client(), "big", EuclideanSpec(), points);
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  ASSERT_EQ(ready->state(), v1::INDEX_STATE_READY);
+  ASSERT_TRUE(client().CreateIndex("small", EuclideanSpec()).ok());
+  ASSERT_TRUE(Upload(client(), "small", points, 0, 100).ok());
+  const std::vector<Probe> probes = Probes("big", n, true);
+  const Answers want = Answer(client(), probes);
 
   // Room for the points, not for restoring the tree: "big" is FAILED, "small" is loaded.
   server::ServerOptions options = Options();
   options.max_memory_bytes = 256 << 10;
-  test_ = testing::StartTestServer(options);
-  const v1::IndexInfo big = testing::AwaitBuilt(stub(), "big");
+  Restart(options);
+  const v1::IndexInfo big = Watch(client(), "big");
   EXPECT_EQ(big.state(), v1::INDEX_STATE_FAILED);
   EXPECT_THAT(big.error(), HasSubstr("--max_memory_bytes"));
-  const v1::IndexInfo small = testing::GetIndex(stub(), "small");
+  const v1::IndexInfo small = testing::InfoOf(client(), "small");
   EXPECT_EQ(small.state(), v1::INDEX_STATE_LOADING);
   EXPECT_EQ(small.num_points(), 100);
-  EXPECT_EQ(test_.server->memory_budget().used(), small.memory_bytes());
+  EXPECT_EQ(served_.server().memory_budget().used(), small.memory_bytes());
   EXPECT_TRUE(fs::exists(IndexDir("big") / "tree.rcknn"));
 
   // With the default budget it is READY again, answering as before.
   Restart();
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "big").state(), v1::INDEX_STATE_READY);
-  ExpectIdentical(Answer(stub(), probes), want, "big");
+  ASSERT_EQ(Watch(client(), "big").state(), v1::INDEX_STATE_READY);
+  ExpectIdentical(Answer(client(), probes), want, "big");
 }
 
 // A data directory written by a server that computed V and p with other rounding (another CPU
@@ -485,13 +512,12 @@ TEST_F(PersistenceTest, TreeOverOtherRoundedFactorsIsRebuiltAndSaved) {
   const int64_t n = 1200;
   const core::RowMatrix points = testing::NormalPoints(n, kDimension, 91);
   const v1::IndexSpec spec = testing::ResidualSpec(kDimension, v1::KERNEL_RBF, 1.0, 1.0, 32);
-  ASSERT_TRUE(testing::CreateIndex(stub(), "old", spec).ok());
-  ASSERT_TRUE(testing::UploadPoints(stub(), "old", points, 0, n, 600).ok());
-  ASSERT_EQ(testing::BuildAndWait(stub(), "old").state(), v1::INDEX_STATE_READY);
-  const std::vector<v1::SearchRequest> probes = Probes("old", n, true);
-  const Answers want = Answer(stub(), probes);
-  test_.server->Shutdown(absl::ZeroDuration());
-  test_ = testing::TestServer();
+  ASSERT_TRUE(client().CreateIndex("old", spec).ok());
+  ASSERT_TRUE(Upload(client(), "old", points, 0, n).ok());
+  ASSERT_EQ(Build(client(), "old").state(), v1::INDEX_STATE_READY);
+  const std::vector<Probe> probes = Probes("old", n, true);
+  const Answers want = Answer(client(), probes);
+  served_.Stop();
 
   // The tree file of IndexStore::WriteTree, with the fingerprint of KnnIndex::Save changed.
   const fs::path tree_file = IndexDir("old") / "tree.rcknn";
@@ -503,8 +529,7 @@ TEST_F(PersistenceTest, TreeOverOtherRoundedFactorsIsRebuiltAndSaved) {
     if (flip) {
       core::IndexFileHeader header = contents->header;
       header.space_fingerprint ^= uint64_t{1};
-      EXPECT_TRUE(
-          core::WriteIndexFile(tree_file.string(), header, contents->tree.storage()).ok());
+      EXPECT_TRUE(core::WriteIndexFile(tree_file.string(), header, contents->tree.storage()).ok());
     }
     return fingerprint;
   };
@@ -512,17 +537,16 @@ TEST_F(PersistenceTest, TreeOverOtherRoundedFactorsIsRebuiltAndSaved) {
   ASSERT_EQ(read_fingerprint(/*flip=*/false), fingerprint ^ uint64_t{1});
 
   Restart();
-  const v1::IndexInfo info = testing::AwaitBuilt(stub(), "old");
+  const v1::IndexInfo info = Watch(client(), "old");
   ASSERT_EQ(info.state(), v1::INDEX_STATE_READY) << info.error();
   // Here the factors are in fact computed as before, so the answers are too.
-  ExpectIdentical(Answer(stub(), probes), want, "old");
+  ExpectIdentical(Answer(client(), probes), want, "old");
   // The rebuilt tree was saved with the fingerprint of this server's factors.
-  test_.server->Shutdown(absl::ZeroDuration());
-  test_ = testing::TestServer();
+  served_.Stop();
   EXPECT_EQ(read_fingerprint(/*flip=*/false), fingerprint);
   Restart();
-  ASSERT_EQ(testing::AwaitBuilt(stub(), "old").state(), v1::INDEX_STATE_READY);
-  ExpectIdentical(Answer(stub(), probes), want, "old");
+  ASSERT_EQ(Watch(client(), "old").state(), v1::INDEX_STATE_READY);
+  ExpectIdentical(Answer(client(), probes), want, "old");
 }
 
 TEST(NoDataDirTest, NothingIsKept) {
@@ -530,17 +554,15 @@ TEST(NoDataDirTest, NothingIsKept) {
   const std::set<std::string> files_before = FilesIn(cwd);
   server::ServerOptions options;
   ASSERT_TRUE(options.data_dir.empty());
-  {
-    testing::TestServer test = testing::StartTestServer(options);
-    ASSERT_EQ(testing::CreateReadyIndex(*test.stub, "memory", EuclideanSpec(),
-                                        testing::NormalPoints(300, kDimension, 71), 100)
-                  .state(),
-              v1::INDEX_STATE_READY);
-    ASSERT_TRUE(testing::CreateIndex(*test.stub, "loading", EuclideanSpec()).ok());
-    test.server->Shutdown(absl::ZeroDuration());
-  }
-  testing::TestServer test = testing::StartTestServer(options);
-  EXPECT_THAT(ListIds(*test.stub), ::testing::IsEmpty());
+  testing::ClientOnServer served;
+  served.Start(options);
+  const absl::StatusOr<v1::IndexInfo> ready = testing::CreateReadyIndex(
+      served.client(), "memory", EuclideanSpec(), testing::NormalPoints(300, kDimension, 71));
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  ASSERT_EQ(ready->state(), v1::INDEX_STATE_READY);
+  ASSERT_TRUE(served.client().CreateIndex("loading", EuclideanSpec()).ok());
+  served.Restart();
+  EXPECT_THAT(testing::ListIds(served.client()), ::testing::IsEmpty());
   EXPECT_EQ(FilesIn(cwd), files_before);
 }
 

@@ -123,8 +123,7 @@ TEST_F(ReflectionV1Test, UnknownNamesAnswerNotFound) {
   refl::ServerReflectionRequest numbers;
   numbers.set_all_extension_numbers_of_type("rcknn.v1.SearchRequest");
   const auto answers = Ask({numbers});
-  EXPECT_EQ(answers[0].all_extension_numbers_response().base_type_name(),
-            "rcknn.v1.SearchRequest");
+  EXPECT_EQ(answers[0].all_extension_numbers_response().base_type_name(), "rcknn.v1.SearchRequest");
 }
 
 TEST_F(ReflectionV1Test, CountedOkNeverUnimplemented) {

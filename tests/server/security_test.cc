@@ -184,8 +184,7 @@ TEST_F(SecurityTest, ReadOnlyTokenSearchesButCannotWrite) {
   const core::RowMatrix points = NormalPoints(10, 2, 7);
   EXPECT_THAT(reader->UploadPoints("ro", View(points)),
               StatusIs(absl::StatusCode::kPermissionDenied, "read-only"));
-  EXPECT_THAT(reader->BuildIndex("ro"),
-              StatusIs(absl::StatusCode::kPermissionDenied, "read-only"));
+  EXPECT_THAT(reader->BuildIndex("ro"), StatusIs(absl::StatusCode::kPermissionDenied, "read-only"));
   EXPECT_THAT(reader->DeleteIndex("ro"),
               StatusIs(absl::StatusCode::kPermissionDenied, "read-only"));
   EXPECT_THAT(server->metrics().TextExposition(),

@@ -198,9 +198,9 @@ TEST_F(ServerMetricsWiringTest, ErrorsAreCountedWithTheirCodes) {
 TEST_F(ServerMetricsWiringTest, IndexAndPoolGaugesFollowTheRegistry) {
   // The build task updates the gauges just after it publishes READY, which WatchIndex may report
   // first: wait for them (bounded).
-  EXPECT_TRUE(testing::WaitFor(
-      [&] { return SeriesValue(Text(), "rcknn_index_build_seconds_count") >= 1; },
-      absl::Seconds(5)));
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return SeriesValue(Text(), "rcknn_index_build_seconds_count") >= 1; },
+                       absl::Seconds(5)));
   std::string text = Text();
   EXPECT_EQ(SeriesValue(text, "rcknn_indexes{state=\"ready\"}"), 1) << text;
   EXPECT_EQ(SeriesValue(text, "rcknn_indexes{state=\"loading\"}"), 0);

@@ -120,47 +120,21 @@ grpc::Status CreateIndex(v1::Rcknn::Stub& stub, const std::string& id, const v1:
 }
 
 grpc::Status UploadPoints(v1::Rcknn::Stub& stub, const std::string& id,
-                          const core::RowMatrix& points, int64_t first, int64_t rows,
-                          int64_t chunk_points, const core::RowMatrix* factors,
-                          const std::vector<double>* variances,
-                          v1::UploadPointsResponse* response) {
+                          const core::RowMatrix& points, int64_t chunk_points) {
   grpc::ClientContext context;
   SetDeadline(context);
-  v1::UploadPointsResponse local;
-  if (response == nullptr) response = &local;
-  auto writer = stub.UploadPoints(&context, response);
+  v1::UploadPointsResponse response;
+  auto writer = stub.UploadPoints(&context, &response);
   const int64_t d = points.cols();
-  for (int64_t begin = first; begin < first + rows; begin += chunk_points) {
-    const int64_t end = std::min(first + rows, begin + chunk_points);
+  for (int64_t begin = 0; begin < points.rows(); begin += chunk_points) {
+    const int64_t end = std::min<int64_t>(points.rows(), begin + chunk_points);
     v1::UploadPointsRequest chunk;
-    if (begin == first) chunk.set_index_id(id);
+    if (begin == 0) chunk.set_index_id(id);
     chunk.mutable_coordinates()->Add(points.data() + begin * d, points.data() + end * d);
-    if (factors != nullptr) {
-      const int64_t m = factors->cols();
-      chunk.mutable_factors()->Add(factors->data() + begin * m, factors->data() + end * m);
-      chunk.mutable_residual_variances()->Add(variances->data() + begin, variances->data() + end);
-    }
     if (!writer->Write(chunk)) break;
   }
   writer->WritesDone();
   return writer->Finish();
-}
-
-grpc::Status UploadPoints(v1::Rcknn::Stub& stub, const std::string& id,
-                          const core::RowMatrix& points, int64_t chunk_points,
-                          v1::UploadPointsResponse* response) {
-  return UploadPoints(stub, id, points, 0, points.rows(), chunk_points, nullptr, nullptr, response);
-}
-
-v1::IndexInfo GetIndex(v1::Rcknn::Stub& stub, const std::string& id, grpc::Status* status) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::GetIndexRequest request;
-  request.set_index_id(id);
-  v1::IndexInfo info;
-  const grpc::Status got = stub.GetIndex(&context, request, &info);
-  if (status != nullptr) *status = got;
-  return info;
 }
 
 grpc::Status BuildIndex(v1::Rcknn::Stub& stub, const std::string& id) {
@@ -200,21 +174,6 @@ grpc::Status Search(v1::Rcknn::Stub& stub, const v1::SearchRequest& request,
   grpc::ClientContext context;
   SetDeadline(context);
   return stub.Search(&context, request, response);
-}
-
-grpc::Status ListIndexes(v1::Rcknn::Stub& stub, v1::ListIndexesResponse* response) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  return stub.ListIndexes(&context, v1::ListIndexesRequest(), response);
-}
-
-grpc::Status DeleteIndex(v1::Rcknn::Stub& stub, const std::string& id) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::DeleteIndexRequest request;
-  request.set_index_id(id);
-  v1::DeleteIndexResponse response;
-  return stub.DeleteIndex(&context, request, &response);
 }
 
 v1::IndexInfo CreateReadyIndex(v1::Rcknn::Stub& stub, const std::string& id,
@@ -308,9 +267,7 @@ client::SearchQuery IdQuery(const std::string& index_id, const std::vector<int64
   return query;
 }
 
-client::PointsView View(const core::RowMatrix& points) {
-  return View(points, 0, points.rows());
-}
+client::PointsView View(const core::RowMatrix& points) { return View(points, 0, points.rows()); }
 
 client::PointsView View(const core::RowMatrix& points, int64_t first, int64_t rows) {
   const int d = static_cast<int>(points.cols());

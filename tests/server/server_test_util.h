@@ -15,8 +15,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/rcknn_client.h"
-#include "gmock/gmock.h"
 #include "core/metric_space.h"
+#include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "rcknn/v1/rcknn.grpc.pb.h"
 #include "server/rcknn_server.h"
@@ -100,8 +100,8 @@ class StatusIsMatcher {
         << substring_ << "\"";
   }
   void DescribeNegationTo(std::ostream* os) const {
-    *os << "does not have code " << absl::StatusCodeToString(code_)
-        << " or a message containing \"" << substring_ << "\"";
+    *os << "does not have code " << absl::StatusCodeToString(code_) << " or a message containing \""
+        << substring_ << "\"";
   }
 
  private:
@@ -129,27 +129,14 @@ v1::IndexSpec ResidualSpec(int dimension, v1::KernelType type, double variance, 
 // Sets the deadline of `context` to kCallTimeout from now.
 void SetDeadline(grpc::ClientContext& context);
 
+// Raw-stub helpers, each call with kCallTimeout, for what does not go through the client library
+// (the gRPC overhead benchmark, requests the library never builds).
 grpc::Status CreateIndex(v1::Rcknn::Stub& stub, const std::string& id, const v1::IndexSpec& spec);
 
-// Uploads rows [first, first + rows) of `points` on one stream in chunks of `chunk_points` rows,
-// naming the index on the first chunk only. With `factors` (rows x m, row i for point i, same
-// first row as `points`) and `variances`, both or neither, the factor rows and residual
-// variances of the same points go along, for an index with factors_supplied.
+// Uploads all of `points` in chunks of `chunk_points` rows on one stream, naming the index on the
+// first chunk only.
 grpc::Status UploadPoints(v1::Rcknn::Stub& stub, const std::string& id,
-                          const core::RowMatrix& points, int64_t first, int64_t rows,
-                          int64_t chunk_points, const core::RowMatrix* factors = nullptr,
-                          const std::vector<double>* variances = nullptr,
-                          v1::UploadPointsResponse* response = nullptr);
-
-// Uploads all of `points` in chunks of `chunk_points` rows on one stream.
-grpc::Status UploadPoints(v1::Rcknn::Stub& stub, const std::string& id,
-                          const core::RowMatrix& points, int64_t chunk_points,
-                          v1::UploadPointsResponse* response = nullptr);
-
-// The IndexInfo of `id`; the call's status goes to `status` when given (the returned IndexInfo
-// is empty unless it is OK).
-v1::IndexInfo GetIndex(v1::Rcknn::Stub& stub, const std::string& id,
-                       grpc::Status* status = nullptr);
+                          const core::RowMatrix& points, int64_t chunk_points);
 
 // BuildIndex alone: returns when the build has started (or was refused), not when it ends.
 grpc::Status BuildIndex(v1::Rcknn::Stub& stub, const std::string& id);
@@ -165,10 +152,6 @@ v1::IndexInfo BuildAndWait(v1::Rcknn::Stub& stub, const std::string& id);
 grpc::Status Search(v1::Rcknn::Stub& stub, const v1::SearchRequest& request,
                     v1::SearchResponse* response);
 
-grpc::Status ListIndexes(v1::Rcknn::Stub& stub, v1::ListIndexesResponse* response);
-
-grpc::Status DeleteIndex(v1::Rcknn::Stub& stub, const std::string& id);
-
 // Create + upload + build + wait; the final state must be READY (checked by the caller).
 v1::IndexInfo CreateReadyIndex(v1::Rcknn::Stub& stub, const std::string& id,
                                const v1::IndexSpec& spec, const core::RowMatrix& points,
@@ -176,7 +159,6 @@ v1::IndexInfo CreateReadyIndex(v1::Rcknn::Stub& stub, const std::string& id,
 
 v1::SearchRequest IdSearch(const std::string& id, int64_t k, const std::vector<int64_t>& ids,
                            bool predecessor_mode = false);
-
 
 // ids begin, begin + 1, ..., end - 1.
 std::vector<int64_t> Range(int64_t begin, int64_t end);
