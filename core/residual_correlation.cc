@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/canonical_dot.h"
 #include "core/knn_query.h"
+#include "core/packed_product.h"
 #include "core/random.h"
 #include "core/fingerprint.h"
 #include "core/status_macros.h"
@@ -485,8 +486,10 @@ void ResidualSpace::RowsToRows(const PointRows& a, int64_t a0, int64_t na, const
 void ResidualSpace::RowsToRangeWithin(const PointRows& rows, int64_t first, int64_t num,
                                       int64_t begin, int64_t count, const double* limits,
                                       double* out) const {
-  Eigen::Map<RowMatrix> g(out, num, count);
-  g.noalias() = rows.features.middleRows(first, num) * v_.middleRows(begin, count).transpose();
+  // The scan's product (the only caller): packed, register-blocked (core/packed_product.h).
+  const int64_t m = v_.cols();
+  PackedProducts(rows.features.data() + first * m, m, num, v_.data() + begin * m, m, count, m,
+                 out, count);
   const double variance = kernel_.variance();
   double* r2 = Scratch().R2(count);
   for (int64_t i = 0; i < num; ++i) {
@@ -505,8 +508,9 @@ void ResidualSpace::RowsToRangeWithin(const PointRows& rows, int64_t first, int6
 void ResidualSpace::RowsToRowsWithin(const PointRows& a, int64_t a0, int64_t na,
                                      const PointRows& b, int64_t b0, int64_t nb,
                                      const double* limits, double* out) const {
-  Eigen::Map<RowMatrix> g(out, na, nb);
-  g.noalias() = a.features.middleRows(a0, na) * b.features.middleRows(b0, nb).transpose();
+  const int64_t m = v_.cols();
+  PackedProducts(a.features.data() + a0 * m, m, na, b.features.data() + b0 * m, m, nb, m, out,
+                 nb);
   const int d = kernel_.dimension();
   const double variance = kernel_.variance();
   RowScratch& scratch = Scratch();
