@@ -30,21 +30,26 @@ PackScratch& Scratch() {
   return scratch;
 }
 
-// Copies columns [k0, k0 + kc) of `rows` rows of x into panels of `panel` rows, each stored
-// k-major (for every k, the panel's `panel` values), rows past the end as zeros.
-void Pack(const double* x, int64_t ld, int64_t rows, int64_t k0, int64_t kc, int64_t panel,
-          double* out) {
-  for (int64_t p = 0; p < rows; p += panel) {
-    const int64_t valid = std::min(panel, rows - p);
+// Copies columns [k0, k0 + kc) of `rows` rows of x into panels of kPanel rows, each stored
+// k-major (for every k, the panel's kPanel values), rows past the end as zeros. The writes are
+// sequential, the reads kPanel sequential streams.
+template <int64_t kPanel>
+void Pack(const double* x, int64_t ld, int64_t rows, int64_t k0, int64_t kc, double* out) {
+  for (int64_t p = 0; p < rows; p += kPanel) {
     const double* src = x + p * ld + k0;
-    for (int64_t i = 0; i < valid; ++i) {
-      const double* row = src + i * ld;
-      for (int64_t k = 0; k < kc; ++k) out[k * panel + i] = row[k];
+    const int64_t valid = std::min(kPanel, rows - p);
+    if (valid == kPanel) {
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t i = 0; i < kPanel; ++i) out[k * kPanel + i] = src[i * ld + k];
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t i = 0; i < kPanel; ++i) {
+          out[k * kPanel + i] = i < valid ? src[i * ld + k] : 0.0;
+        }
+      }
     }
-    for (int64_t i = valid; i < panel; ++i) {
-      for (int64_t k = 0; k < kc; ++k) out[k * panel + i] = 0.0;
-    }
-    out += kc * panel;
+    out += kc * kPanel;
   }
 }
 
@@ -129,8 +134,8 @@ void PackedProducts(const double* a, int64_t lda, int64_t na, const double* b, i
   // Chunk k0 of the depth starts at k0 * padded rows in each packed buffer.
   for (int64_t k0 = 0; k0 < depth; k0 += kKc) {
     const int64_t kc = std::min(kKc, depth - k0);
-    Pack(a, lda, na, k0, kc, kMr, scratch.a.data() + k0 * na_padded);
-    Pack(b, ldb, nb, k0, kc, kNr, scratch.b.data() + k0 * nb_padded);
+    Pack<kMr>(a, lda, na, k0, kc, scratch.a.data() + k0 * na_padded);
+    Pack<kNr>(b, ldb, nb, k0, kc, scratch.b.data() + k0 * nb_padded);
   }
   double* const edge = scratch.edge;
   for (int64_t ic = 0; ic < na_padded; ic += kMc) {
