@@ -32,10 +32,12 @@ struct TileScratch {
 };
 
 // Offers the qualifying stored points of [begin, end) (ids where only a prefix qualifies and the
-// space has a layout, storage positions otherwise) to sets[i], the candidates of rows[i].
+// space has a layout, storage positions otherwise) to sets[i], the candidates of rows[i], and
+// adds each row's evaluations to row_evaluations[i].
 void ScanPart(const MetricSpace& space, const PointRows& rows, const KnnOptions& options,
               int64_t begin, int64_t end, absl::Span<const int64_t> id_bounds,
-              std::vector<CandidateSet>& sets, TraversalStats& stats, TileScratch& scratch) {
+              std::vector<CandidateSet>& sets, std::vector<int64_t>& row_evaluations,
+              TraversalStats& stats, TileScratch& scratch) {
   const int64_t nr = rows.size();
   end = std::min(end, space.size());
   if (nr == 0 || begin >= end) return;
@@ -55,11 +57,20 @@ void ScanPart(const MetricSpace& space, const PointRows& rows, const KnnOptions&
   scratch.limits.resize(nr);
   double* const distances = scratch.distances.data();
   double* const limits = scratch.limits.data();
-  auto offer = [&](int64_t count, auto id_of) {
-    for (int64_t i = 0; i < nr; ++i) {
+  // Predecessor rows in ascending id order (as BlockedScan sorts them): the rows with ids up to
+  // a tile's first id have no qualifying candidate in it, so each tile is evaluated only for the
+  // rows after them (the block's triangle is not computed).
+  const bool ascending_bounds = options.predecessor_mode && options.rank.empty() &&
+                                id_bounds.empty() &&
+                                std::is_sorted(rows.ids.begin(), rows.ids.end());
+  // Offers rows [row_begin, row_end) of the tile's distances (row i at row i - first of the
+  // buffer), as soon as they are ready.
+  auto offer = [&](int64_t first, int64_t row_begin, int64_t row_end, int64_t count,
+                   auto id_of) {
+    for (int64_t i = row_begin; i < row_end; ++i) {
       const int64_t query_id = rows.ids[i];
       const int64_t bound = bounded ? row_bound(i) : kNoIdBound;
-      const double* d = distances + i * count;
+      const double* d = distances + (i - first) * count;
       CandidateSet& set = sets[i];
       double limit = set.limit();
       for (int64_t j = 0; j < count; ++j) {
@@ -75,21 +86,32 @@ void ScanPart(const MetricSpace& space, const PointRows& rows, const KnnOptions&
   const bool gathered = bounded && space.has_layout();
   for (int64_t tile = begin; tile < end; tile += kTile) {
     const int64_t count = std::min(kTile, end - tile);
-    for (int64_t i = 0; i < nr; ++i) limits[i] = sets[i].limit();
+    const int64_t first =
+        ascending_bounds
+            ? std::upper_bound(rows.ids.begin(), rows.ids.end(), tile) - rows.ids.begin()
+            : 0;
+    const int64_t num = nr - first;
+    if (num <= 0) continue;
+    for (int64_t i = first; i < nr; ++i) limits[i] = sets[i].limit();
+    auto ready = [&](auto id_of) {
+      return [&, id_of](int64_t row_begin, int64_t row_end) {
+        offer(first, first + row_begin, first + row_end, count, id_of);
+      };
+    };
     if (gathered) {
       // The qualifying ids are a prefix, scattered over the storage positions: gathered once
-      // for the whole block of rows.
+      // for the whole block of rows (packed straight from their positions).
       scratch.ids.resize(count);
       std::iota(scratch.ids.begin(), scratch.ids.end(), tile);
-      const PointRows tile_rows = space.Gather(scratch.ids);
-      space.RowsToRowsWithin(rows, 0, nr, tile_rows, 0, count, limits, distances);
-      stats.distance_evaluations += nr * count;
-      offer(count, [&](int64_t j) { return tile + j; });
+      space.RowsToIdsWithin(rows, first, num, scratch.ids, limits + first, distances,
+                            ready([tile](int64_t j) { return tile + j; }));
     } else {
-      space.RowsToRangeWithin(rows, 0, nr, tile, count, limits, distances);
-      stats.distance_evaluations += nr * count;
-      offer(count, [&](int64_t j) { return space.id_at(tile + j); });
+      space.RowsToRangeWithin(
+          rows, first, num, tile, count, limits + first, distances,
+          ready([&space, tile](int64_t j) { return space.id_at(tile + j); }));
     }
+    stats.distance_evaluations += num * count;
+    for (int64_t i = first; i < nr; ++i) row_evaluations[i] += count;
   }
 }
 
@@ -131,7 +153,7 @@ absl::Status BlockedScan(const MetricSpace& space, const QueryBatch& queries,
   const int64_t chunk = ((n + num_chunks - 1) / num_chunks + kTile - 1) / kTile * kTile;
 
   std::vector<std::vector<CandidateSet>> sets(num_blocks * num_chunks);
-  std::vector<int64_t> task_evaluations(num_blocks * num_chunks, 0);
+  std::vector<std::vector<int64_t>> task_evaluations(num_blocks * num_chunks);
   tbb::enumerable_thread_specific<TraversalStats> local_stats;
   tbb::enumerable_thread_specific<TileScratch> local_scratch;
   auto block_rows = [&](int64_t block) {
@@ -155,11 +177,9 @@ absl::Status BlockedScan(const MetricSpace& space, const QueryBatch& queries,
       bounds.resize(num);
       for (int64_t i = 0; i < num; ++i) bounds[i] = queries.id_bounds[order[first + i]];
     }
-    TraversalStats& st = local_stats.local();
-    const int64_t before = st.distance_evaluations;
-    ScanPart(space, rows, options, part * chunk, (part + 1) * chunk, bounds, block_sets, st,
-             local_scratch.local());
-    task_evaluations[task] = (st.distance_evaluations - before) / num;
+    task_evaluations[task].assign(num, 0);
+    ScanPart(space, rows, options, part * chunk, (part + 1) * chunk, bounds, block_sets,
+             task_evaluations[task], local_stats.local(), local_scratch.local());
     return absl::OkStatus();
   }));
 
@@ -169,9 +189,7 @@ absl::Status BlockedScan(const MetricSpace& space, const QueryBatch& queries,
     ASSIGN_OR_RETURN(const PointRows rows, block_rows(block));
     const int64_t num = rows.size();
     std::vector<CandidateSet>& merged = sets[block * num_chunks];
-    int64_t evaluations = task_evaluations[block * num_chunks];
     for (int64_t part = 1; part < num_chunks; ++part) {
-      evaluations += task_evaluations[block * num_chunks + part];
       for (int64_t i = 0; i < num; ++i) merged[i].Merge(sets[block * num_chunks + part][i]);
     }
     TraversalStats& st = local_stats.local();
@@ -180,7 +198,12 @@ absl::Status BlockedScan(const MetricSpace& space, const QueryBatch& queries,
       const int64_t finishing = merged[i].Finish(space, rows, i, out_ids + q * options.k,
                                                  out_distances + q * options.k);
       st.distance_evaluations += finishing;
-      if (!per_query_evaluations.empty()) per_query_evaluations[q] += evaluations + finishing;
+      if (per_query_evaluations.empty()) continue;
+      int64_t evaluations = finishing;
+      for (int64_t part = 0; part < num_chunks; ++part) {
+        evaluations += task_evaluations[block * num_chunks + part][i];
+      }
+      per_query_evaluations[q] += evaluations;
     }
     return absl::OkStatus();
   }));

@@ -9,6 +9,7 @@
 
 #include <Eigen/Core>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
@@ -80,17 +81,38 @@ class MetricSpace {
   // RowsToRange and RowsToRows for a scan that keeps only candidates within a limit: a distance
   // above limits[i] (for row first + i, resp. a0 + i) may come back as +infinity instead, which
   // spares the exact value of most pairs. Every distance at most limits[i] comes back as a
-  // non-canonical evaluation (within RoundingBound of RowToIds), like the methods above. The
-  // defaults return every distance.
+  // non-canonical evaluation (within RoundingBound of RowToIds), like the methods above. Once
+  // rows [b, e) of out (0 <= b < e <= num, ascending, together covering [0, num)) are final,
+  // rows_ready(b, e) is called, while they are still in cache. The defaults return every
+  // distance.
+  using RowsReady = absl::FunctionRef<void(int64_t begin, int64_t end)>;
   virtual void RowsToRangeWithin(const PointRows& rows, int64_t first, int64_t num,
                                  int64_t begin, int64_t count, const double* limits,
-                                 double* out) const {
+                                 double* out, RowsReady rows_ready) const {
     RowsToRange(rows, first, num, begin, count, out);
+    rows_ready(0, num);
   }
   virtual void RowsToRowsWithin(const PointRows& a, int64_t a0, int64_t na, const PointRows& b,
-                                int64_t b0, int64_t nb, const double* limits,
-                                double* out) const {
+                                int64_t b0, int64_t nb, const double* limits, double* out,
+                                RowsReady rows_ready) const {
     RowsToRows(a, a0, na, b, b0, nb, out);
+    rows_ready(0, na);
+  }
+  // RowsToRowsWithin against the stored points `ids` (out[i * ids.size() + j] for ids[j]): the
+  // same as gathering them first (the default), which implementations may spare.
+  virtual void RowsToIdsWithin(const PointRows& rows, int64_t first, int64_t num,
+                               absl::Span<const int64_t> ids, const double* limits, double* out,
+                               RowsReady rows_ready) const {
+    const PointRows gathered = Gather(ids);
+    RowsToRowsWithin(rows, first, num, gathered, 0, gathered.size(), limits, out, rows_ready);
+  }
+  void RowsToRangeWithin(const PointRows& rows, int64_t first, int64_t num, int64_t begin,
+                         int64_t count, const double* limits, double* out) const {
+    RowsToRangeWithin(rows, first, num, begin, count, limits, out, [](int64_t, int64_t) {});
+  }
+  void RowsToRowsWithin(const PointRows& a, int64_t a0, int64_t na, const PointRows& b,
+                        int64_t b0, int64_t nb, const double* limits, double* out) const {
+    RowsToRowsWithin(a, a0, na, b, b0, nb, limits, out, [](int64_t, int64_t) {});
   }
   // out[j] = d(rows[row], stored point ids[j]), canonically (see above).
   virtual void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,

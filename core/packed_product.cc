@@ -30,23 +30,22 @@ PackScratch& Scratch() {
   return scratch;
 }
 
-// Copies columns [k0, k0 + kc) of `rows` rows of x into panels of kPanel rows, each stored
-// k-major (for every k, the panel's kPanel values), rows past the end as zeros. The writes are
-// sequential, the reads kPanel sequential streams.
-template <int64_t kPanel>
-void Pack(const double* x, int64_t ld, int64_t rows, int64_t k0, int64_t kc, double* out) {
+// Copies columns [k0, k0 + kc) of the rows row_of(0), ..., row_of(rows - 1) into panels of
+// kPanel rows, each stored k-major (for every k, the panel's kPanel values), rows past the end
+// as zeros. The writes are sequential, the reads kPanel sequential streams.
+template <int64_t kPanel, typename RowOf>
+void Pack(const RowOf& row_of, int64_t rows, int64_t k0, int64_t kc, double* out) {
   for (int64_t p = 0; p < rows; p += kPanel) {
-    const double* src = x + p * ld + k0;
     const int64_t valid = std::min(kPanel, rows - p);
+    const double* src[kPanel];
+    for (int64_t i = 0; i < valid; ++i) src[i] = row_of(p + i) + k0;
     if (valid == kPanel) {
       for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t i = 0; i < kPanel; ++i) out[k * kPanel + i] = src[i * ld + k];
+        for (int64_t i = 0; i < kPanel; ++i) out[k * kPanel + i] = src[i][k];
       }
     } else {
       for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t i = 0; i < kPanel; ++i) {
-          out[k * kPanel + i] = i < valid ? src[i * ld + k] : 0.0;
-        }
+        for (int64_t i = 0; i < kPanel; ++i) out[k * kPanel + i] = i < valid ? src[i][k] : 0.0;
       }
     }
     out += kc * kPanel;
@@ -117,13 +116,14 @@ void Kernel(int64_t kc, const double* __restrict a, const double* __restrict b,
 }
 #endif
 
-}  // namespace
-
-void PackedProducts(const double* a, int64_t lda, int64_t na, const double* b, int64_t ldb,
-                    int64_t nb, int64_t depth, double* out, int64_t ldo) {
-  if (na <= 0 || nb <= 0) return;
-  if (depth <= 0) {
+template <typename ARow, typename BRow>
+void Products(const ARow& a_row, int64_t na, const BRow& b_row, int64_t nb, int64_t depth,
+              double* out, int64_t ldo,
+              absl::FunctionRef<void(int64_t first, int64_t end)> rows_done) {
+  if (na <= 0) return;
+  if (nb <= 0 || depth <= 0) {
     for (int64_t i = 0; i < na; ++i) std::fill(out + i * ldo, out + i * ldo + nb, 0.0);
+    rows_done(0, na);
     return;
   }
   PackScratch& scratch = Scratch();
@@ -134,8 +134,8 @@ void PackedProducts(const double* a, int64_t lda, int64_t na, const double* b, i
   // Chunk k0 of the depth starts at k0 * padded rows in each packed buffer.
   for (int64_t k0 = 0; k0 < depth; k0 += kKc) {
     const int64_t kc = std::min(kKc, depth - k0);
-    Pack<kMr>(a, lda, na, k0, kc, scratch.a.data() + k0 * na_padded);
-    Pack<kNr>(b, ldb, nb, k0, kc, scratch.b.data() + k0 * nb_padded);
+    Pack<kMr>(a_row, na, k0, kc, scratch.a.data() + k0 * na_padded);
+    Pack<kNr>(b_row, nb, k0, kc, scratch.b.data() + k0 * nb_padded);
   }
   double* const edge = scratch.edge;
   for (int64_t ic = 0; ic < na_padded; ic += kMc) {
@@ -166,7 +166,29 @@ void PackedProducts(const double* a, int64_t lda, int64_t na, const double* b, i
         }
       }
     }
+    rows_done(ic, std::min(ic_end, na));
   }
+}
+
+}  // namespace
+
+void PackedProducts(const double* a, int64_t lda, int64_t na, const double* b, int64_t ldb,
+                    int64_t nb, int64_t depth, double* out, int64_t ldo) {
+  PackedProducts(a, lda, na, b, ldb, nb, depth, out, ldo, [](int64_t, int64_t) {});
+}
+
+void PackedProducts(const double* a, int64_t lda, int64_t na, const double* b, int64_t ldb,
+                    int64_t nb, int64_t depth, double* out, int64_t ldo,
+                    absl::FunctionRef<void(int64_t first, int64_t end)> rows_done) {
+  Products([&](int64_t i) { return a + i * lda; }, na, [&](int64_t j) { return b + j * ldb; },
+           nb, depth, out, ldo, rows_done);
+}
+
+void PackedProducts(const double* a, int64_t lda, int64_t na, const double* const* b_rows,
+                    int64_t nb, int64_t depth, double* out, int64_t ldo,
+                    absl::FunctionRef<void(int64_t first, int64_t end)> rows_done) {
+  Products([&](int64_t i) { return a + i * lda; }, na, [&](int64_t j) { return b_rows[j]; }, nb,
+           depth, out, ldo, rows_done);
 }
 
 }  // namespace rcknn::core

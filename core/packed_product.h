@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "absl/functional/function_ref.h"
+
 namespace rcknn::core {
 
 // out[i * ldo + j] = sum over t < depth of a[i * lda + t] * b[j * ldb + t], for i < na, j < nb.
@@ -24,6 +26,17 @@ namespace rcknn::core {
 // Thread-safe; uses thread-local scratch of about (na + nb) * depth doubles.
 void PackedProducts(const double* a, int64_t lda, int64_t na, const double* b, int64_t ldb,
                     int64_t nb, int64_t depth, double* out, int64_t ldo);
+// The same, calling rows_done(first, end) as soon as rows [first, end) of out are final (in
+// ascending groups of a few dozen rows that together cover [0, na)), while those rows are still
+// in cache: what the caller does with each row right after the product costs less there.
+void PackedProducts(const double* a, int64_t lda, int64_t na, const double* b, int64_t ldb,
+                    int64_t nb, int64_t depth, double* out, int64_t ldo,
+                    absl::FunctionRef<void(int64_t first, int64_t end)> rows_done);
+// The same with B's rows anywhere in memory: row j at b_rows[j] (a gather that costs no copy
+// beyond the packing), with the same bits as the contiguous form.
+void PackedProducts(const double* a, int64_t lda, int64_t na, const double* const* b_rows,
+                    int64_t nb, int64_t depth, double* out, int64_t ldo,
+                    absl::FunctionRef<void(int64_t first, int64_t end)> rows_done);
 
 }  // namespace rcknn::core
 

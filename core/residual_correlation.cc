@@ -118,6 +118,7 @@ struct RowScratch {
   std::vector<double> isp;
   std::vector<double> by_dim;
   std::vector<int64_t> positions;
+  std::vector<const double*> row_pointers;
   double* ByDim(int64_t n) {
     if (static_cast<int64_t>(by_dim.size()) < n) by_dim.resize(n);
     return by_dim.data();
@@ -485,32 +486,37 @@ void ResidualSpace::RowsToRows(const PointRows& a, int64_t a0, int64_t na, const
 
 void ResidualSpace::RowsToRangeWithin(const PointRows& rows, int64_t first, int64_t num,
                                       int64_t begin, int64_t count, const double* limits,
-                                      double* out) const {
-  // The scan's product (the only caller): packed, register-blocked (core/packed_product.h).
+                                      double* out, RowsReady rows_ready) const {
+  // The scan's product (the only caller): packed, register-blocked (core/packed_product.h), each
+  // group of rows finished into distances while its products are still in cache.
   const int64_t m = v_.cols();
-  PackedProducts(rows.features.data() + first * m, m, num, v_.data() + begin * m, m, count, m,
-                 out, count);
   const double variance = kernel_.variance();
   double* r2 = Scratch().R2(count);
-  for (int64_t i = 0; i < num; ++i) {
-    double* row_out = out + i * count;
-    SquaredDistancesToRange(rows.coords.row(first + i).data(), scaled_by_dim_.data(),
-                            scaled_by_dim_.cols(), kernel_.dimension(), begin, count, r2);
-    kernel_.ValuesFromSquaredDistances(r2, count);
-    ResidualDistancesWithin(r2, row_out, rows.inv_sqrt_p[first + i], inv_sqrt_p_.data() + begin,
-                            count, limits[i]);
-    for (int64_t j = 0; j < count; ++j) {
-      if (r2[j] == variance && Coincide(rows, first + i, id_at(begin + j))) row_out[j] = 0.0;
-    }
-  }
+  PackedProducts(
+      rows.features.data() + first * m, m, num, v_.data() + begin * m, m, count, m, out, count,
+      [&](int64_t group_begin, int64_t group_end) {
+        for (int64_t i = group_begin; i < group_end; ++i) {
+          double* row_out = out + i * count;
+          SquaredDistancesToRange(rows.coords.row(first + i).data(), scaled_by_dim_.data(),
+                                  scaled_by_dim_.cols(), kernel_.dimension(), begin, count, r2);
+          kernel_.ValuesFromSquaredDistances(r2, count);
+          ResidualDistancesWithin(r2, row_out, rows.inv_sqrt_p[first + i],
+                                  inv_sqrt_p_.data() + begin, count, limits[i]);
+          for (int64_t j = 0; j < count; ++j) {
+            if (r2[j] == variance && Coincide(rows, first + i, id_at(begin + j))) {
+              row_out[j] = 0.0;
+            }
+          }
+        }
+        rows_ready(group_begin, group_end);
+      });
 }
 
 void ResidualSpace::RowsToRowsWithin(const PointRows& a, int64_t a0, int64_t na,
                                      const PointRows& b, int64_t b0, int64_t nb,
-                                     const double* limits, double* out) const {
+                                     const double* limits, double* out,
+                                     RowsReady rows_ready) const {
   const int64_t m = v_.cols();
-  PackedProducts(a.features.data() + a0 * m, m, na, b.features.data() + b0 * m, m, nb, m, out,
-                 nb);
   const int d = kernel_.dimension();
   const double variance = kernel_.variance();
   RowScratch& scratch = Scratch();
@@ -520,20 +526,63 @@ void ResidualSpace::RowsToRowsWithin(const PointRows& a, int64_t a0, int64_t na,
     for (int t = 0; t < d; ++t) by_dim[t * nb + j] = b.coords(b0 + j, t);
   }
   double* r2 = scratch.R2(nb);
-  for (int64_t i = 0; i < na; ++i) {
-    double* row_out = out + i * nb;
-    SquaredDistancesToRange(a.coords.row(a0 + i).data(), by_dim, nb, d, 0, nb, r2);
-    kernel_.ValuesFromSquaredDistances(r2, nb);
-    ResidualDistancesWithin(r2, row_out, a.inv_sqrt_p[a0 + i], b.inv_sqrt_p.data() + b0, nb,
-                            limits[i]);
-    for (int64_t j = 0; j < nb; ++j) {
-      if (r2[j] != variance) continue;
-      const int64_t id = b.ids[b0 + j];
-      if (id >= 0 ? Coincide(a, a0 + i, id) : Coincide(b, b0 + j, a.ids[a0 + i])) {
-        row_out[j] = 0.0;
-      }
-    }
+  PackedProducts(
+      a.features.data() + a0 * m, m, na, b.features.data() + b0 * m, m, nb, m, out, nb,
+      [&](int64_t group_begin, int64_t group_end) {
+        for (int64_t i = group_begin; i < group_end; ++i) {
+          double* row_out = out + i * nb;
+          SquaredDistancesToRange(a.coords.row(a0 + i).data(), by_dim, nb, d, 0, nb, r2);
+          kernel_.ValuesFromSquaredDistances(r2, nb);
+          ResidualDistancesWithin(r2, row_out, a.inv_sqrt_p[a0 + i], b.inv_sqrt_p.data() + b0,
+                                  nb, limits[i]);
+          for (int64_t j = 0; j < nb; ++j) {
+            if (r2[j] != variance) continue;
+            const int64_t id = b.ids[b0 + j];
+            if (id >= 0 ? Coincide(a, a0 + i, id) : Coincide(b, b0 + j, a.ids[a0 + i])) {
+              row_out[j] = 0.0;
+            }
+          }
+        }
+        rows_ready(group_begin, group_end);
+      });
+}
+
+void ResidualSpace::RowsToIdsWithin(const PointRows& rows, int64_t first, int64_t num,
+                                    absl::Span<const int64_t> ids, const double* limits,
+                                    double* out, RowsReady rows_ready) const {
+  // RowsToRowsWithin on Gather(ids), bit for bit, but the rows of V are packed straight from
+  // their storage positions instead of being copied first.
+  const int64_t count = static_cast<int64_t>(ids.size());
+  const int64_t m = v_.cols();
+  const int d = kernel_.dimension();
+  const double variance = kernel_.variance();
+  RowScratch& scratch = Scratch();
+  scratch.row_pointers.resize(count);
+  double* by_dim = scratch.ByDim(d * count);
+  double* isp_other = scratch.Isp(count);
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t position = position_of(ids[j]);
+    scratch.row_pointers[j] = v_.row(position).data();
+    isp_other[j] = inv_sqrt_p_[position];
+    for (int t = 0; t < d; ++t) by_dim[t * count + j] = scaled_(position, t);
   }
+  double* r2 = scratch.R2(count);
+  PackedProducts(
+      rows.features.data() + first * m, m, num, scratch.row_pointers.data(), count, m, out,
+      count, [&](int64_t group_begin, int64_t group_end) {
+        for (int64_t i = group_begin; i < group_end; ++i) {
+          double* row_out = out + i * count;
+          SquaredDistancesToRange(rows.coords.row(first + i).data(), by_dim, count, d, 0, count,
+                                  r2);
+          kernel_.ValuesFromSquaredDistances(r2, count);
+          ResidualDistancesWithin(r2, row_out, rows.inv_sqrt_p[first + i], isp_other, count,
+                                  limits[i]);
+          for (int64_t j = 0; j < count; ++j) {
+            if (r2[j] == variance && Coincide(rows, first + i, ids[j])) row_out[j] = 0.0;
+          }
+        }
+        rows_ready(group_begin, group_end);
+      });
 }
 
 void ResidualSpace::RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,

@@ -102,11 +102,17 @@ class ResidualSpace final : public MetricSpace {
                    int64_t count, double* out) const override;
   void RowsToRows(const PointRows& a, int64_t a0, int64_t na, const PointRows& b, int64_t b0,
                   int64_t nb, double* out) const override;
+  using MetricSpace::RowsToRangeWithin;
+  using MetricSpace::RowsToRowsWithin;
   void RowsToRangeWithin(const PointRows& rows, int64_t first, int64_t num, int64_t begin,
-                         int64_t count, const double* limits, double* out) const override;
+                         int64_t count, const double* limits, double* out,
+                         RowsReady rows_ready) const override;
   void RowsToRowsWithin(const PointRows& a, int64_t a0, int64_t na, const PointRows& b,
-                        int64_t b0, int64_t nb, const double* limits,
-                        double* out) const override;
+                        int64_t b0, int64_t nb, const double* limits, double* out,
+                        RowsReady rows_ready) const override;
+  void RowsToIdsWithin(const PointRows& rows, int64_t first, int64_t num,
+                       absl::Span<const int64_t> ids, const double* limits, double* out,
+                       RowsReady rows_ready) const override;
   void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
                 double* out) const override;
   double RoundingBound(const PointRows& rows, int64_t row) const override;

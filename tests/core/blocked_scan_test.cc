@@ -292,9 +292,25 @@ TEST(BlockedScanTest, WithinKeepsEveryPairUnderTheLimit) {
     const PointRows stored = space.Gather(all_ids);
     std::vector<double> limits(nr);
     for (int64_t i = 0; i < nr; ++i) limits[i] = i == 0 ? kInf : 0.05 * static_cast<double>(i);
-    std::vector<double> range(nr * n), by_rows(nr * n);
+    std::vector<double> range(nr * n), by_rows(nr * n), by_ids(nr * n);
     space.RowsToRangeWithin(rows, 0, nr, 0, n, limits.data(), range.data());
     space.RowsToRowsWithin(rows, 0, nr, stored, 0, n, limits.data(), by_rows.data());
+    // Against ids (packed from their positions): the same bits as against the gathered rows,
+    // also for rows [2, nr) alone and the ids in another order.
+    space.RowsToIdsWithin(rows, 0, nr, all_ids, limits.data(), by_ids.data(),
+                          [](int64_t, int64_t) {});
+    ASSERT_EQ(by_ids, by_rows);
+    if (nr > 2) {
+      std::vector<int64_t> reversed(all_ids.rbegin(), all_ids.rend());
+      std::vector<double> part((nr - 2) * n);
+      space.RowsToIdsWithin(rows, 2, nr - 2, reversed, limits.data() + 2, part.data(),
+                            [](int64_t, int64_t) {});
+      for (int64_t i = 2; i < nr; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          ASSERT_EQ(part[(i - 2) * n + j], by_rows[i * n + n - 1 - j]) << "row " << i;
+        }
+      }
+    }
     int64_t kept = 0;
     for (int64_t i = 0; i < nr; ++i) {
       const double bound = space.RoundingBound(rows, i);

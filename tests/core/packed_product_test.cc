@@ -84,6 +84,33 @@ TEST(PackedProductTest, BitsDependOnlyOnTheTwoRows) {
   }
 }
 
+TEST(PackedProductTest, ScatteredRowsAndReadyGroups) {
+  const int64_t depth = 260, na = 150, nb = 37;
+  const std::vector<double> a = RandomValues(na * depth, 3);
+  const std::vector<double> b = RandomValues(nb * depth, 4);
+  std::vector<double> contiguous(na * nb);
+  core::PackedProducts(a.data(), depth, na, b.data(), depth, nb, depth, contiguous.data(), nb);
+  // B's rows in reverse order, through pointers; every row handed over once, in ascending
+  // groups, each already final when handed over.
+  std::vector<const double*> rows(nb);
+  for (int64_t j = 0; j < nb; ++j) rows[j] = b.data() + (nb - 1 - j) * depth;
+  std::vector<double> scattered(na * nb, -1.0);
+  int64_t next = 0;
+  core::PackedProducts(a.data(), depth, na, rows.data(), nb, depth, scattered.data(), nb,
+                       [&](int64_t first, int64_t end) {
+                         ASSERT_EQ(first, next);
+                         ASSERT_GT(end, first);
+                         for (int64_t i = first; i < end; ++i) {
+                           for (int64_t j = 0; j < nb; ++j) {
+                             ASSERT_EQ(scattered[i * nb + j], contiguous[i * nb + nb - 1 - j])
+                                 << "entry " << i << "," << j;
+                           }
+                         }
+                         next = end;
+                       });
+  EXPECT_EQ(next, na);
+}
+
 TEST(PackedProductTest, ZeroDepthGivesZeros) {
   std::vector<double> out(6, 1.0);
   const double a = 1.0, b = 2.0;
