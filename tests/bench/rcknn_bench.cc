@@ -70,6 +70,9 @@ ABSL_FLAG(int64_t, product_depth, rcknn::core::TreeSearchOptions().product_depth
 ABSL_FLAG(double, base, rcknn::core::CoverTreeOptions().base, "cover tree base");
 ABSL_FLAG(double, scan_fraction, rcknn::core::TreeSearchOptions().scan_fraction,
           "fraction of the points a walk may evaluate before the query is scanned");
+ABSL_FLAG(int64_t, scan_candidates_below,
+          rcknn::core::TreeSearchOptions().scan_candidates_below,
+          "queries with at most this many candidates are scanned without a walk");
 
 namespace rcknn {
 namespace {
@@ -256,6 +259,7 @@ bool RunSnapshot(const std::string& workload, int threads, const KnnIndex& index
 core::IndexSpec Tuned(core::IndexSpec spec) {
   spec.tree.base = absl::GetFlag(FLAGS_base);
   spec.search.scan_fraction = absl::GetFlag(FLAGS_scan_fraction);
+  spec.search.scan_candidates_below = absl::GetFlag(FLAGS_scan_candidates_below);
   spec.search.block.block_size = absl::GetFlag(FLAGS_block_size);
   spec.search.block.leaf_size = absl::GetFlag(FLAGS_leaf_size);
   spec.search.product_depth = absl::GetFlag(FLAGS_product_depth);
