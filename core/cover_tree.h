@@ -88,6 +88,18 @@ struct CoverTreeStorage {
   }
 };
 
+// How CoverTree::Refit keeps the source's shape.
+struct RefitOptions {
+  // Where the new metric stretched a subtree of one of the root's children beyond the ball that
+  // child had (its source max_dist times the median ratio of new to old parent distances, times
+  // 1 + lift_slack), the root child's ball overlaps its siblings' more than a fresh tree's
+  // would, and every walk nearby expands it. Such a subtree (a child of a root child) becomes a
+  // child of the root instead, which tightens the ball it left; its distances to its remaining
+  // ancestors are measured already, so the lift costs no distance evaluation. Negative: no
+  // lift, the shape kept node for node.
+  double lift_slack = -1.0;
+};
+
 class CoverTree {
  public:
   static constexpr int32_t kDuplicateLevel = std::numeric_limits<int32_t>::min();
@@ -105,9 +117,12 @@ class CoverTree {
   // kernel hyperparameters) with every distance in it measured again in `space`: parent
   // distances, rings, and max_dist taken from the rings; levels relabelled bottom-up so that
   // covering holds again (the smallest level covering the parent distance, below the parent).
-  // O(n * depth) distance evaluations, no search. INVALID_ARGUMENT if the sizes differ;
+  // With options.lift_slack >= 0 the stretched subtrees below the root's children move to the
+  // root first (RefitOptions), every other edge kept. O(n * depth) distance evaluations, no
+  // search. INVALID_ARGUMENT if the sizes differ;
   // CANCELLED / DEADLINE_EXCEEDED from `cancellation`. Defined in core/cover_tree_refit.cc.
   static absl::StatusOr<CoverTree> Refit(const CoverTree& source, const MetricSpace& space,
+                                         const RefitOptions& options,
                                          tbb::task_arena* arena = nullptr,
                                          const Cancellation* cancellation = nullptr,
                                          const ProgressCallback& progress = nullptr);
@@ -168,6 +183,10 @@ class CoverTree {
                                bool check_separation = true) const;
 
  private:
+  // RefitOptions::lift_slack, on a refitted `tree` of `source`'s shape whose rings are widened;
+  // `measured` holds its degenerate rings (each node's distances to its ancestors).
+  static void LiftOutliers(const CoverTree& source, double slack,
+                           const std::vector<double>& measured, CoverTree& tree);
   void ComputeRings(const MetricSpace& space);
   void ComputeOrder();
 

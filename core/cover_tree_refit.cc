@@ -8,6 +8,13 @@
 // strictly decreasing). Separation is not restored: where the new metric has moved siblings
 // closer together their balls overlap more and the search evaluates more distances, which is
 // what KnnIndex::Reparameterize measures when it decides whether a fresh build pays.
+//
+// Why the lift (RefitOptions::lift_slack) is near the root only: counted by the depth of the
+// node whose children a walk evaluates, a refitted tree's extra evaluations are in the
+// children of the root's children, and deeper levels evaluate no more than a fresh tree's. A
+// root child whose subtree the new metric stretched overlaps more siblings, so more walks
+// expand it and evaluate its children one by one; the stretched parts, lifted to the root,
+// are measured by the walks' matrix products (knn_search.cc) with the root's other children.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -37,6 +44,7 @@ int32_t CoveringLevel(double d, double base) {
 }  // namespace
 
 absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const MetricSpace& space,
+                                           const RefitOptions& options,
                                            tbb::task_arena* arena,
                                            const Cancellation* cancellation,
                                            const ProgressCallback& progress) {
@@ -102,17 +110,28 @@ absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const Metric
   // children's for the ancestors they share; the ring a child holds for its parent bounds every
   // distance from the parent into that child's subtree, so their largest is the parent's
   // max_dist.
-  for (int64_t node = n - 1; node >= 1; --node) {
-    const int64_t p = s.parent[node];
-    const int64_t parent_depth = tree.node_depth(p);
-    const std::pair<double, double>* child = s.ring.data() + s.ring_offset[node];
-    std::pair<double, double>* ring = s.ring.data() + s.ring_offset[p];
-    for (int64_t j = 0; j < parent_depth; ++j) {
-      ring[j].first = std::min(ring[j].first, child[j].first);
-      ring[j].second = std::max(ring[j].second, child[j].second);
+  auto widen = [&] {
+    s.max_dist.assign(n, 0.0);
+    for (int64_t node = n - 1; node >= 1; --node) {
+      const int64_t p = s.parent[node];
+      const int64_t parent_depth = tree.node_depth(p);
+      const std::pair<double, double>* child = s.ring.data() + s.ring_offset[node];
+      std::pair<double, double>* ring = s.ring.data() + s.ring_offset[p];
+      for (int64_t j = 0; j < parent_depth; ++j) {
+        ring[j].first = std::min(ring[j].first, child[j].first);
+        ring[j].second = std::max(ring[j].second, child[j].second);
+      }
+      s.max_dist[p] = std::max(s.max_dist[p], child[parent_depth].second);
     }
-    s.max_dist[p] = std::max(s.max_dist[p], child[parent_depth].second);
+  };
+  std::vector<double> measured;  // the degenerate rings, kept for a lift
+  if (options.lift_slack >= 0.0) {
+    measured.resize(s.ring.size());
+    for (size_t r = 0; r < s.ring.size(); ++r) measured[r] = s.ring[r].first;
   }
+  widen();
+  if (options.lift_slack >= 0.0) LiftOutliers(source, options.lift_slack, measured, tree);
+  if (progress) progress(0.97);
 
   // Levels, bottom-up: above every child's, and high enough to cover the parent distance.
   constexpr int32_t kNone = std::numeric_limits<int32_t>::min() + 1;
@@ -137,6 +156,109 @@ absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const Metric
   tree.ComputeOrder();
   if (progress) progress(1.0);
   return tree;
+}
+
+void CoverTree::LiftOutliers(const CoverTree& source, double slack,
+                             const std::vector<double>& measured, CoverTree& tree) {
+  CoverTreeStorage& s = tree.storage_;
+  const int64_t n = s.size();
+  // How the new metric scaled the distances: the median ratio over the edges.
+  std::vector<double> ratios;
+  ratios.reserve(n);
+  for (int64_t node = 1; node < n; ++node) {
+    if (source.parent_dist(node) > 0.0 && s.parent_dist[node] > 0.0) {
+      ratios.push_back(s.parent_dist[node] / source.parent_dist(node));
+    }
+  }
+  if (ratios.empty()) return;
+  std::nth_element(ratios.begin(), ratios.begin() + ratios.size() / 2, ratios.end());
+  const double scale = ratios[ratios.size() / 2];
+  // The root's children's children whose subtree reaches beyond the ball its parent had under
+  // the source's metric, scaled.
+  std::vector<char> lifted(n, 0);
+  int64_t count = 0;
+  for (int64_t c = s.first_child[0]; c < s.first_child[1]; ++c) {
+    const double target = source.max_dist(c) * scale * (1.0 + slack);
+    for (int64_t g = s.first_child[c]; g < s.first_child[c + 1]; ++g) {
+      if (s.ring[s.ring_offset[g] + 1].second > target) {
+        lifted[g] = 1;
+        ++count;
+      }
+    }
+  }
+  if (count == 0) return;
+
+  // The new shape, breadth-first: the lifted nodes follow the root's children, and their
+  // subtrees lose one ancestor (the root's child they left), whose ring entry is dropped.
+  std::vector<int64_t> order;  // new node -> old node
+  order.reserve(n);
+  order.push_back(0);
+  std::vector<int64_t> first_child(n + 1, n);
+  std::vector<int64_t> parent(n, -1);
+  for (int64_t i = 0; i < static_cast<int64_t>(order.size()); ++i) {
+    const int64_t old = order[i];
+    first_child[i] = static_cast<int64_t>(order.size());
+    for (int64_t c = s.first_child[old]; c < s.first_child[old + 1]; ++c) {
+      if (lifted[c]) continue;
+      parent[order.size()] = i;
+      order.push_back(c);
+    }
+    if (old == 0) {
+      for (int64_t c = s.first_child[0]; c < s.first_child[1]; ++c) {
+        for (int64_t g = s.first_child[c]; g < s.first_child[c + 1]; ++g) {
+          if (!lifted[g]) continue;
+          parent[order.size()] = i;
+          order.push_back(g);
+        }
+      }
+    }
+  }
+  CoverTreeStorage next;
+  next.base = s.base;
+  next.point.resize(n);
+  next.parent = std::move(parent);
+  next.first_child = std::move(first_child);
+  next.ring_offset.assign(n + 1, 0);
+  next.parent_dist.assign(n, 0.0);
+  next.max_dist.assign(n, 0.0);
+  next.level.assign(n, 0);
+  std::vector<int64_t> depth(n, 0);
+  for (int64_t node = 0; node < n; ++node) {
+    next.point[node] = s.point[order[node]];
+    if (node > 0) depth[node] = depth[next.parent[node]] + 1;
+    next.ring_offset[node + 1] = next.ring_offset[node] + depth[node];
+  }
+  next.ring.resize(next.ring_offset[n]);
+  for (int64_t node = 1; node < n; ++node) {
+    const int64_t old = order[node];
+    const int64_t old_depth = s.ring_offset[old + 1] - s.ring_offset[old];
+    const double* from = measured.data() + s.ring_offset[old];
+    std::pair<double, double>* to = next.ring.data() + next.ring_offset[node];
+    const bool dropped = depth[node] < old_depth;  // in a lifted subtree
+    for (int64_t j = 0, k = 0; j < old_depth; ++j) {
+      if (dropped && j == 1) continue;
+      to[k] = {from[j], from[j]};
+      ++k;
+    }
+    next.parent_dist[node] = to[depth[node] - 1].first;
+  }
+  next.subtree_min_id = next.point;
+  for (int64_t node = n - 1; node >= 1; --node) {
+    int64_t& up = next.subtree_min_id[next.parent[node]];
+    up = std::min(up, next.subtree_min_id[node]);
+  }
+  s = std::move(next);
+  for (int64_t node = n - 1; node >= 1; --node) {
+    const int64_t p = s.parent[node];
+    const int64_t parent_depth = depth[p];
+    const std::pair<double, double>* child = s.ring.data() + s.ring_offset[node];
+    std::pair<double, double>* ring = s.ring.data() + s.ring_offset[p];
+    for (int64_t j = 0; j < parent_depth; ++j) {
+      ring[j].first = std::min(ring[j].first, child[j].first);
+      ring[j].second = std::max(ring[j].second, child[j].second);
+    }
+    s.max_dist[p] = std::max(s.max_dist[p], child[parent_depth].second);
+  }
 }
 
 }  // namespace rcknn::core

@@ -20,14 +20,20 @@ struct Probe {
 };
 
 // How unevenly the new metric moved the tree's parent distances: the ratio of the 90th to the
-// 10th percentile of d_new(c, parent) / d_old(c, parent) over the edges where both are
-// positive (1 when every distance was scaled alike: the tree is then what a fresh build would
-// give for the new metric, up to its level labels). 1 with fewer than 16 such edges.
+// 10th percentile of d_new(c, parent) / d_old(c, parent) over the edges both trees have, where
+// both are positive (1 when every distance was scaled alike: the tree is then what a fresh build
+// would give for the new metric, up to its level labels). 1 with fewer than 16 such edges.
 double EdgeDistortion(const CoverTree& source, const CoverTree& refitted) {
   std::vector<double> ratios;
   ratios.reserve(source.size());
-  for (int64_t node = 1; node < source.size(); ++node) {
-    const double before = source.parent_dist(node);
+  for (int64_t node = 1; node < refitted.size(); ++node) {
+    // Edges the refit kept (RefitOptions::lift_slack moves some subtrees to the root).
+    const int64_t was = source.node_of(refitted.point(node));
+    if (was == 0 ||
+        source.point(source.parent(was)) != refitted.point(refitted.parent(node))) {
+      continue;
+    }
+    const double before = source.parent_dist(was);
     const double after = refitted.parent_dist(node);
     if (before > 0.0 && after > 0.0) ratios.push_back(after / before);
   }
@@ -115,7 +121,7 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Reparameterize(
   std::optional<CoverTree> tree;
   if (options.tree_start != TreeStart::kRebuild && same_base) {
     ASSIGN_OR_RETURN(CoverTree refitted,
-                     CoverTree::Refit(source.tree_, *space, arena, cancellation,
+                     CoverTree::Refit(source.tree_, *space, options.refit, arena, cancellation,
                                       [&](double f) { report(0.5 + 0.25 * f); }));
     chosen.refitted = true;
     chosen.refit_seconds = absl::ToDoubleSeconds(absl::Now() - tree_start);

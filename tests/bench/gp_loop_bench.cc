@@ -5,7 +5,7 @@
 //     builds the index, then times every computed ordering (random, maximin in scaled
 //     coordinates, maximin under the residual correlation).
 //   gp-loop-bench --workload=gold|dense|scale --mode=reparam [--factors=1.01,1.1,2]
-//       [--all_points=true] [--scale_points=N]
+//       [--all_points=true] [--scale_points=N] [--lift_slack=-1]
 //     builds the source index, then for each lengthscale factor re-parameterises it with the
 //     tree refitted and with a fresh tree (alternately, refit first), times both builds and, with
 //     --all_points, the all-points predecessor search (k = 30) on each; checks the two answers
@@ -47,6 +47,8 @@ ABSL_FLAG(std::string, lloyd, "0,3,10", "inducing: Lloyd iteration counts to com
 ABSL_FLAG(std::string, factors, "1.01,1.1,2", "reparam: lengthscale factors to compare");
 ABSL_FLAG(bool, all_points, true, "reparam: time the all-points search on each index");
 ABSL_FLAG(int64_t, all_points_k, 30, "reparam: k of the all-points search");
+ABSL_FLAG(double, lift_slack, -1.0,
+          "reparam: RefitOptions::lift_slack of the refits (negative: the shape kept whole)");
 
 namespace rcknn {
 namespace {
@@ -150,6 +152,7 @@ struct AllPoints {
   double seconds = 0.0;
   double cpu_seconds = 0.0;
   double evaluations_per_query = 0.0;
+  core::TraversalStats stats;
   std::vector<int64_t> ids;
   std::vector<double> dists;
 };
@@ -175,6 +178,7 @@ absl::StatusOr<AllPoints> SearchAll(const KnnIndex& index, int64_t k, tbb::task_
   out.seconds = Seconds(start);
   out.cpu_seconds = CpuSeconds() - cpu_start;
   out.evaluations_per_query = static_cast<double>(stats.distance_evaluations) / n;
+  out.stats = stats;
   return out;
 }
 
@@ -201,6 +205,36 @@ std::string CheckSample(const KnnIndex& index, const AllPoints& all, int64_t k, 
     got.insert(got.end(), all.dists.begin() + id * k, all.dists.begin() + (id + 1) * k);
   }
   return testing::CompareAnswers(got_ids.data(), got.data(), ref_ids.data(), ref.data(), count, k);
+}
+
+// The search's counters per query and the tree's shape: what explains a difference in CPU
+// seconds that the evaluation counts do not.
+void PrintCounters(const std::string& name, const char* tree_name, const KnnIndex& index,
+                   const AllPoints& all) {
+  const core::CoverTree& tree = index.tree();
+  const int64_t n = tree.size();
+  const double per = 1.0 / static_cast<double>(n);
+  int64_t internal = 0;
+  for (int64_t node = 0; node < n; ++node) {
+    internal += tree.end_child(node) > tree.first_child(node);
+  }
+  const core::TraversalStats& st = all.stats;
+  std::cout << absl::StrFormat(
+                   "{\"workload\":\"%s\",\"step\":\"reparam_counters\",\"tree\":\"%s\","
+                   "\"cpu_seconds\":%.3f,\"evals_per_query\":%.1f,"
+                   "\"cpu_ns_per_eval\":%.1f,\"nodes_visited_per_query\":%.1f,"
+                   "\"heap_pushes_per_query\":%.1f,\"pruned_by_bound_per_query\":%.1f,"
+                   "\"pruned_by_predecessor_per_query\":%.1f,\"scanned_queries\":%d,"
+                   "\"depth\":%d,\"mean_node_depth\":%.2f,\"root_children\":%d,"
+                   "\"max_children\":%d,\"mean_children\":%.2f}",
+                   name, tree_name, all.cpu_seconds, all.evaluations_per_query,
+                   1e9 * all.cpu_seconds / static_cast<double>(st.distance_evaluations),
+                   st.nodes_visited * per, st.heap_pushes * per, st.pruned_by_bound * per,
+                   st.pruned_by_predecessor * per, st.brute_force_queries, tree.depth(),
+                   static_cast<double>(tree.storage().ring.size()) * per,
+                   tree.end_child(0) - tree.first_child(0), tree.max_children(),
+                   static_cast<double>(n - 1) / static_cast<double>(std::max<int64_t>(1, internal)))
+            << std::endl;
 }
 
 int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
@@ -236,6 +270,7 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
     for (int i = 0; i < 2; ++i) {
       core::ReparameterizeOptions options;
       options.tree_start = starts[i];
+      options.refit.lift_slack = absl::GetFlag(FLAGS_lift_slack);
       absl::StatusOr<std::unique_ptr<KnnIndex>> index =
           KnnIndex::Reparameterize(**source, spec, options, &arena);
       if (!index.ok()) {
@@ -260,6 +295,7 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
       ok = ok && check.empty();
     }
     core::ReparameterizeOptions automatic;
+    automatic.refit.lift_slack = absl::GetFlag(FLAGS_lift_slack);
     absl::StatusOr<std::unique_ptr<KnnIndex>> chosen =
         KnnIndex::Reparameterize(**source, spec, automatic, &arena);
     if (!chosen.ok()) {
@@ -297,6 +333,10 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
                      r.distortion, r.refit_evaluations, r.predicted_saving_seconds,
                      r.predicted_build_seconds, r.probe_seconds)
               << std::endl;
+    if (all_points) {
+      for (int i = 0; i < 2; ++i) PrintCounters(name, i == 0 ? "refit" : "fresh", *built[i],
+                                                searched[i]);
+    }
     if (!check.empty() && all_points) std::cerr << "answers differ: " << check << "\n";
   }
   return ok ? 0 : 1;

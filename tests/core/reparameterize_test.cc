@@ -125,37 +125,139 @@ TEST_F(ReparameterizeTest, RefittedTreesKeepTheirInvariantsAndAreExact) {
     std::unique_ptr<KnnIndex> source = BuildCase(c, &arena_);
     ASSERT_NE(source, nullptr);
     for (const Change& change : Changes()) {
-      const std::string what = absl::StrCat(c.name, "/", change.name);
-      SCOPED_TRACE(what);
-      ReparameterizeOptions options;
-      options.tree_start = TreeStart::kRefit;
-      absl::StatusOr<std::unique_ptr<KnnIndex>> derived = KnnIndex::Reparameterize(
-          *source, Changed(source->spec(), change), options, &arena_);
-      ASSERT_TRUE(derived.ok()) << derived.status();
-      const KnnIndex& index = **derived;
-      EXPECT_TRUE(index.reparameterize_report().refitted);
-      // The shape is the source's, node by node.
-      ASSERT_EQ(index.tree().size(), source->tree().size());
-      for (int64_t node = 0; node < index.tree().size(); ++node) {
-        ASSERT_EQ(index.tree().point(node), source->tree().point(node));
-        ASSERT_EQ(index.tree().parent(node), source->tree().parent(node));
-      }
-      double slack = kTol;
-      if (c.grid > 0) slack = 1e-4;  // p near the jitter floor: see knn_search_test
-      const absl::Status check = index.tree().CheckInvariants(index.space(), slack,
-                                                              /*check_separation=*/false);
-      EXPECT_TRUE(check.ok()) << check;
-      for (int64_t k : {1, 10}) {
-        KnnOptions plain;
-        plain.k = k;
-        ExpectExact(index, core::SearchStrategy::kWalk, plain, &arena_,
-                    absl::StrCat(what, " walk k=", k));
-        KnnOptions pred = plain;
-        pred.predecessor_mode = true;
-        ExpectExact(index, core::SearchStrategy::kWalk, pred, &arena_,
-                    absl::StrCat(what, " walk predecessor k=", k));
+      for (const double lift : {-1.0, 0.1}) {
+        const std::string what = absl::StrCat(c.name, "/", change.name, " lift ", lift);
+        SCOPED_TRACE(what);
+        ReparameterizeOptions options;
+        options.tree_start = TreeStart::kRefit;
+        options.refit.lift_slack = lift;
+        absl::StatusOr<std::unique_ptr<KnnIndex>> derived = KnnIndex::Reparameterize(
+            *source, Changed(source->spec(), change), options, &arena_);
+        ASSERT_TRUE(derived.ok()) << derived.status();
+        const KnnIndex& index = **derived;
+        EXPECT_TRUE(index.reparameterize_report().refitted);
+        // The shape is the source's, node by node without the lift; with it, every point keeps
+        // its parent but the lifted ones (children of the root's children), now the root's.
+        const CoverTree& before = source->tree();
+        const CoverTree& after = index.tree();
+        ASSERT_EQ(after.size(), before.size());
+        for (int64_t node = 0; node < after.size(); ++node) {
+          if (lift < 0.0) {
+            ASSERT_EQ(after.point(node), before.point(node));
+            ASSERT_EQ(after.parent(node), before.parent(node));
+            continue;
+          }
+          if (node == 0) {
+            ASSERT_EQ(after.point(0), before.point(0));
+            continue;
+          }
+          const int64_t was = before.node_of(after.point(node));
+          const int64_t parent_was = before.point(before.parent(was));
+          const int64_t parent_now = after.point(after.parent(node));
+          if (parent_now != parent_was) {
+            ASSERT_EQ(after.parent(node), 0) << "point " << after.point(node);
+            ASSERT_EQ(before.node_depth(was), 2) << "point " << after.point(node);
+          }
+        }
+        double slack = kTol;
+        if (c.grid > 0) slack = 1e-4;  // p near the jitter floor: see knn_search_test
+        const absl::Status check = index.tree().CheckInvariants(index.space(), slack,
+                                                                /*check_separation=*/false);
+        EXPECT_TRUE(check.ok()) << check;
+        for (int64_t k : {1, 10}) {
+          KnnOptions plain;
+          plain.k = k;
+          ExpectExact(index, core::SearchStrategy::kWalk, plain, &arena_,
+                      absl::StrCat(what, " walk k=", k));
+          KnnOptions pred = plain;
+          pred.predecessor_mode = true;
+          ExpectExact(index, core::SearchStrategy::kWalk, pred, &arena_,
+                      absl::StrCat(what, " walk predecessor k=", k));
+        }
       }
     }
+  }
+}
+
+// All ids of the index as one batch (large enough for the walks' matrix products near the
+// root, knn_search.cc) through the planner, against the brute force.
+void ExpectAllExact(const CoverTree& tree, const core::MetricSpace& space,
+                    const KnnOptions& options, tbb::task_arena* arena, const std::string& what) {
+  const int64_t n = space.size();
+  std::vector<int64_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = i;
+  QueryBatch batch;
+  batch.ids = ids;
+  std::vector<int64_t> got_ids(n * options.k), ref_ids(n * options.k);
+  std::vector<double> got(n * options.k), ref(n * options.k);
+  ASSERT_TRUE(core::TreeKnnSearch({&tree, &space, {}, arena, nullptr}, batch, options,
+                                  {got_ids.data(), got.data(), nullptr, {}})
+                  .ok());
+  ASSERT_TRUE(core::BruteForceKnn(space, batch, options, arena, nullptr, ref_ids.data(),
+                                  ref.data())
+                  .ok());
+  const core::PointRows rows = space.Gather(ids);
+  int failures = 0;
+  for (int64_t q = 0; q < n; ++q) {
+    const std::string diff =
+        testing::CompareRow(space, rows, q, ids[q], options, &got_ids[q * options.k],
+                            &got[q * options.k], &ref[q * options.k], kTol);
+    if (!diff.empty() && ++failures <= 3) ADD_FAILURE() << what << " query " << q << ": " << diff;
+  }
+  EXPECT_EQ(failures, 0) << what;
+}
+
+TEST_F(ReparameterizeTest, LiftedSubtreesKeepTheirShapeAndTheirBallsShrink) {
+  std::unique_ptr<KnnIndex> source =
+      BuildCase(testing::ResidualCase("lift", KernelType::kRbf, 2.0, 2, 2500, 32), &arena_);
+  ASSERT_NE(source, nullptr);
+  // The new metric's space (the derived index's tree is not used).
+  ReparameterizeOptions rebuild;
+  rebuild.tree_start = TreeStart::kRebuild;
+  absl::StatusOr<std::unique_ptr<KnnIndex>> derived = KnnIndex::Reparameterize(
+      *source, Changed(source->spec(), Change{"l x2", 2.0}), rebuild, &arena_);
+  ASSERT_TRUE(derived.ok()) << derived.status();
+  const core::MetricSpace& space = (*derived)->space();
+  const CoverTree& before = source->tree();
+  absl::StatusOr<CoverTree> kept = CoverTree::Refit(before, space, {-1.0}, &arena_);
+  absl::StatusOr<CoverTree> lifted = CoverTree::Refit(before, space, {0.0}, &arena_);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  ASSERT_TRUE(lifted.ok()) << lifted.status();
+  const absl::Status check = lifted->CheckInvariants(space, kTol, /*check_separation=*/false);
+  EXPECT_TRUE(check.ok()) << check;
+
+  // Some subtrees were lifted (a lengthscale doubled stretches many), each whole: the same
+  // points below it, and every other point under its old parent.
+  int64_t moved = 0;
+  for (int64_t node = 1; node < lifted->size(); ++node) {
+    const int64_t id = lifted->point(node);
+    const int64_t was = before.node_of(id);
+    if (lifted->point(lifted->parent(node)) == before.point(before.parent(was))) continue;
+    ++moved;
+    ASSERT_EQ(lifted->parent(node), 0);
+    ASSERT_EQ(before.node_depth(was), 2);
+    std::vector<int64_t> a(before.subtree_ids(was).begin(), before.subtree_ids(was).end());
+    std::vector<int64_t> b(lifted->subtree_ids(node).begin(), lifted->subtree_ids(node).end());
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    EXPECT_EQ(a, b) << "subtree of point " << id;
+  }
+  EXPECT_GT(moved, 0);
+  EXPECT_EQ(lifted->end_child(0) - lifted->first_child(0),
+            kept->end_child(0) - kept->first_child(0) + moved);
+  // The root's children that lost a subtree have balls no wider than before, and some narrower.
+  int64_t narrower = 0;
+  for (int64_t c = kept->first_child(0); c < kept->end_child(0); ++c) {
+    const int64_t now = lifted->node_of(kept->point(c));
+    EXPECT_LE(lifted->max_dist(now), kept->max_dist(c) + kTol) << "point " << kept->point(c);
+    narrower += lifted->max_dist(now) < kept->max_dist(c) - kTol;
+  }
+  EXPECT_GT(narrower, 0);
+  for (bool predecessor : {false, true}) {
+    KnnOptions knn;
+    knn.k = 10;
+    knn.predecessor_mode = predecessor;
+    ExpectAllExact(*lifted, space, knn, &arena_, absl::StrCat("predecessor ", predecessor));
   }
 }
 
@@ -163,7 +265,7 @@ TEST_F(ReparameterizeTest, RefitUnderTheSameMetricMeasuresTheSameRings) {
   std::unique_ptr<KnnIndex> source =
       BuildCase(testing::ResidualCase("same", KernelType::kRbf, 1.0, 2, 700, 16), &arena_);
   ASSERT_NE(source, nullptr);
-  absl::StatusOr<CoverTree> refit = CoverTree::Refit(source->tree(), source->space(), &arena_);
+  absl::StatusOr<CoverTree> refit = CoverTree::Refit(source->tree(), source->space(), {}, &arena_);
   ASSERT_TRUE(refit.ok()) << refit.status();
   const CoverTree& a = source->tree();
   const CoverTree& b = *refit;
@@ -314,12 +416,12 @@ TEST_F(ReparameterizeTest, RefitIsCancelled) {
   core::Cancellation cancellation;
   cancellation.Cancel();
   absl::StatusOr<CoverTree> tree =
-      CoverTree::Refit(source->tree(), source->space(), &arena_, &cancellation);
+      CoverTree::Refit(source->tree(), source->space(), {}, &arena_, &cancellation);
   EXPECT_EQ(tree.status().code(), absl::StatusCode::kCancelled) << tree.status();
   testing::IndexCase small = testing::ResidualCase("small", KernelType::kRbf, 1.0, 2, 10, 4);
   std::unique_ptr<KnnIndex> other = BuildCase(small, &arena_);
   ASSERT_NE(other, nullptr);
-  EXPECT_EQ(CoverTree::Refit(source->tree(), other->space()).status().code(),
+  EXPECT_EQ(CoverTree::Refit(source->tree(), other->space(), {}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
