@@ -93,10 +93,11 @@ struct RefitOptions {
   // Where the new metric stretched a subtree of one of the root's children beyond the ball that
   // child had (its source max_dist times the median ratio of new to old parent distances, times
   // 1 + lift_slack), the root child's ball overlaps its siblings' more than a fresh tree's
-  // would, and every walk nearby expands it. Such a subtree (a child of a root child) becomes a
-  // child of the root instead, which tightens the ball it left; its distances to its remaining
-  // ancestors are measured already, so the lift costs no distance evaluation. Negative: no
-  // lift, the shape kept node for node.
+  // would, and every walk nearby expands it. Such a subtree (a child of a root child) moves, whole,
+  // to the nearest other root child whose scaled ball holds it by the triangle inequality (its
+  // points' distances to that child measured, one evaluation each), or else to the root (its
+  // remaining ancestors' distances are measured already), which tightens the ball it left.
+  // Negative: no lift, the shape kept node for node.
   double lift_slack = -1.0;
 };
 
@@ -117,8 +118,8 @@ class CoverTree {
   // kernel hyperparameters) with every distance in it measured again in `space`: parent
   // distances, rings, and max_dist taken from the rings; levels relabelled bottom-up so that
   // covering holds again (the smallest level covering the parent distance, below the parent).
-  // With options.lift_slack >= 0 the stretched subtrees below the root's children move to the
-  // root first (RefitOptions), every other edge kept. O(n * depth) distance evaluations, no
+  // With options.lift_slack >= 0 the stretched subtrees below the root's children move first
+  // (RefitOptions), every other edge kept. O(n * depth) distance evaluations, no
   // search. INVALID_ARGUMENT if the sizes differ;
   // CANCELLED / DEADLINE_EXCEEDED from `cancellation`. Defined in core/cover_tree_refit.cc.
   static absl::StatusOr<CoverTree> Refit(const CoverTree& source, const MetricSpace& space,
@@ -185,7 +186,7 @@ class CoverTree {
  private:
   // RefitOptions::lift_slack, on a refitted `tree` of `source`'s shape whose rings are widened;
   // `measured` holds its degenerate rings (each node's distances to its ancestors).
-  static void LiftOutliers(const CoverTree& source, double slack,
+  static void LiftOutliers(const CoverTree& source, const MetricSpace& space, double slack,
                            const std::vector<double>& measured, CoverTree& tree);
   void ComputeRings(const MetricSpace& space);
   void ComputeOrder();

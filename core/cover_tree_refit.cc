@@ -130,7 +130,14 @@ absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const Metric
     for (size_t r = 0; r < s.ring.size(); ++r) measured[r] = s.ring[r].first;
   }
   widen();
-  if (options.lift_slack >= 0.0) LiftOutliers(source, options.lift_slack, measured, tree);
+  if (options.lift_slack >= 0.0) {
+    auto lift = [&] { LiftOutliers(source, space, options.lift_slack, measured, tree); };
+    if (arena != nullptr) {
+      arena->execute(lift);
+    } else {
+      lift();
+    }
+  }
   if (progress) progress(0.97);
 
   // Levels, bottom-up: above every child's, and high enough to cover the parent distance.
@@ -158,7 +165,7 @@ absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const Metric
   return tree;
 }
 
-void CoverTree::LiftOutliers(const CoverTree& source, double slack,
+void CoverTree::LiftOutliers(const CoverTree& source, const MetricSpace& space, double slack,
                              const std::vector<double>& measured, CoverTree& tree) {
   CoverTreeStorage& s = tree.storage_;
   const int64_t n = s.size();
@@ -175,21 +182,67 @@ void CoverTree::LiftOutliers(const CoverTree& source, double slack,
   const double scale = ratios[ratios.size() / 2];
   // The root's children's children whose subtree reaches beyond the ball its parent had under
   // the source's metric, scaled.
+  const int64_t r0 = s.first_child[0];
+  const int64_t r1 = s.first_child[1];
+  std::vector<double> target(r1 - r0);
+  for (int64_t c = r0; c < r1; ++c) target[c - r0] = source.max_dist(c) * scale * (1.0 + slack);
   std::vector<char> lifted(n, 0);
-  int64_t count = 0;
-  for (int64_t c = s.first_child[0]; c < s.first_child[1]; ++c) {
-    const double target = source.max_dist(c) * scale * (1.0 + slack);
+  std::vector<int64_t> moving;  // the lifted nodes
+  for (int64_t c = r0; c < r1; ++c) {
     for (int64_t g = s.first_child[c]; g < s.first_child[c + 1]; ++g) {
-      if (s.ring[s.ring_offset[g] + 1].second > target) {
+      if (s.ring[s.ring_offset[g] + 1].second > target[c - r0]) {
         lifted[g] = 1;
-        ++count;
+        moving.push_back(g);
       }
     }
   }
-  if (count == 0) return;
+  if (moving.empty()) return;
 
-  // The new shape, breadth-first: the lifted nodes follow the root's children, and their
-  // subtrees lose one ancestor (the root's child they left), whose ring entry is dropped.
+  // A lifted subtree goes to another root child whose scaled ball holds it (by the triangle
+  // inequality: its distance to that child plus its own max_dist), the nearest such; failing
+  // that, to the root. Its points' distances to the new root child are measured (canonically).
+  const int64_t num_moving = static_cast<int64_t>(moving.size());
+  std::vector<int64_t> home(num_moving, -1);  // the new parent node, -1 for the root
+  std::vector<double> to_home(n, 0.0);        // by old node, in the subtrees moved to a home
+  tbb::parallel_for(int64_t{0}, (num_moving + kNodeBlock - 1) / kNodeBlock, [&](int64_t t) {
+    const int64_t begin = t * kNodeBlock;
+    const int64_t end = std::min(num_moving, begin + kNodeBlock);
+    std::vector<int64_t> ids;
+    for (int64_t i = begin; i < end; ++i) ids.push_back(s.point[moving[i]]);
+    const PointRows rows = space.Gather(ids);
+    const PointRows centers = space.Gather(source.points(r0, r1));
+    std::vector<double> d((end - begin) * (r1 - r0));
+    space.RowsToRows(rows, 0, end - begin, centers, 0, r1 - r0, d.data());
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = moving[i];
+      const double* row = d.data() + (i - begin) * (r1 - r0);
+      int64_t best = -1;
+      for (int64_t c = r0; c < r1; ++c) {
+        if (c == s.parent[g] || !(row[c - r0] + s.max_dist[g] <= target[c - r0])) continue;
+        if (best < 0 || row[c - r0] < row[best - r0]) best = c;
+      }
+      home[i] = best;
+      if (best < 0) continue;
+      const int64_t home_id = s.point[best];
+      for (int64_t id : source.subtree_ids(g)) {
+        const PointRows row_of = space.Gather({id});
+        space.RowToIds(row_of, 0, absl::MakeConstSpan(&home_id, 1), &to_home[source.node_of(id)]);
+      }
+    }
+  });
+  std::vector<std::vector<int64_t>> gained(r1 - r0 + 1);  // per root child, then the root
+  std::vector<char> rehomed(n, 0);
+  for (int64_t i = 0; i < num_moving; ++i) {
+    gained[home[i] < 0 ? r1 - r0 : home[i] - r0].push_back(moving[i]);
+    if (home[i] >= 0) {
+      for (int64_t id : source.subtree_ids(moving[i])) rehomed[source.node_of(id)] = 1;
+    }
+  }
+
+  // The new shape, breadth-first: a root child's gained subtrees follow its own children, the
+  // root's follow the root's children; a subtree lifted to the root loses one ancestor (the
+  // root's child it left), whose ring entry is dropped, and a re-homed one changes that
+  // ancestor.
   std::vector<int64_t> order;  // new node -> old node
   order.reserve(n);
   order.push_back(0);
@@ -203,14 +256,11 @@ void CoverTree::LiftOutliers(const CoverTree& source, double slack,
       parent[order.size()] = i;
       order.push_back(c);
     }
-    if (old == 0) {
-      for (int64_t c = s.first_child[0]; c < s.first_child[1]; ++c) {
-        for (int64_t g = s.first_child[c]; g < s.first_child[c + 1]; ++g) {
-          if (!lifted[g]) continue;
-          parent[order.size()] = i;
-          order.push_back(g);
-        }
-      }
+    const int64_t gain = old == 0 ? r1 - r0 : (old >= r0 && old < r1 ? old - r0 : -1);
+    if (gain < 0) continue;
+    for (int64_t g : gained[gain]) {
+      parent[order.size()] = i;
+      order.push_back(g);
     }
   }
   CoverTreeStorage next;
@@ -234,10 +284,11 @@ void CoverTree::LiftOutliers(const CoverTree& source, double slack,
     const int64_t old_depth = s.ring_offset[old + 1] - s.ring_offset[old];
     const double* from = measured.data() + s.ring_offset[old];
     std::pair<double, double>* to = next.ring.data() + next.ring_offset[node];
-    const bool dropped = depth[node] < old_depth;  // in a lifted subtree
+    const bool dropped = depth[node] < old_depth;  // in a subtree lifted to the root
     for (int64_t j = 0, k = 0; j < old_depth; ++j) {
       if (dropped && j == 1) continue;
-      to[k] = {from[j], from[j]};
+      const double d = rehomed[old] && j == 1 ? to_home[old] : from[j];
+      to[k] = {d, d};
       ++k;
     }
     next.parent_dist[node] = to[depth[node] - 1].first;

@@ -62,8 +62,8 @@ enum class TreeStart {
 struct ReparameterizeOptions {
   TreeStart tree_start = TreeStart::kAuto;
   // How the refit keeps the source's shape (CoverTree::Refit). By default the whole shape:
-  // lifting the stretched subtrees to the root (RefitOptions::lift_slack) has not been shown to
-  // pay at 10^6 points (docs/gp-loop.md, "The warm-started tree").
+  // lifting the stretched subtrees out of their root child (RefitOptions::lift_slack) has not
+  // been shown to pay at 10^6 points (docs/gp-loop.md, "The lift").
   RefitOptions refit;
   // kAuto's probe: this many stored ids spread evenly over the set, answered in predecessor mode
   // with this k (the all-points Vecchia search the GP loop runs next) on the source index and
