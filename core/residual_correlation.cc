@@ -104,10 +104,14 @@ void ResidualDistancesWithin(const double* kernel_values, double* v_dots, double
   }
   const double bound = limit * limit * (1.0 + 1e-12);
   constexpr double kFar = std::numeric_limits<double>::infinity();
+  int64_t within = 0;
   for (int64_t j = 0; j < count; ++j) {
     const double s = ResidualSquaredDistance(kernel_values[j], v_dots[j], isp, isp_other[j]);
+    within += s <= bound;
     v_dots[j] = s <= bound ? s : kFar;
   }
+  // Once a query holds its k candidates, most rows of a tile have no pair within the limit.
+  if (within == 0) return;
   for (int64_t j = 0; j < count; ++j) {
     if (v_dots[j] <= bound) v_dots[j] = std::sqrt(v_dots[j]);
   }
