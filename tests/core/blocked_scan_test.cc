@@ -21,6 +21,7 @@
 #include "core/residual_correlation.h"
 #include "gtest/gtest.h"
 #include "tbb/task_arena.h"
+#include "tests/core/scan_oracle.h"
 #include "tests/testing/index_cases.h"
 #include "tests/testing/random_points.h"
 
@@ -32,43 +33,11 @@ using core::MetricSpace;
 using core::PointRows;
 using core::QueryBatch;
 using core::RowMatrix;
+using testing::AllDistances;
+using testing::NaiveKnn;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int64_t kNoBound = std::numeric_limits<int64_t>::max();
-
-// Distances from every row to every stored point (by id), each pair through the canonical
-// evaluation alone.
-RowMatrix AllDistances(const MetricSpace& space, const PointRows& rows) {
-  RowMatrix d(rows.size(), space.size());
-  std::vector<int64_t> ids(space.size());
-  std::iota(ids.begin(), ids.end(), 0);
-  for (int64_t q = 0; q < rows.size(); ++q) {
-    for (int64_t j = 0; j < space.size(); ++j) {
-      space.RowToIds(rows, q, absl::MakeConstSpan(&ids[j], 1), &d(q, j));
-    }
-  }
-  return d;
-}
-
-// The answer by the rules of docs/design.md section 3 applied by hand.
-void NaiveKnn(const RowMatrix& dist, int64_t row, int64_t query_id, const KnnOptions& options,
-              int64_t id_bound, int64_t* ids, double* dists) {
-  std::vector<std::pair<double, int64_t>> candidates;
-  for (int64_t j = 0; j < dist.cols(); ++j) {
-    if (query_id < 0 && j >= id_bound) continue;
-    if (query_id >= 0 && options.predecessor_mode && j >= query_id) continue;
-    if (query_id >= 0 && !options.predecessor_mode && !options.include_self && j == query_id) {
-      continue;
-    }
-    candidates.emplace_back(dist(row, j), j);
-  }
-  std::sort(candidates.begin(), candidates.end());
-  for (int64_t r = 0; r < options.k; ++r) {
-    const bool have = r < static_cast<int64_t>(candidates.size());
-    ids[r] = have ? candidates[r].second : -1;
-    dists[r] = have ? candidates[r].first : kInf;
-  }
-}
 
 struct ScanCase {
   std::string name;
@@ -96,30 +65,6 @@ std::vector<ScanCase> Cases() {
     add(testing::EuclideanCase("euclid_tiny", 2, 1), layout);
   }
   return cases;
-}
-
-struct Built {
-  std::unique_ptr<core::KnnIndex> index;  // when laid out
-  std::unique_ptr<MetricSpace> space;     // otherwise
-  const MetricSpace& get() const { return index ? index->space() : *space; }
-};
-
-Built Build(const ScanCase& c) {
-  Built built;
-  absl::StatusOr<core::IndexData> data = testing::CaseData(c.index);
-  EXPECT_TRUE(data.ok()) << data.status();
-  if (c.layout) {
-    auto index = core::KnnIndex::Build(testing::CaseSpec(c.index), *std::move(data));
-    EXPECT_TRUE(index.ok()) << index.status();
-    built.index = *std::move(index);
-  } else if (c.index.metric == core::Metric::kEuclidean) {
-    built.space = *core::EuclideanSpace::Create(data->points);
-  } else {
-    auto space = core::ResidualSpace::Create(data->points, testing::CaseSpec(c.index).residual);
-    EXPECT_TRUE(space.ok()) << space.status();
-    built.space = *std::move(space);
-  }
-  return built;
 }
 
 // Runs BlockedScan over `list` of `batch` on two threads; rows not listed stay at -2.
@@ -170,7 +115,7 @@ void ExpectNaive(const RowMatrix& dist, const PointRows& rows, const QueryBatch&
 TEST(BlockedScanTest, EqualsTheNaiveOracleBitForBit) {
   for (const ScanCase& c : Cases()) {
     SCOPED_TRACE(c.name);
-    const Built built = Build(c);
+    const testing::BuiltSpace built = testing::BuildSpace(c.index, c.layout);
     const MetricSpace& space = built.get();
     const int64_t n = space.size();
     // Batches of one query, of less than a block and of several blocks (with repeats).
@@ -212,7 +157,7 @@ TEST(BlockedScanTest, OutOfSamplePointsWithIdBounds) {
   for (const ScanCase& c : Cases()) {
     SCOPED_TRACE(c.name);
     if (c.index.factors_supplied) continue;
-    const Built built = Build(c);
+    const testing::BuiltSpace built = testing::BuildSpace(c.index, c.layout);
     const MetricSpace& space = built.get();
     const int64_t n = space.size();
     const int64_t nq = 300;
@@ -280,7 +225,7 @@ TEST(BlockedScanTest, SameBitsAsBruteForceOnLargerSets) {
 TEST(BlockedScanTest, WithinKeepsEveryPairUnderTheLimit) {
   for (const ScanCase& c : Cases()) {
     SCOPED_TRACE(c.name);
-    const Built built = Build(c);
+    const testing::BuiltSpace built = testing::BuildSpace(c.index, c.layout);
     const MetricSpace& space = built.get();
     const int64_t n = space.size();
     const int64_t nr = std::min<int64_t>(n, 20);

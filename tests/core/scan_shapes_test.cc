@@ -28,6 +28,7 @@
 #include "core/residual_correlation.h"
 #include "gtest/gtest.h"
 #include "tbb/task_arena.h"
+#include "tests/core/scan_oracle.h"
 #include "tests/testing/index_cases.h"
 
 namespace rcknn {
@@ -38,6 +39,8 @@ using core::MetricSpace;
 using core::PointRows;
 using core::QueryBatch;
 using core::RowMatrix;
+using testing::AllDistances;
+using testing::NaiveKnn;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -198,30 +201,6 @@ std::vector<Shape> Shapes() {
   return shapes;
 }
 
-struct Built {
-  std::unique_ptr<core::KnnIndex> index;  // when laid out
-  std::unique_ptr<MetricSpace> space;     // otherwise
-  const MetricSpace& get() const { return index ? index->space() : *space; }
-};
-
-Built Build(const Shape& s) {
-  Built built;
-  absl::StatusOr<core::IndexData> data = testing::CaseData(s.index);
-  EXPECT_TRUE(data.ok()) << data.status();
-  if (s.layout) {
-    auto index = core::KnnIndex::Build(testing::CaseSpec(s.index), *std::move(data));
-    EXPECT_TRUE(index.ok()) << index.status();
-    built.index = *std::move(index);
-  } else if (s.index.metric == core::Metric::kEuclidean) {
-    built.space = *core::EuclideanSpace::Create(data->points);
-  } else {
-    auto space = core::ResidualSpace::Create(data->points, testing::CaseSpec(s.index).residual);
-    EXPECT_TRUE(space.ok()) << space.status();
-    built.space = *std::move(space);
-  }
-  return built;
-}
-
 // Query ids: both ends, the tile edges that exist, random ones and a repeat.
 std::vector<int64_t> QueryIds(int64_t n, uint64_t seed) {
   std::vector<int64_t> ids;
@@ -237,40 +216,6 @@ std::vector<int64_t> QueryIds(int64_t n, uint64_t seed) {
     std::swap(shuffled[i - 1], shuffled[rng.UniformBelow(i)]);
   }
   return shuffled;
-}
-
-// Canonical distances from every row to every stored id, one pair per evaluation.
-RowMatrix AllDistances(const MetricSpace& space, const PointRows& rows) {
-  RowMatrix d(rows.size(), space.size());
-  for (int64_t q = 0; q < rows.size(); ++q) {
-    for (int64_t j = 0; j < space.size(); ++j) {
-      space.RowToIds(rows, q, absl::MakeConstSpan(&j, 1), &d(q, j));
-    }
-  }
-  return d;
-}
-
-// docs/design.md section 3 by hand: the qualifying ids sorted by (distance, id).
-void NaiveKnn(const RowMatrix& dist, int64_t row, int64_t query_id, const KnnOptions& options,
-              int64_t id_bound, int64_t* ids, double* dists) {
-  std::vector<std::pair<double, int64_t>> candidates;
-  for (int64_t j = 0; j < dist.cols(); ++j) {
-    bool qualifies;
-    if (query_id < 0) {
-      qualifies = j < id_bound;
-    } else if (options.predecessor_mode) {
-      qualifies = options.rank.empty() ? j < query_id : options.rank[j] < options.rank[query_id];
-    } else {
-      qualifies = options.include_self || j != query_id;
-    }
-    if (qualifies) candidates.emplace_back(dist(row, j), j);
-  }
-  std::sort(candidates.begin(), candidates.end());
-  for (int64_t r = 0; r < options.k; ++r) {
-    const bool have = r < static_cast<int64_t>(candidates.size());
-    ids[r] = have ? candidates[r].second : -1;
-    dists[r] = have ? candidates[r].first : kInf;
-  }
 }
 
 struct Answer {
@@ -377,7 +322,7 @@ std::vector<int64_t> Ks(int64_t n) {
 TEST(ScanShapesTest, QueriesByIdAreTheOraclesWhateverTheBatch) {
   for (const Shape& s : Shapes()) {
     SCOPED_TRACE(s.name);
-    const Built built = Build(s);
+    const testing::BuiltSpace built = testing::BuildSpace(s.index, s.layout);
     const MetricSpace& space = built.get();
     const int64_t n = space.size();
     const std::vector<int64_t> query_ids = QueryIds(n, static_cast<uint64_t>(n) * 7 + 1);
@@ -441,7 +386,7 @@ TEST(ScanShapesTest, PointsWithIdBoundsAreTheOraclesWhateverTheBatch) {
   for (const Shape& s : Shapes()) {
     SCOPED_TRACE(s.name);
     if (s.index.factors_supplied) continue;  // no out-of-sample queries
-    const Built built = Build(s);
+    const testing::BuiltSpace built = testing::BuildSpace(s.index, s.layout);
     const MetricSpace& space = built.get();
     const int64_t n = space.size();
     // Normal points, copies of stored ones (distance 0 by coincidence), one far away.
