@@ -41,6 +41,19 @@ int32_t CoveringLevel(double d, double base) {
   return level;
 }
 
+// Widens the rings of `node`'s parent (at depth `parent_depth`) by the node's own for the
+// ancestors they share, and the parent's max_dist by the ring the node holds for the parent.
+void WidenParent(CoverTreeStorage& s, int64_t node, int64_t parent_depth) {
+  const int64_t p = s.parent[node];
+  const std::pair<double, double>* child = s.ring.data() + s.ring_offset[node];
+  std::pair<double, double>* ring = s.ring.data() + s.ring_offset[p];
+  for (int64_t j = 0; j < parent_depth; ++j) {
+    ring[j].first = std::min(ring[j].first, child[j].first);
+    ring[j].second = std::max(ring[j].second, child[j].second);
+  }
+  s.max_dist[p] = std::max(s.max_dist[p], child[parent_depth].second);
+}
+
 }  // namespace
 
 absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const MetricSpace& space,
@@ -113,15 +126,7 @@ absl::StatusOr<CoverTree> CoverTree::Refit(const CoverTree& source, const Metric
   auto widen = [&] {
     s.max_dist.assign(n, 0.0);
     for (int64_t node = n - 1; node >= 1; --node) {
-      const int64_t p = s.parent[node];
-      const int64_t parent_depth = tree.node_depth(p);
-      const std::pair<double, double>* child = s.ring.data() + s.ring_offset[node];
-      std::pair<double, double>* ring = s.ring.data() + s.ring_offset[p];
-      for (int64_t j = 0; j < parent_depth; ++j) {
-        ring[j].first = std::min(ring[j].first, child[j].first);
-        ring[j].second = std::max(ring[j].second, child[j].second);
-      }
-      s.max_dist[p] = std::max(s.max_dist[p], child[parent_depth].second);
+      WidenParent(s, node, tree.node_depth(s.parent[node]));
     }
   };
   std::vector<double> measured;  // the degenerate rings, kept for a lift
@@ -300,15 +305,7 @@ void CoverTree::LiftOutliers(const CoverTree& source, const MetricSpace& space, 
   }
   s = std::move(next);
   for (int64_t node = n - 1; node >= 1; --node) {
-    const int64_t p = s.parent[node];
-    const int64_t parent_depth = depth[p];
-    const std::pair<double, double>* child = s.ring.data() + s.ring_offset[node];
-    std::pair<double, double>* ring = s.ring.data() + s.ring_offset[p];
-    for (int64_t j = 0; j < parent_depth; ++j) {
-      ring[j].first = std::min(ring[j].first, child[j].first);
-      ring[j].second = std::max(ring[j].second, child[j].second);
-    }
-    s.max_dist[p] = std::max(s.max_dist[p], child[parent_depth].second);
+    WidenParent(s, node, depth[s.parent[node]]);
   }
 }
 
