@@ -5,10 +5,11 @@
 //     builds the index, then times every computed ordering (random, maximin in scaled
 //     coordinates, maximin under the residual correlation).
 //   gp-loop-bench --workload=gold|dense|scale --mode=reparam [--factors=1.01,1.1,2]
-//       [--all_points=true] [--scale_points=N] [--lift_slack=-1]
+//       [--all_points=true] [--scale_points=N] [--lift_slack=-1] [--fresh_first=false]
 //     builds the source index, then for each lengthscale factor re-parameterises it with the
-//     tree refitted and with a fresh tree (alternately, refit first), times both builds and, with
-//     --all_points, the all-points predecessor search (k = 30) on each; checks the two answers
+//     tree refitted and with a fresh tree (one after the other, refit first unless
+//     --fresh_first), times both builds and, with --all_points, the all-points predecessor
+//     search (k = 30) on each right after its build; checks the two answers
 //     against each other and a sample against the brute force; and reports what
 //     TreeStart::kAuto measures and chooses.
 //   gp-loop-bench --workload=gold|dense --mode=inducing [--lloyd=0,3,10]
@@ -49,6 +50,9 @@ ABSL_FLAG(bool, all_points, true, "reparam: time the all-points search on each i
 ABSL_FLAG(int64_t, all_points_k, 30, "reparam: k of the all-points search");
 ABSL_FLAG(double, lift_slack, -1.0,
           "reparam: RefitOptions::lift_slack of the refits (negative: the shape kept whole)");
+ABSL_FLAG(bool, fresh_first, false,
+          "reparam: build and search the fresh tree before the refitted one (the second big "
+          "job in a process can run at another speed, so compare both orders)");
 
 namespace rcknn {
 namespace {
@@ -266,8 +270,10 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
     for (double& l : spec.residual.kernel.lengthscales) l *= factor;
     std::unique_ptr<KnnIndex> built[2];
     AllPoints searched[2];
+    // Slot 0 is the refitted tree, slot 1 the fresh one, whichever is built first.
     const core::TreeStart starts[2] = {core::TreeStart::kRefit, core::TreeStart::kRebuild};
-    for (int i = 0; i < 2; ++i) {
+    const bool fresh_first = absl::GetFlag(FLAGS_fresh_first);
+    for (int i : fresh_first ? std::vector<int>{1, 0} : std::vector<int>{0, 1}) {
       core::ReparameterizeOptions options;
       options.tree_start = starts[i];
       options.refit.lift_slack = absl::GetFlag(FLAGS_lift_slack);
@@ -307,7 +313,8 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
     const core::BuildTimings& fresh = built[1]->timings();
     std::cout << absl::StrFormat(
                      "{\"workload\":\"%s\",\"step\":\"reparam\",\"points\":%d,"
-                     "\"lengthscale_factor\":%g,\"warm_factor_seconds\":%.3f,"
+                     "\"lengthscale_factor\":%g,\"order\":\"%s\",\"lift_slack\":%g,"
+                     "\"warm_factor_seconds\":%.3f,"
                      "\"warm_tree_seconds\":%.3f,\"fresh_factor_seconds\":%.3f,"
                      "\"fresh_tree_seconds\":%.3f,\"build_ratio\":%.3f,\"tree_ratio\":%.3f,"
                      "\"warm_search_seconds\":%.3f,\"fresh_search_seconds\":%.3f,"
@@ -318,7 +325,8 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
                      "\"auto_refitted\":%s,\"auto_distortion\":%.3f,\"auto_refit_evals\":%.1f,"
                      "\"auto_predicted_saving_seconds\":%.3f,"
                      "\"auto_predicted_build_seconds\":%.3f,\"auto_probe_seconds\":%.3f}",
-                     name, n, factor, warm.factor_seconds, warm.tree_seconds,
+                     name, n, factor, fresh_first ? "fresh_first" : "refit_first",
+                     absl::GetFlag(FLAGS_lift_slack), warm.factor_seconds, warm.tree_seconds,
                      fresh.factor_seconds, fresh.tree_seconds,
                      (warm.factor_seconds + warm.tree_seconds) /
                          (fresh.factor_seconds + fresh.tree_seconds),
