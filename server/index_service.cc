@@ -273,6 +273,14 @@ void IndexService::StartBuild(std::shared_ptr<IndexEntry> entry, core::IndexSpec
     } catch (const std::bad_alloc&) {
       index = absl::ResourceExhaustedError("the build ran out of memory");
     }
+    // A build cancelled (shutdown past its grace, DeleteIndex) never publishes, even when the
+    // cancellation came during a phase that does not check it (the tree's final passes, the
+    // layout in tree order): otherwise whether it ends READY or FAILED depends on timing.
+    if (index.ok()) {
+      if (absl::Status cancelled = entry->build_cancellation()->Check(); !cancelled.ok()) {
+        index = std::move(cancelled);
+      }
+    }
     shared_data.reset();
     if (restore && index.ok() && (*index)->tree_rebuilt()) {
       // Saved over factors that this build computes differently (core::KnnIndex::Restore): the

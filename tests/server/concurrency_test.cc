@@ -228,9 +228,10 @@ std::string MetricValue(const std::string& text, const std::string& series) {
 
 // At grace expiry the search in flight and the build in progress are both stopped: the search
 // ends with an error well before its uncancelled time, and the build, still BUILDING when the
-// shutdown starts (checked), ends FAILED instead of publishing: a build that ignored its
-// cancellation would run to READY while the pool drains, and be counted in
-// rcknn_index_build_seconds (which counts finished builds only).
+// shutdown starts (checked), ends FAILED instead of publishing, whatever phase the cancellation
+// finds it in (the tree's last passes do not check it): a build that ignored its cancellation
+// would run to READY while the pool drains, and be counted in rcknn_index_build_seconds (which
+// counts finished builds only).
 TEST(ShutdownTest, GraceExpiryCancelsSearchesAndBuilds) {
   testing::TestServer test = testing::StartTestServer();
   ASSERT_EQ(testing::CreateHeavyIndex(test, "heavy", 8192).state(), v1::INDEX_STATE_READY);
