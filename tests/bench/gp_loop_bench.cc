@@ -6,10 +6,12 @@
 //     coordinates, maximin under the residual correlation).
 //   gp-loop-bench --workload=gold|dense|scale --mode=reparam [--factors=1.01,1.1,2]
 //       [--all_points=true] [--scale_points=N] [--lift_slack=-1] [--fresh_first=false]
+//       [--interleave=0]
 //     builds the source index, then for each lengthscale factor re-parameterises it with the
 //     tree refitted and with a fresh tree (one after the other, refit first unless
 //     --fresh_first), times both builds and, with --all_points, the all-points predecessor
-//     search (k = 30) on each right after its build; checks the two answers
+//     search (k = 30) on each right after its build (with --interleave, once more in slices
+//     alternating between the two trees); checks the two answers
 //     against each other and a sample against the brute force; and reports what
 //     TreeStart::kAuto measures and chooses.
 //   gp-loop-bench --workload=gold|dense --mode=inducing [--lloyd=0,3,10]
@@ -32,6 +34,7 @@
 #include "core/knn_index.h"
 #include "core/ordering.h"
 #include "core/random.h"
+#include "core/status_macros.h"
 #include "tbb/task_arena.h"
 #include "core/flags_usage.h"
 #include "tests/testing/shared_data.h"
@@ -50,6 +53,10 @@ ABSL_FLAG(bool, all_points, true, "reparam: time the all-points search on each i
 ABSL_FLAG(int64_t, all_points_k, 30, "reparam: k of the all-points search");
 ABSL_FLAG(double, lift_slack, -1.0,
           "reparam: RefitOptions::lift_slack of the refits (negative: the shape kept whole)");
+ABSL_FLAG(int, interleave, 0,
+          "reparam: then search all points again in this many slices of ids, alternately on the "
+          "two trees (refit, fresh; fresh, refit; ...), and report the sums: both trees see the "
+          "same machine while the load drifts (0: not run)");
 ABSL_FLAG(bool, fresh_first, false,
           "reparam: build and search the fresh tree before the refitted one (the second big "
           "job in a process can run at another speed, so compare both orders)");
@@ -161,28 +168,33 @@ struct AllPoints {
   std::vector<double> dists;
 };
 
-absl::StatusOr<AllPoints> SearchAll(const KnnIndex& index, int64_t k, tbb::task_arena& arena) {
-  const int64_t n = index.size();
-  std::vector<int64_t> ids(n);
-  std::iota(ids.begin(), ids.end(), int64_t{0});
+// The predecessor search of ids [begin, end) into rows [begin, end) of `out`, its seconds and
+// CPU seconds added to `out`'s.
+absl::Status SearchSlice(const KnnIndex& index, int64_t k, int64_t begin, int64_t end,
+                         tbb::task_arena& arena, AllPoints& out, core::TraversalStats* stats) {
+  std::vector<int64_t> ids(end - begin);
+  std::iota(ids.begin(), ids.end(), begin);
   core::QueryBatch batch;
   batch.ids = ids;
   core::KnnOptions options;
   options.k = k;
   options.predecessor_mode = true;
+  const absl::Time start = absl::Now();
+  const double cpu_start = CpuSeconds();
+  RETURN_IF_ERROR(index.Search(batch, options, &arena, nullptr, out.ids.data() + begin * k,
+                               out.dists.data() + begin * k, stats));
+  out.seconds += Seconds(start);
+  out.cpu_seconds += CpuSeconds() - cpu_start;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AllPoints> SearchAll(const KnnIndex& index, int64_t k, tbb::task_arena& arena) {
+  const int64_t n = index.size();
   AllPoints out;
   out.ids.resize(n * k);
   out.dists.resize(n * k);
-  core::TraversalStats stats;
-  const absl::Time start = absl::Now();
-  const double cpu_start = CpuSeconds();
-  absl::Status status = index.Search(batch, options, &arena, nullptr, out.ids.data(),
-                                     out.dists.data(), &stats);
-  if (!status.ok()) return status;
-  out.seconds = Seconds(start);
-  out.cpu_seconds = CpuSeconds() - cpu_start;
-  out.evaluations_per_query = static_cast<double>(stats.distance_evaluations) / n;
-  out.stats = stats;
+  RETURN_IF_ERROR(SearchSlice(index, k, 0, n, arena, out, &out.stats));
+  out.evaluations_per_query = static_cast<double>(out.stats.distance_evaluations) / n;
   return out;
 }
 
@@ -292,6 +304,41 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
         }
         searched[i] = *std::move(result);
       }
+    }
+    // The same searches again, slice by slice, alternating the trees (and which goes first),
+    // into the same answer rows: the check below covers them too.
+    const int slices = absl::GetFlag(FLAGS_interleave);
+    AllPoints again[2];
+    if (all_points && slices > 0) {
+      for (int i = 0; i < 2; ++i) again[i].ids.swap(searched[i].ids);
+      for (int i = 0; i < 2; ++i) again[i].dists.swap(searched[i].dists);
+      for (int s = 0; s < slices; ++s) {
+        const int64_t begin = s * n / slices;
+        const int64_t end = (s + 1) * n / slices;
+        for (int j = 0; j < 2; ++j) {
+          const int i = (j + s + (fresh_first ? 1 : 0)) % 2;
+          const absl::Status status = SearchSlice(*built[i], k, begin, end, arena, again[i],
+                                                  nullptr);
+          if (!status.ok()) {
+            std::cerr << status << "\n";
+            return 1;
+          }
+        }
+      }
+      for (int i = 0; i < 2; ++i) again[i].ids.swap(searched[i].ids);
+      for (int i = 0; i < 2; ++i) again[i].dists.swap(searched[i].dists);
+      std::cout << absl::StrFormat(
+                       "{\"workload\":\"%s\",\"step\":\"reparam_interleaved\",\"points\":%d,"
+                       "\"lengthscale_factor\":%g,\"order\":\"%s\",\"lift_slack\":%g,"
+                       "\"slices\":%d,\"warm_search_seconds\":%.3f,\"fresh_search_seconds\":%.3f,"
+                       "\"search_ratio\":%.3f,\"warm_search_cpu_seconds\":%.3f,"
+                       "\"fresh_search_cpu_seconds\":%.3f,\"search_cpu_ratio\":%.3f}",
+                       name, n, factor, fresh_first ? "fresh_first" : "refit_first",
+                       absl::GetFlag(FLAGS_lift_slack), slices, again[0].seconds,
+                       again[1].seconds, again[0].seconds / again[1].seconds,
+                       again[0].cpu_seconds, again[1].cpu_seconds,
+                       again[0].cpu_seconds / again[1].cpu_seconds)
+                << std::endl;
     }
     std::string check = "not searched";
     if (all_points) {
