@@ -268,6 +268,40 @@ TEST_F(ReparameterizeTest, LiftedSubtreesKeepTheirShapeAndTheirBallsShrink) {
   }
 }
 
+// What the server does (default ReparameterizeOptions): the refit keeps the source's shape node
+// for node, on a change where the lift at the slack docs/gp-loop.md measured would move
+// subtrees; the lift is off by default because it has not been shown to pay (docs/gp-loop.md,
+// "The lift").
+TEST_F(ReparameterizeTest, DefaultRefitKeepsTheSourceShape) {
+  std::unique_ptr<KnnIndex> source =
+      BuildCase(testing::ResidualCase("lift", KernelType::kRbf, 2.0, 2, 2500, 32), &arena_);
+  ASSERT_NE(source, nullptr);
+  const IndexSpec spec = Changed(source->spec(), Change{"l x2", 2.0});
+  ReparameterizeOptions defaults;
+  defaults.tree_start = TreeStart::kRefit;
+  ReparameterizeOptions lifting = defaults;
+  lifting.refit.lift_slack = 0.1;
+  absl::StatusOr<std::unique_ptr<KnnIndex>> kept =
+      KnnIndex::Reparameterize(*source, spec, defaults, &arena_);
+  absl::StatusOr<std::unique_ptr<KnnIndex>> lifted =
+      KnnIndex::Reparameterize(*source, spec, lifting, &arena_);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  ASSERT_TRUE(lifted.ok()) << lifted.status();
+  const CoverTree& before = source->tree();
+  int64_t moved = 0;
+  for (int64_t node = 1; node < before.size(); ++node) {
+    const CoverTree& after = (*lifted)->tree();
+    const int64_t now = after.node_of(before.point(node));
+    moved += after.point(after.parent(now)) != before.point(before.parent(node));
+  }
+  EXPECT_GT(moved, 0) << "the case must be one the lift changes";
+  const CoverTree& after = (*kept)->tree();
+  for (int64_t node = 0; node < before.size(); ++node) {
+    ASSERT_EQ(after.point(node), before.point(node)) << "node " << node;
+    ASSERT_EQ(after.parent(node), before.parent(node)) << "node " << node;
+  }
+}
+
 TEST_F(ReparameterizeTest, RefitUnderTheSameMetricMeasuresTheSameRings) {
   std::unique_ptr<KnnIndex> source =
       BuildCase(testing::ResidualCase("same", KernelType::kRbf, 1.0, 2, 700, 16), &arena_);
