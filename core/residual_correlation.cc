@@ -346,14 +346,21 @@ void ResidualSpace::FinishSetup() {
   inv_sqrt_p_.resize(p_.size());
   for (int64_t i = 0; i < p_.size(); ++i) inv_sqrt_p_[i] = 1.0 / std::sqrt(p_[i]);
   max_inv_sqrt_p_ = inv_sqrt_p_.size() > 0 ? inv_sqrt_p_.maxCoeff() : 0.0;
+  max_v_norm_ = v_.rows() > 0 ? std::sqrt(v_.rowwise().squaredNorm().maxCoeff()) : 0.0;
 }
 
 double ResidualSpace::RoundingBound(const PointRows& rows, int64_t row) const {
-  // Two evaluations of rho = (k - V_i . V_j) / sqrt(p_i p_j) differ by at most about (m + 16)
-  // ulp of the variance times the two 1/sqrt(p) (one length-m dot product, one kernel value), and
+  // Two evaluations of rho = (k - V_i . V_j) / sqrt(p_i p_j) differ by at most about
+  // m ulp of |V_i| |V_j| (a length-m dot product rounds at the scale of its terms) plus 16 ulp of
+  // the variance (the kernel value), times the two 1/sqrt(p); and
   // |sqrt(1 - |x|) - sqrt(1 - |y|)| <= sqrt(|x - y|). Doubled for the other path's own error.
+  // |V_i| |V_j| is bounded by the row's own norm times the largest stored one: for computed
+  // factors that is at most the variance (|V_i|^2 = variance - p_i), so the bound is the
+  // variance's; supplied factors may be far larger (see the header).
   const double m = static_cast<double>(v_.cols());
-  const double e = (m + 16.0) * std::numeric_limits<double>::epsilon() * kernel_.variance() *
+  const double scale =
+      std::max(kernel_.variance(), rows.features.row(row).norm() * max_v_norm_);
+  const double e = (m + 16.0) * std::numeric_limits<double>::epsilon() * scale *
                    rows.inv_sqrt_p[row] * max_inv_sqrt_p_;
   return std::max(kPruneSlack, 2.0 * std::sqrt(e));
 }

@@ -85,6 +85,15 @@ class ResidualSpace final : public MetricSpace {
 
   // Uses caller-supplied factors: `v` is n x m, `p` has n positive entries. The kernel is still
   // needed for k(x_i, x_j). Out-of-sample queries are not possible (Prepare fails).
+  // The factors need not be consistent with the kernel (|V_i|^2 + p_i = variance for computed
+  // ones): d follows the formula with the values given. They are accepted, not refused, because
+  // the formula defines a valid pseudometric for any V and p > 0, and factors from another
+  // scaling or approximation of the GP are what a caller may well have. The price is in
+  // RoundingBound: a dot product rounds at the scale of |V_i| |V_j|, which for computed factors is
+  // at most the variance but here may be far above it, so the bound is taken from the largest
+  // |V_i| of the data (computed once here). Far-too-large factors then only widen the margins
+  // of the matrix-product paths (more candidates re-evaluated canonically): the search stays
+  // exact, and for factors with |V_i|^2 <= variance nothing changes.
   static absl::StatusOr<std::unique_ptr<ResidualSpace>> FromFactors(RowMatrix points,
                                                                     const KernelSpec& kernel,
                                                                     RowMatrix v,
@@ -155,6 +164,7 @@ class ResidualSpace final : public MetricSpace {
   // Set by the first PermuteStorage, from the arrays in id order.
   std::optional<uint64_t> fingerprint_;
   double max_inv_sqrt_p_ = 0.0;
+  double max_v_norm_ = 0.0;          // the largest |V_i|, for RoundingBound
   RowMatrix inducing_scaled_;        // m x d (empty with supplied factors)
   std::optional<Eigen::LLT<Eigen::MatrixXd>> cholesky_;
   std::vector<int64_t> inducing_ids_;

@@ -5,6 +5,7 @@
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
+#include <Eigen/QR>
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -20,6 +21,7 @@
 #include "core/random.h"
 #include "gtest/gtest.h"
 #include "tbb/task_arena.h"
+#include "tests/core/scan_oracle.h"
 #include "tests/testing/random_points.h"
 
 namespace rcknn {
@@ -761,6 +763,115 @@ TEST(ResidualFromFactorsTest, ArbitraryFactorsFollowTheFormula) {
       const double rho = (k - v.row(i).dot(v.row(j))) / std::sqrt(p[i] * p[j]);
       const double expected = i == j ? 0.0 : std::sqrt(1.0 - std::min(std::abs(rho), 1.0));
       ASSERT_NEAR(Dist(**space, rows, i, j), expected, 1e-12) << i << " " << j;
+    }
+  }
+}
+
+// Supplied factors far from the kernel's scale: |V_i|^2 ~ 1e8 * variance (the kernel itself is
+// variance 1). V = [V0, A I] Q with V0 and p computed for the kernel, A = 1e4 and Q a random
+// rotation: for i != j, V_i . V_j = V0_i . V0_j, so the distances are the computed space's in exact
+// arithmetic, but every dot product now sums terms of size A^2 / m that cancel, and rounds at
+// that scale. A bound that assumes |V_i|^2 <= variance (true of computed factors) is then far
+// too small.
+struct HugeFactors {
+  RowMatrix points;
+  KernelSpec kernel;
+  RowMatrix v;
+  Eigen::VectorXd p;
+};
+
+HugeFactors MakeHugeFactors(int64_t n) {
+  HugeFactors f;
+  f.points = testing::NormalPoints(n, 2, 900);
+  f.kernel = MakeKernel(KernelType::kRbf, 1.0, {0.5});
+  std::unique_ptr<ResidualSpace> computed = MakeSpace(f.points, Options(f.kernel, 24, 901));
+  const int64_t m0 = computed->v().cols();
+  const int64_t m = m0 + n;
+  RowMatrix wide = RowMatrix::Zero(n, m);
+  wide.leftCols(m0) = computed->v();
+  for (int64_t i = 0; i < n; ++i) wide(i, m0 + i) = 1e4;
+  const Eigen::MatrixXd gaussian = testing::NormalPoints(m, static_cast<int>(m), 902);
+  const Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(gaussian).householderQ();
+  f.v = wide * q;
+  f.p = computed->p();
+  return f;
+}
+
+TEST(ResidualFromFactorsTest, RoundingBoundHoldsForFactorsFarAboveTheKernelVariance) {
+  const int64_t n = 300;
+  const HugeFactors f = MakeHugeFactors(n);
+  ASSERT_GT(f.v.rowwise().squaredNorm().minCoeff(), 1e7 * f.kernel.variance);
+  absl::StatusOr<std::unique_ptr<ResidualSpace>> made =
+      ResidualSpace::FromFactors(f.points, f.kernel, f.v, f.p);
+  ASSERT_TRUE(made.ok()) << made.status();
+  const ResidualSpace& space = **made;
+  const std::vector<int64_t> ids = AllIds(n);
+  const PointRows rows = space.Gather(ids);
+  // Every non-canonical path (the matrix products of RowsToRange and RowsToRows) against the
+  // canonical RowToIds, for every pair.
+  std::vector<double> canonical(n), range(n), product(n * n);
+  space.RowsToRows(rows, 0, n, rows, 0, n, product.data());
+  double worst = 0.0;  // the largest |difference| / bound seen
+  for (int64_t i = 0; i < n; ++i) {
+    space.RowToIds(rows, i, ids, canonical.data());
+    space.RowsToRange(rows, i, 1, 0, n, range.data());
+    const double bound = space.RoundingBound(rows, i);
+    for (int64_t j = 0; j < n; ++j) {
+      worst = std::max(worst, std::abs(range[j] - canonical[j]) / bound);
+      worst = std::max(worst, std::abs(product[i * n + j] - canonical[j]) / bound);
+    }
+  }
+  EXPECT_LE(worst, 1.0) << "a product evaluation sits " << worst
+                        << " rounding bounds from the canonical one";
+}
+
+// The same factors through an index: every strategy (the walks with their root products, the
+// block traversal, the scan) against the canonical oracle, bit for bit.
+TEST(ResidualFromFactorsTest, SearchIsExactWithFactorsFarAboveTheKernelVariance) {
+  const int64_t n = 300;
+  HugeFactors f = MakeHugeFactors(n);
+  core::IndexSpec spec;
+  spec.dimension = 2;
+  spec.residual.kernel = f.kernel;
+  spec.factors_supplied = true;
+  core::IndexData data;
+  data.points = f.points;
+  data.factors = f.v;
+  data.residual_variances = f.p;
+  const std::vector<int64_t> ids = AllIds(n);
+  RowMatrix dist;
+  for (core::SearchStrategy strategy :
+       {core::SearchStrategy::kWalk, core::SearchStrategy::kBlocks, core::SearchStrategy::kScan}) {
+    spec.search.strategy = strategy;
+    spec.search.block.min_block_queries = 4;
+    absl::StatusOr<std::unique_ptr<core::KnnIndex>> index = core::KnnIndex::Build(spec, data);
+    ASSERT_TRUE(index.ok()) << index.status();
+    // The canonical distances depend on the pair alone, not on the layout: measured once.
+    if (dist.size() == 0) {
+      dist = testing::AllDistances((*index)->space(), (*index)->space().Gather(ids));
+    }
+    for (bool predecessor : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "strategy " << static_cast<int>(strategy)
+                                        << (predecessor ? " predecessor" : ""));
+      core::KnnOptions options;
+      options.k = 10;
+      options.predecessor_mode = predecessor;
+      core::QueryBatch batch;
+      batch.ids = ids;
+      std::vector<int64_t> got_ids(n * options.k);
+      std::vector<double> got(n * options.k);
+      const absl::Status status =
+          (*index)->Search(batch, options, nullptr, nullptr, got_ids.data(), got.data());
+      ASSERT_TRUE(status.ok()) << status;
+      std::vector<int64_t> want_ids(options.k);
+      std::vector<double> want(options.k);
+      for (int64_t q = 0; q < n; ++q) {
+        testing::NaiveKnn(dist, q, q, options, 0, want_ids.data(), want.data());
+        for (int64_t r = 0; r < options.k; ++r) {
+          ASSERT_EQ(got_ids[q * options.k + r], want_ids[r]) << "query " << q << " rank " << r;
+          ASSERT_EQ(got[q * options.k + r], want[r]) << "query " << q << " rank " << r;
+        }
+      }
     }
   }
 }
