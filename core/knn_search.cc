@@ -1,7 +1,6 @@
 #include "core/knn_search.h"
 
 #include <algorithm>
-#include <functional>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -39,8 +38,54 @@ struct HeapEntry {
   }
 };
 
+// The walk's queue: a binary min-heap on (bound, node) whose sifts move a hole rather than
+// swapping, so the entry being placed stays in registers (std::push_heap and std::pop_heap on
+// the 24-byte entry went through the stack and stalled on store forwarding). A walk pushes each
+// node at most once, so the keys are distinct and the pops come in the keys' order, as with
+// any heap.
+class NodeHeap {
+ public:
+  void clear() { entries_.clear(); }
+  bool empty() const { return entries_.empty(); }
+  int64_t size() const { return static_cast<int64_t>(entries_.size()); }
+  void Push(double bound, int64_t record, int64_t node) {
+    size_t hole = entries_.size();
+    entries_.emplace_back();
+    while (hole > 0) {
+      const size_t parent = (hole - 1) / 2;
+      const HeapEntry& above = entries_[parent];
+      if (!(above.bound != bound ? above.bound > bound : above.node > node)) break;
+      entries_[hole] = above;
+      hole = parent;
+    }
+    entries_[hole] = {bound, record, node};
+  }
+  // The least entry, removed. The heap must not be empty.
+  HeapEntry Pop() {
+    const HeapEntry top = entries_[0];
+    const HeapEntry last = entries_.back();
+    entries_.pop_back();
+    const size_t count = entries_.size();
+    if (count == 0) return top;
+    size_t hole = 0;
+    for (;;) {
+      size_t child = 2 * hole + 1;
+      if (child >= count) break;
+      if (child + 1 < count && entries_[child] > entries_[child + 1]) ++child;
+      if (!(last > entries_[child])) break;
+      entries_[hole] = entries_[child];
+      hole = child;
+    }
+    entries_[hole] = last;
+    return top;
+  }
+
+ private:
+  std::vector<HeapEntry> entries_;
+};
+
 struct WalkScratch {
-  std::vector<HeapEntry> heap;                   // min-heap on (bound, node)
+  NodeHeap heap;                                 // on (bound, node)
   std::vector<PathRecord> records;
   std::vector<double> ancestor_distances;        // query to the expanded node's path, root first
   std::vector<int64_t> nodes;                    // children to evaluate
@@ -123,7 +168,6 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
   auto& records = scratch.records;
   records.clear();
   auto& path = scratch.ancestor_distances;
-  const auto heap_order = std::greater<HeapEntry>();
 
   double root_distance;
   space.RowToIds(rows, row, tree.points(0, 1), &root_distance);
@@ -131,15 +175,13 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
   if (Qualifies(tree.point(0), query_id, options, id_bound)) top.Offer(root_distance, tree.point(0));
   if (tree.end_child(0) > tree.first_child(0)) {
     records.push_back({root_distance, -1});
-    heap.push_back({std::max(0.0, root_distance - tree.max_dist(0)), 0, 0});
+    heap.Push(std::max(0.0, root_distance - tree.max_dist(0)), 0, 0);
     ++stats.heap_pushes;
   }
   while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), heap_order);
-    const HeapEntry entry = heap.back();
-    heap.pop_back();
+    const HeapEntry entry = heap.Pop();
     if (entry.bound > top.threshold() + kPruneSlack) {
-      stats.pruned_by_bound += static_cast<int64_t>(heap.size()) + 1;
+      stats.pruned_by_bound += heap.size() + 1;
       break;
     }
     ++stats.nodes_visited;
@@ -228,8 +270,7 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       }
       const int64_t record = static_cast<int64_t>(records.size());
       records.push_back({d, entry.record});
-      heap.push_back({child_bound, record, c});
-      std::push_heap(heap.begin(), heap.end(), heap_order);
+      heap.Push(child_bound, record, c);
       ++stats.heap_pushes;
     }
   }

@@ -607,7 +607,19 @@ void ResidualSpace::RowToIds(const PointRows& rows, int64_t row, absl::Span<cons
   double* r2 = scratch.R2(count);
   int64_t* positions = scratch.Positions(count);
   for (int64_t j = 0; j < count; ++j) positions[j] = position_of(ids[j]);
+  // The stored rows sit at scattered positions: each is requested kRowsAhead rows before its
+  // dot product, so several rows come from memory at once instead of one after another.
+  constexpr int64_t kRowsAhead = 4;
+  const int64_t row_bytes = m * static_cast<int64_t>(sizeof(double));
+  auto prefetch = [&](int64_t position) {
+    const char* v_row = reinterpret_cast<const char*>(v_.row(position).data());
+    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(v_row + b);
+    __builtin_prefetch(scaled_.row(position).data());
+    __builtin_prefetch(inv_sqrt_p_.data() + position);
+  };
+  for (int64_t j = 0; j < std::min(count, kRowsAhead); ++j) prefetch(positions[j]);
   for (int64_t j = 0; j < count; ++j) {
+    if (j + kRowsAhead < count) prefetch(positions[j + kRowsAhead]);
     r2[j] = SquaredDistance(ac, scaled_.row(positions[j]).data(), d);
     out[j] = CanonicalDot(a, v_.row(positions[j]).data(), m);
   }
