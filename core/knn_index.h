@@ -66,8 +66,8 @@ struct ReparameterizeOptions {
   // been shown to pay at 10^6 points (docs/gp-loop.md, "The lift").
   RefitOptions refit;
   // kAuto's probe: this many stored ids spread evenly over the set, answered in predecessor mode
-  // with this k (the all-points Vecchia search the GP loop runs next) on the source index and
-  // on the refitted tree.
+  // with this k (the all-points Vecchia search the GP loop runs next) on the refitted tree only;
+  // what a fresh tree would evaluate is predicted from the distortion (below), not probed.
   int64_t probe_queries = 256;
   int64_t probe_k = 30;
   // kAuto: how many all-points searches the new index is expected to serve (the GP loop runs
