@@ -49,16 +49,16 @@ class NodeHeap {
   bool empty() const { return entries_.empty(); }
   int64_t size() const { return static_cast<int64_t>(entries_.size()); }
   void Push(double bound, int64_t record, int64_t node) {
+    const HeapEntry entry{bound, record, node};
     size_t hole = entries_.size();
     entries_.emplace_back();
     while (hole > 0) {
       const size_t parent = (hole - 1) / 2;
-      const HeapEntry& above = entries_[parent];
-      if (!(above.bound != bound ? above.bound > bound : above.node > node)) break;
-      entries_[hole] = above;
+      if (!(entries_[parent] > entry)) break;
+      entries_[hole] = entries_[parent];
       hole = parent;
     }
-    entries_[hole] = {bound, record, node};
+    entries_[hole] = entry;
   }
   // The least entry, removed. The heap must not be empty.
   HeapEntry Pop() {
