@@ -8,6 +8,7 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/match.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -351,8 +353,16 @@ void RcknnServer::Shutdown(absl::Duration grace) {
   if (server_ != nullptr) {
     health_->BeginShutdown();
     service_->BeginShutdown();
+    // Builds are cancelled at the grace's end, not once the cancelled calls have returned:
+    // gRPC's Shutdown waits for them, and a build must not finish (and publish) meanwhile.
+    absl::Notification calls_done;
+    std::thread cancel_at_deadline([this, grace, &calls_done] {
+      if (!calls_done.WaitForNotificationWithTimeout(grace)) registry_->CancelBuilds();
+    });
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
     server_->Wait();
+    calls_done.Notify();
+    cancel_at_deadline.join();
   }
   if (registry_ != nullptr) registry_->CancelBuilds();  // null when Start() failed early
   pool_.reset();  // waits for cancelled builds to return

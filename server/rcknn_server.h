@@ -66,8 +66,8 @@ class RcknnServer {
   absl::Status ReloadAuthTokens();
 
   // Graceful shutdown: health turns NOT_SERVING, new calls are refused, WatchIndex streams end,
-  // in-flight calls get `grace` to finish before they are cancelled, builds are cancelled, and
-  // the pool drains. Blocks until all of that is done. Thread-safe; later calls do nothing.
+  // in-flight calls get `grace` to finish before they are cancelled, builds are cancelled when
+  // the grace ends (or as soon as no call is left, if sooner), and the pool drains. Blocks until all of that is done. Thread-safe; later calls do nothing.
   void Shutdown(absl::Duration grace);
 
  private:

@@ -236,9 +236,10 @@ TEST(ShutdownTest, GraceExpiryCancelsSearchesAndBuilds) {
   testing::TestServer test = testing::StartTestServer();
   ASSERT_EQ(testing::CreateHeavyIndex(test, "heavy", 8192).state(), v1::INDEX_STATE_READY);
   std::unique_ptr<client::RcknnClient> client = testing::MakeClient(test);
-  // More than twice the heavy index's points: the tree part takes long enough (well over the
-  // shutdown below) that the build is still running when its cancellation comes.
-  const core::RowMatrix points = testing::NormalPoints(40000, 3, 12);
+  // Ten times the heavy index's points: the tree part takes long enough (well over the grace
+  // below, also on a faster machine) that the build is still running when its cancellation
+  // comes at the grace's end.
+  const core::RowMatrix points = testing::NormalPoints(80000, 3, 12);
   const client::PointsView view{absl::MakeConstSpan(points.data(), points.size()), 3};
   const std::vector<int64_t> ids = Range(0, 8192);
   // The yardstick: the same search uncancelled, timed now.
