@@ -11,6 +11,22 @@ namespace rcknn::core {
 // XXH3-64 of `bytes` bytes at `data`, continuing from `seed`.
 uint64_t Fingerprint(const void* data, size_t bytes, uint64_t seed = 0);
 
+// The same hash over pieces given one after another: Digest() equals Fingerprint() of their
+// concatenation with the same seed (for arrays hashed in an order other than their storage).
+class FingerprintStream {
+ public:
+  explicit FingerprintStream(uint64_t seed = 0);
+  ~FingerprintStream();
+  FingerprintStream(const FingerprintStream&) = delete;
+  FingerprintStream& operator=(const FingerprintStream&) = delete;
+
+  void Add(const void* data, size_t bytes);
+  uint64_t Digest() const;
+
+ private:
+  void* state_;  // XXH3_state_t
+};
+
 }  // namespace rcknn::core
 
 #endif  // RCKNN_CORE_FINGERPRINT_H_

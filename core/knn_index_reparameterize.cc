@@ -110,16 +110,21 @@ absl::StatusOr<std::unique_ptr<KnnIndex>> KnnIndex::Reparameterize(
 
   BuildTimings timings;
   const absl::Time start = absl::Now();
+  // A refit keeps the source's shape, so the new index's storage order is the source's: V is
+  // computed in it and never moved (a lift or a fresh tree moves it once, as in any build).
+  const bool refit_first = options.tree_start != TreeStart::kRebuild && same_base;
   ASSIGN_OR_RETURN(std::unique_ptr<ResidualSpace> space,
                    ResidualSpace::Create(source_space->shared_points(), spec.residual, arena,
-                                         [&](double f) { report(0.5 * f); }));
+                                         [&](double f) { report(0.5 * f); },
+                                         refit_first ? source.tree_.subtree_ids(0)
+                                                     : absl::Span<const int64_t>()));
   timings.factor_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   RETURN_IF_ERROR(CheckCancelled(cancellation));
 
   const absl::Time tree_start = absl::Now();
   ReparameterizeReport chosen;
   std::optional<CoverTree> tree;
-  if (options.tree_start != TreeStart::kRebuild && same_base) {
+  if (refit_first) {
     ASSIGN_OR_RETURN(CoverTree refitted,
                      CoverTree::Refit(source.tree_, *space, options.refit, arena, cancellation,
                                       [&](double f) { report(0.5 + 0.25 * f); }));

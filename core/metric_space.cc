@@ -49,8 +49,11 @@ PointRows SelectRows(const PointRows& rows, absl::Span<const int64_t> row_list) 
   return out;
 }
 
-absl::Status MetricSpace::ApplyLayout(std::vector<int64_t> order) {
-  const int64_t n = size();
+namespace {
+
+// The position of each id under `order` (position p holds order[p]), if it is a permutation.
+absl::StatusOr<std::vector<int64_t>> LayoutPositions(absl::Span<const int64_t> order,
+                                                      int64_t n) {
   if (static_cast<int64_t>(order.size()) != n) {
     return absl::InvalidArgumentError(
         absl::StrCat("layout: ", order.size(), " positions for ", n, " points"));
@@ -64,12 +67,40 @@ absl::Status MetricSpace::ApplyLayout(std::vector<int64_t> order) {
     }
     positions[id] = p;
   }
+  return positions;
+}
+
+}  // namespace
+
+absl::Status MetricSpace::ApplyLayout(std::vector<int64_t> order) {
+  const int64_t n = size();
+  absl::StatusOr<std::vector<int64_t>> positions = LayoutPositions(order, n);
+  if (!positions.ok()) return positions.status();
   // Where each point's data sits now.
   std::vector<int64_t> from(n);
-  for (int64_t p = 0; p < n; ++p) from[p] = position_of(order[p]);
+  bool moves = false;
+  for (int64_t p = 0; p < n; ++p) {
+    from[p] = position_of(order[p]);
+    moves = moves || from[p] != p;
+  }
+  if (!moves) return absl::OkStatus();
   PermuteStorage(from);
+  SetLayout(std::move(order), *std::move(positions));
+  return absl::OkStatus();
+}
+
+absl::Status MetricSpace::AdoptLayout(std::vector<int64_t> order) {
+  absl::StatusOr<std::vector<int64_t>> positions = LayoutPositions(order, size());
+  if (!positions.ok()) return positions.status();
+  SetLayout(std::move(order), *std::move(positions));
+  return absl::OkStatus();
+}
+
+void MetricSpace::SetLayout(std::vector<int64_t> order, std::vector<int64_t> positions) {
   bool identity = true;
-  for (int64_t p = 0; p < n && identity; ++p) identity = order[p] == p;
+  for (int64_t p = 0; p < static_cast<int64_t>(order.size()) && identity; ++p) {
+    identity = order[p] == p;
+  }
   if (identity) {
     ids_.clear();
     positions_.clear();
@@ -77,7 +108,6 @@ absl::Status MetricSpace::ApplyLayout(std::vector<int64_t> order) {
     ids_ = std::move(order);
     positions_ = std::move(positions);
   }
-  return absl::OkStatus();
 }
 
 void PermuteRowsInPlace(absl::Span<const int64_t> from, RowMatrix& m) {

@@ -131,15 +131,22 @@ class MetricSpace {
   // Moves the stored data so that position p holds point order[p]; `order` must be a permutation
   // of 0..size()-1 (checked: INVALID_ARGUMENT otherwise, nothing moved). Distances, their bits
   // and Fingerprint() do not change. Rearranges in place (the large arrays are never held
-  // twice). Not thread-safe: call before the space is shared.
+  // twice); a layout the data already has moves nothing. Not thread-safe: call before the
+  // space is shared.
   absl::Status ApplyLayout(std::vector<int64_t> order);
 
  protected:
   // Rearranges the stored per-point arrays so that new position p holds what old position
-  // from[p] held. Called by ApplyLayout with a valid permutation.
+  // from[p] held. Called by ApplyLayout with a valid permutation that moves something.
   virtual void PermuteStorage(absl::Span<const int64_t> from) = 0;
+  // For a space whose arrays were written in `order` from the start (position p holds point
+  // order[p]): records the layout without moving anything. INVALID_ARGUMENT unless `order` is a
+  // permutation of 0..size()-1.
+  absl::Status AdoptLayout(std::vector<int64_t> order);
 
  private:
+  void SetLayout(std::vector<int64_t> order, std::vector<int64_t> positions);
+
   std::vector<int64_t> ids_;        // position -> id; empty: the identity
   std::vector<int64_t> positions_;  // id -> position; empty: the identity
 };

@@ -159,11 +159,15 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
 
 absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
     std::shared_ptr<const RowMatrix> shared_points, const ResidualOptions& options,
-    tbb::task_arena* arena, const ProgressCallback& progress) {
+    tbb::task_arena* arena, const ProgressCallback& progress, absl::Span<const int64_t> layout) {
   const RowMatrix& points = *shared_points;
   const int64_t n = points.rows();
   const int d = static_cast<int>(points.cols());
   if (n < 1) return absl::InvalidArgumentError("points: the point set is empty");
+  if (!layout.empty() && static_cast<int64_t>(layout.size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layout: ", layout.size(), " positions for ", n, " points"));
+  }
   ASSIGN_OR_RETURN(Kernel kernel, Kernel::Create(options.kernel, d));
   RETURN_IF_ERROR(CheckFinite(points, "points"));
   if (!std::isfinite(options.jitter) || options.jitter < 0.0) {
@@ -256,27 +260,41 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
         "distinct inducing points");
   }
 
-  // V and p, in fixed blocks of points (so the bits do not depend on the thread count), in
+  // V and p, in fixed blocks of positions (so the bits do not depend on the thread count), in
   // parallel. Each block is computed in place in its rows of V: the thread that fills a page is
   // the one that first touches it, and no temporary is copied. Row-major rows of V are the
   // columns of the m x count matrix K(U, X_block) that L^-1 is applied to by one blocked
-  // triangular solve (Eigen's TRSM: matrix products on panels).
+  // triangular solve (Eigen's TRSM: matrix products on panels). The solve rounds a column
+  // differently when it falls in a partial panel of columns, so the last block, if short, is
+  // solved at the full width in scratch (zero columns after the points): every row then has
+  // the same bits wherever it sits, which is what lets V be computed in any layout.
   space->v_.resize(n, m);
   AdviseHugePages(space->v_.data(), space->v_.size() * sizeof(double));
+  // Recorded (and checked) before V is computed in it.
+  if (!layout.empty()) {
+    RETURN_IF_ERROR(space->AdoptLayout(std::vector<int64_t>(layout.begin(), layout.end())));
+  }
   space->p_.resize(n);
   const RowMatrix inducing_by_dim = space->inducing_scaled_.transpose();  // d x m
   const int64_t blocks = (n + kFactorBlock - 1) / kFactorBlock;
   std::atomic<int64_t> done{0};
   ResidualSpace* s = space.get();
+  auto id_at = [&](int64_t position) { return layout.empty() ? position : layout[position]; };
   RunIn(arena, [&] {
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, 1), [&](const auto& range) {
+      std::vector<double> padded;
       for (int64_t block = range.begin(); block != range.end(); ++block) {
         const int64_t begin = block * kFactorBlock;
         const int64_t count = std::min(kFactorBlock, n - begin);
+        const bool short_block = count < kFactorBlock;
         double* rows = s->v_.row(begin).data();
+        if (short_block) {
+          padded.assign(kFactorBlock * m, 0.0);
+          rows = padded.data();
+        }
         for (int64_t j = 0; j < count; ++j) {
           double* r2 = rows + j * m;
-          const double* x = s->scaled_.row(begin + j).data();
+          const double* x = s->scaled_.row(id_at(begin + j)).data();
           std::fill(r2, r2 + m, 0.0);
           for (int t = 0; t < d; ++t) {
             const double xt = x[t];
@@ -288,10 +306,11 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
           }
         }
         k.ValuesFromSquaredDistances(rows, count * m);
-        Eigen::Map<Eigen::MatrixXd> kux(rows, m, count);  // K(U, X_block), column-major
-        llt.matrixL().solveInPlace(kux);
+        Eigen::Map<Eigen::MatrixXd> kux(rows, m, short_block ? kFactorBlock : count);
+        llt.matrixL().solveInPlace(kux);  // kux is K(U, X_block), column-major
+        if (short_block) std::copy_n(rows, count * m, s->v_.row(begin).data());
         for (int64_t j = 0; j < count; ++j) {
-          s->p_[begin + j] =
+          s->p_[id_at(begin + j)] =
               std::max(k.variance() - s->v_.row(begin + j).squaredNorm(), kMinResidualVariance);
         }
         const int64_t finished = done.fetch_add(1) + 1;
@@ -299,6 +318,8 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
       }
     });
   });
+  // The coordinates follow V into the layout (p stays by id).
+  if (!layout.empty()) PermuteRowsInPlace(layout, space->scaled_);
   space->FinishSetup();
   return space;
 }
@@ -344,7 +365,7 @@ void ResidualSpace::FinishSetup() {
   scaled_by_dim_ = scaled_.transpose();
   // Scalar, correctly rounded: equal p give equal bits wherever they sit.
   inv_sqrt_p_.resize(p_.size());
-  for (int64_t i = 0; i < p_.size(); ++i) inv_sqrt_p_[i] = 1.0 / std::sqrt(p_[i]);
+  for (int64_t i = 0; i < p_.size(); ++i) inv_sqrt_p_[i] = 1.0 / std::sqrt(p_[id_at(i)]);
   max_inv_sqrt_p_ = inv_sqrt_p_.size() > 0 ? inv_sqrt_p_.maxCoeff() : 0.0;
   max_v_norm_ = v_.rows() > 0 ? std::sqrt(v_.rowwise().squaredNorm().maxCoeff()) : 0.0;
 }
@@ -645,7 +666,15 @@ uint64_t ResidualSpace::Fingerprint() const {
   hash = core::Fingerprint(kernel.lengthscales.data(),
                            kernel.lengthscales.size() * sizeof(double), hash);
   hash = core::Fingerprint(points_->data(), points_->size() * sizeof(double), hash);
-  hash = core::Fingerprint(v_.data(), v_.size() * sizeof(double), hash);
+  if (has_layout()) {
+    // V's rows by id, as one piece (the hash of their concatenation).
+    FingerprintStream rows(hash);
+    const size_t row_bytes = static_cast<size_t>(v_.cols()) * sizeof(double);
+    for (int64_t id = 0; id < v_.rows(); ++id) rows.Add(v_.row(position_of(id)).data(), row_bytes);
+    hash = rows.Digest();
+  } else {
+    hash = core::Fingerprint(v_.data(), v_.size() * sizeof(double), hash);
+  }
   return core::Fingerprint(p_.data(), p_.size() * sizeof(double), hash);
 }
 

@@ -78,10 +78,16 @@ class ResidualSpace final : public MetricSpace {
       RowMatrix points, const ResidualOptions& options, tbb::task_arena* arena = nullptr,
       const ProgressCallback& progress = nullptr);
   // The same over a point set shared with other spaces (a re-parameterised index keeps its
-  // source's coordinates instead of a copy). `points` must not be null.
+  // source's coordinates instead of a copy). `points` must not be null. With a `layout` (a
+  // permutation of the ids; INVALID_ARGUMENT otherwise) the arrays are computed in that storage
+  // order (position p holds point layout[p], as after ApplyLayout(layout)), so an index whose
+  // tree order is known beforehand (a refitted tree) never moves V. Every row of V has the same
+  // bits in any layout: V is computed in fixed blocks of positions, each solved at the full
+  // block width (the last one padded), so a row's arithmetic does not depend on where it sits.
   static absl::StatusOr<std::unique_ptr<ResidualSpace>> Create(
       std::shared_ptr<const RowMatrix> points, const ResidualOptions& options,
-      tbb::task_arena* arena = nullptr, const ProgressCallback& progress = nullptr);
+      tbb::task_arena* arena = nullptr, const ProgressCallback& progress = nullptr,
+      absl::Span<const int64_t> layout = {});
 
   // Uses caller-supplied factors: `v` is n x m, `p` has n positive entries. The kernel is still
   // needed for k(x_i, x_j). Out-of-sample queries are not possible (Prepare fails).
@@ -161,7 +167,7 @@ class ResidualSpace final : public MetricSpace {
   RowMatrix v_;                      // n x m
   Eigen::VectorXd p_;                // n
   Eigen::VectorXd inv_sqrt_p_;       // n
-  // Set by the first PermuteStorage, from the arrays in id order.
+  // Set by the first PermuteStorage (Fingerprint() of the arrays before they move).
   std::optional<uint64_t> fingerprint_;
   double max_inv_sqrt_p_ = 0.0;
   double max_v_norm_ = 0.0;          // the largest |V_i|, for RoundingBound

@@ -355,6 +355,49 @@ TEST_F(ReparameterizeTest, PointsAreSharedAndOutliveTheSource) {
   ExpectExact(**derived, core::SearchStrategy::kAuto, knn, &arena_, "planner");
 }
 
+// However it started (refit computing V in the source's layout, with or without a lift that
+// moves it once more, or a fresh tree), a re-parameterised index holds the same factors bit for
+// bit, by id, as an index built from scratch with the new kernel, and the same fingerprint: its
+// saved tree is trusted on restore (core/knn_index.h, Restore). Each is laid out in its own
+// tree's order. n = 1001 leaves a short last block of V.
+TEST_F(ReparameterizeTest, FactorsAreThoseOfAFreshBuildInTheTreeOrder) {
+  testing::IndexCase c = testing::ResidualCase("factors", KernelType::kRbf, 2.0, 2, 1001, 24);
+  std::unique_ptr<KnnIndex> source = BuildCase(c, &arena_);
+  ASSERT_NE(source, nullptr);
+  const IndexSpec spec = Changed(source->spec(), Change{"l x1.3", 1.3});
+  absl::StatusOr<core::IndexData> data = testing::CaseData(c);
+  ASSERT_TRUE(data.ok()) << data.status();
+  absl::StatusOr<std::unique_ptr<KnnIndex>> scratch =
+      KnnIndex::Build(spec, *std::move(data), &arena_);
+  ASSERT_TRUE(scratch.ok()) << scratch.status();
+  const auto& reference = dynamic_cast<const core::ResidualSpace&>((*scratch)->space());
+  struct Start {
+    const char* name;
+    TreeStart start;
+    double lift;
+  };
+  for (const Start& start : {Start{"refit", TreeStart::kRefit, -1.0},
+                             Start{"refit, lifted", TreeStart::kRefit, 0.1},
+                             Start{"rebuild", TreeStart::kRebuild, -1.0}}) {
+    SCOPED_TRACE(start.name);
+    ReparameterizeOptions options;
+    options.tree_start = start.start;
+    options.refit.lift_slack = start.lift;
+    absl::StatusOr<std::unique_ptr<KnnIndex>> derived =
+        KnnIndex::Reparameterize(*source, spec, options, &arena_);
+    ASSERT_TRUE(derived.ok()) << derived.status();
+    const auto& space = dynamic_cast<const core::ResidualSpace&>((*derived)->space());
+    const absl::Span<const int64_t> order = (*derived)->tree().subtree_ids(0);
+    for (int64_t p = 0; p < space.size(); ++p) {
+      ASSERT_EQ(space.id_at(p), order[p]) << "position " << p;
+      ASSERT_EQ(space.v().row(p), reference.v().row(reference.position_of(order[p])))
+          << "id " << order[p];
+    }
+    EXPECT_TRUE(space.p() == reference.p());
+    EXPECT_EQ(space.Fingerprint(), reference.Fingerprint());
+  }
+}
+
 TEST_F(ReparameterizeTest, AutomaticChoiceFollowsItsRule) {
   std::unique_ptr<KnnIndex> source =
       BuildCase(testing::ResidualCase("auto", KernelType::kRbf, 2.0, 2, 2000, 16), &arena_);

@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -124,6 +125,25 @@ class SnapshotFileTest : public ::testing::Test {
 
   testing::TempDir dir_{"rcknn_snapshot_file"};
 };
+
+// The stream is the one-shot hash of the concatenation, whatever the pieces (empty, a few
+// bytes, across XXH3's internal block sizes), with and without a seed.
+TEST(FingerprintStreamTest, PiecesHashLikeTheirConcatenation) {
+  std::vector<unsigned char> bytes(5000);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(i * 131 + 7);
+  for (uint64_t seed : {uint64_t{0}, uint64_t{0x9e3779b97f4a7c15}}) {
+    for (size_t piece : {size_t{1}, size_t{3}, size_t{64}, size_t{200}, size_t{2048}, size_t{5000}}) {
+      for (size_t total : {size_t{0}, size_t{17}, size_t{240}, size_t{241}, size_t{5000}}) {
+        core::FingerprintStream stream(seed);
+        for (size_t at = 0; at < total; at += piece) {
+          stream.Add(bytes.data() + at, std::min(piece, total - at));
+        }
+        EXPECT_EQ(stream.Digest(), core::Fingerprint(bytes.data(), total, seed))
+            << "seed " << seed << " piece " << piece << " total " << total;
+      }
+    }
+  }
+}
 
 TEST_F(SnapshotFileTest, RoundTripsValuesArraysAndStrings) {
   const std::string path = Path("sample");
