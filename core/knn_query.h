@@ -77,23 +77,42 @@ class TopK {
     k_ = k;
     heap_.clear();
     heap_.reserve(k);
+    threshold_ = k > 0 ? std::numeric_limits<double>::infinity()
+                       : -std::numeric_limits<double>::infinity();
   }
   // The distance a new candidate must not exceed to possibly enter: +inf until k are held.
-  double threshold() const {
-    return static_cast<int64_t>(heap_.size()) < k_ ? std::numeric_limits<double>::infinity()
-                                                    : heap_.front().first;
-  }
+  double threshold() const { return threshold_; }
   // Returns true if (distance, id) entered the k best.
   bool Offer(double distance, int64_t id) {
-    if (static_cast<int64_t>(heap_.size()) < k_) {
-      heap_.emplace_back(distance, id);
-      std::push_heap(heap_.begin(), heap_.end());
+    const Entry entry{distance, id};
+    const size_t size = heap_.size();
+    if (static_cast<int64_t>(size) < k_) {
+      // Sift up from a new leaf, moving a hole rather than swapping.
+      size_t hole = size;
+      heap_.emplace_back();
+      while (hole > 0) {
+        const size_t parent = (hole - 1) / 2;
+        if (!(heap_[parent] < entry)) break;
+        heap_[hole] = heap_[parent];
+        hole = parent;
+      }
+      heap_[hole] = entry;
+      if (static_cast<int64_t>(size) + 1 == k_) threshold_ = heap_[0].first;
       return true;
     }
-    if (!(std::make_pair(distance, id) < heap_.front())) return false;
-    std::pop_heap(heap_.begin(), heap_.end());
-    heap_.back() = {distance, id};
-    std::push_heap(heap_.begin(), heap_.end());
+    if (size == 0 || !(entry < heap_[0])) return false;
+    // Replaces the largest: sift down from the root.
+    size_t hole = 0;
+    for (;;) {
+      size_t child = 2 * hole + 1;
+      if (child >= size) break;
+      if (child + 1 < size && heap_[child] < heap_[child + 1]) ++child;
+      if (!(entry < heap_[child])) break;
+      heap_[hole] = heap_[child];
+      hole = child;
+    }
+    heap_[hole] = entry;
+    threshold_ = heap_[0].first;
     return true;
   }
   void Merge(const TopK& other) {
@@ -101,7 +120,7 @@ class TopK {
   }
   // Writes k entries ascending by (distance, id), padded with -1 / +inf.
   void Write(int64_t* ids, double* distances) const {
-    std::vector<std::pair<double, int64_t>> sorted = heap_;
+    std::vector<Entry> sorted = heap_;
     std::sort(sorted.begin(), sorted.end());
     for (int64_t j = 0; j < k_; ++j) {
       const bool have = j < static_cast<int64_t>(sorted.size());
@@ -111,8 +130,10 @@ class TopK {
   }
 
  private:
+  using Entry = std::pair<double, int64_t>;
   int64_t k_ = 0;
-  std::vector<std::pair<double, int64_t>> heap_;  // max-heap on (distance, id)
+  double threshold_ = std::numeric_limits<double>::infinity();
+  std::vector<Entry> heap_;  // max-heap on (distance, id)
 };
 
 // Whether stored point `id` may be returned for a query with id `query_id` (-1: out-of-sample,

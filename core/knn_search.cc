@@ -93,6 +93,15 @@ struct WalkScratch {
   std::vector<double> distances;
   std::vector<double> bounds;                    // ring bounds of those children
   std::vector<std::pair<double, int64_t>> offers;  // (product distance, child) to re-evaluate
+  // Room for `count` children in nodes, ids, distances and bounds (never shrunk, so that a
+  // node's children are written by index without reallocating or zeroing).
+  void Reserve(int64_t count) {
+    if (static_cast<int64_t>(nodes.size()) >= count) return;
+    nodes.resize(count);
+    ids.resize(count);
+    distances.resize(count);
+    bounds.resize(count);
+  }
 };
 
 // Distances from a chunk of walks' queries (consecutive in the tree's depth-first order) to the
@@ -126,7 +135,9 @@ class ChunkProducts {
       pool_.resize(pool_.size() + num * count);
       double* out = pool_.data() + it->second;
       if (node == 0) {
-        space_->RowsToRows(*rows_, 0, num, *root_rows_, 0, count, out);
+        // The packed product (the scan's), with no limit: every distance comes back.
+        limits_.assign(num, std::numeric_limits<double>::infinity());
+        space_->RowsToRowsWithin(*rows_, 0, num, *root_rows_, 0, count, limits_.data(), out);
       } else {
         const PointRows children = space_->Gather(tree_->points(first, first + count));
         space_->RowsToRows(*rows_, 0, num, children, 0, count, out);
@@ -143,6 +154,7 @@ class ChunkProducts {
   int64_t max_depth_ = 0;
   absl::flat_hash_map<int64_t, int64_t> offsets_;  // node -> its block in pool_
   std::vector<double> pool_;
+  std::vector<double> limits_;
 };
 
 // One query's best-first walk. Returns false, leaving `top` incomplete, if the walk would
@@ -185,21 +197,26 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       break;
     }
     ++stats.nodes_visited;
-    scratch.nodes.clear();
-    scratch.ids.clear();
-    scratch.bounds.clear();
     const double limit = top.threshold() + kPruneSlack;
     const int64_t depth = tree.node_depth(entry.node);
+    const int64_t first = tree.first_child(entry.node);
+    const int64_t end = tree.end_child(entry.node);
+    scratch.Reserve(end - first);
+    int64_t* const nodes = scratch.nodes.data();
+    int64_t* const ids = scratch.ids.data();
+    double* const bounds = scratch.bounds.data();
+    double* const distances = scratch.distances.data();
     const double* product =
         products != nullptr ? products->Children(entry.node, product_row) : nullptr;
     const bool from_product = product != nullptr;
     // Below the root, the path may hold a product's distances.
     const double path_slack = depth >= 1 && products != nullptr ? rounding : 0.0;
-    path.resize(depth + 1);
+    if (static_cast<int64_t>(path.size()) < depth + 1) path.resize(depth + 1);
     for (int64_t r = entry.record, j = depth; r >= 0; r = records[r].parent_record, --j) {
       path[j] = records[r].distance;
     }
-    for (int64_t c = tree.first_child(entry.node); c < tree.end_child(entry.node); ++c) {
+    int64_t count = 0;
+    for (int64_t c = first; c < end; ++c) {
       if (!SubtreeMayQualify(tree, c, below, options)) {
         ++stats.pruned_by_predecessor;
         continue;
@@ -208,26 +225,27 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       // provably too far is skipped without evaluating it.
       const auto* ring = tree.rings(c);
       double ring_max = 0.0;
-      for (int64_t j = 0; j <= depth; ++j) {
+      // The nearest ancestors first, which bound most tightly; a child is dropped as soon as one
+      // ring rules it out.
+      const double cut = limit + path_slack;
+      for (int64_t j = depth; j >= 0; --j) {
         ring_max = std::max(ring_max, std::max(ring[j].first - path[j], path[j] - ring[j].second));
+        if (ring_max > cut) break;
       }
       const double ring_bound = std::max(entry.bound, ring_max - path_slack);
       if (ring_bound > limit) {
         ++stats.pruned_by_bound;
         continue;
       }
-      scratch.nodes.push_back(c);
-      scratch.ids.push_back(tree.point(c));
-      scratch.bounds.push_back(ring_bound);
+      nodes[count] = c;
+      ids[count] = tree.point(c);
+      bounds[count] = ring_bound;
+      ++count;
     }
-    const int64_t count = static_cast<int64_t>(scratch.nodes.size());
     if (evaluations + count > budget) return false;
-    scratch.distances.resize(count);
     evaluations += count;
     if (from_product) {
-      for (int64_t j = 0; j < count; ++j) {
-        scratch.distances[j] = product[scratch.nodes[j] - tree.first_child(entry.node)];
-      }
+      for (int64_t j = 0; j < count; ++j) distances[j] = product[nodes[j] - first];
       // A child whose product distance exceeds the k-th canonical distance so far by more than
       // the rounding is farther than it canonically too; the others are re-evaluated, nearest
       // first, so that the k-th falls early and few are.
@@ -235,9 +253,9 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       auto& offers = scratch.offers;
       offers.clear();
       for (int64_t j = 0; j < count; ++j) {
-        if (scratch.distances[j] <= top.threshold() + margin &&
-            Qualifies(scratch.ids[j], query_id, options, id_bound)) {
-          offers.emplace_back(scratch.distances[j], j);
+        if (distances[j] <= top.threshold() + margin &&
+            Qualifies(ids[j], query_id, options, id_bound)) {
+          offers.emplace_back(distances[j], j);
         }
       }
       const int64_t sorted = std::min<int64_t>(static_cast<int64_t>(offers.size()), options.k);
@@ -245,25 +263,25 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       for (const auto& [product_distance, j] : offers) {
         if (product_distance > top.threshold() + margin) continue;
         double d;
-        space.RowToIds(rows, row, absl::MakeConstSpan(&scratch.ids[j], 1), &d);
+        space.RowToIds(rows, row, absl::MakeConstSpan(&ids[j], 1), &d);
         ++evaluations;
-        top.Offer(d, scratch.ids[j]);
+        top.Offer(d, ids[j]);
       }
     } else {
-      space.RowToIds(rows, row, scratch.ids, scratch.distances.data());
+      space.RowToIds(rows, row, absl::MakeConstSpan(ids, count), distances);
       for (int64_t j = 0; j < count; ++j) {
-        const double d = scratch.distances[j];
-        const int64_t id = scratch.ids[j];
-        if (d <= top.threshold() && Qualifies(id, query_id, options, id_bound)) top.Offer(d, id);
+        const double d = distances[j];
+        if (d <= top.threshold() && Qualifies(ids[j], query_id, options, id_bound)) {
+          top.Offer(d, ids[j]);
+        }
       }
     }
     const double child_slack = from_product ? rounding : 0.0;
     for (int64_t j = 0; j < count; ++j) {
-      const int64_t c = scratch.nodes[j];
+      const int64_t c = nodes[j];
       if (tree.end_child(c) == tree.first_child(c)) continue;
-      const double d = scratch.distances[j];
-      const double child_bound =
-          std::max(scratch.bounds[j], d - child_slack - tree.max_dist(c));
+      const double d = distances[j];
+      const double child_bound = std::max(bounds[j], d - child_slack - tree.max_dist(c));
       if (child_bound > top.threshold() + kPruneSlack) {
         ++stats.pruned_by_bound;
         continue;

@@ -897,6 +897,44 @@ TEST_F(KnnSearchTest, TraversalStatsAreSane) {
   }
 }
 
+// TopK (knn_query.h: its own sifts and a cached threshold) against sorting every offer: the k
+// least (distance, id) pairs, ties broken by id, repeated distances and repeated offers, the
+// threshold after every offer and what Offer returns.
+TEST(TopKTest, KeepsTheKLeastPairs) {
+  core::SplitMix64 rng(77);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t k = 1 + static_cast<int64_t>(rng.Next() % 40);
+    const int64_t offers = static_cast<int64_t>(rng.Next() % 120);
+    core::TopK top(k);
+    std::vector<std::pair<double, int64_t>> all;
+    for (int64_t o = 0; o < offers; ++o) {
+      // Few distinct distances and ids, so that ties and repeats are common.
+      const double distance = static_cast<double>(rng.Next() % 16) / 8.0;
+      const int64_t id = static_cast<int64_t>(rng.Next() % 50);
+      std::vector<std::pair<double, int64_t>> before = all;
+      std::sort(before.begin(), before.end());
+      const bool enters = static_cast<int64_t>(before.size()) < k ||
+                          std::make_pair(distance, id) < before[k - 1];
+      EXPECT_EQ(top.Offer(distance, id), enters) << trial << " " << o;
+      all.emplace_back(distance, id);
+      std::sort(all.begin(), all.end());
+      const double expected_threshold = static_cast<int64_t>(all.size()) < k
+                                            ? std::numeric_limits<double>::infinity()
+                                            : all[k - 1].first;
+      EXPECT_EQ(top.threshold(), expected_threshold) << trial << " " << o;
+    }
+    std::vector<int64_t> ids(k);
+    std::vector<double> distances(k);
+    top.Write(ids.data(), distances.data());
+    for (int64_t r = 0; r < k; ++r) {
+      const bool have = r < static_cast<int64_t>(all.size());
+      EXPECT_EQ(ids[r], have ? all[r].second : -1) << trial << " " << r;
+      EXPECT_EQ(distances[r], have ? all[r].first : std::numeric_limits<double>::infinity())
+          << trial << " " << r;
+    }
+  }
+}
+
 // The planner's rule (search_planner.h) on its own.
 TEST(SearchPlannerTest, Rule) {
   core::TreeSearchOptions options;
