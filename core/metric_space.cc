@@ -110,7 +110,7 @@ void MetricSpace::SetLayout(std::vector<int64_t> order, std::vector<int64_t> pos
   }
 }
 
-void PermuteRowsInPlace(absl::Span<const int64_t> from, RowMatrix& m) {
+void PermuteRowsInPlace(absl::Span<const int64_t> from, Eigen::Ref<RowMatrix> m) {
   Eigen::RowVectorXd saved(m.cols());
   FollowCycles(
       from, [&](int64_t p) { saved = m.row(p); },

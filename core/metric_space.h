@@ -153,7 +153,7 @@ class MetricSpace {
 
 // Applies new_row[p] = old_row[from[p]] to the rows of `m` in place, one row of scratch: the
 // cycles of the permutation are followed, so a large matrix is never copied whole.
-void PermuteRowsInPlace(absl::Span<const int64_t> from, RowMatrix& m);
+void PermuteRowsInPlace(absl::Span<const int64_t> from, Eigen::Ref<RowMatrix> m);
 // The same for the columns of a row-major matrix (each row permuted alike), and for a vector.
 void PermuteColumnsInPlace(absl::Span<const int64_t> from, RowMatrix& m);
 void PermuteInPlace(absl::Span<const int64_t> from, Eigen::VectorXd& v);

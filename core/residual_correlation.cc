@@ -1,7 +1,5 @@
 #include "core/residual_correlation.h"
 
-#include <sys/mman.h>
-
 #include <atomic>
 #include <limits>
 #include <utility>
@@ -20,18 +18,6 @@ namespace rcknn::core {
 namespace {
 
 constexpr int64_t kFactorBlock = 256;
-
-// Asks the kernel to back a large array with transparent huge pages (Linux's default "madvise"
-// mode needs the request). V is read row by row at random by the tree walk and written once by
-// the build: with 4 KiB pages both pay a TLB miss per row and a page fault per 4 KiB.
-void AdviseHugePages(void* data, size_t bytes) {
-#ifdef MADV_HUGEPAGE
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-}
 
 // Runs `body` on `arena` when one is given, else on the calling thread's default arena.
 template <typename F>
@@ -268,8 +254,8 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::Create(
   // differently when it falls in a partial panel of columns, so the last block, if short, is
   // solved at the full width in scratch (zero columns after the points): every row then has
   // the same bits wherever it sits, which is what lets V be computed in any layout.
-  space->v_.resize(n, m);
-  AdviseHugePages(space->v_.data(), space->v_.size() * sizeof(double));
+  space->computed_v_ = LargeArray(n * m);  // advised for huge pages (core/array_cache.h)
+  new (&space->v_) Eigen::Map<RowMatrix>(space->computed_v_.data(), n, m);
   // Recorded (and checked) before V is computed in it.
   if (!layout.empty()) {
     RETURN_IF_ERROR(space->AdoptLayout(std::vector<int64_t>(layout.begin(), layout.end())));
@@ -355,7 +341,9 @@ absl::StatusOr<std::unique_ptr<ResidualSpace>> ResidualSpace::FromFactors(RowMat
   for (int64_t i = 0; i < n; ++i) {
     space->kernel_.Scale(shared_points->row(i).data(), space->scaled_.row(i).data());
   }
-  space->v_ = std::move(v);
+  space->supplied_v_ = std::move(v);
+  new (&space->v_) Eigen::Map<RowMatrix>(space->supplied_v_.data(), space->supplied_v_.rows(),
+                                         space->supplied_v_.cols());
   space->p_ = std::move(p);
   space->FinishSetup();
   return space;

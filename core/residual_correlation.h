@@ -26,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "tbb/task_arena.h"
+#include "core/array_cache.h"
 #include "core/inducing_points.h"
 #include "core/kernel.h"
 #include "core/metric_space.h"
@@ -134,7 +135,7 @@ class ResidualSpace final : public MetricSpace {
 
   const Kernel& kernel() const { return kernel_; }
   // n x m, in storage order: the row of point id is position_of(id) (MetricSpace layout).
-  const RowMatrix& v() const { return v_; }
+  Eigen::Map<const RowMatrix> v() const { return {v_.data(), v_.rows(), v_.cols()}; }
   const Eigen::VectorXd& p() const { return p_; }     // n, by id
   const RowMatrix& points() const override { return *points_; }  // n x d, as given, by id
   // The same coordinates as a shared, immutable set.
@@ -144,6 +145,9 @@ class ResidualSpace final : public MetricSpace {
   // supplied.
   const std::vector<int64_t>& inducing_ids() const { return inducing_ids_; }
   bool factors_supplied() const { return !cholesky_.has_value(); }
+
+  ResidualSpace(const ResidualSpace&) = delete;
+  ResidualSpace& operator=(const ResidualSpace&) = delete;
 
  private:
   ResidualSpace(Kernel kernel, std::shared_ptr<const RowMatrix> points);
@@ -164,7 +168,11 @@ class ResidualSpace final : public MetricSpace {
   std::shared_ptr<const RowMatrix> points_;  // immutable; shared with derived spaces
   RowMatrix scaled_;                 // n x d: points / lengthscales
   RowMatrix scaled_by_dim_;          // d x n: the same, one row per dimension
-  RowMatrix v_;                      // n x m
+  // n x m, over computed_v_ (a LargeArray: its memory is reused from a freed index's where
+  // ArrayCache keeps one) or supplied_v_.
+  Eigen::Map<RowMatrix> v_{nullptr, 0, 0};
+  LargeArray computed_v_;
+  RowMatrix supplied_v_;
   Eigen::VectorXd p_;                // n
   Eigen::VectorXd inv_sqrt_p_;       // n
   // Set by the first PermuteStorage (Fingerprint() of the arrays before they move).

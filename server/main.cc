@@ -66,6 +66,11 @@ ABSL_FLAG(int64_t, max_memory_bytes, kDefaults.max_memory_bytes,
           "most bytes of uploaded points, indexes, builds and search answers held at once; "
           "uploads, builds and searches over it are refused with RESOURCE_EXHAUSTED; 0: 80% of "
           "physical memory or of the container's (cgroup) memory limit, whichever is lower");
+ABSL_FLAG(absl::Duration, keep_freed_memory, kDefaults.keep_freed_memory,
+          "how long a deleted index's factor memory (V) is kept for the next index of the same "
+          "size, as the GP fitting loop builds it right after deleting the previous one: reused "
+          "pages need no page faults; counted in --max_memory_bytes and given back before a "
+          "reservation would be refused; 0: not kept");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
 
 int main(int argc, char** argv) {
@@ -98,6 +103,7 @@ int main(int argc, char** argv) {
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
+  options.keep_freed_memory = absl::GetFlag(FLAGS_keep_freed_memory);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

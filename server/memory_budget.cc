@@ -51,7 +51,14 @@ absl::Status MemoryBudget::Grow(MemoryReservation& reservation, int64_t bytes,
                                 absl::string_view what) {
   if (reservation.budget_ == nullptr) reservation.budget_ = this;
   int64_t used = used_.load();
+  bool reclaimed = false;
   for (;;) {
+    if (bytes > limit_ - used && !reclaimed && reclaim_) {
+      reclaimed = true;
+      reclaim_();
+      used = used_.load();
+      continue;
+    }
     if (bytes > limit_ - used) {
       return absl::ResourceExhaustedError(absl::StrCat(
           what, " needs ", bytes, " bytes; the server holds ", used, " of --max_memory_bytes = ",

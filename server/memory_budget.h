@@ -10,7 +10,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -55,10 +57,16 @@ class MemoryBudget {
   int64_t limit() const { return limit_; }
   int64_t used() const { return used_.load(); }
 
+  // Called (at most once per Reserve or Grow) when bytes would not fit, before they are refused:
+  // gives back memory held only for reuse (core::ArrayCache's kept arrays, whose reservation
+  // shrinks meanwhile), then the request is tried again. Set it before the budget is shared.
+  void SetReclaimer(std::function<void()> reclaim) { reclaim_ = std::move(reclaim); }
+
  private:
   friend class MemoryReservation;
   const int64_t limit_;
   std::atomic<int64_t> used_{0};
+  std::function<void()> reclaim_;
 };
 
 // A byte count for people and for grep: "19.2 GiB (20615843840 bytes)" (binary units, one

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -18,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "core/array_cache.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/security/server_credentials.h"
@@ -30,6 +32,10 @@
 
 namespace rcknn::server {
 namespace {
+
+// The server whose budget counts core::ArrayCache::Default()'s kept arrays (the last created
+// with ServerOptions::keep_freed_memory), so that only it detaches the cache when it goes.
+std::atomic<RcknnServer*> g_array_cache_owner{nullptr};
 
 absl::Status ValidateOptions(const ServerOptions& options) {
   auto positive = [](absl::string_view flag, int64_t value) {
@@ -239,6 +245,17 @@ absl::StatusOr<std::unique_ptr<RcknnServer>> RcknnServer::Start(const ServerOpti
     server->metrics_port_ = ports.empty() ? 0 : ports.front();
   }
   server->budget_ = std::make_unique<MemoryBudget>(ResolveMemoryLimit(options.max_memory_bytes));
+  if (options.keep_freed_memory > absl::ZeroDuration()) {
+    core::ArrayCache& cache = core::ArrayCache::Default();
+    absl::StatusOr<MemoryReservation> kept = server->budget_->Reserve(0, "kept memory");
+    if (!kept.ok()) return kept.status();
+    server->kept_memory_ = *std::move(kept);
+    MemoryReservation* reservation = &server->kept_memory_;
+    cache.SetObserver([reservation](int64_t bytes) { reservation->Resize(bytes); });
+    cache.Configure(server->budget_->limit(), options.keep_freed_memory);
+    server->budget_->SetReclaimer([] { core::ArrayCache::Default().Release(); });
+    g_array_cache_owner.store(server.get());
+  }
   if (!options.data_dir.empty()) {
     absl::StatusOr<std::unique_ptr<IndexStore>> store =
         IndexStore::Open(options.data_dir, options.testonly_pause_before_commit);
@@ -343,7 +360,17 @@ int64_t RcknnServer::open_watches() const {
   return service_ == nullptr ? 0 : service_->index_service().open_watches();
 }
 
-RcknnServer::~RcknnServer() { Shutdown(absl::ZeroDuration()); }
+RcknnServer::~RcknnServer() {
+  Shutdown(absl::ZeroDuration());
+  // The indexes go after this body, their arrays unmapped rather than kept for a server that
+  // is gone.
+  RcknnServer* self = this;
+  if (g_array_cache_owner.compare_exchange_strong(self, nullptr)) {
+    core::ArrayCache& cache = core::ArrayCache::Default();
+    cache.Configure(0, absl::ZeroDuration());
+    cache.SetObserver(nullptr);
+  }
+}
 
 void RcknnServer::Shutdown(absl::Duration grace) {
   absl::MutexLock lock(&shutdown_mutex_);

@@ -83,6 +83,9 @@ class RcknnServer {
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<MemoryBudget> budget_;
+  // The bytes core::ArrayCache keeps for reuse (ServerOptions::keep_freed_memory), resized by
+  // the cache's observer under the cache's lock.
+  MemoryReservation kept_memory_;
   std::unique_ptr<IndexStore> store_;
   std::unique_ptr<QueryPool> pool_;
   std::unique_ptr<IndexRegistry> registry_;

@@ -53,6 +53,13 @@ struct ServerOptions {
   // token check.
   std::string auth_token_file;
 
+  // How long the memory of a deleted index's factors V is kept for the next index of the same
+  // size (core::ArrayCache): the GP fitting loop deletes the previous hyperparameters' index and
+  // builds the next, whose V then reuses pages already mapped instead of faulting in new ones.
+  // Kept memory counts in max_memory_bytes and is given back before a reservation is refused.
+  // Zero: nothing kept. The cache is process-wide: the last server created configures it.
+  absl::Duration keep_freed_memory = absl::Minutes(5);
+
   // On shutdown, in-flight calls get this long to finish before they are cancelled.
   absl::Duration shutdown_grace = absl::Seconds(10);
 

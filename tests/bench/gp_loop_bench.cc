@@ -6,14 +6,16 @@
 //     coordinates, maximin under the residual correlation).
 //   gp-loop-bench --workload=gold|dense|scale --mode=reparam [--factors=1.01,1.1,2]
 //       [--all_points=true] [--scale_points=N] [--lift_slack=-1] [--fresh_first=false]
-//       [--interleave=0]
+//       [--interleave=0] [--recycle=false]
 //     builds the source index, then for each lengthscale factor re-parameterises it with the
 //     tree refitted and with a fresh tree (one after the other, refit first unless
 //     --fresh_first), times both builds and, with --all_points, the all-points predecessor
 //     search (k = 30) on each right after its build (with --interleave, once more in slices
 //     alternating between the two trees); checks the two answers
 //     against each other and a sample against the brute force; and reports what
-//     TreeStart::kAuto measures and chooses.
+//     TreeStart::kAuto measures and chooses. With --recycle each of the two builds is preceded
+//     by freeing a refitted index of the same size (built for the purpose), the freed memory
+//     kept by core::ArrayCache: the fitting loop's state when it deletes the previous index.
 //   gp-loop-bench --workload=gold|dense --mode=inducing [--lloyd=0,3,10]
 //     for each inducing-point choice (uniform draw, k-means++ with each Lloyd count): the
 //     residual variances p and the k-NN distances of the workload's query ids.
@@ -31,6 +33,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "core/array_cache.h"
 #include "core/knn_index.h"
 #include "core/ordering.h"
 #include "core/random.h"
@@ -57,6 +60,10 @@ ABSL_FLAG(int, interleave, 0,
           "reparam: then search all points again in this many slices of ids, alternately on the "
           "two trees (refit, fresh; fresh, refit; ...), and report the sums: both trees see the "
           "same machine while the load drifts (0: not run)");
+ABSL_FLAG(bool, recycle, false,
+          "reparam: free an index of the same size right before each of the two builds, as the "
+          "fitting loop frees the previous hyperparameters' index, with core::ArrayCache keeping "
+          "freed arrays as rcknn-server does: each build may then reuse that index's V memory");
 ABSL_FLAG(bool, fresh_first, false,
           "reparam: build and search the fresh tree before the refitted one (the second big "
           "job in a process can run at another speed, so compare both orders)");
@@ -285,7 +292,25 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
     // Slot 0 is the refitted tree, slot 1 the fresh one, whichever is built first.
     const core::TreeStart starts[2] = {core::TreeStart::kRefit, core::TreeStart::kRebuild};
     const bool fresh_first = absl::GetFlag(FLAGS_fresh_first);
+    const bool recycle = absl::GetFlag(FLAGS_recycle);
+    std::unique_ptr<KnnIndex> previous[2];  // freed right before build i with --recycle
+    if (recycle) {
+      core::ArrayCache::Default().Configure(int64_t{1} << 40, absl::Hours(1));
+      for (auto& index : previous) {
+        core::ReparameterizeOptions options;
+        options.tree_start = core::TreeStart::kRefit;
+        absl::StatusOr<std::unique_ptr<KnnIndex>> made =
+            KnnIndex::Reparameterize(**source, spec, options, &arena);
+        if (!made.ok()) {
+          std::cerr << made.status() << "\n";
+          return 1;
+        }
+        index = *std::move(made);
+      }
+    }
+    const int64_t reused_before = core::ArrayCache::Default().reused();
     for (int i : fresh_first ? std::vector<int>{1, 0} : std::vector<int>{0, 1}) {
+      previous[i].reset();
       core::ReparameterizeOptions options;
       options.tree_start = starts[i];
       options.refit.lift_slack = absl::GetFlag(FLAGS_lift_slack);
@@ -340,6 +365,7 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
                        again[0].cpu_seconds / again[1].cpu_seconds)
                 << std::endl;
     }
+    const int64_t reused = core::ArrayCache::Default().reused() - reused_before;
     std::string check = "not searched";
     if (all_points) {
       check = testing::CompareAnswers(searched[0].ids.data(), searched[0].dists.data(),
@@ -361,6 +387,7 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
     std::cout << absl::StrFormat(
                      "{\"workload\":\"%s\",\"step\":\"reparam\",\"points\":%d,"
                      "\"lengthscale_factor\":%g,\"order\":\"%s\",\"lift_slack\":%g,"
+                     "\"recycle\":%s,\"reused_arrays\":%d,"
                      "\"warm_factor_seconds\":%.3f,"
                      "\"warm_tree_seconds\":%.3f,\"fresh_factor_seconds\":%.3f,"
                      "\"fresh_tree_seconds\":%.3f,\"build_ratio\":%.3f,\"tree_ratio\":%.3f,"
@@ -373,7 +400,8 @@ int RunReparam(const std::string& name, Workload w, tbb::task_arena& arena) {
                      "\"auto_predicted_saving_seconds\":%.3f,"
                      "\"auto_predicted_build_seconds\":%.3f,\"auto_probe_seconds\":%.3f}",
                      name, n, factor, fresh_first ? "fresh_first" : "refit_first",
-                     absl::GetFlag(FLAGS_lift_slack), warm.factor_seconds, warm.tree_seconds,
+                     absl::GetFlag(FLAGS_lift_slack), recycle ? "true" : "false", reused,
+                     warm.factor_seconds, warm.tree_seconds,
                      fresh.factor_seconds, fresh.tree_seconds,
                      (warm.factor_seconds + warm.tree_seconds) /
                          (fresh.factor_seconds + fresh.tree_seconds),

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "core/array_cache.h"
 #include "core/knn_index.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -229,8 +230,12 @@ TEST(MemoryLimitTest, BuildAndSearchOverTheBudgetAreRefused) {
 }
 
 TEST(MemoryLimitTest, MemoryBytesOfLoadingAndReadyIndexes) {
+  // The indexes alone: a deleted index's V is not kept here (that is
+  // FreedFactorMemoryIsKeptCountedAndGivenBack).
+  server::ServerOptions options;
+  options.keep_freed_memory = absl::ZeroDuration();
   testing::ClientOnServer served;
-  served.Start(server::ServerOptions(), testing::UploadInChunksOf(1000, kDimension));
+  served.Start(options, testing::UploadInChunksOf(1000, kDimension));
   client::RcknnClient& client = served.client();
   const server::MemoryBudget& budget = served.server().memory_budget();
   EXPECT_GT(budget.limit(), int64_t{1} << 20);  // 80% of the machine
@@ -269,6 +274,85 @@ TEST(MemoryLimitTest, MemoryBytesOfLoadingAndReadyIndexes) {
     EXPECT_EQ(before - budget.used(), bytes) << c.id;
   }
   EXPECT_EQ(budget.used(), 0);
+}
+
+// ServerOptions::keep_freed_memory: a deleted index's V is kept (core::ArrayCache) and counted
+// in the budget, the next index of the same size reuses it, and a reservation that fits only
+// without it gets the memory back instead of a refusal. 5,000 points x m = 64: a 2.4 MiB V,
+// above the size kept arrays start at.
+TEST(MemoryLimitTest, FreedFactorMemoryIsKeptCountedAndGivenBack) {
+  const int64_t n = 5000;
+  const int64_t m = 64;
+  const v1::IndexSpec spec = testing::ResidualSpec(kDimension, v1::KERNEL_RBF, 1.0, 1.0, m);
+  const core::RowMatrix points = testing::NormalPoints(n, kDimension, 6);
+  core::ArrayCache& cache = core::ArrayCache::Default();
+  {
+    server::ServerOptions options;
+    options.max_memory_bytes = int64_t{64} << 20;
+    options.keep_freed_memory = absl::Hours(1);
+    testing::ClientOnServer served;
+    served.Start(options, testing::UploadInChunksOf(1000, kDimension));
+    client::RcknnClient& client = served.client();
+    const server::MemoryBudget& budget = served.server().memory_budget();
+    auto build = [&](const std::string& id) {
+      ASSERT_TRUE(client.CreateIndex(id, spec).ok());
+      ASSERT_TRUE(client.UploadPoints(id, testing::View(points)).ok());
+      const absl::StatusOr<v1::IndexInfo> info = testing::BuildAndWait(client, id);
+      ASSERT_TRUE(info.ok()) << info.status();
+      ASSERT_EQ(info->state(), v1::INDEX_STATE_READY) << info->error();
+    };
+    build("first");
+    const absl::StatusOr<client::SearchResult> before =
+        client.Search(testing::IdQuery("first", testing::Range(0, 100), 10));
+    ASSERT_TRUE(before.ok()) << before.status();
+    ASSERT_EQ(cache.kept_bytes(), 0);
+    ASSERT_TRUE(client.DeleteIndex("first").ok());
+    const int64_t kept = cache.kept_bytes();
+    EXPECT_GE(kept, n * m * 8);
+    EXPECT_EQ(budget.used(), kept);
+
+    const int64_t reused = cache.reused();
+    build("second");
+    EXPECT_EQ(cache.reused(), reused + 1);
+    EXPECT_EQ(cache.kept_bytes(), 0);
+    const int64_t index_bytes = testing::InfoOf(client, "second").memory_bytes();
+    EXPECT_EQ(budget.used(), index_bytes);
+    // The same points and kernel: the same answers, to the bit, in reused memory.
+    const absl::StatusOr<client::SearchResult> after =
+        client.Search(testing::IdQuery("second", testing::Range(0, 100), 10));
+    ASSERT_TRUE(after.ok()) << after.status();
+    EXPECT_TRUE(SameAnswer(*before, *after));
+
+    ASSERT_TRUE(client.DeleteIndex("second").ok());
+    ASSERT_EQ(budget.used(), cache.kept_bytes());
+    ASSERT_GT(cache.kept_bytes(), 0);
+    // Points that fit only if the kept memory goes.
+    const int64_t hog_points = (budget.limit() - cache.kept_bytes() / 2) / kPointBytes;
+    ASSERT_TRUE(client.CreateIndex("hog", EuclideanSpec()).ok());
+    ASSERT_TRUE(client.UploadPoints("hog", testing::View(testing::NormalPoints(
+                                               hog_points, kDimension, 7)))
+                    .ok());
+    EXPECT_EQ(cache.kept_bytes(), 0);
+    EXPECT_EQ(budget.used(), hog_points * kPointBytes);
+    ASSERT_TRUE(client.DeleteIndex("hog").ok());
+    EXPECT_EQ(budget.used(), 0);
+  }
+  // The server that configured the cache takes it down with it.
+  EXPECT_EQ(cache.kept_bytes(), 0);
+  {
+    server::ServerOptions options;
+    options.keep_freed_memory = absl::ZeroDuration();
+    testing::ClientOnServer served;
+    served.Start(options, testing::UploadInChunksOf(1000, kDimension));
+    client::RcknnClient& client = served.client();
+    ASSERT_TRUE(client.CreateIndex("plain", spec).ok());
+    ASSERT_TRUE(client.UploadPoints("plain", testing::View(points)).ok());
+    const absl::StatusOr<v1::IndexInfo> info = testing::BuildAndWait(client, "plain");
+    ASSERT_TRUE(info.ok()) << info.status();
+    ASSERT_TRUE(client.DeleteIndex("plain").ok());
+    EXPECT_EQ(cache.kept_bytes(), 0);
+    EXPECT_EQ(served.server().memory_budget().used(), 0);
+  }
 }
 
 // Many more clients than pool threads, each mixing uploads to its own index and to a shared one,
