@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <new>
 #include <utility>
 
 namespace rcknn::core {
@@ -20,7 +21,7 @@ void* Map(size_t bytes) {
   // Over-allocate by one huge page so that the block can start on a huge-page boundary.
   const size_t mapped = bytes + kHugePage;
   void* raw = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) std::abort();
+  if (raw == MAP_FAILED) throw std::bad_alloc();
   const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
   const uintptr_t aligned = (begin + kHugePage - 1) & ~(uintptr_t{kHugePage} - 1);
   if (aligned > begin) munmap(raw, aligned - begin);
@@ -191,7 +192,7 @@ LargeArray::LargeArray(int64_t count) : count_(std::max<int64_t>(count, 0)) {
   if (bytes < kSmallArrayBytes) {
     // Not worth a mapping of whole huge pages: the heap, cache-line aligned.
     data_ = static_cast<double*>(std::aligned_alloc(64, RoundUp(bytes, 64)));
-    if (data_ == nullptr) std::abort();
+    if (data_ == nullptr) throw std::bad_alloc();
     return;
   }
   data_ = static_cast<double*>(ArrayCache::Default().Take(bytes, &bytes_));

@@ -59,8 +59,9 @@ class ArrayCache {
   int64_t reused() const;
   int64_t mapped() const;
 
-  // Memory for at least `bytes` (> 0): a kept block or a new mapping. Aborts if the system has
-  // no memory to map (as operator new would). *size is set to the block's usable size.
+  // Memory for at least `bytes` (> 0): a kept block or a new mapping. Throws std::bad_alloc if
+  // the system has no memory to map, as operator new does (a build reports that as
+  // RESOURCE_EXHAUSTED instead of ending the process). *size is set to the block's usable size.
   void* Take(size_t bytes, size_t* size);
   // Gives back a block from Take with its size.
   void Give(void* data, size_t size);
