@@ -61,7 +61,8 @@ class Block {
         block_options_(block_options),
         rows_(rows),
         s_(scratch),
-        stats_(stats) {}
+        stats_(stats),
+        slack_(PruneSlack(space)) {}
 
   void Run(int64_t center) {
     const int64_t nb = rows_.size();
@@ -97,7 +98,7 @@ class Block {
         max_limit = std::max(max_limit, limit);
         if (!SubtreeMayQualify(tree_, entry.node, s_.bounds[i], options_)) continue;
         any_key = true;
-        if (BoundMayMatter(entry.bound - s_.to_center[i], limit)) active.push_back(i);
+        if (BoundMayMatter(entry.bound - s_.to_center[i], limit, slack_)) active.push_back(i);
       }
       if (active.empty()) {
         if (any_key) {
@@ -106,7 +107,7 @@ class Block {
           ++stats_.pruned_by_predecessor;
         }
         // Entries come in bound order: once no query could use this bound, none can use the rest.
-        if (!BoundMayMatter(entry.bound - max_to_center, max_limit)) {
+        if (!BoundMayMatter(entry.bound - max_to_center, max_limit, slack_)) {
           stats_.pruned_by_bound += static_cast<int64_t>(heap.size());
           break;
         }
@@ -138,7 +139,7 @@ class Block {
         for (int64_t j = 0; j <= depth; ++j) {
           bound = std::max(bound, std::max(ring[j].first - path[j], path[j] - ring[j].second));
         }
-        if (!BoundMayMatter(bound, relaxed)) {
+        if (!BoundMayMatter(bound, relaxed, slack_)) {
           ++stats_.pruned_by_bound;
           continue;
         }
@@ -154,7 +155,7 @@ class Block {
         const int64_t c = s_.child_nodes[j];
         const double bound =
             std::max(s_.child_bounds[j], s_.distances[j] - tree_.max_dist(c));
-        if (!BoundMayMatter(bound, relaxed)) {
+        if (!BoundMayMatter(bound, relaxed, slack_)) {
           ++stats_.pruned_by_bound;
           continue;
         }
@@ -224,6 +225,7 @@ class Block {
   const PointRows& rows_;
   Scratch& s_;
   TraversalStats& stats_;
+  const double slack_;  // PruneSlack
 };
 
 }  // namespace

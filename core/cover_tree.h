@@ -8,7 +8,9 @@
 //  - separation: two children of one parent that share a level l are more than b^l apart, and
 //    each is more than b^l from the parent;
 //  - max_dist(node) >= d(node, x) for every descendant x (the value is the largest distance
-//    measured while building, not a level radius);
+//    measured while building, not a level radius; measured by matrix products, it may sit below
+//    a canonical distance by the metric's rounding, which the searches' PruneSlack allows for:
+//    core/search_rule.h);
 //  - subtree_min_id(node) is the smallest id in the node's subtree;
 //  - rings: for every node c and every ancestor a of c (a at depth j), ring(c, j) = [lo, hi]
 //    holds d(y, a) for every y in the subtree of c (c included), as measured at build time.

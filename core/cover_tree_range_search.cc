@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/knn_query.h"
+#include "core/search_rule.h"
 
 namespace rcknn::core {
 
@@ -22,7 +22,8 @@ int64_t CoverTreeRangeSearch(const CoverTree& tree, const MetricSpace& space,
   visit(root_id, root_distance);
   scratch.stack.clear();
   scratch.records.clear();
-  if (root_distance - tree.max_dist(0) <= root_radius + kPruneSlack) {
+  const double slack = PruneSlack(space);
+  if (root_distance - tree.max_dist(0) <= root_radius + slack) {
     scratch.records.push_back({root_distance, -1});
     scratch.stack.emplace_back(0, 0);
   }
@@ -45,11 +46,11 @@ int64_t CoverTreeRangeSearch(const CoverTree& tree, const MetricSpace& space,
       // the rings bound d(q, y) through every ancestor a: d(y, a) lies in [lo, hi].
       double bound = std::fabs(node_distance - tree.parent_dist(child)) - tree.max_dist(child);
       const auto* ring = tree.rings(child);
-      for (int64_t j = 0; j <= depth && bound <= radius + kPruneSlack; ++j) {
+      for (int64_t j = 0; j <= depth && bound <= radius + slack; ++j) {
         bound = std::max(bound, std::max(ring[j].first - scratch.path[j],
                                          scratch.path[j] - ring[j].second));
       }
-      if (bound > radius + kPruneSlack) continue;
+      if (bound > radius + slack) continue;
       scratch.nodes.push_back(child);
       scratch.ids.push_back(tree.point(child));
     }
@@ -63,7 +64,7 @@ int64_t CoverTreeRangeSearch(const CoverTree& tree, const MetricSpace& space,
       const double distance = scratch.dists[t];
       visit(scratch.ids[t], distance);
       if (tree.first_child(child) < tree.end_child(child) &&
-          distance - tree.max_dist(child) <= radius_of(child) + kPruneSlack) {
+          distance - tree.max_dist(child) <= radius_of(child) + slack) {
         scratch.records.push_back({distance, record});
         scratch.stack.emplace_back(child, static_cast<int64_t>(scratch.records.size()) - 1);
       }

@@ -30,7 +30,7 @@ struct RangeSearchScratch {
 // subtree with d(query, x) <= radius_of(node) is passed to visit(id, d); points farther away may
 // be passed too (every evaluated point is). Distances are evaluated by space.RowToIds from the
 // query row, so they have the bits of that call. A subtree is pruned when the triangle
-// inequality puts all of it beyond its radius by more than kPruneSlack, through its
+// inequality puts all of it beyond its radius by more than PruneSlack (search_rule.h), through its
 // max-descendant distance or through the rings of its ancestors (core/cover_tree.h), so rounding
 // never hides a point that is in range. Returns the number of distances evaluated.
 //

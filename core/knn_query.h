@@ -19,7 +19,8 @@ namespace rcknn::core {
 
 // The slack used when pruning by a lower bound: a subtree is skipped only if its bound exceeds
 // the current k-th distance by more than this, so rounding (docs/design.md section 3: about 1e-6 at
-// worst) never discards a true neighbour.
+// worst) never discards a true neighbour. It covers the rounding at the metric's natural scale;
+// the trees prune with PruneSlack (search_rule.h), which adds what the data rounds beyond it.
 inline constexpr double kPruneSlack = 1e-6;
 
 struct KnnOptions {

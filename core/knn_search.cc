@@ -180,6 +180,7 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
   auto& records = scratch.records;
   records.clear();
   auto& path = scratch.ancestor_distances;
+  const double slack = PruneSlack(space);
 
   double root_distance;
   space.RowToIds(rows, row, tree.points(0, 1), &root_distance);
@@ -192,12 +193,12 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
   }
   while (!heap.empty()) {
     const HeapEntry entry = heap.Pop();
-    if (entry.bound > top.threshold() + kPruneSlack) {
+    if (entry.bound > top.threshold() + slack) {
       stats.pruned_by_bound += heap.size() + 1;
       break;
     }
     ++stats.nodes_visited;
-    const double limit = top.threshold() + kPruneSlack;
+    const double limit = top.threshold() + slack;
     const int64_t depth = tree.node_depth(entry.node);
     const int64_t first = tree.first_child(entry.node);
     const int64_t end = tree.end_child(entry.node);
@@ -282,7 +283,7 @@ bool Walk(const CoverTree& tree, const MetricSpace& space, const PointRows& rows
       if (tree.end_child(c) == tree.first_child(c)) continue;
       const double d = distances[j];
       const double child_bound = std::max(bounds[j], d - child_slack - tree.max_dist(c));
-      if (child_bound > top.threshold() + kPruneSlack) {
+      if (child_bound > top.threshold() + slack) {
         ++stats.pruned_by_bound;
         continue;
       }

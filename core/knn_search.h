@@ -4,9 +4,11 @@
 // The walk pops tree nodes in order of the lower bound max(bound(parent), d(q, node) -
 // max_dist(node)) and evaluates all children of a popped node at once (canonically:
 // MetricSpace::RowToIds). A node is pruned when its bound exceeds the current k-th distance by
-// more than kPruneSlack, and a child whose subtree holds no qualifying key (search_rule.h) is
-// skipped unevaluated. Every path returns canonical distances, so a query's answer is the same
-// bits whatever batch it comes in, however the batch is split and at every thread count.
+// more than PruneSlack (search_rule.h: kPruneSlack where the data is at the metric's natural
+// scale, more where its rounding is beyond it), and a child whose subtree holds no qualifying
+// key (search_rule.h) is skipped unevaluated. Every path returns canonical distances, so a
+// query's answer is the same bits whatever batch it comes in, however the batch is split and at
+// every thread count.
 #ifndef RCKNN_CORE_KNN_SEARCH_H_
 #define RCKNN_CORE_KNN_SEARCH_H_
 

@@ -121,6 +121,12 @@ class MetricSpace {
   // every stored j: how far a candidate's distance from a matrix product may sit from its
   // canonical value. At least kPruneSlack.
   virtual double RoundingBound(const PointRows& rows, int64_t row) const = 0;
+  // How much further than at the metric's natural scale one evaluation of any pair, by any of
+  // the methods above, may sit from the distance in exact arithmetic: the part of the rounding
+  // that kPruneSlack was not chosen for, which the tree's pruning adds (search_rule.h,
+  // PruneSlack). 0 for data at that scale, so that pruning there is unchanged; the residual
+  // space's is positive only for supplied factors with |V_i|^2 above the kernel variance.
+  virtual double RoundingExcess() const { return 0.0; }
 
   // The stored point at storage `position`, and the position of stored point `id`.
   int64_t id_at(int64_t position) const { return ids_.empty() ? position : ids_[position]; }

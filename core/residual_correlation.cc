@@ -374,6 +374,17 @@ double ResidualSpace::RoundingBound(const PointRows& rows, int64_t row) const {
   return std::max(kPruneSlack, 2.0 * std::sqrt(e));
 }
 
+double ResidualSpace::RoundingExcess() const {
+  // One evaluation of d(i, j) errs by at most sqrt(e), e as in RoundingBound (which is twice
+  // that): sqrt((m + 16) ulp / sqrt(p_i p_j)) times sqrt(scale), scale <= max(variance,
+  // max |V|^2). Less its value at scale = variance, that is at most, for every pair,
+  // sqrt((m + 16) ulp) max(1 / sqrt(p)) (max |V| - sqrt(variance)): exactly 0 when no |V_i|^2
+  // exceeds the variance (computed factors: |V_i|^2 = variance - p_i), sqrt being monotone.
+  const double m = static_cast<double>(v_.cols());
+  const double above = std::max(0.0, max_v_norm_ - std::sqrt(kernel_.variance()));
+  return std::sqrt((m + 16.0) * std::numeric_limits<double>::epsilon()) * max_inv_sqrt_p_ * above;
+}
+
 int64_t ResidualSpace::memory_bytes() const {
   const int64_t doubles = points_->size() + scaled_.size() + scaled_by_dim_.size() + v_.size() +
                           p_.size() + inv_sqrt_p_.size() + inducing_scaled_.size() +

@@ -9,7 +9,8 @@
 // d is a pseudometric: it satisfies the triangle inequality, and distinct points may be at
 // distance 0. Rounding can break the triangle inequality by a few ulps of rho; because
 // d = sqrt(1 - |rho|), an error e in rho moves a small distance by up to sqrt(e). Searches
-// therefore prune with kPruneSlack.
+// therefore prune with a slack: kPruneSlack, plus RoundingExcess (search_rule.h, PruneSlack)
+// for supplied factors that round beyond the kernel variance's scale.
 #ifndef RCKNN_CORE_RESIDUAL_CORRELATION_H_
 #define RCKNN_CORE_RESIDUAL_CORRELATION_H_
 
@@ -98,9 +99,11 @@ class ResidualSpace final : public MetricSpace {
   // scaling or approximation of the GP are what a caller may well have. The price is in
   // RoundingBound: a dot product rounds at the scale of |V_i| |V_j|, which for computed factors is
   // at most the variance but here may be far above it, so the bound is taken from the largest
-  // |V_i| of the data (computed once here). Far-too-large factors then only widen the margins
-  // of the matrix-product paths (more candidates re-evaluated canonically): the search stays
-  // exact, and for factors with |V_i|^2 <= variance nothing changes.
+  // |V_i| of the data (computed once here). Far-too-large factors then widen the margins of the
+  // matrix-product paths (more candidates re-evaluated canonically) and the trees' pruning slack
+  // (RoundingExcess: the query's own evaluations and the stored bounds round at that scale too):
+  // the search stays exact, at up to a scan's cost where the excess is large, and for factors
+  // with |V_i|^2 <= variance nothing changes.
   static absl::StatusOr<std::unique_ptr<ResidualSpace>> FromFactors(RowMatrix points,
                                                                     const KernelSpec& kernel,
                                                                     RowMatrix v,
@@ -132,6 +135,7 @@ class ResidualSpace final : public MetricSpace {
   void RowToIds(const PointRows& rows, int64_t row, absl::Span<const int64_t> ids,
                 double* out) const override;
   double RoundingBound(const PointRows& rows, int64_t row) const override;
+  double RoundingExcess() const override;
 
   const Kernel& kernel() const { return kernel_; }
   // n x m, in storage order: the row of point id is position_of(id) (MetricSpace layout).

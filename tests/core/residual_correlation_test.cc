@@ -18,7 +18,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/cover_tree_range_search.h"
 #include "core/random.h"
+#include "core/search_rule.h"
 #include "gtest/gtest.h"
 #include "tbb/task_arena.h"
 #include "tests/core/scan_oracle.h"
@@ -856,9 +858,9 @@ struct HugeFactors {
   Eigen::VectorXd p;
 };
 
-HugeFactors MakeHugeFactors(int64_t n) {
+HugeFactors MakeHugeFactors(int64_t n, int dimension = 2) {
   HugeFactors f;
-  f.points = testing::NormalPoints(n, 2, 900);
+  f.points = testing::NormalPoints(n, dimension, 900);
   f.kernel = MakeKernel(KernelType::kRbf, 1.0, {0.5});
   std::unique_ptr<ResidualSpace> computed = MakeSpace(f.points, Options(f.kernel, 24, 901));
   const int64_t m0 = computed->v().cols();
@@ -901,30 +903,62 @@ TEST(ResidualFromFactorsTest, RoundingBoundHoldsForFactorsFarAboveTheKernelVaria
                         << " rounding bounds from the canonical one";
 }
 
-// The same factors through an index: every strategy (the walks with their root products, the
-// block traversal, the scan) against the canonical oracle, bit for bit.
-TEST(ResidualFromFactorsTest, SearchIsExactWithFactorsFarAboveTheKernelVariance) {
-  const int64_t n = 300;
-  HugeFactors f = MakeHugeFactors(n);
+core::IndexSpec HugeFactorsSpec(const HugeFactors& f, core::SearchStrategy strategy) {
   core::IndexSpec spec;
-  spec.dimension = 2;
+  spec.dimension = static_cast<int>(f.points.cols());
   spec.residual.kernel = f.kernel;
   spec.factors_supplied = true;
+  spec.search.strategy = strategy;
+  spec.search.block.min_block_queries = 4;
+  return spec;
+}
+
+core::IndexData HugeFactorsData(const HugeFactors& f) {
   core::IndexData data;
   data.points = f.points;
   data.factors = f.v;
   data.residual_variances = f.p;
+  return data;
+}
+
+// Every id of `index` as a query, against the canonical oracle on `dist` (all pairs, by id), bit
+// for bit.
+void ExpectAllIdsMatchOracle(const core::KnnIndex& index, const RowMatrix& dist,
+                             const core::KnnOptions& options) {
+  const int64_t n = index.size();
   const std::vector<int64_t> ids = AllIds(n);
+  core::QueryBatch batch;
+  batch.ids = ids;
+  std::vector<int64_t> got_ids(n * options.k);
+  std::vector<double> got(n * options.k);
+  const absl::Status status =
+      index.Search(batch, options, nullptr, nullptr, got_ids.data(), got.data());
+  ASSERT_TRUE(status.ok()) << status;
+  std::vector<int64_t> want_ids(options.k);
+  std::vector<double> want(options.k);
+  for (int64_t q = 0; q < n; ++q) {
+    testing::NaiveKnn(dist, q, q, options, 0, want_ids.data(), want.data());
+    for (int64_t r = 0; r < options.k; ++r) {
+      ASSERT_EQ(got_ids[q * options.k + r], want_ids[r]) << "query " << q << " rank " << r;
+      ASSERT_EQ(got[q * options.k + r], want[r]) << "query " << q << " rank " << r;
+    }
+  }
+}
+
+// The same factors through an index: every strategy (the walks with their root products, the
+// block traversal, the scan) against the canonical oracle, bit for bit.
+TEST(ResidualFromFactorsTest, SearchIsExactWithFactorsFarAboveTheKernelVariance) {
+  const int64_t n = 300;
+  const HugeFactors f = MakeHugeFactors(n);
   RowMatrix dist;
   for (core::SearchStrategy strategy :
        {core::SearchStrategy::kWalk, core::SearchStrategy::kBlocks, core::SearchStrategy::kScan}) {
-    spec.search.strategy = strategy;
-    spec.search.block.min_block_queries = 4;
-    absl::StatusOr<std::unique_ptr<core::KnnIndex>> index = core::KnnIndex::Build(spec, data);
+    absl::StatusOr<std::unique_ptr<core::KnnIndex>> index =
+        core::KnnIndex::Build(HugeFactorsSpec(f, strategy), HugeFactorsData(f));
     ASSERT_TRUE(index.ok()) << index.status();
     // The canonical distances depend on the pair alone, not on the layout: measured once.
     if (dist.size() == 0) {
-      dist = testing::AllDistances((*index)->space(), (*index)->space().Gather(ids));
+      dist = testing::AllDistances((*index)->space(), (*index)->space().Gather(AllIds(n)));
     }
     for (bool predecessor : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "strategy " << static_cast<int>(strategy)
@@ -932,24 +966,100 @@ TEST(ResidualFromFactorsTest, SearchIsExactWithFactorsFarAboveTheKernelVariance)
       core::KnnOptions options;
       options.k = 10;
       options.predecessor_mode = predecessor;
-      core::QueryBatch batch;
-      batch.ids = ids;
-      std::vector<int64_t> got_ids(n * options.k);
-      std::vector<double> got(n * options.k);
-      const absl::Status status =
-          (*index)->Search(batch, options, nullptr, nullptr, got_ids.data(), got.data());
-      ASSERT_TRUE(status.ok()) << status;
-      std::vector<int64_t> want_ids(options.k);
-      std::vector<double> want(options.k);
-      for (int64_t q = 0; q < n; ++q) {
-        testing::NaiveKnn(dist, q, q, options, 0, want_ids.data(), want.data());
-        for (int64_t r = 0; r < options.k; ++r) {
-          ASSERT_EQ(got_ids[q * options.k + r], want_ids[r]) << "query " << q << " rank " << r;
-          ASSERT_EQ(got[q * options.k + r], want[r]) << "query " << q << " rank " << r;
+      ExpectAllIdsMatchOracle(**index, dist, options);
+    }
+  }
+}
+
+// Where the pruning needs more than kPruneSlack: the same factors over points on a line, where
+// the triangle inequality is nearly tight and so are the trees' lower bounds, which then come
+// within the rounding of the distances they bound. That rounding is far above kPruneSlack here:
+// a max_dist the build measured by matrix products undershoots the canonical distance to one of
+// its descendants (checked below), and so do the query's own evaluations. With kPruneSlack
+// alone (core::PruneSlack returning it) the walk missed true neighbours for dozens of queries in
+// both modes, the block traversal for a few, and the range search hundreds of points in range.
+TEST(ResidualFromFactorsTest, PruningIsExactWhereTheTreeBoundsUndershootByMoreThanTheSlack) {
+  const int64_t n = 400;
+  const HugeFactors f = MakeHugeFactors(n, 1);
+  RowMatrix dist;
+  for (core::SearchStrategy strategy :
+       {core::SearchStrategy::kAuto, core::SearchStrategy::kWalk, core::SearchStrategy::kBlocks,
+        core::SearchStrategy::kScan}) {
+    absl::StatusOr<std::unique_ptr<core::KnnIndex>> index =
+        core::KnnIndex::Build(HugeFactorsSpec(f, strategy), HugeFactorsData(f));
+    ASSERT_TRUE(index.ok()) << index.status();
+    const core::MetricSpace& space = (*index)->space();
+    const core::CoverTree& tree = (*index)->tree();
+    if (dist.size() == 0) {
+      dist = testing::AllDistances(space, space.Gather(AllIds(n)));
+      // The stored bounds really are short of the canonical distances by more than the fixed
+      // slack, and the space says its rounding is beyond the natural scale.
+      double undershoot = 0.0;
+      for (int64_t node = 1; node < n; ++node) {
+        for (int64_t a = tree.parent(node); a >= 0; a = tree.parent(a)) {
+          undershoot =
+              std::max(undershoot, dist(tree.point(node), tree.point(a)) - tree.max_dist(a));
         }
+      }
+      EXPECT_GT(undershoot, 10.0 * core::kPruneSlack);
+      EXPECT_GT(core::PruneSlack(space), core::kPruneSlack + undershoot);
+      // The range search (maximin orderings) finds every point within its radius.
+      core::RangeSearchScratch scratch;
+      int64_t missed = 0;
+      for (int64_t q = 0; q < n; ++q) {
+        const PointRows rows = space.Gather(absl::MakeConstSpan(&q, 1));
+        for (double radius : {0.05, 0.2}) {
+          std::vector<char> found(n, 0);
+          core::CoverTreeRangeSearch(
+              tree, space, rows, 0, [&](int64_t) { return radius; },
+              [&](int64_t id, double) { found[id] = 1; }, scratch);
+          for (int64_t j = 0; j < n; ++j) missed += !found[j] && dist(q, j) <= radius;
+        }
+      }
+      EXPECT_EQ(missed, 0) << "points within the radius that the range search missed";
+    }
+    for (bool predecessor : {false, true}) {
+      for (int64_t k : {1, 10}) {
+        SCOPED_TRACE(::testing::Message() << "strategy " << static_cast<int>(strategy) << " k "
+                                          << k << (predecessor ? " predecessor" : ""));
+        core::KnnOptions options;
+        options.k = k;
+        options.predecessor_mode = predecessor;
+        ExpectAllIdsMatchOracle(**index, dist, options);
       }
     }
   }
+}
+
+// For computed factors (|V_i|^2 = variance - p_i, jitter > 0) the pruning slack is kPruneSlack
+// bit for bit, down to the densest regime where p sits at the jitter level: every tree search
+// prunes exactly as it did before PruneSlack existed. Supplied factors that are the computed
+// ones add nothing either.
+TEST(ResidualFromFactorsTest, ComputedFactorsLeaveThePruningSlackAsItWas) {
+  for (KernelType type : kAllTypes) {
+    for (int d : {1, 2, 3}) {
+      for (int64_t m : {8, 64, 400}) {
+        SCOPED_TRACE(::testing::Message()
+                     << core::KernelTypeName(type) << " d " << d << " m " << m);
+        const RowMatrix points = testing::NormalPoints(400, d, 910 + d);
+        const KernelSpec kernel = MakeKernel(type, 1.7, {0.3 + 0.4 * d});
+        std::unique_ptr<ResidualSpace> space = MakeSpace(points, Options(kernel, m, 911));
+        ASSERT_NE(space, nullptr);
+        EXPECT_EQ(space->RoundingExcess(), 0.0);
+        EXPECT_EQ(core::PruneSlack(*space), core::kPruneSlack);
+        absl::StatusOr<std::unique_ptr<ResidualSpace>> supplied =
+            ResidualSpace::FromFactors(points, kernel, space->v(), space->p());
+        ASSERT_TRUE(supplied.ok()) << supplied.status();
+        EXPECT_EQ(core::PruneSlack(**supplied), core::kPruneSlack);
+      }
+    }
+  }
+  // And the space of the factors above, for contrast.
+  const HugeFactors f = MakeHugeFactors(50);
+  absl::StatusOr<std::unique_ptr<ResidualSpace>> huge =
+      ResidualSpace::FromFactors(f.points, f.kernel, f.v, f.p);
+  ASSERT_TRUE(huge.ok()) << huge.status();
+  EXPECT_GT(core::PruneSlack(**huge), core::kPruneSlack);
 }
 
 // ---------------------------------------------------------------------------------------------

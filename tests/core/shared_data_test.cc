@@ -7,7 +7,10 @@
 
 #include "core/brute_force_knn.h"
 #include "core/knn_index.h"
+#include "core/residual_correlation.h"
+#include "core/search_rule.h"
 #include "gtest/gtest.h"
+#include "tbb/task_arena.h"
 
 namespace rcknn {
 namespace {
@@ -58,6 +61,20 @@ TEST_P(SharedDataTest, ResidualVariancesMatchShipped) {
   for (int64_t i = 0; i < set->n; ++i) {
     ASSERT_NEAR(space.p()[i], set->p_diag[i], 1e-9 + 1e-6 * set->p_diag[i]) << "point " << i;
   }
+}
+
+// Computed factors, down to the dense set's residual variances at the jitter level, have no
+// rounding beyond the kernel variance's: the trees prune with kPruneSlack exactly
+// (core/search_rule.h, PruneSlack), as they did before the slack followed the metric.
+TEST_P(SharedDataTest, ComputedFactorsLeaveThePruningSlackAsItWas) {
+  absl::StatusOr<Dataset> set = testing::LoadDataset(testing::DefaultDataDir(), GetParam());
+  ASSERT_TRUE(set.ok()) << set.status();
+  tbb::task_arena arena(2);
+  absl::StatusOr<std::unique_ptr<core::ResidualSpace>> space =
+      core::ResidualSpace::Create(set->points, set->Spec().residual, &arena);
+  ASSERT_TRUE(space.ok()) << space.status();
+  EXPECT_EQ((*space)->RoundingExcess(), 0.0);
+  EXPECT_EQ(core::PruneSlack(**space), core::kPruneSlack);
 }
 
 TEST_P(SharedDataTest, TreeAndBruteForceMatchShippedAnswers) {
